@@ -1,0 +1,46 @@
+# fer-report: the front door. `make` prints this help; `make report` and `make test` set up .venv themselves.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+DATA ?=
+PROFILE ?=
+DEVICE ?= auto
+NOTEBOOKS ?=
+
+.DEFAULT_GOAL := help
+.PHONY: help report test lab bench synth clean
+
+help: ## show this help
+	@echo "fer-report: a reproducible FER2013 facial-expression report"
+	@echo
+	@grep -hE '^[a-z]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
+	@echo
+	@echo "Variables: DATA=path/to/fer2013 (default: ./data if present, else synthetic demo data)"
+	@echo "           PROFILE=quick|full   DEVICE=auto|cpu|cuda"
+
+# the environment is rebuilt when requirements.txt is newer than it
+$(VENV)/.installed: requirements.txt
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements.txt
+	$(PY) -m ipykernel install --sys-prefix --name python3 >/dev/null
+	@touch $@
+
+report: $(VENV)/.installed ## train (once, cached) and render the HTML report into report/<dataset>/
+	$(PY) -m fer_lib report $(if $(DATA),--data $(DATA)) $(if $(PROFILE),--profile $(PROFILE)) --device $(DEVICE) $(if $(NOTEBOOKS),--notebooks $(NOTEBOOKS))
+
+test: $(VENV)/.installed ## run the test suite (pytest, a few minutes on 2 cores)
+	$(PY) -m pytest -q tests
+
+lab: $(VENV)/.installed ## open JupyterLab on notebooks/
+	$(VENV)/bin/jupyter lab notebooks/
+
+bench: $(VENV)/.installed ## measure training throughput and CSV load time
+	$(PY) -m fer_lib bench $(if $(DATA),--data $(DATA))
+
+synth: $(VENV)/.installed ## write the synthetic dataset to data/synthetic/
+	$(PY) -m fer_lib synth --out data/synthetic
+
+clean: ## remove the synthetic demo report and cached runs (keeps .venv and report/fer2013)
+	rm -rf report/synthetic runs/synthetic-* .pytest_cache

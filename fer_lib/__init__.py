@@ -1,0 +1,5 @@
+"""fer_lib: the library behind the reproducible FER2013 report (data, model, training, evaluation, plots)."""
+
+CLASS_NAMES = ("Angry", "Disgust", "Fear", "Happy", "Sad", "Surprise", "Neutral")
+NUM_CLASSES = len(CLASS_NAMES)
+IMAGE_SIZE = 48  # FER2013 faces are 48x48 grayscale

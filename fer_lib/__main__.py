@@ -1,0 +1,159 @@
+"""Command line: python -m fer_lib {synth,train,predict,score,report,bench} --help."""
+from __future__ import annotations
+
+import argparse
+import sys
+import warnings
+from pathlib import Path
+
+
+def _add_train_options(p: argparse.ArgumentParser) -> None:
+    from .train import PROFILES
+
+    p.add_argument("--profile", choices=sorted(PROFILES), default=None,
+                   help="a named recipe: quick (minutes, a subset), full (the real-data recipe), synthetic "
+                        "(default: full for real data, synthetic for the embedded dataset)")
+    p.add_argument("--epochs", type=int, help="number of epochs (overrides the profile)")
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--lr", type=float, help="peak learning rate of the one-cycle schedule")
+    p.add_argument("--optimizer", choices=["adamw", "sgd"])
+    p.add_argument("--input-size", type=int, help="faces are resized to this side before the network (default 48)")
+    p.add_argument("--max-train", type=int, help="train on at most this many faces (0 = all)")
+    p.add_argument("--weights", help="'imagenet' (torch cache; default), 'random', or a ResNet18 .pth path")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--device", default="auto", help="cpu, cuda or auto (cuda when available; default)")
+
+
+def config_from_args(args, is_synthetic: bool):
+    from .train import PROFILES, TrainConfig
+
+    profile = args.profile or ("synthetic" if is_synthetic else "full")
+    settings = dict(PROFILES[profile])
+    for name in ("epochs", "batch_size", "lr", "optimizer", "input_size", "max_train", "weights", "seed"):
+        value = getattr(args, name, None)
+        if value is not None:
+            settings[name] = value
+    return TrainConfig.from_dict(settings)
+
+
+def cmd_synth(args) -> None:
+    from .synthetic import write_synthetic_dataset
+
+    paths = write_synthetic_dataset(Path(args.out), args.n_train, args.n_test, args.seed)
+    print("wrote " + ", ".join(str(p) for p in paths))
+
+
+def cmd_train(args) -> None:
+    from .data import load_dataset
+    from .train import ensure_run, train
+
+    dataset = load_dataset(args.data)
+    config = config_from_args(args, dataset.name == "synthetic")
+    if args.out:
+        run_dir = train(dataset, config, Path(args.out), device=args.device, resume=not args.no_resume)
+    else:
+        run_dir = ensure_run(dataset, config, Path(args.runs), device=args.device)
+    print(f"run: {run_dir}")
+
+
+def cmd_predict(args) -> None:
+    from .data import load_test_faces
+    from .predict import write_predictions
+
+    faces = load_test_faces(args.data)
+    counts = write_predictions(Path(args.run), faces, Path(args.out), tta=not args.no_tta, device=args.device)
+    print(f"wrote {args.out}: {len(faces)} rows; predicted class counts {counts}")
+
+
+def cmd_score(args) -> None:
+    from .predict import score_predictions
+
+    acc, n = score_predictions(Path(args.pred), Path(args.labels))
+    print(f"accuracy {acc:.4f} on {n} faces")
+
+
+def cmd_report(args) -> None:
+    from .report import build_report
+
+    sys.exit(build_report(data=args.data, profile=args.profile, out_root=Path(args.out), runs_root=Path(args.runs),
+                          device=args.device, notebooks=args.notebooks))
+
+
+def cmd_bench(args) -> None:
+    from .bench import run_bench
+
+    run_bench(data=args.data, batch_size=args.batch_size, steps=args.steps)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m fer_lib", description=(
+        "Facial-expression recognition on FER2013 (48x48 gray faces, 7 classes) with the seed report's "
+        "ResNet18: make data, train, predict, and build the report."))
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("synth", help="write the embedded synthetic dataset as homework CSV files",
+                       description="Draw synthetic faces of the 7 expressions; write DIR/train.csv (label,feature), "
+                                   "DIR/test.csv (id,feature) and DIR/test_labels.csv (id,label, for scoring).")
+    p.add_argument("--out", required=True, help="output directory")
+    p.add_argument("--n-train", type=int, default=3500, help="training faces (default 3500)")
+    p.add_argument("--n-test", type=int, default=700, help="test faces (default 700)")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_synth)
+
+    p = sub.add_parser("train", help="train the model (resumable; cached by config and data)",
+                       description="Train the seed ResNet18. Without --out the run goes to RUNS/<dataset>-<hash of "
+                                   "config and data> and is reused when it already exists; an interrupted run "
+                                   "resumes from its last checkpoint.")
+    p.add_argument("--data", required=True, help="dataset directory or file (any supported layout)")
+    p.add_argument("--out", help="run directory (default: the cache under --runs)")
+    p.add_argument("--runs", default="runs", help="root of the run cache (default ./runs)")
+    p.add_argument("--no-resume", action="store_true", help="start over even if --out holds a checkpoint")
+    _add_train_options(p)
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("predict", help="write id,label predictions for a test file",
+                       description="Predict the test faces with a trained run's best-validation weights and write "
+                                   "the leaderboard format (id,label), one row per face.")
+    p.add_argument("--run", required=True, help="run directory made by `train`")
+    p.add_argument("--data", required=True, help="test CSV (id,feature) or a dataset directory with a test split")
+    p.add_argument("--out", required=True, help="predictions CSV to write")
+    p.add_argument("--no-tta", action="store_true", help="no horizontal-flip test-time augmentation")
+    p.add_argument("--device", default="auto")
+    p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("score", help="accuracy of a predictions file against id,label truth")
+    p.add_argument("--pred", required=True)
+    p.add_argument("--labels", required=True)
+    p.set_defaults(func=cmd_score)
+
+    p = sub.add_parser("report", help="execute the notebooks and render report/<dataset>/",
+                       description="Train (or reuse) the run, execute every notebook with papermill and render "
+                                   "self-contained HTML pages, index.html and metrics.json into OUT/<dataset>/. "
+                                   "Without --data, uses ./data if it holds a dataset, else the synthetic demo.")
+    p.add_argument("--data", default=None, help="dataset path (default: ./data, else synthetic demo data)")
+    p.add_argument("--profile", default=None, help="quick or full (default: full for real data)")
+    p.add_argument("--out", default="report", help="report root (default ./report)")
+    p.add_argument("--runs", default="runs", help="run cache root (default ./runs)")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--notebooks", nargs="*", default=None, help="only these notebooks (names or numbers)")
+    p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("bench", help="images/s of training pipelines, and CSV load time")
+    p.add_argument("--data", default=None, help="FER2013 directory for the load-time comparison")
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--steps", type=int, default=8, help="timed steps per pipeline")
+    p.set_defaults(func=cmd_bench)
+
+    args = parser.parse_args(argv)
+    from .data import DataError
+
+    warnings.simplefilter("default")
+    try:
+        args.func(args)
+    except DataError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,119 @@
+"""The seed's model (torchvision ResNet18, fc = Dropout(0.5) + Linear(512, 7)), its weights and preprocessing.
+
+Preprocessing, applied to a uint8 batch (B, 48, 48) by :func:`preprocess`:
+  1. scale to [0, 1];
+  2. resize to ``input_size`` x ``input_size`` (bilinear) when it is not 48; ResNet18 downsamples 32x,
+     so 48x48 input leaves layer4 with a 2x2 map, and a larger input buys spatial resolution at a
+     quadratic cost in compute;
+  3. repeat the gray channel 3 times (the stem expects RGB);
+  4. normalise with the ImageNet mean and standard deviation, which the pretrained weights expect.
+"""
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from . import NUM_CLASSES
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+# the file name torchvision's ResNet18_Weights.IMAGENET1K_V1 downloads into <torch hub>/checkpoints/
+IMAGENET_FILE = "resnet18-f37072fd.pth"
+
+
+class WeightsWarning(UserWarning):
+    """ImageNet weights were asked for but are not available: the model starts from random weights."""
+
+
+def build_model(weights: str | Path | None = "imagenet", dropout: float = 0.5) -> tuple[nn.Module, str]:
+    """The seed's ResNet18 and a sentence saying where its initial weights came from.
+
+    ``weights``: "imagenet" (torchvision's cache, never a download), a path to a ResNet18 state dict,
+    or None / "random".
+    """
+    from torchvision.models import resnet18
+
+    model = resnet18(weights=None)
+    model.fc = nn.Sequential(nn.Dropout(p=dropout), nn.Linear(512, NUM_CLASSES))
+    if weights in (None, "random"):
+        return model, "random initialisation (asked for)"
+    path = imagenet_weights_path() if weights == "imagenet" else Path(weights)
+    if not path.is_file():
+        message = (f"ImageNet weights not found at {path}; training starts from random initialisation. "
+                   f"To use them, place torchvision's {IMAGENET_FILE} there (no download is attempted).")
+        warnings.warn(message, WeightsWarning, stacklevel=2)
+        return model, f"random initialisation (ImageNet weights not found at {path})"
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    # the new head replaces ImageNet's 1000-way fc; every other tensor must match exactly
+    backbone = {k: v for k, v in state.items() if not k.startswith("fc.")}
+    missing, unexpected = model.load_state_dict(backbone, strict=False)
+    if unexpected or [k for k in missing if not k.startswith("fc.")]:
+        raise ValueError(f"{path}: not a ResNet18 state dict (missing {missing[:3]}, unexpected {unexpected[:3]})")
+    return model, f"ImageNet weights from {path}"
+
+
+def imagenet_weights_path() -> Path:
+    return Path(torch.hub.get_dir()) / "checkpoints" / IMAGENET_FILE
+
+
+def preprocess(images: torch.Tensor, input_size: int = 48) -> torch.Tensor:
+    """uint8 or float (B, 48, 48) faces -> normalised float (B, 3, input_size, input_size)."""
+    x = images.float()
+    if images.dtype == torch.uint8:
+        x = x / 255.0
+    x = x.unsqueeze(1)  # (B, 1, H, W)
+    if x.shape[-1] != input_size:
+        x = F.interpolate(x, size=(input_size, input_size), mode="bilinear", align_corners=False)
+    mean = torch.tensor(IMAGENET_MEAN, device=x.device).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD, device=x.device).view(1, 3, 1, 1)
+    return (x.expand(-1, 3, -1, -1) - mean) / std
+
+
+def module_lines(model: nn.Module) -> list[str]:
+    """The repr of every leaf module in registration order: the flat list the seed report printed."""
+    return [repr(m) for m in model.modules() if not list(m.children())]
+
+
+def layer_table(model: nn.Module, input_size: int = 48):
+    """torchinfo's layer table (output shapes, parameter counts) for the actual input size."""
+    from torchinfo import summary
+
+    return summary(model, input_size=(1, 3, input_size, input_size), depth=4, verbose=0,
+                   col_names=("output_size", "num_params", "kernel_size"), row_settings=("var_names",))
+
+
+def residual_structure(model: nn.Module, input_size: int = 48) -> list[dict]:
+    """One row per residual block: its path, the shapes in and out, and what the skip connection carries.
+
+    The seed's flat module list loses this wiring: each BasicBlock computes
+    relu(bn2(conv2(relu(bn1(conv1(x))))) + skip(x)), where skip is the identity, or a 1x1 stride-2
+    conv + BN ("downsample") when the block changes resolution and width.
+    """
+    rows, shapes = [], {}
+    hooks = []
+    for name, module in model.named_modules():
+        if type(module).__name__ == "BasicBlock":
+            hooks.append(module.register_forward_hook(
+                lambda m, inp, out, name=name: shapes.__setitem__(name, (tuple(inp[0].shape[1:]), tuple(out.shape[1:])))))
+    was_training = model.training
+    try:
+        model.eval()
+        with torch.no_grad():
+            model(torch.zeros(1, 3, input_size, input_size))
+    finally:
+        model.train(was_training)
+        for h in hooks:
+            h.remove()
+    for name, (shape_in, shape_out) in shapes.items():
+        block = model.get_submodule(name)
+        if block.downsample is not None:
+            conv = block.downsample[0]
+            skip = f"downsample: Conv2d({conv.in_channels}, {conv.out_channels}, 1x1, stride {conv.stride[0]}) + BatchNorm2d"
+        else:
+            skip = "identity"
+        rows.append({"block": name, "input (C, H, W)": shape_in, "output (C, H, W)": shape_out, "skip connection": skip})
+    return rows
