@@ -135,7 +135,8 @@ def _check_columns(path: Path, header: list[str], allowed: list[list[str]]) -> l
         if header == columns:
             return columns
     expected = " or ".join(",".join(c) for c in allowed)
-    missing = sorted(set().union(*map(set, allowed)) - set(header))
+    closest = max(allowed, key=lambda columns: len(set(columns) & set(header)))
+    missing = [c for c in closest if c not in header]
     unknown = sorted(set(header) - set().union(*map(set, allowed)))
     detail = "; ".join(filter(None, [missing and f"missing {missing}", unknown and f"unknown {unknown}"]))
     raise DataError(f"{path}, line 1: columns {','.join(header)!s} - expected {expected}" + (f" ({detail})" if detail else ""))

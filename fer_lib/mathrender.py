@@ -12,7 +12,10 @@ import re
 _SKIP_BLOCKS = re.compile(r"(<(script|style|pre|code|textarea)\b.*?</\2>)", re.S | re.I)
 _DISPLAY = re.compile(r"\$\$(.+?)\$\$", re.S)
 _INLINE = re.compile(r"(?<![\\$])\$(?!\$)([^$\n]+?)(?<!\\)\$")
-_MATHJAX_SCRIPT = re.compile(r"<script[^>]*>(?:(?!</script>).)*?(?:MathJax|mathjax)(?:(?!</script>).)*?</script>\s*",
+# nbconvert's template loads MathJax, require.js and (on demand) mermaid from a CDN, and configures
+# MathJax inline: every script that names MathJax or a remote URL goes
+_REMOTE_SCRIPT = re.compile(r"<script[^>]*\bsrc=\"https?://[^\"]*\"[^>]*>\s*</script>\s*", re.I)
+_MATHJAX_CONFIG = re.compile(r"<script[^>]*>(?:(?!</script>).)*?(?:MathJax|https?://)(?:(?!</script>).)*?</script>\s*",
                              re.S)
 
 
@@ -28,8 +31,8 @@ def _convert_text(text: str) -> str:
 
 
 def offline_math(page: str) -> str:
-    """Convert every formula outside script/style/pre/code blocks to MathML and drop MathJax scripts."""
-    page = _MATHJAX_SCRIPT.sub("", page)
+    """Convert every formula outside script/style/pre/code blocks to MathML; drop CDN and MathJax scripts."""
+    page = _MATHJAX_CONFIG.sub("", _REMOTE_SCRIPT.sub("", page))
     parts = _SKIP_BLOCKS.split(page)
     # split() with two groups yields [text, block, tagname, text, block, tagname, ...]
     out = []

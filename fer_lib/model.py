@@ -50,7 +50,10 @@ def build_model(weights: str | Path | None = "imagenet", dropout: float = 0.5) -
     state = torch.load(path, map_location="cpu", weights_only=True)
     # the new head replaces ImageNet's 1000-way fc; every other tensor must match exactly
     backbone = {k: v for k, v in state.items() if not k.startswith("fc.")}
-    missing, unexpected = model.load_state_dict(backbone, strict=False)
+    try:
+        missing, unexpected = model.load_state_dict(backbone, strict=False)
+    except RuntimeError as err:  # shape mismatches
+        raise ValueError(f"{path}: not a ResNet18 state dict ({str(err).splitlines()[-1].strip()})") from None
     if unexpected or [k for k in missing if not k.startswith("fc.")]:
         raise ValueError(f"{path}: not a ResNet18 state dict (missing {missing[:3]}, unexpected {unexpected[:3]})")
     return model, f"ImageNet weights from {path}"

@@ -111,8 +111,9 @@ def make_optimizer(model, config: TrainConfig, steps_per_epoch: int):
         opt = torch.optim.SGD(groups, lr=config.lr, momentum=0.9, nesterov=True)
     else:
         raise ValueError(f"optimizer must be 'adamw' or 'sgd', got {config.optimizer!r}")
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=config.lr, total_steps=config.epochs * steps_per_epoch,
-                                                pct_start=0.25)
+    # OneCycleLR needs a few steps per phase; tiny smoke runs simply stop before the schedule ends
+    total_steps = max(config.epochs * steps_per_epoch, 8)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=config.lr, total_steps=total_steps, pct_start=0.25)
     return opt, sched
 
 
@@ -253,8 +254,6 @@ def ensure_run(dataset: Dataset, config: TrainConfig, runs_root: Path, device: s
     """The run for (config, data): loaded when it exists and is complete, else trained or resumed."""
     run_dir = Path(runs_root) / f"{dataset.name}-{run_key(config, data_fingerprint(dataset.train))}"
     if is_complete(run_dir):
-        if progress:
-            print(f"using cached run {run_dir}")
         return run_dir
     return train(dataset, config, run_dir, device=device, progress=progress)
 

@@ -1,0 +1,284 @@
+"""Data loading: every layout, the fast parser against the slow one, the cache, the split, and bad input."""
+from __future__ import annotations
+
+import gzip
+import warnings
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from fer_lib import data as data_mod
+from fer_lib.data import (DataError, DataWarning, FaceSet, load_dataset, load_test_faces, read_homework_csv,
+                          train_val_split)
+from fer_lib.fastcsv import parse_key_pixel_rows
+
+from .conftest import pixel_row, write_csv
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(0)
+
+
+def labelled_rows(rng, n=20, labels=None):
+    labels = labels if labels is not None else [i % 7 for i in range(n)]
+    return [f"{label},{pixel_row(rng)}" for label in labels]
+
+
+# ----------------------------------------------------------------------------------------- layouts
+
+
+def test_homework_csv_and_gz_read_the_same(tmp_path, rng):
+    rows = labelled_rows(rng)
+    plain = read_homework_csv(write_csv(tmp_path / "train.csv", "label,feature", rows))
+    gz = read_homework_csv(write_csv(tmp_path / "train.csv.gz", "label,feature", rows))
+    assert plain.images.shape == (20, 48, 48) and plain.images.dtype == np.uint8
+    np.testing.assert_array_equal(plain.images, gz.images)
+    np.testing.assert_array_equal(plain.labels, [i % 7 for i in range(20)])
+    # pixels are row-major: the first values of the text are the top row
+    first = [int(v) for v in rows[0].split(",")[1].split()[:48]]
+    np.testing.assert_array_equal(plain.images[0, 0], first)
+
+
+def test_fast_parser_agrees_with_the_row_by_row_parser(tmp_path, rng):
+    rows = labelled_rows(rng, 50)
+    body = "".join(r + "\n" for r in rows).encode()
+    fast = parse_key_pixel_rows(body, 48 * 48)
+    slow = np.stack([np.array([int(r.split(",")[0])] + [int(v) for v in r.split(",")[1].split()]) for r in rows])
+    np.testing.assert_array_equal(fast, slow)
+    # extra whitespace still separates the same values
+    np.testing.assert_array_equal(parse_key_pixel_rows(body.replace(b" ", b"  ", 1), 48 * 48), slow)
+    # anything irregular is refused by the fast path (the slow path then explains it)
+    assert parse_key_pixel_rows(body.replace(b" ", b" x", 1), 48 * 48) is None
+    assert parse_key_pixel_rows(body.replace(b" ", b"", 1), 48 * 48) is None
+    assert parse_key_pixel_rows(body.replace(b",", b" ", 1), 48 * 48) is None
+    assert parse_key_pixel_rows(body.replace(b"\n", b"\r\n"), 48 * 48) is not None  # Windows line ends are fine
+
+
+def test_directory_with_train_and_test(tiny_dataset):
+    ds = load_dataset(tiny_dataset)
+    assert ds.layout == "homework-csv" and ds.name == tiny_dataset.name
+    assert len(ds.train) == 300 and ds.train.labels is not None
+    assert len(ds.test) == 60 and ds.test.labels is None
+    np.testing.assert_array_equal(ds.test.ids, np.arange(60))
+
+
+def test_original_fer2013_csv(tmp_path, rng):
+    usages = ["Training"] * 8 + ["PublicTest"] * 3 + ["PrivateTest"] * 2
+    rows = [f"{i % 7},{pixel_row(rng)},{u}" for i, u in enumerate(usages)]
+    write_csv(tmp_path / "fer2013.csv", "emotion,pixels,Usage", rows)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DataWarning)
+        ds = load_dataset(tmp_path)
+    assert ds.layout == "fer2013.csv"
+    assert len(ds.train) == 8 and len(ds.test) == 5
+    np.testing.assert_array_equal(ds.test.labels, [8 % 7, 9 % 7, 10 % 7, 11 % 7, 12 % 7])
+
+
+def _save_gray(path, rng, size=(48, 48), mode="L"):
+    arr = rng.integers(0, 256, (size[1], size[0]) + ((3,) if mode == "RGB" else ()), dtype=np.uint8)
+    Image.fromarray(arr, mode).save(path)
+    return arr
+
+
+def test_image_id_layout(tmp_path, rng):
+    (tmp_path / "train_img").mkdir()
+    (tmp_path / "test_img").mkdir()
+    pixels = {i: _save_gray(tmp_path / "train_img" / f"{i}.png", rng) for i in range(7)}
+    for i in (3, 1, 2):
+        _save_gray(tmp_path / "test_img" / f"{i}.png", rng)
+    write_csv(tmp_path / "train.csv", "id,label", [f"{i},{6 - i}" for i in range(7)])
+    ds = load_dataset(tmp_path)
+    assert ds.layout == "image-ids"
+    np.testing.assert_array_equal(ds.train.labels, [6 - i for i in range(7)])
+    np.testing.assert_array_equal(ds.train.images[2], pixels[2])
+    np.testing.assert_array_equal(ds.test.ids, [1, 2, 3])
+
+
+def test_class_folder_layout(tmp_path, rng):
+    for split in ("train", "test"):
+        for name in ("Angry", "disgust", "Fear", "happy", "Sad", "Surprise", "Neutral"):
+            (tmp_path / split / name).mkdir(parents=True)
+            _save_gray(tmp_path / split / name / "a.jpg", rng)
+    ds = load_dataset(tmp_path)
+    assert ds.layout == "class-folders"
+    assert sorted(ds.train.labels.tolist()) == list(range(7))
+    assert ds.test.labels is not None
+
+
+def test_test_faces_from_a_file_or_a_directory(tiny_dataset):
+    from_file = load_test_faces(tiny_dataset / "test.csv")
+    from_dir = load_test_faces(tiny_dataset)
+    np.testing.assert_array_equal(from_file.images, from_dir.images)
+
+
+# ----------------------------------------------------------------------------------------- cache
+
+
+def test_cache_makes_the_second_load_skip_parsing(tmp_path, rng, monkeypatch):
+    path = write_csv(tmp_path / "train.csv", "label,feature", labelled_rows(rng))
+    cache = tmp_path / "c"
+    first = read_homework_csv(path, cache)
+    assert len(list(cache.glob("*.npz"))) == 1
+
+    def refuse(*_):
+        raise AssertionError("parsed again despite the cache")
+
+    monkeypatch.setattr(data_mod, "_parse_homework_csv", refuse)
+    again = read_homework_csv(path, cache)
+    np.testing.assert_array_equal(first.images, again.images)
+    # a changed file has another content hash, so it is parsed again
+    write_csv(path, "label,feature", labelled_rows(rng))
+    with pytest.raises(AssertionError, match="parsed again"):
+        read_homework_csv(path, cache)
+
+
+def test_a_failed_parse_leaves_no_cache_entry(tmp_path, rng):
+    rows = labelled_rows(rng)
+    rows[3] = "3,1 2 3"
+    path = write_csv(tmp_path / "train.csv", "label,feature", rows)
+    with pytest.raises(DataError):
+        read_homework_csv(path, tmp_path / "c")
+    assert not (tmp_path / "c").exists() or not any((tmp_path / "c").iterdir())
+
+
+# ----------------------------------------------------------------------------------------- split
+
+
+def test_split_is_deterministic_stratified_and_disjoint(tiny_dataset):
+    train = load_dataset(tiny_dataset).train
+    a_train, a_val = train_val_split(train, 0.2, seed=3)
+    b_train, b_val = train_val_split(train, 0.2, seed=3)
+    np.testing.assert_array_equal(a_val.ids, b_val.ids)
+    assert set(a_train.ids).isdisjoint(a_val.ids) and len(a_train) + len(a_val) == len(train)
+    assert len(a_val) == 60
+    share_all = np.bincount(train.labels, minlength=7) / len(train)
+    share_val = np.bincount(a_val.labels, minlength=7) / len(a_val)
+    assert np.abs(share_all - share_val).max() < 0.03
+    _, c_val = train_val_split(train, 0.2, seed=4)
+    assert set(c_val.ids) != set(a_val.ids)
+
+
+# ----------------------------------------------------------------------------------------- bad input
+
+
+@pytest.mark.parametrize("rows_edit, message", [
+    (lambda rows, rng: rows.__setitem__(4, "2," + " ".join(["7"] * 2300)), r"line 6: expected 2304 pixel values.*found 2300"),
+    (lambda rows, rng: rows.__setitem__(2, "2," + " ".join(["7"] * 2303 + ["x9"])), r"line 4: pixel 2303 is 'x9'"),
+    (lambda rows, rng: rows.__setitem__(7, "2," + " ".join(["7"] * 10 + ["256"] + ["7"] * 2293)), r"line 9: pixel 10 is 256"),
+    (lambda rows, rng: rows.__setitem__(7, "2," + " ".join(["7"] * 10 + ["1000"] + ["7"] * 2293)), r"line 9: pixel 10 is 1000"),
+    (lambda rows, rng: rows.__setitem__(1, "-3," + " ".join(["7"] * 2304)), r"line 3: pixel|line 3: label"),
+    (lambda rows, rng: rows.__setitem__(5, "9," + " ".join(["7"] * 2304)), r"line 7: label 9 is outside 0..6"),
+    (lambda rows, rng: rows.__setitem__(5, "happy," + " ".join(["7"] * 2304)), r"line 7: label 'happy' is not an integer"),
+    (lambda rows, rng: rows.__setitem__(5, "1," + " ".join(["7"] * 2304) + ",extra"), r"line 7: expected 2 comma-separated"),
+])
+def test_bad_rows_name_file_line_and_problem(tmp_path, rng, rows_edit, message):
+    rows = labelled_rows(rng, 10)
+    rows_edit(rows, rng)
+    path = write_csv(tmp_path / "train.csv", "label,feature", rows)
+    with pytest.raises(DataError, match=message) as err:
+        read_homework_csv(path)
+    assert str(path) in str(err.value)
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(DataError, match="no such file"):
+        load_dataset(tmp_path / "nope")
+    with pytest.raises(DataError, match="file not found"):
+        read_homework_csv(tmp_path / "nope.csv")
+
+
+@pytest.mark.parametrize("content", ["", "\n\n", "label,feature\n"])
+def test_empty_file(tmp_path, content):
+    path = tmp_path / "train.csv"
+    path.write_text(content)
+    with pytest.raises(DataError, match="empty file|no data rows"):
+        read_homework_csv(path)
+
+
+@pytest.mark.parametrize("header, message", [
+    ("label", r"missing \['feature'\]"),
+    ("label,pixels", r"unknown \['pixels'\]"),
+    ("emotion,feature,foo", "expected label,feature or id,feature"),
+])
+def test_missing_or_unknown_columns(tmp_path, rng, header, message):
+    path = write_csv(tmp_path / "train.csv", header, labelled_rows(rng, 2))
+    with pytest.raises(DataError, match=message):
+        read_homework_csv(path)
+
+
+def test_duplicate_ids(tmp_path, rng):
+    rows = [f"{i},{pixel_row(rng)}" for i in (0, 1, 2, 1)]
+    path = write_csv(tmp_path / "test.csv", "id,feature", rows)
+    with pytest.raises(DataError, match=r"lines 3 and 5: duplicate id 1"):
+        read_homework_csv(path)
+
+
+def test_corrupt_gzip(tmp_path):
+    path = tmp_path / "train.csv.gz"
+    path.write_bytes(gzip.compress(b"label,feature\n")[:-8] + b"garbage!")
+    with pytest.raises(DataError, match="not a valid gzip"):
+        read_homework_csv(path)
+
+
+def test_class_without_examples_warns(tmp_path, rng):
+    path = write_csv(tmp_path / "train.csv", "label,feature", labelled_rows(rng, labels=[0, 2, 3, 4, 5, 6, 0]))
+    with pytest.warns(DataWarning, match="no training examples of Disgust"):
+        read_homework_csv(path)
+
+
+def test_corrupt_and_non_image_files_are_refused(tmp_path, rng):
+    (tmp_path / "train" / "Happy").mkdir(parents=True)
+    _save_gray(tmp_path / "train" / "Happy" / "good.png", rng)
+    (tmp_path / "train" / "Happy" / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 this is not really a jpeg")
+    with pytest.raises(DataError, match=r"broken\.jpg: not a readable image"):
+        load_dataset(tmp_path)
+    (tmp_path / "train" / "Happy" / "broken.jpg").write_text("hello, I am text")
+    with pytest.raises(DataError, match=r"broken\.jpg: not a readable image"):
+        load_dataset(tmp_path)
+
+
+def test_colour_or_large_images_are_converted_with_a_warning(tmp_path, rng):
+    (tmp_path / "train" / "Sad").mkdir(parents=True)
+    _save_gray(tmp_path / "train" / "Sad" / "rgb.png", rng, mode="RGB")
+    _save_gray(tmp_path / "train" / "Sad" / "big.png", rng, size=(96, 96))
+    with pytest.warns(DataWarning, match="converted"):
+        ds = load_dataset(tmp_path)
+    assert ds.train.images.shape == (2, 48, 48)
+
+
+def test_small_images_are_refused(tmp_path, rng):
+    (tmp_path / "train" / "Sad").mkdir(parents=True)
+    _save_gray(tmp_path / "train" / "Sad" / "tiny.png", rng, size=(20, 20))
+    with pytest.raises(DataError, match=r"tiny\.png: image is 20x20, expected 48x48"):
+        load_dataset(tmp_path)
+
+
+def test_unknown_class_folder(tmp_path, rng):
+    (tmp_path / "train" / "Bored").mkdir(parents=True)
+    _save_gray(tmp_path / "train" / "Bored" / "a.png", rng)
+    with pytest.raises(DataError, match="unknown class folder 'Bored'"):
+        load_dataset(tmp_path)
+
+
+def test_image_listed_but_missing(tmp_path, rng):
+    (tmp_path / "train_img").mkdir()
+    _save_gray(tmp_path / "train_img" / "0.png", rng)
+    write_csv(tmp_path / "train.csv", "id,label", ["0,1", "5,2"])
+    with pytest.raises(DataError, match=r"line 3: no image train_img/5.jpg"):
+        load_dataset(tmp_path)
+
+
+def test_unrecognised_directory(tmp_path):
+    (tmp_path / "notes.txt").write_text("hi")
+    with pytest.raises(DataError, match="no dataset found"):
+        load_dataset(tmp_path)
+
+
+def test_faceset_subset_keeps_rows_aligned():
+    faces = FaceSet(np.arange(3 * 48 * 48, dtype=np.uint8).reshape(3, 48, 48) % 255, np.array([4, 5, 6]),
+                    np.array([10, 11, 12]))
+    sub = faces.subset(np.array([2, 0]))
+    np.testing.assert_array_equal(sub.labels, [6, 4])
+    np.testing.assert_array_equal(sub.ids, [12, 10])

@@ -1,0 +1,90 @@
+"""`make report` end to end on a small synthetic set: every notebook executes, pages are self-contained."""
+from __future__ import annotations
+
+import json
+import re
+
+import nbformat
+import pytest
+
+from fer_lib import report as report_mod
+from fer_lib.report import build_report, notebook_paths
+from fer_lib.synthetic import write_synthetic_dataset
+
+
+@pytest.fixture(scope="module")
+def synthetic_small(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("data") / "synthetic"  # the name marks it as the demo dataset
+    write_synthetic_dataset(folder, n_train=280, n_test=30, seed=2)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def built(synthetic_small, tmp_path_factory):
+    out = tmp_path_factory.mktemp("report")
+    runs = tmp_path_factory.mktemp("runs")
+    code = build_report(data=str(synthetic_small), profile="smoke", out_root=out, runs_root=runs, device="cpu")
+    return code, out / "synthetic", runs
+
+
+def test_source_notebooks_are_committed_clean_with_a_parameters_cell():
+    for path in notebook_paths():
+        nb = nbformat.read(path, as_version=4)
+        assert all(not c.get("outputs") for c in nb.cells if c.cell_type == "code"), f"{path} has outputs"
+        tagged = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
+        assert len(tagged) == 1, f"{path} needs exactly one cell tagged 'parameters'"
+
+
+def test_every_notebook_executes_and_renders(built):
+    code, folder, _ = built
+    assert code == 0
+    for nb in notebook_paths():
+        page = (folder / f"{nb.stem}.html").read_text()
+        assert "Traceback" not in page
+        assert "In&nbsp;[" not in page, "code cells are hidden in the report"
+
+
+def test_pages_embed_images_and_need_no_network(built):
+    _, folder, _ = built
+    page = (folder / "02_training_history.html").read_text()
+    assert 'src="data:image/png;base64' in page
+    for html_file in folder.glob("*.html"):
+        text = html_file.read_text()
+        assert not re.search(r"<script[^>]+src=\"https?://", text), f"{html_file.name} loads a script from the network"
+
+
+def test_synthetic_report_says_so_on_every_page(built):
+    _, folder, _ = built
+    for html_file in folder.glob("*.html"):
+        assert "SYNTHETIC DEMO DATA" in html_file.read_text(), html_file.name
+
+
+def test_index_metrics_and_predictions(built, synthetic_small):
+    _, folder, _ = built
+    index = (folder / "index.html").read_text()
+    for nb in notebook_paths():
+        assert f'href="{nb.stem}.html"' in index
+    metrics = json.loads((folder / "metrics.json").read_text())
+    assert set(metrics["data_files"]) == {"train.csv", "test.csv"}
+    assert all(len(h) == 64 for h in metrics["data_files"].values())
+    assert metrics["config"]["config"]["epochs"] == 1 and metrics["libraries"]["torch"]
+    assert metrics["run"]["device"] == "cpu" and "total" in metrics["wall_seconds"]
+    lines = (folder / "predictions.csv").read_text().splitlines()
+    assert lines[0] == "id,label" and len(lines) == 31
+
+
+def test_a_failing_notebook_leaves_the_previous_report_untouched(built, synthetic_small, tmp_path, monkeypatch):
+    _, folder, runs = built
+    before = {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file()}
+    broken = tmp_path / "notebooks"
+    broken.mkdir()
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("raise RuntimeError('boom')")])
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nbformat.write(nb, broken / "01_broken.ipynb")
+    monkeypatch.setattr(report_mod, "NOTEBOOK_DIR", broken)
+    code = build_report(data=str(synthetic_small), profile="smoke", out_root=folder.parent, runs_root=runs,
+                        device="cpu")
+    assert code == 1
+    after = {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file()}
+    assert after == before
+    assert not list(folder.parent.glob(".*staging*")), "the staging folder is cleaned up"

@@ -1,0 +1,133 @@
+"""Training: it learns, resumes exactly, caches runs, and the CLI chains synth -> train -> predict -> score."""
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from fer_lib.augment import AugmentConfig, augment
+from fer_lib.data import load_dataset
+from fer_lib.train import HISTORY_COLUMNS, TrainConfig, ensure_run, load_trained, read_history, train
+
+TINY = dict(epochs=2, max_train=96, batch_size=32, weights="random", val_fraction=0.2)
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_dataset):
+    return load_dataset(tiny_dataset)
+
+
+def test_overfits_a_small_batch(tiny):
+    """With augmentation, dropout and label smoothing off, 32 faces are memorised in a few dozen steps."""
+    torch.manual_seed(0)
+    cfg = TrainConfig(epochs=30, max_train=32, batch_size=32, lr=2e-3, weight_decay=0, label_smoothing=0,
+                      weights="random", augment=AugmentConfig(flip=False, shift=0, rotate_deg=0, scale=0, erase_p=0))
+    from fer_lib.model import build_model
+    from fer_lib.train import make_optimizer, split_for, train_step
+
+    model, _ = build_model("random", dropout=0.0)
+    model.to(memory_format=torch.channels_last)
+    opt, sched = make_optimizer(model, cfg, steps_per_epoch=1)
+    faces = split_for(tiny, cfg)[0]
+    images, labels = torch.from_numpy(faces.images), torch.from_numpy(faces.labels)
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(cfg.epochs):
+        loss, correct = train_step(model, opt, sched, images, labels, cfg, None, gen, torch.device("cpu"))
+    assert correct == 32 and loss / 32 < 0.1
+
+
+def test_history_checkpoint_and_provenance(tiny, tmp_path):
+    run = train(tiny, TrainConfig(**TINY), tmp_path / "run", progress=False)
+    history = read_history(run)
+    assert list(history.columns) == HISTORY_COLUMNS and history["epoch"].tolist() == [1, 2]
+    assert history[["train_acc", "val_acc"]].stack().between(0, 1).all()
+    ckpt = torch.load(run / "checkpoint.pt", weights_only=True)  # loads without pickled code
+    assert ckpt["epoch"] == 2 and set(ckpt) >= {"model", "optimizer", "scheduler", "best_val_acc", "config"}
+    model, cfg = load_trained(run)
+    assert not model.training and cfg == TrainConfig(**TINY)
+    assert (run / "run.json").exists()
+    assert not list(run.glob("*.tmp")), "atomic writes leave no temporary files"
+
+
+def test_resume_after_interruption_matches_an_uninterrupted_run(tiny, tmp_path):
+    cfg = TrainConfig(**{**TINY, "epochs": 3})
+    straight = train(tiny, cfg, tmp_path / "straight", progress=False)
+    interrupted = train(tiny, cfg, tmp_path / "resumed", stop_after=1, progress=False)
+    assert not (interrupted / "run.json").exists() and read_history(interrupted)["epoch"].tolist() == [1]
+    resumed = train(tiny, cfg, tmp_path / "resumed", progress=False)
+    a, b = read_history(straight), read_history(resumed)
+    pd.testing.assert_frame_equal(a.drop(columns="seconds"), b.drop(columns="seconds"))
+    wa = torch.load(straight / "checkpoint.pt", weights_only=True)["model"]
+    wb = torch.load(resumed / "checkpoint.pt", weights_only=True)["model"]
+    for key in wa:
+        torch.testing.assert_close(wa[key], wb[key], rtol=0, atol=0, msg=key)
+
+
+def test_run_cache_trains_once(tiny, tmp_path, monkeypatch):
+    cfg = TrainConfig(**{**TINY, "epochs": 1})
+    first = ensure_run(tiny, cfg, tmp_path, progress=False)
+    import fer_lib.train as train_mod
+
+    monkeypatch.setattr(train_mod, "train", lambda *a, **k: pytest.fail("trained again despite the cache"))
+    assert ensure_run(tiny, cfg, tmp_path, progress=False) == first
+    other = TrainConfig(**{**TINY, "epochs": 1, "seed": 7})
+    with pytest.raises(pytest.fail.Exception):
+        ensure_run(tiny, other, tmp_path, progress=False)  # another config is another run
+
+
+def test_augmentation_is_seeded_and_keeps_shape():
+    x = torch.rand(8, 3, 48, 48)
+    cfg = AugmentConfig()
+    a = augment(x, cfg, torch.Generator().manual_seed(1))
+    b = augment(x, cfg, torch.Generator().manual_seed(1))
+    c = augment(x, cfg, torch.Generator().manual_seed(2))
+    assert a.shape == x.shape
+    torch.testing.assert_close(a, b)
+    assert not torch.allclose(a, c)
+    # with every transform off, augmentation is the identity
+    off = AugmentConfig(flip=False, shift=0, rotate_deg=0, scale=0, erase_p=0)
+    torch.testing.assert_close(augment(x, off, torch.Generator().manual_seed(1)), x, atol=1e-5, rtol=0)
+
+
+def test_cli_synth_train_predict_score_chain(tmp_path):
+    def cli(*args):
+        result = subprocess.run([sys.executable, "-m", "fer_lib", *args], capture_output=True, text=True)
+        assert result.returncode == 0, result.stderr
+        return result.stdout
+
+    cli("synth", "--out", str(tmp_path / "d"), "--n-train", "200", "--n-test", "40")
+    cli("train", "--data", str(tmp_path / "d"), "--out", str(tmp_path / "run"), "--epochs", "1",
+        "--max-train", "64", "--weights", "random")
+    cli("predict", "--run", str(tmp_path / "run"), "--data", str(tmp_path / "d" / "test.csv"),
+        "--out", str(tmp_path / "pred.csv"))
+    pred = pd.read_csv(tmp_path / "pred.csv")
+    assert list(pred.columns) == ["id", "label"] and len(pred) == 40
+    assert pred["id"].tolist() == list(range(40)) and pred["label"].between(0, 6).all()
+    out = cli("score", "--pred", str(tmp_path / "pred.csv"), "--labels", str(tmp_path / "d" / "test_labels.csv"))
+    assert "on 40 faces" in out
+
+
+def test_cli_reports_bad_data_clearly(tmp_path):
+    (tmp_path / "train.csv").write_text("label,feature\n3,1 2 3\n")
+    result = subprocess.run([sys.executable, "-m", "fer_lib", "train", "--data", str(tmp_path), "--epochs", "1"],
+                            capture_output=True, text=True)
+    assert result.returncode == 2
+    assert "line 2: expected 2304 pixel values" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_cli_help_explains_every_command():
+    result = subprocess.run([sys.executable, "-m", "fer_lib", "--help"], capture_output=True, text=True)
+    for command in ("synth", "train", "predict", "score", "report", "bench"):
+        assert command in result.stdout
+
+
+def test_class_weights_lift_rare_classes():
+    from fer_lib.train import class_weights
+
+    labels = np.array([0] * 100 + [1] * 4 + list(range(2, 7)) * 10)
+    w = class_weights(labels, "sqrt")
+    assert w[1] > w[0] and class_weights(labels, "none") is None
