@@ -1,0 +1,63 @@
+"""Q6: the closed forms agree with PyTorch, and the checks catch a wrong formula; math renders offline."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from fer_lib import mathcheck
+from fer_lib.mathrender import offline_math
+
+
+def test_closed_forms_agree_with_pytorch():
+    for check in (mathcheck.verify_conv_shapes(300), mathcheck.verify_batchnorm(100),
+                  mathcheck.verify_softmax_cross_entropy(100)):
+        assert check.passed, str(check)
+        assert check.cases >= 100
+        check.require()
+
+
+def test_conv_formula_by_hand():
+    # the seed's stem: 7x7, stride 2, padding 3 on 48x48 -> 24x24; an uneven stride drops the last window
+    assert mathcheck.conv2d_output_shape(8, 48, 48, 64, (7, 7), (2, 2), (3, 3)) == (8, 24, 24, 64)
+    assert mathcheck.conv2d_output_shape(1, 10, 9, 3, (3, 2), (3, 2), (0, 1)) == (1, 3, 5, 3)
+
+
+def test_a_wrong_shape_formula_is_caught(monkeypatch):
+    def without_floor(batch, width, height, out_channels, kernel, stride, padding):
+        return batch, round((width + 2 * padding[0] - kernel[0]) / stride[0] + 1), \
+            round((height + 2 * padding[1] - kernel[1]) / stride[1] + 1), out_channels
+
+    monkeypatch.setattr(mathcheck, "conv2d_output_shape", without_floor)
+    check = mathcheck.verify_conv_shapes(300)
+    assert not check.passed and check.max_error > 0
+    with pytest.raises(AssertionError, match="Conv2D output shape"):
+        check.require()
+
+
+def test_a_wrong_batchnorm_gradient_is_caught(monkeypatch):
+    right = mathcheck.batchnorm_gradients
+
+    def forgets_variance_path(x, gamma, dl_dy, eps=1e-5):
+        grads = right(x, gamma, dl_dy, eps)
+        inv_std = 1 / torch.sqrt(x.var(0, unbiased=False) + eps)
+        grads["x"] = dl_dy * gamma * inv_std  # the common mistake: only the direct path
+        return grads
+
+    monkeypatch.setattr(mathcheck, "batchnorm_gradients", forgets_variance_path)
+    assert not mathcheck.verify_batchnorm(20).passed
+
+
+def test_a_wrong_softmax_gradient_is_caught(monkeypatch):
+    monkeypatch.setattr(mathcheck, "softmax_cross_entropy_gradient",
+                        lambda z, t: torch.nn.functional.one_hot(t, z.shape[1]).to(z.dtype) - torch.softmax(z, 1))
+    assert not mathcheck.verify_softmax_cross_entropy(20).passed
+
+
+def test_offline_math_converts_latex_and_drops_cdn_scripts():
+    page = ('<html><head><script src="https://cdnjs.cloudflare.com/ajax/libs/mathjax/2.7.7/latest.js"></script>'
+            '<script type="text/x-mathjax-config">MathJax.Hub.Config({});</script></head><body>'
+            '<p>inline $\\hat{y}_t - y_t$ and</p><p>$$\\frac{a}{b}$$</p><pre>cost: $5 and $6</pre></body></html>')
+    out = offline_math(page)
+    assert "https://" not in out and "MathJax" not in out
+    assert out.count("<math") == 2 and 'display="block"' in out
+    assert "<pre>cost: $5 and $6</pre>" in out  # code blocks are left alone
