@@ -82,6 +82,14 @@ class Context:
         """The best-validation model of the run, in eval mode (a fresh copy on every call)."""
         return load_trained(self.run_dir, device=resolve_device(self.device))[0]
 
+    @cached_property
+    def val_logits(self):
+        """Logits (N, 7) of the run's best model on the validation faces (computed once per notebook)."""
+        from .evaluate import predict_logits
+
+        dev = resolve_device(self.device)
+        return predict_logits(self.model(), self.val.images, self.config.input_size, device=dev)
+
     def banner(self):
         """An HTML notice for the top of every page of a synthetic report (nothing for real data)."""
         from IPython.display import HTML

@@ -112,7 +112,11 @@ def _cached(path: Path, cache_dir: Path | None, parse) -> dict[str, np.ndarray]:
         with np.load(entry) as npz:
             return {k: npz[k] for k in npz.files}
     arrays = parse(path)
-    atomic_write(entry, lambda tmp: np.savez(open(tmp, "wb"), **arrays))
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as f:  # a file object: np.savez would append ".npz" to a bare name
+            np.savez(f, **arrays)
+
+    atomic_write(entry, write)
     return arrays
 
 
@@ -308,7 +312,7 @@ def _image_files(folder: Path) -> list[Path]:
 
 
 def _read_images(paths: list[Path]) -> np.ndarray:
-    from tqdm.auto import tqdm
+    from tqdm import tqdm
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", DataWarning)

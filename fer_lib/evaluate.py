@@ -7,6 +7,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from . import CLASS_NAMES
 from .model import preprocess
 
 
@@ -78,3 +79,69 @@ def history_findings(history, gap_overfit: float = 0.10, underfit_train_acc: flo
     else:
         verdict = "fits well"
     return HistoryFindings(int(best["epoch"]), float(best["val_acc"]), float(best["train_acc"]), gap, rising, verdict)
+
+
+# --------------------------------------------------------------------------------------------- Q3: confusion
+
+
+@dataclass
+class ConfusionFindings:
+    counts: np.ndarray  # (7, 7): rows true class, columns predicted
+    rates: np.ndarray  # row-normalised: rates[i, j] = share of true class i predicted as j
+    report: "object"  # pandas DataFrame: precision, recall, F1, support per class
+    accuracy: float
+    easiest: list[str]  # classes by recall, best first
+    hardest: list[str]  # classes by recall, worst first
+    confused_pairs: list[tuple[str, str, float, int]]  # (true, predicted, rate, count), most confused first
+
+    def sentences(self) -> list[str]:
+        lines = [f"Validation accuracy {self.accuracy:.1%}.",
+                 f"Easiest classes (highest recall): {', '.join(self.easiest[:2])}; hardest: "
+                 f"{', '.join(self.hardest[:2])}."]
+        pairs = "; ".join(f"{t} -> {p} ({r:.0%} of {t}, {n} faces)" for t, p, r, n in self.confused_pairs[:3])
+        lines.append(f"Most confused pairs: {pairs}.")
+        return lines
+
+    def seed_claims(self) -> list[tuple[str, bool, str]]:
+        """The seed report's claims, each with whether this run reproduces it and the evidence."""
+        top2 = set(self.easiest[:2])
+        worst = self.hardest[0]
+        row = {name: i for i, name in enumerate(CLASS_NAMES)}
+        fear = self.rates[row["Fear"]].copy()
+        fear[row["Fear"]] = -1
+        fear_to = CLASS_NAMES[int(fear.argmax())]
+        recall = dict(zip(CLASS_NAMES, np.diag(self.rates)))
+        return [
+            ("Happy and Surprise are the easiest classes", top2 == {"Happy", "Surprise"},
+             f"the two highest recalls are {self.easiest[0]} ({recall[self.easiest[0]]:.0%}) and "
+             f"{self.easiest[1]} ({recall[self.easiest[1]]:.0%})"),
+            ("Fear is the most misclassified class", worst == "Fear",
+             f"lowest recall: {worst} ({recall[worst]:.0%}); Fear's recall is {recall['Fear']:.0%}"),
+            ("Fear is most often mistaken for Sad", fear_to == "Sad",
+             f"Fear faces are most often predicted as {fear_to} ({self.rates[row['Fear'], row[fear_to]]:.0%})"),
+        ]
+
+
+def confusion_findings(y_true: np.ndarray, y_pred: np.ndarray) -> ConfusionFindings:
+    """Confusion matrix, per-class precision/recall/F1 (scikit-learn) and the findings stated in Q3."""
+    import pandas as pd
+    from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
+
+    labels = list(range(len(CLASS_NAMES)))
+    counts = confusion_matrix(y_true, y_pred, labels=labels)
+    rates = counts / counts.sum(1, keepdims=True).clip(min=1)
+    precision, recall, f1, support = precision_recall_fscore_support(y_true, y_pred, labels=labels, zero_division=0)
+    report = pd.DataFrame({"precision": precision, "recall": recall, "F1": f1, "support": support}, index=CLASS_NAMES)
+    present = [i for i in labels if support[i] > 0]
+    by_recall = sorted(present, key=lambda i: -recall[i])
+    pairs = [(CLASS_NAMES[i], CLASS_NAMES[j], float(rates[i, j]), int(counts[i, j]))
+             for i in present for j in labels if i != j and counts[i, j] > 0]
+    pairs.sort(key=lambda p: (-p[2], -p[3]))
+    return ConfusionFindings(counts, rates, report, float(np.mean(np.asarray(y_true) == np.asarray(y_pred))),
+                             [CLASS_NAMES[i] for i in by_recall], [CLASS_NAMES[i] for i in by_recall[::-1]], pairs)
+
+
+def misclassified(y_true: np.ndarray, y_pred: np.ndarray, true_name: str, pred_name: str, limit: int = 8) -> np.ndarray:
+    """Indices of faces of class ``true_name`` predicted as ``pred_name`` (first ``limit``)."""
+    t, p = CLASS_NAMES.index(true_name), CLASS_NAMES.index(pred_name)
+    return np.flatnonzero((np.asarray(y_true) == t) & (np.asarray(y_pred) == p))[:limit]

@@ -85,6 +85,11 @@ def run_key(config: TrainConfig, fingerprint: str) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
+def default_threads() -> int:
+    """All cores, unless OMP_NUM_THREADS says otherwise (e.g. to share the machine with another run)."""
+    return int(os.environ.get("OMP_NUM_THREADS") or os.cpu_count() or 1)
+
+
 def resolve_device(device: str = "auto") -> torch.device:
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -153,11 +158,11 @@ def read_history(run_dir: Path):
 def train(dataset: Dataset, config: TrainConfig, run_dir: Path, device: str = "auto", resume: bool = True,
           stop_after: int | None = None, progress: bool = True) -> Path:
     """Train (or continue training) into ``run_dir``; returns it. ``stop_after`` ends early (tests)."""
-    from tqdm.auto import tqdm
+    from tqdm import tqdm
 
     run_dir = Path(run_dir)
     dev = resolve_device(device)
-    torch.set_num_threads(os.cpu_count() or 1)
+    torch.set_num_threads(default_threads())
     train_set, val_set = split_for(dataset, config)
     fingerprint = data_fingerprint(dataset.train)
     run_dir.mkdir(parents=True, exist_ok=True)

@@ -38,3 +38,18 @@ def write_csv(path: Path, header: str, rows: list[str]) -> Path:
     else:
         path.write_text(text)
     return path
+
+
+@pytest.fixture(scope="session")
+def trained_synthetic(tmp_path_factory):
+    """A model trained briefly on synthetic faces (whose cue regions are known), with validation faces."""
+    from fer_lib.data import load_dataset
+    from fer_lib.train import TrainConfig, load_trained, split_for, train
+
+    folder = tmp_path_factory.mktemp("synthetic-train")
+    write_synthetic_dataset(folder, n_train=1500, n_test=10, seed=5)
+    dataset = load_dataset(folder)
+    config = TrainConfig(epochs=4, max_train=1300, batch_size=64, lr=3e-3, weights="random", val_fraction=0.1)
+    run = train(dataset, config, folder / "run", progress=False)
+    model, _ = load_trained(run)
+    return model, split_for(dataset, config)[1], run
