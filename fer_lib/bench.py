@@ -141,7 +141,7 @@ def _load_times(data: str | None) -> dict:
     return {"file": str(path), "fer_lib_seconds": fast, "fer_lib_cached_seconds": cached, "pandas_split_seconds": naive}
 
 
-def run_bench(data: str | None = None, batch_size: int = 128, steps: int = 8, out: str | None = "bench.json") -> dict:
+def run_bench(data: str | None = None, batch_size: int = 128, steps: int = 8, out: str | None = "runs/bench.json") -> dict:
     from .train import default_threads
 
     torch.set_num_threads(default_threads())
@@ -173,5 +173,7 @@ def run_bench(data: str | None = None, batch_size: int = 128, steps: int = 8, ou
         print(f"load {load['file']}: fer_lib {load['fer_lib_seconds']:.2f} s, from cache {load['fer_lib_cached_seconds']:.2f} s, "
               f"pandas + per-row split {load['pandas_split_seconds']:.2f} s")
     if out:
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
         Path(out).write_text(json.dumps(results, indent=2))
+        print(f"wrote {out}")
     return results

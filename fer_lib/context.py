@@ -121,3 +121,11 @@ def load_context(data: str = "", profile: str = "", runs: str = "runs", device: 
         raise ValueError(f"profile must be one of {sorted(PROFILES)}, got {profile!r}")
     config = TrainConfig.from_dict({**PROFILES[profile], **overrides})
     return Context(dataset, config, profile, _project_path(runs), device, data_path)
+
+
+def ablation_table():
+    """docs/ablation.csv (the measurements behind the `full` recipe) as a DataFrame, or None."""
+    import pandas as pd
+
+    path = PROJECT_ROOT / "docs" / "ablation.csv"
+    return pd.read_csv(path) if path.exists() else None

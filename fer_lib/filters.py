@@ -121,3 +121,25 @@ def gradient_ascent(model: nn.Module, filters: list[int] | np.ndarray, input_siz
             final = torch.sigmoid(logits)
             after = response(final, store).numpy()
     return final[:, 0].numpy(), before, after
+
+
+def pick_filters(responses: np.ndarray, labels: np.ndarray, n: int = 32) -> np.ndarray:
+    """``n`` active filters spread over the classes: round-robin over the classes, each time taking the
+    filter most selective for that class (mean response on its faces minus the mean on the others).
+
+    Taking simply the strongest responders tends to show many filters of one class.
+    """
+    active = np.setdiff1d(np.arange(responses.shape[1]), inactive_filters(responses))
+    active_set = set(active.tolist())
+    rankings = []
+    for c in np.unique(labels):
+        selectivity = responses[labels == c].mean(0) - responses[labels != c].mean(0)
+        rankings.append([int(f) for f in np.argsort(-selectivity) if f in active_set])
+    chosen: list[int] = []
+    depth = 0
+    while len(chosen) < min(n, len(active)):
+        for ranking in rankings:
+            if depth < len(ranking) and ranking[depth] not in chosen and len(chosen) < n:
+                chosen.append(ranking[depth])
+        depth += 1
+    return np.array(chosen)

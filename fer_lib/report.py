@@ -55,8 +55,7 @@ def render_html(executed: Path, out: Path, banner: str | None) -> None:
     nb = nbformat.read(executed, as_version=4)
     body, _ = exporter.from_notebook_node(nb)
     body = offline_math(body)
-    if banner:
-        body = body.replace("<body", "<body", 1)
+    if banner:  # right after the opening <body ...> tag, so it is the first thing on the page
         i = body.index(">", body.index("<body")) + 1
         body = body[:i] + banner + body[i:]
     out.write_text(body, encoding="utf-8")

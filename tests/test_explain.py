@@ -126,3 +126,17 @@ def test_face_regions_are_disjoint_where_they_should_be():
     regions = face_regions(48)
     assert not (regions["eyes_brows"] & regions["mouth"]).any()
     assert 0.05 < regions["outside_face"].mean() < 0.4
+
+
+def test_pick_filters_spreads_over_classes_and_skips_inactive():
+    rng = np.random.default_rng(0)
+    labels = np.repeat(np.arange(7), 10)
+    responses = rng.normal(0, 0.1, (70, 20))
+    for c in range(7):
+        responses[labels == c, c] += 3  # filter c fires for class c
+    responses[:, 19] = -1  # never fires
+    from fer_lib.filters import pick_filters
+
+    chosen = pick_filters(responses, labels, 7)
+    assert sorted(chosen.tolist()) == list(range(7))
+    assert 19 not in pick_filters(responses, labels, 19)
