@@ -53,6 +53,10 @@ def synthetic_data_path() -> Path:
     return folder
 
 
+def default_profile(dataset_name: str) -> str:
+    return "synthetic" if dataset_name == SYNTHETIC_NAME else "full"
+
+
 @dataclass
 class Context:
     dataset: Dataset
@@ -65,6 +69,12 @@ class Context:
     @property
     def is_synthetic(self) -> bool:
         return self.dataset.name == SYNTHETIC_NAME
+
+    @property
+    def report_name(self) -> str:
+        """report/<name>/: the dataset's name, suffixed with the profile unless it is the default one, so a
+        quick run never replaces the full report of the same data."""
+        return self.dataset.name if self.profile == default_profile(self.dataset.name) else f"{self.dataset.name}-{self.profile}"
 
     @cached_property
     def run_dir(self) -> Path:
@@ -115,8 +125,7 @@ def load_context(data: str = "", profile: str = "", runs: str = "runs", device: 
             print(f"WARNING: {SYNTHETIC_NOTICE}", file=sys.stderr)
             data_path = synthetic_data_path()
             dataset = load_dataset(data_path, name=SYNTHETIC_NAME)
-    if not profile:
-        profile = "synthetic" if dataset.name == SYNTHETIC_NAME else "full"
+    profile = profile or default_profile(dataset.name)
     if profile not in PROFILES:
         raise ValueError(f"profile must be one of {sorted(PROFILES)}, got {profile!r}")
     config = TrainConfig.from_dict({**PROFILES[profile], **overrides})

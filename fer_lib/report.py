@@ -123,8 +123,8 @@ def build_report(data: str | None = None, profile: str | None = None, out_root: 
     timings["train (or load cached run)"] = time.perf_counter() - t
 
     out_root = Path(out_root) if Path(out_root).is_absolute() else PROJECT_ROOT / out_root
-    final = out_root / ctx.dataset.name
-    staging = out_root / f".{ctx.dataset.name}.staging"
+    final = out_root / ctx.report_name
+    staging = out_root / f".{ctx.report_name}.staging"
     shutil.rmtree(staging, ignore_errors=True)
     (staging / "_build").mkdir(parents=True)
     params = {"data": str(ctx.data_path), "profile": ctx.profile, "runs": str(ctx.runs_root), "device": device}
@@ -162,7 +162,7 @@ def build_report(data: str | None = None, profile: str | None = None, out_root: 
         shutil.rmtree(staging, ignore_errors=True)
         return 1
     # swap in: old -> backup, staging -> final, drop backup
-    backup = out_root / f".{ctx.dataset.name}.previous"
+    backup = out_root / f".{ctx.report_name}.previous"
     shutil.rmtree(backup, ignore_errors=True)
     if final.exists():
         final.rename(backup)

@@ -24,7 +24,7 @@ def built(synthetic_small, tmp_path_factory):
     out = tmp_path_factory.mktemp("report")
     runs = tmp_path_factory.mktemp("runs")
     code = build_report(data=str(synthetic_small), profile="smoke", out_root=out, runs_root=runs, device="cpu")
-    return code, out / "synthetic", runs
+    return code, out / "synthetic-smoke", runs  # a non-default profile gets its own folder
 
 
 def test_source_notebooks_are_committed_clean_with_a_parameters_cell():
