@@ -90,6 +90,10 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("FER_CACHE", Path.home() / ".cache" / "fer-report"))
 
 
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)  # read the process umask (the only way is to set it and put it back)
+
+
 def atomic_write(path: Path, write) -> None:
     """Call ``write(tmp_path)`` then rename, so a crash never leaves a half-written ``path``."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -97,6 +101,7 @@ def atomic_write(path: Path, write) -> None:
     os.close(fd)
     try:
         write(Path(tmp))
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600 files; give the permissions open() would
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

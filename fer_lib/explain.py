@@ -13,10 +13,15 @@ from __future__ import annotations
 
 import copy
 import types
+import warnings
 
 import numpy as np
 import torch
 from torch import nn
+from tqdm import TqdmWarning
+
+# Captum imports tqdm.auto, which warns in a notebook without ipywidgets; its bars are not used here
+warnings.filterwarnings("ignore", category=TqdmWarning)
 
 from . import CLASS_NAMES
 
@@ -91,8 +96,6 @@ def grad_cam(model: nn.Module, x: torch.Tensor, target: torch.Tensor, layer: str
 
 def guided_backprop(model: nn.Module, x: torch.Tensor, target: torch.Tensor) -> np.ndarray:
     """Springenberg et al. 2015: gradients with negative signals stopped at every ReLU on the way back."""
-    import warnings
-
     from captum.attr import GuidedBackprop
 
     with warnings.catch_warnings():  # Captum announces its temporary ReLU hooks; they act on our copy only
@@ -154,8 +157,6 @@ def _reinitialise(model: nn.Module, names: tuple[str, ...]) -> None:
 
 def spearman_per_map(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Spearman rank correlation of each pair of maps (B, H, W)."""
-    import warnings
-
     from scipy.stats import ConstantInputWarning, spearmanr
 
     with warnings.catch_warnings():  # an all-zero map (Grad-CAM after ReLU) has no ranking: nan, skipped
