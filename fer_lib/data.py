@@ -413,8 +413,7 @@ def load_dataset(path: str | Path, cache_dir: Path | None = None, name: str | No
     if not path.exists():
         raise DataError(f"{path}: no such file or directory")
     if path.is_file():
-        header, _ = _header_and_body(path)
-        if header[:2] == ["emotion", "pixels"]:
+        if _is_fer2013_csv(path):
             train, test = read_fer2013_csv(path, cache_dir)
             return Dataset(name or _stem(path), "fer2013.csv", train, test, [path])
         return Dataset(name or _stem(path), "homework-csv", read_homework_csv(path, cache_dir), None, [path])
@@ -443,6 +442,19 @@ def load_dataset(path: str | Path, cache_dir: Path | None = None, name: str | No
     )
 
 
+def _is_fer2013_csv(path: Path) -> bool:
+    """Whether a CSV file starts with the original Kaggle header; reads the first line only."""
+    import gzip
+
+    opener = gzip.open if path.suffix == ".gz" else open
+    try:
+        with opener(path, "rb") as f:
+            first = f.readline(4096)
+    except (OSError, EOFError):
+        return False  # the full reader reports what is wrong with the file
+    return first.decode("utf-8", "replace").lstrip("\ufeff").strip().lower().startswith("emotion,pixels")
+
+
 def _stem(path: Path) -> str:
     return path.name.split(".")[0]
 
@@ -450,7 +462,7 @@ def _stem(path: Path) -> str:
 def load_test_faces(path: str | Path, cache_dir: Path | None = None) -> FaceSet:
     """The faces to predict: a test CSV file, or the test split of a dataset directory."""
     path = Path(path)
-    if path.is_file() and not _header_and_body(path)[0][:2] == ["emotion", "pixels"]:
+    if path.is_file() and not _is_fer2013_csv(path):
         return read_homework_csv(path, default_cache_dir() if cache_dir is None else cache_dir)
     dataset = load_dataset(path, cache_dir)
     if dataset.test is None:

@@ -282,3 +282,13 @@ def test_faceset_subset_keeps_rows_aligned():
     sub = faces.subset(np.array([2, 0]))
     np.testing.assert_array_equal(sub.labels, [6, 4])
     np.testing.assert_array_equal(sub.ids, [12, 10])
+
+
+def test_a_single_file_is_a_dataset_of_its_layout(tmp_path, rng):
+    fer = write_csv(tmp_path / "fer2013.csv.gz", "emotion,pixels,Usage",
+                    [f"{i % 7},{pixel_row(rng)},{'Training' if i < 7 else 'PublicTest'}" for i in range(9)])
+    ds = load_dataset(fer)
+    assert ds.layout == "fer2013.csv" and (len(ds.train), len(ds.test)) == (7, 2)
+    homework = write_csv(tmp_path / "train.csv", "label,feature", labelled_rows(rng, 7))
+    ds = load_dataset(homework)
+    assert ds.layout == "homework-csv" and len(ds.train) == 7 and ds.test is None
