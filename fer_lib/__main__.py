@@ -145,12 +145,10 @@ def main(argv: list[str] | None = None) -> None:
     p.set_defaults(func=cmd_bench)
 
     args = parser.parse_args(argv)
-    from .data import DataError
-
     warnings.simplefilter("default")
     try:
         args.func(args)
-    except DataError as err:
+    except ValueError as err:  # bad data (DataError) or bad settings: a message, not a traceback
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
 

@@ -184,6 +184,10 @@ def train(dataset: Dataset, config: TrainConfig, run_dir: Path, device: str = "a
     ckpt_path = run_dir / "checkpoint.pt"
     if resume and ckpt_path.exists():
         ckpt = torch.load(ckpt_path, map_location=dev, weights_only=True)
+        if ckpt["config"] != asdict(config):  # resuming another recipe would silently mix two runs
+            changed = sorted(k for k in ckpt["config"] if ckpt["config"][k] != asdict(config).get(k))
+            raise ValueError(f"{ckpt_path}: checkpoint of a different configuration (differs in {changed}); "
+                             "use another run directory, or --no-resume to start over")
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
         scheduler.load_state_dict(ckpt["scheduler"])

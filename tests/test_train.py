@@ -67,6 +67,12 @@ def test_resume_after_interruption_matches_an_uninterrupted_run(tiny, tmp_path):
         torch.testing.assert_close(wa[key], wb[key], rtol=0, atol=0, msg=key)
 
 
+def test_resume_refuses_a_checkpoint_of_another_config(tiny, tmp_path):
+    train(tiny, TrainConfig(**TINY), tmp_path / "run", stop_after=1, progress=False)
+    with pytest.raises(ValueError, match=r"different configuration \(differs in \['lr'\]\)"):
+        train(tiny, TrainConfig(**{**TINY, "lr": 1e-4}), tmp_path / "run", progress=False)
+
+
 def test_run_cache_trains_once(tiny, tmp_path, monkeypatch):
     cfg = TrainConfig(**{**TINY, "epochs": 1})
     first = ensure_run(tiny, cfg, tmp_path, progress=False)
