@@ -24,16 +24,13 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", help="cpu, cuda or auto (cuda when available; default)")
 
 
-def config_from_args(args, is_synthetic: bool):
-    from .train import PROFILES, TrainConfig
+def config_from_args(args, dataset_name: str):
+    from .context import default_profile
+    from .train import config_for
 
-    profile = args.profile or ("synthetic" if is_synthetic else "full")
-    settings = dict(PROFILES[profile])
-    for name in ("epochs", "batch_size", "lr", "optimizer", "input_size", "max_train", "weights", "seed"):
-        value = getattr(args, name, None)
-        if value is not None:
-            settings[name] = value
-    return TrainConfig.from_dict(settings)
+    names = ("epochs", "batch_size", "lr", "optimizer", "input_size", "max_train", "weights", "seed")
+    overrides = {n: getattr(args, n) for n in names if getattr(args, n, None) is not None}
+    return config_for(args.profile or default_profile(dataset_name), **overrides)
 
 
 def cmd_synth(args) -> None:
@@ -48,7 +45,7 @@ def cmd_train(args) -> None:
     from .train import ensure_run, train
 
     dataset = load_dataset(args.data)
-    config = config_from_args(args, dataset.name == "synthetic")
+    config = config_from_args(args, dataset.name)
     if args.out:
         run_dir = train(dataset, config, Path(args.out), device=args.device, resume=not args.no_resume)
     else:

@@ -11,7 +11,7 @@ from functools import cached_property
 from pathlib import Path
 
 from .data import Dataset, FaceSet, load_dataset
-from .train import PROFILES, TrainConfig, ensure_run, load_trained, resolve_device, split_for
+from .train import TrainConfig, config_for, ensure_run, load_trained, resolve_device, split_for
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 SYNTHETIC_NAME = "synthetic"
@@ -126,9 +126,7 @@ def load_context(data: str = "", profile: str = "", runs: str = "runs", device: 
             data_path = synthetic_data_path()
             dataset = load_dataset(data_path, name=SYNTHETIC_NAME)
     profile = profile or default_profile(dataset.name)
-    if profile not in PROFILES:
-        raise ValueError(f"profile must be one of {sorted(PROFILES)}, got {profile!r}")
-    config = TrainConfig.from_dict({**PROFILES[profile], **overrides})
+    config = config_for(profile, **overrides)
     return Context(dataset, config, profile, _project_path(runs), device, data_path)
 
 

@@ -72,6 +72,13 @@ PROFILES: dict[str, dict] = {
 }
 
 
+def config_for(profile: str, **overrides) -> TrainConfig:
+    """The TrainConfig of a named profile, with explicit settings taking precedence."""
+    if profile not in PROFILES:
+        raise ValueError(f"profile must be one of {sorted(PROFILES)}, got {profile!r}")
+    return TrainConfig.from_dict({**PROFILES[profile], **overrides})
+
+
 def data_fingerprint(faces: FaceSet) -> str:
     """sha256 of the training images and labels: the same faces give the same run, whatever the layout."""
     h = hashlib.sha256()
