@@ -145,3 +145,20 @@ def misclassified(y_true: np.ndarray, y_pred: np.ndarray, true_name: str, pred_n
     """Indices of faces of class ``true_name`` predicted as ``pred_name`` (first ``limit``)."""
     t, p = CLASS_NAMES.index(true_name), CLASS_NAMES.index(pred_name)
     return np.flatnonzero((np.asarray(y_true) == t) & (np.asarray(y_pred) == p))[:limit]
+
+
+def confident_correct(probs: np.ndarray, labels: np.ndarray, per_class: int = 1,
+                      most_confident: bool = True) -> np.ndarray:
+    """Indices of correctly classified faces, up to ``per_class`` per class, ordered by class.
+
+    Within a class: the faces the model is surest of first, or (``most_confident=False``) in data order.
+    Classes with no correct face are skipped.
+    """
+    correct = probs.argmax(1) == labels
+    chosen = []
+    for c in range(probs.shape[1]):
+        idx = np.flatnonzero(correct & (labels == c))
+        if most_confident:
+            idx = idx[np.argsort(-probs[idx, c], kind="stable")]
+        chosen.extend(idx[:per_class])
+    return np.array(chosen, dtype=np.int64)

@@ -190,3 +190,16 @@ def cascading_randomization(model: nn.Module, x: torch.Tensor, target: torch.Ten
 def insensitive_methods(table, threshold: float = 0.5) -> list[str]:
     """Methods whose maps still correlate above ``threshold`` once layer4 and layer3 are random."""
     return [m for m in table.columns if table.loc["layer3", m] > threshold]
+
+
+def region_sentences(table) -> list[str]:
+    """One sentence per class of a :func:`region_table`: each region's share, and relative to its area."""
+    area = table.loc["(share of image area)"]
+    lines = []
+    for name, row in table.drop(index="(share of image area)").iterrows():
+        ratio = row / area
+        strongest = "mouth" if ratio["mouth"] > ratio["eyes_brows"] else "eye/brow"
+        lines.append(f"**{name}**: eyes/brows {row['eyes_brows']:.0%} ({ratio['eyes_brows']:.1f}x their area), "
+                     f"mouth {row['mouth']:.0%} ({ratio['mouth']:.1f}x), outside the face {row['outside_face']:.0%} "
+                     f"({ratio['outside_face']:.1f}x); the {strongest} region counts most for its size.")
+    return lines

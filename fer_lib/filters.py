@@ -143,3 +143,11 @@ def pick_filters(responses: np.ndarray, labels: np.ndarray, n: int = 32) -> np.n
                 chosen.append(ranking[depth])
         depth += 1
     return np.array(chosen)
+
+
+def mix_caption(mix_row: np.ndarray, k: int = 9) -> str:
+    """'Surprise 8, Fear 1': how many of a filter's k top faces belong to each class, commonest first."""
+    from . import CLASS_NAMES
+
+    counts = np.round(mix_row * k).astype(int)
+    return ", ".join(f"{CLASS_NAMES[c]} {counts[c]}" for c in np.argsort(-counts, kind="stable") if counts[c])

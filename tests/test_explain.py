@@ -140,3 +140,31 @@ def test_pick_filters_spreads_over_classes_and_skips_inactive():
     chosen = pick_filters(responses, labels, 7)
     assert sorted(chosen.tolist()) == list(range(7))
     assert 19 not in pick_filters(responses, labels, 19)
+
+
+def test_confident_correct_picks_per_class_and_skips_mistakes():
+    from fer_lib.evaluate import confident_correct
+
+    probs = np.full((6, 7), 0.01)
+    probs[[0, 1, 2], 0] = [0.6, 0.9, 0.7]  # three correct Angry faces
+    probs[3, 1] = 0.8  # labelled Disgust but predicted Disgust: correct
+    probs[4, 0] = 0.9  # labelled Happy, predicted Angry: wrong
+    probs[5, 3] = 0.5  # correct Happy
+    labels = np.array([0, 0, 0, 1, 3, 3])
+    np.testing.assert_array_equal(confident_correct(probs, labels, 1), [1, 3, 5])
+    np.testing.assert_array_equal(confident_correct(probs, labels, 2), [1, 2, 3, 5])
+    np.testing.assert_array_equal(confident_correct(probs, labels, 2, most_confident=False), [0, 1, 3, 5])
+
+
+def test_region_sentences_and_mix_caption():
+    import pandas as pd
+
+    from fer_lib.explain import region_sentences
+    from fer_lib.filters import mix_caption
+
+    table = pd.DataFrame({"eyes_brows": [0.2, 0.25], "mouth": [0.5, 0.1], "outside_face": [0.1, 0.3]},
+                         index=["Happy", "(share of image area)"])
+    (line,) = region_sentences(table)
+    assert line.startswith("**Happy**: eyes/brows 20% (0.8x their area), mouth 50% (5.0x)")
+    assert line.endswith("the mouth region counts most for its size.")
+    assert mix_caption(np.array([0, 0, 1, 0, 0, 8, 0]) / 9) == "Surprise 8, Fear 1"
