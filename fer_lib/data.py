@@ -61,6 +61,7 @@ class Dataset:
     train: FaceSet
     test: FaceSet | None = None
     files: list[Path] = field(default_factory=list)  # source files, hashed into provenance
+    synthetic: bool = False  # the embedded demo dataset (its folder carries SYNTHETIC.txt)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -90,8 +91,7 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("FER_CACHE", Path.home() / ".cache" / "fer-report"))
 
 
-_UMASK = os.umask(0o022)
-os.umask(_UMASK)  # read the process umask (the only way is to set it and put it back)
+FILE_MODE = 0o644  # what atomic_write gives its files: mkstemp makes 0600 ones, unreadable to other users
 
 
 def atomic_write(path: Path, write) -> None:
@@ -101,7 +101,7 @@ def atomic_write(path: Path, write) -> None:
     os.close(fd)
     try:
         write(Path(tmp))
-        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600 files; give the permissions open() would
+        os.chmod(tmp, FILE_MODE)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -328,41 +328,77 @@ def _read_images(paths: list[Path]) -> np.ndarray:
     return np.stack(images) if images else np.zeros((0, IMAGE_SIZE, IMAGE_SIZE), np.uint8)
 
 
-def _id_from_name(path: Path) -> int:
-    try:
-        return int(path.stem)
-    except ValueError:
-        raise DataError(f"{path}: file name should be the face id, e.g. 123.jpg") from None
+def _id_from_stem(text: str) -> int | None:
+    """The integer id of a face from its image name or id text: "00042.jpg", "00042" and "42" all give 42."""
+    stem = text.strip()
+    if Path(stem).suffix.lower() in IMAGE_SUFFIXES:
+        stem = Path(stem).stem
+    return int(stem) if stem.isdigit() else None
+
+
+def _images_by_id(folder: Path) -> dict[int, Path]:
+    """{integer id: image file} for ``folder``, whatever the zero padding of the names (00000.jpg, 0000.jpg, 0.jpg)."""
+    by_id: dict[int, Path] = {}
+    for path in _image_files(folder):
+        face_id = _id_from_stem(path.name)
+        if face_id is None:
+            raise DataError(f"{path}: image name should be the face id (digits, any zero padding), e.g. 00042.jpg")
+        if face_id in by_id:
+            raise DataError(f"{path} and {by_id[face_id]}: two images for id {face_id}")
+        by_id[face_id] = path
+    return by_id
+
+
+def _read_id_label_file(label_file: Path) -> tuple[np.ndarray, np.ndarray]:
+    """(ids, labels) from an ``id,label`` file; ids may be integers (42, 00042) or image names (00042.jpg)."""
+    header, body = _header_and_body(label_file)
+    _check_columns(label_file, header, [["id", "label"]])
+    ids, labels = [], []
+    for line_no, line in enumerate(body.decode("utf-8", "replace").splitlines(), start=2):
+        if not line.strip():
+            continue
+        fields = line.split(",")
+        where = f"{label_file}, line {line_no}"
+        if len(fields) != 2:
+            raise DataError(f"{where}: expected 2 comma-separated fields (id,label), found {len(fields)}: {line[:40]!r}")
+        face_id = _id_from_stem(fields[0])
+        if face_id is None:
+            raise DataError(f"{where}: id {fields[0].strip()!r} is neither an integer nor an image name like 00042.jpg")
+        try:
+            label = int(fields[1])
+        except ValueError:
+            raise DataError(f"{where}: label {fields[1].strip()!r} is not an integer 0-6") from None
+        ids.append(face_id)
+        labels.append(label)
+    if not ids:
+        raise DataError(f"{label_file}: no data rows after the header")
+    return np.array(ids, np.int64), np.array(labels, np.int64)
 
 
 def read_image_id_layout(root: Path) -> tuple[FaceSet, FaceSet | None, list[Path]]:
-    """Layout (c): train_img/<id>.jpg labelled by train.csv (id,label); test_img/<id>.jpg unlabeled."""
+    """Layout (c), the course's own: ``train.csv`` (id,label) naming ``train_img/<id>.jpg``; ``test_img/<id>.jpg``.
+
+    The course pads names with zeros (train_img/00000.jpg, test_img/0000.jpg) and writes plain integer ids
+    in train.csv; ids and names are matched by their integer value, so any padding (or none) works.
+    """
     label_file = next((root / n for n in ("train.csv", "train.csv.gz") if (root / n).exists()), root / "train.csv")
-    header, body = _header_and_body(label_file)
-    _check_columns(label_file, header, [["id", "label"]])
-    rows = [line for line in body.decode("utf-8", "replace").splitlines() if line.strip()]
-    ids, labels = np.zeros(len(rows), np.int64), np.zeros(len(rows), np.int64)
-    for i, line in enumerate(rows):
-        try:
-            ids[i], labels[i] = (int(v) for v in line.split(","))
-        except ValueError:
-            raise DataError(f"{label_file}, line {i + 2}: expected 'id,label' integers, found {line[:40]!r}") from None
+    ids, labels = _read_id_label_file(label_file)
     _check_labels(label_file, labels)
     _check_unique_ids(label_file, ids)
+    images = _images_by_id(root / "train_img")
     paths = []
     for i, face_id in enumerate(ids):
-        found = [root / "train_img" / f"{face_id}{s}" for s in (".jpg", ".png") if (root / "train_img" / f"{face_id}{s}").exists()]
-        if not found:
-            raise DataError(f"{label_file}, line {i + 2}: no image train_img/{face_id}.jpg for id {face_id}")
-        paths.append(found[0])
+        if face_id not in images:
+            raise DataError(f"{label_file}, line {i + 2}: no image for id {face_id} in {root / 'train_img'} "
+                            f"(looked for {face_id}.jpg with any zero padding, e.g. {face_id:05d}.jpg)")
+        paths.append(images[face_id])
     train = FaceSet(_read_images(paths), labels, ids)
     warn_empty_classes(str(label_file), labels)
     test = None
     if (root / "test_img").is_dir():
-        test_paths = _image_files(root / "test_img")
-        test_ids = np.array([_id_from_name(p) for p in test_paths], dtype=np.int64)
-        order = np.argsort(test_ids)
-        test = FaceSet(_read_images([test_paths[i] for i in order]), None, test_ids[order])
+        test_images = _images_by_id(root / "test_img")
+        test_ids = np.array(sorted(test_images), dtype=np.int64)
+        test = FaceSet(_read_images([test_images[i] for i in test_ids]), None, test_ids)
     return train, test, [label_file]
 
 
@@ -406,36 +442,70 @@ def _first_existing(root: Path, *names: str) -> Path | None:
     return next((root / n for n in names if (root / n).is_file()), None)
 
 
+SYNTHETIC_MARKER = "SYNTHETIC.txt"  # a folder holding this file is the embedded demo dataset, whatever its name
+
+
+def detect_layout(path: Path) -> str | None:
+    """The layout of a dataset folder or file ("image-ids", "homework-csv", "fer2013.csv", "class-folders"),
+    or None when ``path`` holds none of them. The one place that decides what a folder is."""
+    path = Path(path)
+    if path.is_file():
+        return "fer2013.csv" if _is_fer2013_csv(path) else "homework-csv"
+    if not path.is_dir():
+        return None
+    if (path / "train_img").is_dir():
+        return "image-ids"
+    if _first_existing(path, "train.csv", "train.csv.gz") is not None:
+        return "homework-csv"
+    if _first_existing(path, "fer2013.csv", "fer2013.csv.gz") is not None:
+        return "fer2013.csv"
+    if (path / "train").is_dir():
+        return "class-folders"
+    return None
+
+
+def is_synthetic(path: Path) -> bool:
+    folder = Path(path) if Path(path).is_dir() else Path(path).parent
+    return (folder / SYNTHETIC_MARKER).is_file()
+
+
 def load_dataset(path: str | Path, cache_dir: Path | None = None, name: str | None = None) -> Dataset:
-    """Load a dataset from a directory or file, detecting its layout (see the module docstring)."""
+    """Load a dataset from a directory or file, detecting its layout (see the module docstring).
+
+    The embedded synthetic dataset (marked by SYNTHETIC.txt beside its files) is always named "synthetic".
+    """
     path = Path(path)
     cache_dir = default_cache_dir() if cache_dir is None else cache_dir
     if not path.exists():
         raise DataError(f"{path}: no such file or directory")
+    layout = detect_layout(path)
+    synthetic = is_synthetic(path)
+    if synthetic:
+        name = "synthetic"
     if path.is_file():
-        if _is_fer2013_csv(path):
+        if layout == "fer2013.csv":
             train, test = read_fer2013_csv(path, cache_dir)
-            return Dataset(name or _stem(path), "fer2013.csv", train, test, [path])
-        return Dataset(name or _stem(path), "homework-csv", read_homework_csv(path, cache_dir), None, [path])
+            return Dataset(name or _stem(path), layout, train, test, [path], synthetic)
+        return Dataset(name or _stem(path), layout, read_homework_csv(path, cache_dir), None, [path], synthetic)
     name = name or path.resolve().name
-    train_csv = _first_existing(path, "train.csv", "train.csv.gz")
-    if (path / "train_img").is_dir():
+    if layout == "image-ids":
         train, test, files = read_image_id_layout(path)
-        return Dataset(name, "image-ids", train, test, files)
-    if train_csv is not None:
+        return Dataset(name, layout, train, test, files, synthetic)
+    if layout == "homework-csv":
+        train_csv = _first_existing(path, "train.csv", "train.csv.gz")
         test_csv = _first_existing(path, "test.csv", "test.csv.gz")
         train = read_homework_csv(train_csv, cache_dir)
         if train.labels is None:
             raise DataError(f"{train_csv}: a training file needs a label column (label,feature), found id,feature")
         test = read_homework_csv(test_csv, cache_dir) if test_csv else None
-        return Dataset(name, "homework-csv", train, test, [p for p in (train_csv, test_csv) if p])
-    fer_csv = _first_existing(path, "fer2013.csv", "fer2013.csv.gz")
-    if fer_csv is not None:
+        return Dataset(name, layout, train, test, [p for p in (train_csv, test_csv) if p], synthetic)
+    if layout == "fer2013.csv":
+        fer_csv = _first_existing(path, "fer2013.csv", "fer2013.csv.gz")
         train, test = read_fer2013_csv(fer_csv, cache_dir)
-        return Dataset(name, "fer2013.csv", train, test, [fer_csv])
-    if (path / "train").is_dir():
+        return Dataset(name, layout, train, test, [fer_csv], synthetic)
+    if layout == "class-folders":
         train, test = read_class_folder_layout(path)
-        return Dataset(name, "class-folders", train, test, [])
+        return Dataset(name, layout, train, test, [], synthetic)
     raise DataError(
         f"{path}: no dataset found. Expected one of: train.csv[.gz] (+ test.csv[.gz]); fer2013.csv[.gz]; "
         "train_img/ + train.csv; train/<class name>/*.jpg"
@@ -479,7 +549,7 @@ def train_val_split(faces: FaceSet, val_fraction: float = 0.1, seed: int = 0) ->
     from sklearn.model_selection import train_test_split
 
     if not 0 < val_fraction < 1:
-        raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction}")
+        raise DataError(f"val_fraction must be in (0, 1), got {val_fraction}")
     index = np.arange(len(faces))
     counts = np.bincount(faces.labels, minlength=len(CLASS_NAMES))
     # stratification needs two examples of a class; tiny sets fall back to a seeded plain split

@@ -143,3 +143,14 @@ def verify_softmax_cross_entropy(cases: int = 200, seed: int = 0, tolerance: flo
         F.cross_entropy(z, target, reduction="sum").backward()
         worst = max(worst, (softmax_cross_entropy_gradient(z.detach(), target) - z.grad).abs().max().item())
     return Check("softmax + cross-entropy gradient vs autograd (float64)", cases, worst, tolerance)
+
+
+def checks_answer(checks: list[Check]) -> str:
+    """One sentence for the report's index: whether every closed form matched PyTorch, and how closely."""
+    failed = [c.name for c in checks if not c.passed]
+    if failed:
+        return "**Not verified:** " + "; ".join(failed) + " disagreed with PyTorch."
+    parts = [f"{c.name} ({c.cases} random cases, largest error {c.max_error:.0e})" for c in checks]
+    return ("The three derivations (convolution output shape, batch-norm gradients, softmax + cross-entropy "
+            "gradient `softmax(z) - onehot(y)`) are worked step by step, and each closed form matches PyTorch: "
+            + "; ".join(parts) + ".")

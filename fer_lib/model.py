@@ -10,6 +10,7 @@ Preprocessing, applied to a uint8 batch (B, 48, 48) by :func:`preprocess`:
 """
 from __future__ import annotations
 
+import hashlib
 import warnings
 from pathlib import Path
 
@@ -17,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import NUM_CLASSES
+from . import NUM_CLASSES, ConfigError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -27,6 +28,31 @@ IMAGENET_FILE = "resnet18-f37072fd.pth"
 
 class WeightsWarning(UserWarning):
     """ImageNet weights were asked for but are not available: the model starts from random weights."""
+
+
+def resolve_weights(weights: str | Path | None, warn: bool = True) -> tuple[Path | None, str]:
+    """(file to load or None, what the run will start from: the file's sha256 or "random").
+
+    "imagenet" falls back to random initialisation with a warning when torchvision's cache lacks the file
+    (no download is ever attempted); a path that is not a file is an error, since it is most likely a typo.
+    """
+    if weights in (None, "random"):
+        return None, "random"
+    if weights == "imagenet":
+        path = imagenet_weights_path()
+        if not path.is_file():
+            if warn:
+                warnings.warn(f"ImageNet weights not found at {path}; training starts from random initialisation. "
+                              f"To use them, place torchvision's {IMAGENET_FILE} there (no download is attempted).",
+                              WeightsWarning, stacklevel=2)
+            return None, "random"
+    else:
+        path = Path(weights)
+        if not path.is_file():
+            raise ConfigError(f"{path}: weights file not found (expected a ResNet18 state dict, "
+                              "or 'imagenet' / 'random')")
+    with open(path, "rb") as f:
+        return path, "sha256:" + hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def build_model(weights: str | Path | None = "imagenet", dropout: float = 0.5) -> tuple[nn.Module, str]:
@@ -41,21 +67,18 @@ def build_model(weights: str | Path | None = "imagenet", dropout: float = 0.5) -
     model.fc = nn.Sequential(nn.Dropout(p=dropout), nn.Linear(512, NUM_CLASSES))
     if weights in (None, "random"):
         return model, "random initialisation (asked for)"
-    path = imagenet_weights_path() if weights == "imagenet" else Path(weights)
-    if not path.is_file():
-        message = (f"ImageNet weights not found at {path}; training starts from random initialisation. "
-                   f"To use them, place torchvision's {IMAGENET_FILE} there (no download is attempted).")
-        warnings.warn(message, WeightsWarning, stacklevel=2)
-        return model, f"random initialisation (ImageNet weights not found at {path})"
+    path, _ = resolve_weights(weights)
+    if path is None:
+        return model, f"random initialisation (ImageNet weights not found at {imagenet_weights_path()})"
     state = torch.load(path, map_location="cpu", weights_only=True)
     # the new head replaces ImageNet's 1000-way fc; every other tensor must match exactly
     backbone = {k: v for k, v in state.items() if not k.startswith("fc.")}
     try:
         missing, unexpected = model.load_state_dict(backbone, strict=False)
     except RuntimeError as err:  # shape mismatches
-        raise ValueError(f"{path}: not a ResNet18 state dict ({str(err).splitlines()[-1].strip()})") from None
+        raise ConfigError(f"{path}: not a ResNet18 state dict ({str(err).splitlines()[-1].strip()})") from None
     if unexpected or [k for k in missing if not k.startswith("fc.")]:
-        raise ValueError(f"{path}: not a ResNet18 state dict (missing {missing[:3]}, unexpected {unexpected[:3]})")
+        raise ConfigError(f"{path}: not a ResNet18 state dict (missing {missing[:3]}, unexpected {unexpected[:3]})")
     return model, f"ImageNet weights from {path}"
 
 
@@ -82,11 +105,53 @@ def module_lines(model: nn.Module) -> list[str]:
 
 
 def layer_table(model: nn.Module, input_size: int = 48):
-    """torchinfo's layer table (output shapes, parameter counts) for the actual input size."""
+    """torchinfo's layer statistics (output shapes, parameter counts, mult-adds) at the actual input size."""
     from torchinfo import summary
 
     return summary(model, input_size=(1, 3, input_size, input_size), depth=4, verbose=0,
                    col_names=("output_size", "num_params", "kernel_size"), row_settings=("var_names",))
+
+
+def layer_rows(model: nn.Module, input_size: int = 48):
+    """The layer table as a DataFrame (one row per module, indented by depth) and its totals.
+
+    A DataFrame renders as an HTML table that never truncates a cell, unlike torchinfo's fixed-width text.
+    """
+    import pandas as pd
+
+    stats = layer_table(model, input_size)
+    rows = [{"layer": _dotted_name(info), "type": info.class_name,
+             "output (C, H, W)": "x".join(map(str, info.output_size[1:])) if info.output_size else "",
+             "parameters": info.num_params if info.is_leaf_layer else None,
+             "kernel": _kernel_text(info.kernel_size)}
+            for info in stats.summary_list if info.depth > 0]
+    table = pd.DataFrame(rows).astype({"parameters": "Int64"})
+    return table, {"parameters": stats.total_params, "mult_adds_millions": stats.total_mult_adds / 1e6}
+
+
+def _dotted_name(info) -> str:
+    """layer1.0.conv1 rather than torchinfo's bare "conv1", so each row says where it sits."""
+    parts, node = [info.var_name], info.parent_info
+    while node is not None and node.depth > 0:
+        parts.append(node.var_name)
+        node = node.parent_info
+    return ".".join(reversed(parts))
+
+
+def _kernel_text(kernel) -> str:
+    if not kernel:
+        return ""
+    return "x".join(map(str, kernel)) if isinstance(kernel, (list, tuple)) else f"{kernel}x{kernel}"
+
+
+def stage_map_sides(model: nn.Module, input_size: int = 48) -> dict[str, int]:
+    """The side of the feature map after the stem and after each stage, e.g. {"stem": 12, ..., "layer4": 2}."""
+    sides = {}
+    for row in residual_structure(model, input_size):
+        stage = row["block"].split(".")[0]
+        sides.setdefault("stem", row["input (C, H, W)"][-1])
+        sides[stage] = row["output (C, H, W)"][-1]
+    return sides
 
 
 def residual_structure(model: nn.Module, input_size: int = 48) -> list[dict]:

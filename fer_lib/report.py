@@ -1,13 +1,19 @@
 """`make report`: train once, execute the notebooks with papermill, render HTML, write index and provenance.
 
 Everything is built in a staging folder next to ``report/<dataset>/`` and swapped in only when every
-notebook succeeded, so a failure leaves the previous report untouched.
+notebook succeeded, so a failure leaves the previous report untouched (the failed notebook, with its
+traceback, is kept in ``report/.failed/``). A rebuild of some notebooks keeps the other pages of the same run.
+Each notebook hands the index its answer through two cell tags: ``answer`` (a short computed Markdown
+answer) and ``key-figure`` (the cell whose first image is the page's key figure).
 """
 from __future__ import annotations
 
+import base64
 import html
+import io
 import json
 import platform
+import re
 import shutil
 import subprocess
 import sys
@@ -15,20 +21,27 @@ import time
 from importlib import metadata
 from pathlib import Path
 
+from . import ConfigError
 from .context import PROJECT_ROOT, SYNTHETIC_NOTICE, Context, load_context
 
 NOTEBOOK_DIR = PROJECT_ROOT / "notebooks"
 LIBRARIES = ("torch", "torchvision", "numpy", "pandas", "scikit-learn", "matplotlib", "seaborn", "captum",
              "torchinfo", "papermill", "nbconvert")
+ANSWERS_FILE = "answers.json"  # per page: title, computed answer, thumbnail (kept across partial rebuilds)
+MODEL_FOLDER = "model"  # the run the pages were rendered from, shipped inside the report
+PAGE_STYLE = ("<style>.fer-nav{font:14px sans-serif;display:flex;gap:18px;padding:8px 16px;background:#f4f4f4;"
+              "border-bottom:1px solid #ddd}.fer-prov{font:12px sans-serif;color:#555;padding:4px 16px}</style>")
 
 
 def notebook_paths(only: list[str] | None = None) -> list[Path]:
     """The report's notebooks in order; ``only`` picks by number ("01") or name."""
     paths = sorted(NOTEBOOK_DIR.glob("[0-9][0-9]_*.ipynb"))
     if only:
+        unknown = [o for o in only if not any(p.stem == o or p.stem.startswith(o) or p.name == o for p in paths)]
+        if unknown:
+            raise ConfigError(f"no notebook matches {', '.join(unknown)}; the notebooks are "
+                              + ", ".join(p.stem for p in paths))
         paths = [p for p in paths if any(p.stem == o or p.stem.startswith(o) or p.name == o for o in only)]
-        if not paths:
-            raise ValueError(f"no notebook matches {only}")
     return paths
 
 
@@ -44,7 +57,64 @@ def title_of(notebook: Path) -> str:
     return notebook.stem
 
 
-def render_html(executed: Path, out: Path, banner: str | None) -> None:
+# ---------------------------------------------------------------------------------------------
+# what a page says about itself: its answer and key figure
+
+
+def _tagged_outputs(nb, tag: str) -> list[dict]:
+    return [out for cell in nb.cells if tag in cell.get("metadata", {}).get("tags", []) for out in cell.get("outputs", [])]
+
+
+def page_answer(executed: Path) -> dict:
+    """{"answer": Markdown text, "thumbnail": PNG data URI or ""} from an executed notebook's tagged cells."""
+    import nbformat
+
+    nb = nbformat.read(executed, as_version=4)
+    answer = " ".join(out["data"]["text/markdown"] for out in _tagged_outputs(nb, "answer")
+                      if "text/markdown" in out.get("data", {}))
+    figure = next((out["data"]["image/png"] for out in _tagged_outputs(nb, "key-figure")
+                   if "image/png" in out.get("data", {})), None)
+    return {"answer": answer.strip(), "thumbnail": _thumbnail(figure) if figure else ""}
+
+
+def _thumbnail(png_base64: str, width: int = 320) -> str:
+    from PIL import Image
+
+    image = Image.open(io.BytesIO(base64.b64decode(png_base64)))
+    image.thumbnail((width, width * 2))
+    buffer = io.BytesIO()
+    image.convert("RGB").save(buffer, "PNG", optimize=True)
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+
+
+# ---------------------------------------------------------------------------------------------
+# HTML
+
+
+def data_notice_html(ctx: Context) -> str:
+    """The line under each page's title saying what data it was computed on (a loud box for the demo)."""
+    if not ctx.is_synthetic:
+        return (f"<p><b>Data:</b> {html.escape(ctx.dataset.name)} ({html.escape(ctx.dataset.layout)}), "
+                f"{len(ctx.dataset.train):,} training faces; profile <code>{html.escape(ctx.profile)}</code>.</p>")
+    return ('<div style="background:#fff3cd;border:2px solid #d39e00;padding:10px 14px;'
+            f'font-size:1.05em;margin:8px 0"><b>&#9888; {html.escape(SYNTHETIC_NOTICE)}</b></div>')
+
+
+def banner_html(ctx: Context) -> str:
+    if not ctx.is_synthetic:
+        return ""
+    return ('<div style="position:sticky;top:0;z-index:10;background:#fff3cd;border-bottom:3px solid #d39e00;'
+            f'padding:10px 16px;font:600 15px sans-serif">&#9888; {html.escape(SYNTHETIC_NOTICE)}</div>')
+
+
+def provenance_line(metrics: dict) -> str:
+    train_hash = next(iter(metrics["data_files"].values()), "")[:12]
+    return (f"commit {metrics['git_commit'][:12]}{' (uncommitted changes)' if 'uncommitted' in metrics['git_commit'] else ''}"
+            f" · data sha256 {train_hash} · profile {metrics['profile']} · run {metrics['run_key']}"
+            f" · built {metrics['built']}")
+
+
+def render_html(executed: Path, out: Path) -> None:
     """Executed notebook -> self-contained HTML without code cells (images are embedded as data URIs)."""
     import nbformat
     from nbconvert import HTMLExporter
@@ -52,20 +122,79 @@ def render_html(executed: Path, out: Path, banner: str | None) -> None:
     from .mathrender import offline_math
 
     exporter = HTMLExporter(exclude_input=True, exclude_input_prompt=True, exclude_output_prompt=True)
-    nb = nbformat.read(executed, as_version=4)
-    body, _ = exporter.from_notebook_node(nb)
-    body = offline_math(body)
-    if banner:  # right after the opening <body ...> tag, so it is the first thing on the page
-        i = body.index(">", body.index("<body")) + 1
-        body = body[:i] + banner + body[i:]
-    out.write_text(body, encoding="utf-8")
+    body, _ = exporter.from_notebook_node(nbformat.read(executed, as_version=4))
+    out.write_text(offline_math(body), encoding="utf-8")
 
 
-def banner_html(ctx: Context) -> str | None:
-    if not ctx.is_synthetic:
-        return None
-    return ('<div style="position:sticky;top:0;z-index:10;background:#fff3cd;border-bottom:3px solid #d39e00;'
-            f'padding:10px 16px;font:600 15px sans-serif">&#9888; {html.escape(SYNTHETIC_NOTICE)}</div>')
+def _decorate_page(page: Path, title: str, nav: str, banner: str, provenance: str) -> None:
+    """Give a rendered page its <title>, navigation links, banner and provenance line (replacing old ones)."""
+    text = page.read_text(encoding="utf-8")
+    text = re.sub(r"<!--fer-top-->.*?<!--/fer-top-->", "", text, flags=re.S)
+    text = re.sub(r"<!--fer-bottom-->.*?<!--/fer-bottom-->", "", text, flags=re.S)
+    text = re.sub(r"<title>.*?</title>", f"<title>{html.escape(title)}</title>", text, count=1, flags=re.S)
+    top = f"<!--fer-top-->{PAGE_STYLE}{banner}{nav}<div class='fer-prov'>{html.escape(provenance)}</div><!--/fer-top-->"
+    i = text.index(">", text.index("<body")) + 1
+    text = text[:i] + top + text[i:]
+    j = text.rindex("</body>")
+    text = text[:j] + f"<!--fer-bottom-->{nav}<!--/fer-bottom-->" + text[j:]
+    page.write_text(text, encoding="utf-8")
+
+
+def _nav(pages: list[tuple[str, str]], i: int) -> str:
+    links = ['<a href="index.html">&#8962; index</a>']
+    if i > 0:
+        links.append(f'<a href="{pages[i - 1][0]}">&#8592; {html.escape(pages[i - 1][1])}</a>')
+    if i + 1 < len(pages):
+        links.append(f'<a href="{pages[i + 1][0]}">{html.escape(pages[i + 1][1])} &#8594;</a>')
+    return f'<nav class="fer-nav">{"".join(links)}</nav>'
+
+
+def initialisation_sentence(run: dict) -> str:
+    origin = run.get("weights_origin", "")
+    if origin.startswith("ImageNet"):
+        return "The backbone started from ImageNet-pretrained weights, as the seed report's did."
+    return ("This model was trained from random initialisation: torchvision's ImageNet weights were not "
+            "available offline here, whereas the seed report's ResNet18 started from ImageNet-pretrained weights.")
+
+
+def write_index(folder: Path, ctx: Context, pages: list[tuple[str, str]], answers: dict, metrics: dict) -> None:
+    import mistune
+
+    run = metrics.get("run", {})
+    items = []
+    for href, title in pages:
+        entry = answers.get(Path(href).stem, {})
+        thumb = (f'<a href="{href}"><img src="{entry["thumbnail"]}" alt="key figure of {html.escape(title)}" '
+                 'style="width:240px;border:1px solid #ccc"></a>') if entry.get("thumbnail") else ""
+        answer = mistune.html(entry["answer"]) if entry.get("answer") else ""
+        items.append(f'<section style="display:flex;gap:16px;margin:18px 0;align-items:flex-start">'
+                     f'<div style="flex:0 0 240px">{thumb}</div><div><h2 style="margin:0 0 6px;font-size:1.15em">'
+                     f'<a href="{href}">{html.escape(title)}</a></h2>{answer}</div></section>')
+    best, best_tta = run.get("best_val_acc"), run.get("best_val_acc_tta")
+    accuracy = (f"Best validation accuracy {best:.1%}" + (f" ({best_tta:.1%} with flip test-time augmentation)"
+                if isinstance(best_tta, float) else "") + f" on {run.get('val_faces', 0):,} held-out training faces. "
+                if isinstance(best, float) else "")
+    cfg = metrics["config"]["config"]
+    extra = '<li><a href="predictions.csv">predictions.csv</a> (test set, id,label)</li>' if metrics.get("predictions") else ""
+    page = f"""<!doctype html><html><head><meta charset="utf-8">
+<title>FER report: {html.escape(ctx.dataset.name)}</title>
+<style>body{{font:16px/1.5 sans-serif;max-width:960px;margin:0 auto;padding:0 16px 40px}} code{{background:#eee;padding:1px 4px}}
+section p{{margin:4px 0}}</style></head><body>{banner_html(ctx)}
+<h1>Facial expression recognition: {html.escape(ctx.dataset.name)}</h1>
+<p>The seed report's ResNet18 (fc = Dropout(0.5) + Linear(512, 7)) trained with profile
+<code>{html.escape(ctx.profile)}</code>: {cfg['epochs']} epochs, faces upsampled to {cfg['input_size']}x{cfg['input_size']}.
+{accuracy}{html.escape(initialisation_sentence(run))}</p>
+{''.join(items)}
+<ul><li><a href="metrics.json">metrics.json</a> (provenance: data hashes, config, versions, timings)</li>{extra}
+<li><a href="{MODEL_FOLDER}/">{MODEL_FOLDER}/</a>: the weights every page was computed from (float16 state dict,
+sha256 {html.escape(str(run.get('weights_sha256', ''))[:16])}...), with the run's config and history</li></ul>
+<p class="fer-prov" style="color:#555;font-size:12px">{html.escape(provenance_line(metrics))}</p>
+</body></html>"""
+    (folder / "index.html").write_text(page, encoding="utf-8")
+
+
+# ---------------------------------------------------------------------------------------------
+# provenance
 
 
 def git_commit() -> str:
@@ -89,58 +218,84 @@ def library_versions() -> dict[str, str]:
     return versions
 
 
-def write_index(folder: Path, ctx: Context, pages: list[tuple[str, str]], metrics: dict) -> None:
-    banner = banner_html(ctx) or ""
-    rows = "\n".join(f'<li><a href="{html.escape(href)}">{html.escape(title)}</a></li>' for href, title in pages)
-    best = metrics.get("run", {}).get("best_val_acc")
-    summary = f"best validation accuracy {best:.1%}" if isinstance(best, float) else ""
-    extra = '<li><a href="predictions.csv">predictions.csv</a> (test set, id,label)</li>' if metrics.get("predictions") else ""
-    page = f"""<!doctype html><html><head><meta charset="utf-8"><title>FER report: {html.escape(ctx.dataset.name)}</title>
-<style>body{{font:16px/1.5 sans-serif;max-width:760px;margin:0 auto;padding:0 16px 40px}} code{{background:#eee;padding:1px 4px}}</style>
-</head><body>{banner}<h1>Facial expression recognition: {html.escape(ctx.dataset.name)}</h1>
-<p>ResNet18 (the seed report's model) trained with profile <code>{html.escape(ctx.profile)}</code>; {summary}.
-Commit <code>{html.escape(metrics['git_commit'])}</code>, built {html.escape(metrics['built'])}.</p>
-<ol>{rows}</ol><ul><li><a href="metrics.json">metrics.json</a> (provenance: data hashes, config, versions, timings)</li>{extra}</ul>
-</body></html>"""
-    (folder / "index.html").write_text(page, encoding="utf-8")
+# ---------------------------------------------------------------------------------------------
+# the build
+
+
+def _previous_pages(final: Path, staging: Path, run_key: str) -> dict:
+    """Copy the pages of ``final`` into ``staging`` when they come from the same run; returns their answers."""
+    try:
+        old = json.loads((final / "metrics.json").read_text())
+        answers = json.loads((final / ANSWERS_FILE).read_text())
+    except (OSError, ValueError):
+        return {}
+    if old.get("run_key") != run_key:
+        print(f"note: the pages in {final} come from another run ({old.get('run_key')}); only the rebuilt "
+              "pages are kept", file=sys.stderr)
+        return {}
+    for stem in answers:
+        if (final / f"{stem}.html").exists():
+            shutil.copy2(final / f"{stem}.html", staging / f"{stem}.html")
+    return {stem: a for stem, a in answers.items() if (staging / f"{stem}.html").exists()}
+
+
+def _keep_failed(executed: Path, out_root: Path, report_name: str) -> Path:
+    failed_dir = out_root / ".failed" / report_name
+    failed_dir.mkdir(parents=True, exist_ok=True)
+    kept = failed_dir / executed.name
+    shutil.copy2(executed, kept)
+    return kept
 
 
 def build_report(data: str | None = None, profile: str | None = None, out_root: Path = Path("report"),
-                 runs_root: Path = Path("runs"), device: str = "auto", notebooks: list[str] | None = None) -> int:
+                 runs_root: Path | str = "", device: str = "auto", notebooks: list[str] | None = None) -> int:
     """Build report/<dataset>/; returns a process exit code (0 on success)."""
     import papermill as pm
 
     from .data import file_sha256
     from .predict import write_predictions
+    from .train import RUN_FILES
 
     started = time.perf_counter()
     timings: dict[str, float] = {}
+    selected = notebook_paths(notebooks)  # an unknown name stops here, before any training
     t = time.perf_counter()
-    ctx = load_context(data or "", profile or "", str(runs_root), device)
+    ctx = load_context(data or "", profile or "", str(runs_root or ""), device)
     timings["load data"] = time.perf_counter() - t
     t = time.perf_counter()
     run_dir = ctx.run_dir  # train once here; the notebooks then find the run in the cache
     timings["train (or load cached run)"] = time.perf_counter() - t
+    run_key = json.loads((run_dir / "config.json").read_text())["run_key"]
 
-    out_root = Path(out_root) if Path(out_root).is_absolute() else PROJECT_ROOT / out_root
+    out_root = Path(out_root).resolve()
     final = out_root / ctx.report_name
     staging = out_root / f".{ctx.report_name}.staging"
     shutil.rmtree(staging, ignore_errors=True)
     (staging / "_build").mkdir(parents=True)
+    answers = _previous_pages(final, staging, run_key) if notebooks else {}
     params = {"data": str(ctx.data_path), "profile": ctx.profile, "runs": str(ctx.runs_root), "device": device}
-    pages = []
     try:
-        for nb in notebook_paths(notebooks):
+        for nb in selected:
             t = time.perf_counter()
             executed = staging / "_build" / nb.name
             print(f"executing {nb.name} ...", flush=True)
-            pm.execute_notebook(str(nb), str(executed), parameters=params, cwd=str(NOTEBOOK_DIR),
-                                kernel_name="python3", progress_bar=False)
-            render_html(executed, staging / f"{nb.stem}.html", banner_html(ctx))
-            pages.append((f"{nb.stem}.html", title_of(nb)))
+            try:
+                pm.execute_notebook(str(nb), str(executed), parameters=params, cwd=str(NOTEBOOK_DIR),
+                                    kernel_name="python3", progress_bar=False)
+            except Exception:
+                if executed.exists():
+                    print(f"the failed notebook, with its traceback: {_keep_failed(executed, out_root, ctx.report_name)}",
+                          file=sys.stderr)
+                raise
+            render_html(executed, staging / f"{nb.stem}.html")
+            answers[nb.stem] = {"title": title_of(nb), **page_answer(executed)}
             timings[nb.stem] = time.perf_counter() - t
+        # the model the pages were computed from travels with them
+        (staging / MODEL_FOLDER).mkdir()
+        for name in RUN_FILES:
+            shutil.copy2(run_dir / name, staging / MODEL_FOLDER / name)
         metrics = {"dataset": ctx.dataset.name, "layout": ctx.dataset.layout, "profile": ctx.profile,
-                   "synthetic": ctx.is_synthetic, "git_commit": git_commit(),
+                   "synthetic": ctx.is_synthetic, "git_commit": git_commit(), "run_key": run_key,
                    "built": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
                    "data_files": {str(p.name): file_sha256(p) for p in ctx.dataset.files},
                    "config": json.loads((run_dir / "config.json").read_text()),
@@ -148,17 +303,24 @@ def build_report(data: str | None = None, profile: str | None = None, out_root: 
                    "libraries": library_versions(), "platform": platform.platform()}
         if ctx.dataset.test is not None:
             t = time.perf_counter()
-            counts = write_predictions(run_dir, ctx.dataset.test, staging / "predictions.csv", tta=True, device=device)
+            counts = write_predictions(staging / MODEL_FOLDER, ctx.dataset.test, staging / "predictions.csv", tta=True,
+                                       device=device)
             metrics["predictions"] = {"file": "predictions.csv", "rows": len(ctx.dataset.test), "tta": "horizontal flip",
                                       "predicted_class_counts": counts}
             timings["predict test set"] = time.perf_counter() - t
         timings["total"] = time.perf_counter() - started
         metrics["wall_seconds"] = {k: round(v, 2) for k, v in timings.items()}
         (staging / "metrics.json").write_text(json.dumps(metrics, indent=2))
-        write_index(staging, ctx, pages, metrics)
+        order = [p.stem for p in notebook_paths()]
+        pages = [(f"{stem}.html", answers[stem]["title"]) for stem in order if stem in answers]
+        for i, (href, title) in enumerate(pages):
+            _decorate_page(staging / href, f"{title} | FER report: {ctx.dataset.name}", _nav(pages, i),
+                           banner_html(ctx), provenance_line(metrics))
+        (staging / ANSWERS_FILE).write_text(json.dumps(answers, indent=1))
+        write_index(staging, ctx, pages, answers, metrics)
     except Exception as err:  # noqa: BLE001 - any failure must leave the old report in place
-        print(f"error: report not updated ({err.__class__.__name__}: {err}); previous {final} left as it was",
-              file=sys.stderr)
+        print(f"error: report not updated ({err.__class__.__name__}: {str(err)[:2000]}); previous {final} "
+              "left as it was", file=sys.stderr)
         shutil.rmtree(staging, ignore_errors=True)
         return 1
     # swap in: old -> backup, staging -> final, drop backup

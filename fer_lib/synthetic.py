@@ -146,11 +146,12 @@ def _pixel_rows(images: np.ndarray) -> list[str]:
 
 
 def write_synthetic_dataset(out: Path, n_train: int = 3500, n_test: int = 700, seed: int = 0) -> list[Path]:
-    """Write ``out``/train.csv (label,feature), test.csv (id,feature) and test_labels.csv (id,label)."""
-    from .data import atomic_write
+    """Write ``out``/train.csv (label,feature), test.csv (id,feature), test_labels.csv (id,label) and the
+    SYNTHETIC.txt marker, by which the loader and every report page know this is not FER2013."""
+    from .data import SYNTHETIC_MARKER, atomic_write
 
     if n_train < 1 or n_test < 0:
-        raise ValueError("need n_train >= 1 and n_test >= 0")
+        raise ValueError("need n_train >= 1 and n_test >= 0")  # a caller's bug, not user input
     out = Path(out)
     train_images, train_labels = make_faces(n_train, seed)
     test_images, test_labels = make_faces(n_test, seed + 1_000_003)  # disjoint stream from the training faces
@@ -158,9 +159,21 @@ def write_synthetic_dataset(out: Path, n_train: int = 3500, n_test: int = 700, s
         "train.csv": "label,feature\n" + "".join(f"{l},{p}\n" for l, p in zip(train_labels, _pixel_rows(train_images))),
         "test.csv": "id,feature\n" + "".join(f"{i},{p}\n" for i, p in enumerate(_pixel_rows(test_images))),
         "test_labels.csv": "id,label\n" + "".join(f"{i},{l}\n" for i, l in enumerate(test_labels)),
+        SYNTHETIC_MARKER: (f"Synthetic faces drawn by fer_lib.synthetic (n_train={n_train}, n_test={n_test}, "
+                           f"seed={seed}), not FER2013. This file marks the folder as the demo dataset.\n"),
     }
     paths = []
     for name, text in files.items():
         atomic_write(out / name, lambda tmp, text=text: tmp.write_text(text))
         paths.append(out / name)
     return paths
+
+
+def ensure_synthetic_dataset(folder: Path, **sizes) -> Path:
+    """``folder`` holding the embedded dataset, drawn on first use (deterministic, so redrawing is harmless)."""
+    from .data import SYNTHETIC_MARKER
+
+    folder = Path(folder)
+    if not all((folder / n).is_file() for n in ("train.csv", "test.csv", SYNTHETIC_MARKER)):
+        write_synthetic_dataset(folder, **sizes)
+    return folder

@@ -25,13 +25,20 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from . import CLASS_NAMES
+from . import CLASS_NAMES, ConfigError
 from .augment import AugmentConfig, augment
 from .data import Dataset, FaceSet, atomic_write, train_val_split
 from .evaluate import accuracy, predict_logits
-from .model import build_model, preprocess
+from .model import build_model, imagenet_weights_path, preprocess, resolve_weights
 
-HISTORY_COLUMNS = ["epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "seconds"]
+# train_loss is the optimised (label-smoothed, class-weighted) loss; train_ce is plain cross-entropy on the same
+# batches, the definition val_loss uses, so the two curves compare like with like. val_acc_tta averages each
+# validation face with its mirror image, as the test predictions do.
+HISTORY_COLUMNS = ["epoch", "train_loss", "train_ce", "train_acc", "val_loss", "val_acc", "val_acc_tta", "lr",
+                   "seconds"]
+PRECISIONS = ("auto", "fp32", "bf16")
+WEIGHTS_FILE = "weights.pt"  # a finished run's best weights as a float16 state dict: what is shipped
+RUN_FILES = ("config.json", "history.csv", "run.json", WEIGHTS_FILE)  # all a finished run needs to be reused
 
 
 @dataclass
@@ -49,6 +56,7 @@ class TrainConfig:
     weights: str = "imagenet"  # "imagenet" (from torch's cache when present), "random", or a path
     max_train: int = 0  # use only this many training faces (0 = all): smoke tests and quick runs
     channels_last: bool = True  # NHWC memory format: faster convolutions in oneDNN on this CPU
+    precision: str = "auto"  # "auto" (bf16 autocast where the hardware has it, else fp32), "fp32" or "bf16"
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 
     @classmethod
@@ -58,7 +66,7 @@ class TrainConfig:
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = set(d) - known
         if unknown:
-            raise ValueError(f"unknown training settings: {sorted(unknown)}")
+            raise ConfigError(f"unknown training settings: {sorted(unknown)}")
         return cls(augment=aug, **d)
 
 
@@ -66,7 +74,11 @@ class TrainConfig:
 # ablation behind it). Values not named keep the TrainConfig defaults.
 PROFILES: dict[str, dict] = {
     "quick": {"epochs": 3, "max_train": 6000},
-    "full": {"epochs": 22},  # about 55 minutes on 2 CPU cores at 48x48
+    # SGD Nesterov one-cycle, faces upsampled to 72 px so layer4 keeps a 3x3 map (48 px leaves 2x2): about 100
+    # minutes on 2 CPU cores with native bf16 (docs/ablation.csv has the measurements behind each choice)
+    "full": {"epochs": 45, "optimizer": "sgd", "lr": 0.05, "weight_decay": 5e-4, "input_size": 72},
+    # the published kind of schedule, for a GPU: 300 epochs at 96 px (hours there, days on 2 CPU cores)
+    "long": {"epochs": 300, "optimizer": "sgd", "lr": 0.05, "weight_decay": 5e-4, "input_size": 96},
     "synthetic": {"epochs": 6, "lr": 3e-3},
     "smoke": {"epochs": 1, "max_train": 256, "batch_size": 64},  # tests: seconds, proves the plumbing only
 }
@@ -75,7 +87,7 @@ PROFILES: dict[str, dict] = {
 def config_for(profile: str, **overrides) -> TrainConfig:
     """The TrainConfig of a named profile, with explicit settings taking precedence."""
     if profile not in PROFILES:
-        raise ValueError(f"profile must be one of {sorted(PROFILES)}, got {profile!r}")
+        raise ConfigError(f"profile must be one of {sorted(PROFILES)}, got {profile!r}")
     return TrainConfig.from_dict({**PROFILES[profile], **overrides})
 
 
@@ -87,9 +99,33 @@ def data_fingerprint(faces: FaceSet) -> str:
     return h.hexdigest()
 
 
-def run_key(config: TrainConfig, fingerprint: str) -> str:
-    blob = json.dumps({"config": asdict(config), "data": fingerprint}, sort_keys=True)
+def run_key(config: TrainConfig, fingerprint: str, weights_used: str) -> str:
+    """The run cache key: the settings, the training faces and the initial weights actually used (a file's
+    sha256 or "random"), so a run that fell back to random init is not reused once the real weights appear."""
+    settings = {**asdict(config), "weights": weights_used}
+    blob = json.dumps({"config": settings, "data": fingerprint}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
+def cpu_has_fast_bf16() -> bool:
+    """True on CPUs with native bfloat16 instructions (AMX or AVX-512 BF16); elsewhere bf16 is emulated
+    and about 13x slower than float32 (measured on an AVX2-only machine)."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:  # not Linux: no cheap way to tell, so stay with float32
+        return False
+    return any(flag in flags.split() for flag in ("amx_bf16", "avx512_bf16"))
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """"fp32" or "bf16": what ``precision`` means on ``device`` ("auto" picks bf16 only where it is fast)."""
+    if precision not in PRECISIONS:
+        raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    if precision != "auto":
+        return precision
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+    return "bf16" if cpu_has_fast_bf16() else "fp32"
 
 
 def default_threads() -> int:
@@ -107,7 +143,7 @@ def class_weights(labels: np.ndarray, mode: str) -> torch.Tensor | None:
     if mode == "none":
         return None
     if mode != "sqrt":
-        raise ValueError(f"class_weighting must be 'none' or 'sqrt', got {mode!r}")
+        raise ConfigError(f"class_weighting must be 'none' or 'sqrt', got {mode!r}")
     counts = np.bincount(labels, minlength=len(CLASS_NAMES)).clip(min=1)
     w = 1 / np.sqrt(counts)
     return torch.tensor(w / (w * counts).sum() * counts.sum(), dtype=torch.float32)  # mean weight per face = 1
@@ -122,7 +158,7 @@ def make_optimizer(model, config: TrainConfig, steps_per_epoch: int):
     elif config.optimizer == "sgd":
         opt = torch.optim.SGD(groups, lr=config.lr, momentum=0.9, nesterov=True)
     else:
-        raise ValueError(f"optimizer must be 'adamw' or 'sgd', got {config.optimizer!r}")
+        raise ConfigError(f"optimizer must be 'adamw' or 'sgd', got {config.optimizer!r}")
     # OneCycleLR needs a few steps per phase; tiny smoke runs simply stop before the schedule ends
     total_steps = max(config.epochs * steps_per_epoch, 8)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=config.lr, total_steps=total_steps, pct_start=0.25)
@@ -130,20 +166,25 @@ def make_optimizer(model, config: TrainConfig, steps_per_epoch: int):
 
 
 def train_step(model, optimizer, scheduler, images: torch.Tensor, labels: torch.Tensor, config: TrainConfig,
-               loss_weight: torch.Tensor | None, generator: torch.Generator, device: torch.device) -> tuple[float, int]:
-    """One optimisation step on a uint8 batch (B, 48, 48); returns (summed loss, number correct)."""
+               loss_weight: torch.Tensor | None, generator: torch.Generator, device: torch.device,
+               precision: str = "fp32") -> tuple[float, float, int]:
+    """One optimisation step on a uint8 batch (B, 48, 48); returns (summed loss, summed plain CE, number correct)."""
     x = preprocess(images, config.input_size)  # (B, 3, S, S) normalised
     x = augment(x, config.augment, generator).to(device)
     if config.channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
     y = labels.to(device)
-    logits = model(x)
+    # bf16 autocast runs convolutions and matmuls in bfloat16, keeps weights, BN and the loss in float32
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+        logits = model(x)
+    logits = logits.float()
     loss = F.cross_entropy(logits, y, weight=loss_weight, label_smoothing=config.label_smoothing)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()
     scheduler.step()
-    return loss.item() * len(y), (logits.argmax(1) == y).sum().item()
+    plain_ce = F.cross_entropy(logits.detach(), y, reduction="sum").item()
+    return loss.item() * len(y), plain_ce, (logits.argmax(1) == y).sum().item()
 
 
 def _write_history(path: Path, history: list[dict]) -> None:
@@ -162,23 +203,41 @@ def read_history(run_dir: Path):
     return pd.read_csv(Path(run_dir) / "history.csv")
 
 
+def _check_resumable(ckpt: dict, ckpt_path: Path, config: TrainConfig) -> None:
+    if ckpt["config"] != asdict(config):  # resuming another recipe would silently mix two runs
+        changed = sorted(k for k in ckpt["config"] if ckpt["config"][k] != asdict(config).get(k))
+        raise ConfigError(f"{ckpt_path}: checkpoint of a different configuration (differs in {changed}); "
+                          "use another run directory, or --no-resume to start over")
+
+
 def train(dataset: Dataset, config: TrainConfig, run_dir: Path, device: str = "auto", resume: bool = True,
           stop_after: int | None = None, progress: bool = True) -> Path:
-    """Train (or continue training) into ``run_dir``; returns it. ``stop_after`` ends early (tests)."""
+    """Train (or continue training) into ``run_dir``; returns it. ``stop_after`` ends early (tests).
+
+    Everything that can be refused (settings, weights file, an incompatible checkpoint) is checked before
+    anything is written, so a refused run leaves ``run_dir`` as it was.
+    """
     from tqdm import tqdm
 
     run_dir = Path(run_dir)
     dev = resolve_device(device)
+    precision = resolve_precision(config.precision, dev)
+    weights_path, weights_used = resolve_weights(config.weights)
     torch.set_num_threads(default_threads())
     train_set, val_set = split_for(dataset, config)
     fingerprint = data_fingerprint(dataset.train)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write(run_dir / "config.json", lambda tmp: tmp.write_text(json.dumps(
-        {"config": asdict(config), "data_fingerprint": fingerprint, "dataset": dataset.name,
-         "run_key": run_key(config, fingerprint)}, indent=2)))
+    ckpt_path = run_dir / "checkpoint.pt"
+    ckpt = None
+    if resume and ckpt_path.exists():
+        ckpt = torch.load(ckpt_path, map_location=dev, weights_only=True)
+        _check_resumable(ckpt, ckpt_path, config)
 
-    torch.manual_seed(config.seed)  # the initial head weights
-    model, weights_origin = build_model(config.weights)
+    # the initial head weights come from the run's seed, without touching the caller's global RNG
+    with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []):
+        torch.manual_seed(config.seed)
+        model, weights_origin = build_model(weights_path)
+    if weights_path is None and config.weights != "random":
+        weights_origin = f"random initialisation (ImageNet weights not found at {imagenet_weights_path()})"
     model.to(dev)
     if config.channels_last:
         model.to(memory_format=torch.channels_last)
@@ -187,14 +246,7 @@ def train(dataset: Dataset, config: TrainConfig, run_dir: Path, device: str = "a
     loss_weight = class_weights(train_set.labels, config.class_weighting)
     loss_weight = None if loss_weight is None else loss_weight.to(dev)
     start_epoch, best_val_acc, history = 0, -1.0, []
-
-    ckpt_path = run_dir / "checkpoint.pt"
-    if resume and ckpt_path.exists():
-        ckpt = torch.load(ckpt_path, map_location=dev, weights_only=True)
-        if ckpt["config"] != asdict(config):  # resuming another recipe would silently mix two runs
-            changed = sorted(k for k in ckpt["config"] if ckpt["config"][k] != asdict(config).get(k))
-            raise ValueError(f"{ckpt_path}: checkpoint of a different configuration (differs in {changed}); "
-                             "use another run directory, or --no-resume to start over")
+    if ckpt is not None:
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
         scheduler.load_state_dict(ckpt["scheduler"])
@@ -203,34 +255,42 @@ def train(dataset: Dataset, config: TrainConfig, run_dir: Path, device: str = "a
         if progress and start_epoch < config.epochs:
             print(f"resuming {run_dir} at epoch {start_epoch + 1}/{config.epochs}")
 
+    run_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write(run_dir / "config.json", lambda tmp: tmp.write_text(json.dumps(
+        {"config": asdict(config), "data_fingerprint": fingerprint, "dataset": dataset.name,
+         "weights_used": weights_used, "run_key": run_key(config, fingerprint, weights_used)}, indent=2)))
     images = torch.from_numpy(train_set.images)
     labels = torch.from_numpy(train_set.labels)
+    val_labels = torch.from_numpy(val_set.labels)
     for epoch in range(start_epoch, config.epochs):
         if stop_after is not None and epoch >= stop_after:
             return run_dir
         t0 = time.perf_counter()
         # -- randomness of this epoch depends on (seed, epoch) only: resume repeats it exactly
         generator = torch.Generator().manual_seed(config.seed * 100_003 + epoch)
-        torch.manual_seed(config.seed * 100_003 + epoch)  # dropout
         order = torch.randperm(len(images), generator=generator)
         lr = scheduler.get_last_lr()[0]
         # -- train
         model.train()
-        loss_sum, correct, seen = 0.0, 0, 0
+        loss_sum, ce_sum, correct, seen = 0.0, 0.0, 0, 0
         bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch + 1}/{config.epochs}", disable=not progress,
                    leave=False, mininterval=2)
-        for step in bar:
-            idx = order[step * config.batch_size:(step + 1) * config.batch_size]
-            loss, ok = train_step(model, optimizer, scheduler, images[idx], labels[idx], config, loss_weight,
-                                  generator, dev)
-            loss_sum, correct, seen = loss_sum + loss, correct + ok, seen + len(idx)
-            bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{correct / seen:.3f}")
-        # -- evaluate on the validation split
+        with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []):
+            torch.manual_seed(config.seed * 100_003 + epoch)  # dropout, in a forked RNG: the caller's is untouched
+            for step in bar:
+                idx = order[step * config.batch_size:(step + 1) * config.batch_size]
+                loss, ce, ok = train_step(model, optimizer, scheduler, images[idx], labels[idx], config, loss_weight,
+                                          generator, dev, precision)
+                loss_sum, ce_sum, correct, seen = loss_sum + loss, ce_sum + ce, correct + ok, seen + len(idx)
+                bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{correct / seen:.3f}")
+        # -- evaluate on the validation split (float32, like every prediction the report makes)
         val_logits = predict_logits(model, val_set.images, config.input_size, device=dev)
-        val_labels = torch.from_numpy(val_set.labels)
-        row = {"epoch": epoch + 1, "train_loss": loss_sum / seen, "train_acc": correct / seen,
-               "val_loss": F.cross_entropy(val_logits, val_labels).item(),
-               "val_acc": accuracy(val_logits, val_labels), "lr": lr, "seconds": time.perf_counter() - t0}
+        mirrored = predict_logits(model, np.ascontiguousarray(val_set.images[:, :, ::-1]), config.input_size, device=dev)
+        val_logits_tta = (val_logits + mirrored) / 2  # what predict_logits(tta=True) computes, without a third pass
+        row = {"epoch": epoch + 1, "train_loss": loss_sum / seen, "train_ce": ce_sum / seen,
+               "train_acc": correct / seen, "val_loss": F.cross_entropy(val_logits, val_labels).item(),
+               "val_acc": accuracy(val_logits, val_labels), "val_acc_tta": accuracy(val_logits_tta, val_labels),
+               "lr": lr, "seconds": time.perf_counter() - t0}
         history.append(row)
         # -- checkpoint (atomically: an interrupted write never corrupts the run)
         if row["val_acc"] > best_val_acc:
@@ -242,15 +302,43 @@ def train(dataset: Dataset, config: TrainConfig, run_dir: Path, device: str = "a
         atomic_write(ckpt_path, lambda tmp: torch.save(state, tmp))
         _write_history(run_dir / "history.csv", history)
         if progress:
-            print(f"epoch {epoch + 1}/{config.epochs}: train loss {row['train_loss']:.3f} acc {row['train_acc']:.3f} | "
-                  f"val loss {row['val_loss']:.3f} acc {row['val_acc']:.3f} | {row['seconds']:.0f}s", flush=True)
+            print(f"epoch {epoch + 1}/{config.epochs}: train loss {row['train_loss']:.3f} (CE {row['train_ce']:.3f}) "
+                  f"acc {row['train_acc']:.3f} | val loss {row['val_loss']:.3f} acc {row['val_acc']:.3f} "
+                  f"(flip TTA {row['val_acc_tta']:.3f}) | {row['seconds']:.0f}s", flush=True)
 
-    provenance = {"weights_origin": weights_origin, "device": str(dev), "threads": torch.get_num_threads(),
+    provenance = {"weights_origin": weights_origin, "weights_used": weights_used, "device": str(dev),
+                  "precision": precision, "cpu": cpu_model(), "threads": torch.get_num_threads(),
                   "torch": torch.__version__, "python": platform.python_version(), "epochs": len(history),
                   "train_faces": len(train_set), "val_faces": len(val_set), "best_val_acc": best_val_acc,
+                  "best_val_acc_tta": _best_row(history).get("val_acc_tta") if history else None,
                   "train_seconds": sum(r["seconds"] for r in history)}
+    best_state = torch.load(run_dir / "best.pt", map_location="cpu", weights_only=True)
+    # the deliverable: best-validation weights in float16 (half the size; every page and prediction is made
+    # from these, so a copy of the run folder reproduces the report exactly)
+    shipped = {k: v.half() if v.is_floating_point() else v for k, v in best_state.items()}
+    atomic_write(run_dir / WEIGHTS_FILE, lambda tmp: torch.save(shipped, tmp))
+    with open(run_dir / WEIGHTS_FILE, "rb") as f:
+        provenance["weights_sha256"] = hashlib.file_digest(f, "sha256").hexdigest()
     atomic_write(run_dir / "run.json", lambda tmp: tmp.write_text(json.dumps(provenance, indent=2)))
     return run_dir
+
+
+def _best_row(history: list[dict]) -> dict:
+    """The epoch whose weights best.pt holds: the first with the highest validation accuracy."""
+    return max(history, key=lambda r: r["val_acc"])
+
+
+def cpu_model() -> str:
+    """The CPU's model name and whether it has native bf16: the context every timing needs."""
+    name = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                name = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{name} ({'native bf16' if cpu_has_fast_bf16() else 'no native bf16'})"
 
 
 def split_for(dataset: Dataset, config: TrainConfig) -> tuple[FaceSet, FaceSet]:
@@ -265,24 +353,49 @@ def is_complete(run_dir: Path) -> bool:
     return (Path(run_dir) / "run.json").exists()
 
 
+def cache_key(dataset: Dataset, config: TrainConfig) -> str:
+    _, weights_used = resolve_weights(config.weights, warn=False)  # looking a run up is not training: no warning
+    return run_key(config, data_fingerprint(dataset.train), weights_used)
+
+
+def matches_run(run_dir: Path, run_key_expected: str) -> bool:
+    """Whether ``run_dir`` holds a finished run with this cache key (e.g. the model shipped with a report)."""
+    try:
+        meta = json.loads((Path(run_dir) / "config.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return meta.get("run_key") == run_key_expected and all((Path(run_dir) / f).is_file() for f in RUN_FILES)
+
+
 def ensure_run(dataset: Dataset, config: TrainConfig, runs_root: Path, device: str = "auto",
-               progress: bool = True) -> Path:
-    """The run for (config, data): loaded when it exists and is complete, else trained or resumed."""
-    run_dir = Path(runs_root) / f"{dataset.name}-{run_key(config, data_fingerprint(dataset.train))}"
+               progress: bool = True, shipped: Path | None = None) -> Path:
+    """The run for (config, data): a finished run in the cache, else the ``shipped`` model folder when it was
+    trained with the same settings, data and initial weights, else trained (or resumed) into the cache."""
+    key = cache_key(dataset, config)
+    run_dir = Path(runs_root) / f"{dataset.name}-{key}"
     if is_complete(run_dir):
         return run_dir
+    if shipped is not None and matches_run(shipped, key):
+        return Path(shipped)
     return train(dataset, config, run_dir, device=device, progress=progress)
 
 
-def load_trained(run_dir: Path, device: str = "cpu", which: str = "best"):
-    """(model in eval mode, TrainConfig) from a run directory; ``which`` is "best" or "last"."""
+def load_trained(run_dir: Path, device: str | torch.device = "cpu", which: str = "best"):
+    """(model in eval mode, TrainConfig) from a run directory.
+
+    ``which="best"``: the shipped float16 weights of a finished run (``weights.pt``), else the best-validation
+    checkpoint of a run in progress; ``which="last"``: the latest checkpoint.
+    """
     run_dir = Path(run_dir)
     meta = json.loads((run_dir / "config.json").read_text())
     config = TrainConfig.from_dict(meta["config"])
     model, _ = build_model("random")
-    if which == "best" and (run_dir / "best.pt").exists():
-        state = torch.load(run_dir / "best.pt", map_location=device, weights_only=True)
+    if which == "best" and (run_dir / WEIGHTS_FILE).exists():
+        state = torch.load(run_dir / WEIGHTS_FILE, map_location="cpu", weights_only=True)
+        state = {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
+    elif which == "best" and (run_dir / "best.pt").exists():
+        state = torch.load(run_dir / "best.pt", map_location="cpu", weights_only=True)
     else:
-        state = torch.load(run_dir / "checkpoint.pt", map_location=device, weights_only=True)["model"]
+        state = torch.load(run_dir / "checkpoint.pt", map_location="cpu", weights_only=True)["model"]
     model.load_state_dict(state)
     return model.to(device).eval(), config

@@ -1,15 +1,25 @@
-"""Q3-Q5 computations: findings from a known matrix, saliency on known cues, sanity check, no side effects."""
+"""Q3-Q4 computations: findings from a known matrix, saliency on known cues, regions and agreement on crafted maps,
+the sanity check, every analysis on every device, no side effects."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
 import torch
 
-from fer_lib import CLASS_NAMES
 from fer_lib.evaluate import confusion_findings, misclassified
-from fer_lib.explain import (METHODS, cascading_randomization, explainable_copy, face_regions, region_shares,
-                             saliency)
-from fer_lib.filters import filter_responses, gradient_ascent, top_faces
+from fer_lib.explain import (
+    METHODS,
+    attribution_findings,
+    cascading_randomization,
+    explainable_copy,
+    face_regions,
+    method_notes,
+    rank_correlation,
+    region_shares,
+    saliency,
+    top_region,
+)
+from fer_lib.filters import filter_maps, filter_responses, gradient_ascent
 from fer_lib.model import build_model, preprocess
 from fer_lib.synthetic import make_faces
 
@@ -99,6 +109,7 @@ def test_explaining_leaves_the_model_exactly_as_it_was(trained_synthetic, train_
             fn(model, x, t)
         cascading_randomization(model, x, t, {"saliency": saliency})
         filter_responses(model, val.images[:5])
+        filter_maps(model, val.images[None, :2], [0])
         gradient_ascent(model, [0, 1], steps=3)
         after = _snapshot(model)
         for key in before[0]:
@@ -106,40 +117,6 @@ def test_explaining_leaves_the_model_exactly_as_it_was(trained_synthetic, train_
         assert before[1:] == after[1:]
     finally:
         model.eval()
-
-
-def test_gradient_ascent_raises_each_target_filter(trained_synthetic):
-    model, val, _ = trained_synthetic
-    responses, _ = filter_responses(model, val.images)
-    chosen = np.argsort(-responses.max(0))[:8]
-    images, before, after = gradient_ascent(model, chosen, steps=40)
-    assert images.shape == (8, 48, 48) and images.min() >= 0 and images.max() <= 1
-    assert (after > before).all(), list(zip(before, after))
-
-
-def test_top_faces_are_the_strongest_responders():
-    responses = np.array([[0.1, 5.0], [3.0, 0.2], [2.0, 4.0]])
-    np.testing.assert_array_equal(top_faces(responses, np.array([0, 1]), k=2), [[1, 2], [0, 2]])
-
-
-def test_face_regions_are_disjoint_where_they_should_be():
-    regions = face_regions(48)
-    assert not (regions["eyes_brows"] & regions["mouth"]).any()
-    assert 0.05 < regions["outside_face"].mean() < 0.4
-
-
-def test_pick_filters_spreads_over_classes_and_skips_inactive():
-    rng = np.random.default_rng(0)
-    labels = np.repeat(np.arange(7), 10)
-    responses = rng.normal(0, 0.1, (70, 20))
-    for c in range(7):
-        responses[labels == c, c] += 3  # filter c fires for class c
-    responses[:, 19] = -1  # never fires
-    from fer_lib.filters import pick_filters
-
-    chosen = pick_filters(responses, labels, 7)
-    assert sorted(chosen.tolist()) == list(range(7))
-    assert 19 not in pick_filters(responses, labels, 19)
 
 
 def test_confident_correct_picks_per_class_and_skips_mistakes():
@@ -156,15 +133,126 @@ def test_confident_correct_picks_per_class_and_skips_mistakes():
     np.testing.assert_array_equal(confident_correct(probs, labels, 2, most_confident=False), [0, 1, 3, 5])
 
 
-def test_region_sentences_and_mix_caption():
-    import pandas as pd
+# ------------------------------------------------------------------ Q4 findings on crafted maps, known answers
 
-    from fer_lib.explain import region_sentences
-    from fer_lib.filters import mix_caption
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
-    table = pd.DataFrame({"eyes_brows": [0.2, 0.25], "mouth": [0.5, 0.1], "outside_face": [0.1, 0.3]},
-                         index=["Happy", "(share of image area)"])
-    (line,) = region_sentences(table)
-    assert line.startswith("**Happy**: eyes/brows 20% (0.8x their area), mouth 50% (5.0x)")
-    assert line.endswith("the mouth region counts most for its size.")
-    assert mix_caption(np.array([0, 0, 1, 0, 0, 8, 0]) / 9) == "Surprise 8, Fear 1"
+
+@pytest.mark.parametrize("size", [48, 72])
+def test_face_regions_partition_the_frame_at_any_size(size):
+    regions = face_regions(size)
+    assert sum(m.astype(int) for m in regions.values()).tolist() == np.ones((size, size), int).tolist()
+    assert 0.05 < regions["outside_face"].mean() < 0.4
+    # the same fractions of the frame at every size
+    assert abs(regions["mouth"].mean() - face_regions(48)["mouth"].mean()) < 0.02  # up to pixel rounding
+
+
+@pytest.mark.parametrize("size", [48, 72])
+def test_a_map_whose_mass_is_all_in_the_mouth_box(size):
+    regions = face_regions(size)
+    maps = np.stack([regions["mouth"].astype(np.float32), np.zeros((size, size), np.float32)])
+    shares = region_shares(maps, regions)
+    assert shares["mouth"][0] == pytest.approx(1.0) and shares["outside_face"][0] == 0
+    assert all(np.isnan(v[1]) for v in shares.values())  # an empty map has no distribution
+    area = {r: m.mean() for r, m in regions.items()}
+    assert top_region({r: v[0] for r, v in shares.items()}, area) == "mouth"
+    assert top_region({r: v[1] for r, v in shares.items()}, area) is None
+
+
+def test_rank_correlation_of_identical_reversed_and_constant_maps():
+    from scipy.stats import spearmanr
+
+    rng = np.random.default_rng(0)
+    a = rng.random((3, 12, 12))
+    b = rng.random((3, 12, 12)).round(1)  # with ties
+    np.testing.assert_allclose(rank_correlation(a, a), 1.0)
+    np.testing.assert_allclose(rank_correlation(a, 1 - a), -1.0)
+    np.testing.assert_allclose(rank_correlation(a, b), [spearmanr(x.ravel(), y.ravel())[0] for x, y in zip(a, b)])
+    assert np.isnan(rank_correlation(a[:1], np.zeros((1, 12, 12))))[0]
+
+
+def test_attribution_findings_on_crafted_maps():
+    size = 48
+    regions = face_regions(size)
+    mouth, eyes, out = (regions[r].astype(np.float32) for r in ("mouth", "eyes_brows", "outside_face"))
+    noise = np.random.default_rng(0).random((4, size, size)).astype(np.float32) * 1e-5
+    labels = np.array([3, 3, 0, 0])  # Happy, Happy, Angry, Angry
+    first = np.stack([mouth, mouth, eyes, eyes]) + noise
+    maps = {"A": first, "B": first.copy(), "C": np.stack([out, out, out, eyes]) + noise[::-1]}
+    findings = attribution_findings(maps, labels)
+    tops = findings.top_regions()
+    assert tops.loc["Happy", "A"] == tops.loc["Happy", "B"] == "mouth" and tops.loc["Happy", "C"] == "outside_face"
+    assert tops.loc["Angry", "A"] == "eyes_brows"
+    assert findings.consensus("Happy") == ("mouth", 2)
+    assert findings.agreement.loc["Happy", "A / B"] == pytest.approx(1.0)
+    assert findings.agreement_matrix().loc["B", "A"] == pytest.approx(1.0)
+    assert findings.shares.loc[("Happy", "C"), "outside_face"] == pytest.approx(1.0, abs=0.02)
+    assert findings.outside_all["C"] == pytest.approx(0.75, abs=0.02)
+    answer = findings.answer()
+    assert "the mouth for Happy" in answer and "the eyes/brows for Angry" in answer
+    assert "highest for A / B, 1.00" in answer
+    assert "C puts 75% of its mass outside the face oval, more than the 32% of the image that lies there" in answer
+    text = "\n".join(findings.class_sentences())
+    assert "**Disgust**: no correctly classified validation face" in text
+    assert ("**Happy** (2 faces). Most attribution for its size: the mouth (A, B), the area outside the face (C)."
+            in text)
+    assert "Agreement between methods:" in text and "Mass outside the face (32% of the image)" in text
+
+
+@pytest.mark.parametrize("size,layer3,layer4", [(48, "3x3", "2x2"), (72, "5x5", "3x3")])
+def test_method_notes_give_this_runs_numbers(size, layer3, layer4):
+    from fer_lib.explain import IG_STEPS, SMOOTHGRAD_SAMPLES
+
+    model, _ = build_model("random")
+    notes = method_notes(model, size)
+    assert f"map is {layer3} at this run's {size}x{size} input (`layer4`'s is {layer4})" in notes
+    assert f"over {SMOOTHGRAD_SAMPLES} copies" in notes and f"in {IG_STEPS} steps" in notes
+
+
+# ------------------------------------------------------------------ devices and side effects
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_every_analysis_runs_on_the_models_device(device):
+    """Inputs are built on the CPU, as in the notebooks; the model's device decides where the work runs."""
+    torch.manual_seed(0)
+    model = build_model("random")[0].eval().to(device)
+    faces = np.random.default_rng(0).integers(0, 256, (2, 48, 48), dtype=np.uint8)
+    x, t = preprocess(torch.from_numpy(faces), 72), torch.tensor([3, 5])
+    for name, fn in METHODS.items():
+        maps = fn(model, x, t)
+        assert isinstance(maps, np.ndarray) and maps.shape == (2, 72, 72), name
+        assert np.isfinite(maps).all() and maps.min() >= 0 and maps.max() <= 1, name
+    table = cascading_randomization(model, x, t, {"saliency": saliency, "Grad-CAM": METHODS["Grad-CAM"]})
+    assert table.shape == (6, 2)
+    responses = filter_responses(model, faces, 72)
+    assert responses.shape == (2, 512)
+    images, before, after = gradient_ascent(model, [0, 1], 72, steps=2)
+    assert images.shape == (2, 72, 72) and before.shape == after.shape == (2,)
+    maps = filter_maps(model, faces[None], [7], 72)
+    assert maps.shape == (1, 2, 72, 72) and maps.min() >= 0 and maps.max() <= 1
+
+
+def test_importing_changes_no_warning_filter():
+    import subprocess
+    import sys
+
+    code = ("import warnings, torch, scipy.stats, pandas; before = list(warnings.filters); "
+            "import fer_lib.explain, fer_lib.filters; assert warnings.filters == before, 'warning filters changed'")
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_explaining_leaves_the_global_rng_alone_and_is_repeatable():
+    from fer_lib.explain import smoothgrad
+
+    torch.manual_seed(0)
+    model = build_model("random")[0].eval()
+    x, t = preprocess(torch.from_numpy(np.full((2, 48, 48), 128, np.uint8))), torch.tensor([0, 1])
+    state = torch.get_rng_state()
+    first = smoothgrad(model, x, t, samples=2)
+    table = cascading_randomization(model, x, t, {"SmoothGrad": lambda m, x, t: smoothgrad(m, x, t, samples=2)})
+    gradient_ascent(model, [0], steps=1)
+    assert torch.equal(state, torch.get_rng_state())
+    np.testing.assert_array_equal(first, smoothgrad(model, x, t, samples=2))
+    table_again = cascading_randomization(model, x, t, {"SmoothGrad": lambda m, x, t: smoothgrad(m, x, t, samples=2)})
+    assert table.equals(table_again)
