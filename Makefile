@@ -17,7 +17,7 @@ help: ## show this help
 	@grep -hE '^[a-z]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
 	@echo
 	@echo "Variables: DATA=path/to/fer2013 (default: ./data if present, else synthetic demo data)"
-	@echo "           PROFILE=quick|full   DEVICE=auto|cpu|cuda"
+	@echo "           PROFILE=quick|full|long   DEVICE=auto|cpu|cuda   NOTEBOOKS=\"02 05\" (rebuild only these pages)"
 
 # the environment is rebuilt when requirements.txt is newer than it
 $(VENV)/.installed: requirements.txt pyproject.toml
@@ -28,7 +28,7 @@ $(VENV)/.installed: requirements.txt pyproject.toml
 	$(PY) -m ipykernel install --sys-prefix --name python3 >/dev/null
 	@touch $@
 
-report: $(VENV)/.installed ## train (once, cached) and render the HTML report into report/<dataset>/
+report: $(VENV)/.installed ## render report/<dataset>/ (from the shipped model, or trains once and caches the run)
 	$(PY) -m fer_lib report $(if $(DATA),--data $(DATA)) $(if $(PROFILE),--profile $(PROFILE)) --device $(DEVICE) $(if $(NOTEBOOKS),--notebooks $(NOTEBOOKS))
 
 test: $(VENV)/.installed ## run the test suite (pytest, a few minutes on 2 cores)

@@ -49,6 +49,24 @@ def _plain_step(batch_size: int, channels_last: bool = False, bf16: bool = False
     return step
 
 
+def _recipe_step(images: np.ndarray, labels: np.ndarray, batch_size: int, profile: str, precision: str):
+    """One step of a profile's recipe (its input size and optimiser) at a given precision."""
+    from .model import build_model
+    from .train import config_for, make_optimizer, train_step
+
+    config = config_for(profile, batch_size=batch_size, weights="random")
+    model, _ = build_model("random")
+    model.to(memory_format=torch.channels_last)
+    opt, sched = make_optimizer(model, config, len(images) // batch_size)
+    gen = torch.Generator().manual_seed(0)
+    x, y = torch.from_numpy(images[:batch_size]), torch.from_numpy(labels[:batch_size])
+
+    def step():
+        train_step(model, opt, sched, x, y, config, None, gen, torch.device("cpu"), precision)
+
+    return step
+
+
 def _project_loop(images: np.ndarray, labels: np.ndarray, batch_size: int):
     from .model import build_model
     from .train import TrainConfig, make_optimizer, train_step
@@ -164,6 +182,16 @@ def run_bench(data: str | None = None, batch_size: int = 128, steps: int = 8, ou
     print("variants measured to choose (d):")
     measure("    bfloat16 autocast + channels-last", _timed(_plain_step(batch_size, True, bf16=True), batch_size, max(2, steps // 4), warmup=1))
     measure("    channels-last, batch 256", _timed(_plain_step(256, True), 256, max(2, steps // 2)))
+    from .train import config_for, cpu_model, resolve_precision
+
+    size = config_for("full").input_size
+    results["cpu"] = cpu_model()
+    results["precision_auto"] = resolve_precision("auto", torch.device("cpu"))
+    print(f"precision, the full recipe's step at {size}x{size} (this CPU: {results['cpu']}; "
+          f"--precision auto picks {results['precision_auto']}):")
+    for precision in ("fp32", "bf16"):
+        measure(f"    full recipe, {precision}", _timed(_recipe_step(images, labels, batch_size, "full", precision),
+                                                       batch_size, max(2, steps // 2), warmup=1))
     results["b_over_c"] = ips["(b) fer_lib training loop incl. augmentation"] / ips["(c) PIL Dataset + transforms + DataLoader(2 workers)"]
     results["b_over_d"] = ips["(b) fer_lib training loop incl. augmentation"] / ips["(d) fer_lib step alone (channels-last fp32), random tensors"]
     print(f"b/c = {results['b_over_c']:.2f} (target >= 1.5)   b/d = {results['b_over_d']:.2f} (target >= 0.9)")

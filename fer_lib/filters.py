@@ -91,10 +91,10 @@ def overview(responses: np.ndarray, valid: np.ndarray, list_up_to: int = 24) -> 
     n_filters, n_faces = responses.shape[1], len(responses)
     if len(inactive):
         listed = f": {', '.join(map(str, inactive))}" if len(inactive) <= list_up_to else ""
-        first = (f"{len(inactive)} of the {n_filters} filters never respond positively on any of the {n_faces} "
+        first = (f"{len(inactive)} of the {n_filters} filters never respond positively on any of the {n_faces:,} "
                  f"validation faces (inactive){listed}.")
     else:
-        first = (f"Every one of the {n_filters} filters responds positively on at least one of the {n_faces} "
+        first = (f"Every one of the {n_filters} filters responds positively on at least one of the {n_faces:,} "
                  "validation faces.")
     blank = int(len(valid) - np.sum(valid))
     rule = f"pixel standard deviation below {MIN_PIXEL_STD:g} of 255 gray levels"

@@ -185,3 +185,16 @@ def residual_structure(model: nn.Module, input_size: int = 48) -> list[dict]:
             skip = "identity"
         rows.append({"block": name, "input (C, H, W)": shape_in, "output (C, H, W)": shape_out, "skip connection": skip})
     return rows
+
+
+def map_sizes_sentence(model: nn.Module, input_size: int) -> str:
+    """Q1's sentence on how the input size sets the feature-map sizes of the stages (computed, never typed)."""
+    sides = stage_map_sides(model, input_size)
+    text = (f"The stem leaves {sides['stem']}x{sides['stem']} maps; `layer2`, `layer3` and `layer4` work on "
+            f"{sides['layer2']}x{sides['layer2']}, {sides['layer3']}x{sides['layer3']} and "
+            f"**{sides['layer4']}x{sides['layer4']}** maps")
+    if input_size != 48:
+        native = stage_map_sides(model, 48)["layer4"]
+        text += f" (at the faces' own 48x48, `layer4` would see {native}x{native})"
+    return text + (", which bounds how finely Grad-CAM and the last layer's filters (Q4, Q5) can locate "
+                   "anything.")

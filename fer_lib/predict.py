@@ -28,6 +28,13 @@ def score_predictions(pred_file: Path, label_file: Path) -> tuple[float, int]:
     for path, table in ((pred_file, pred), (label_file, truth)):
         if list(table.columns) != ["id", "label"]:
             raise DataError(f"{path}: columns {','.join(table.columns)}, expected id,label")
+    extra = sorted(set(pred["id"]) - set(truth["id"]))
+    if extra:
+        raise DataError(f"{pred_file}: {len(extra)} id(s) not in {label_file}, e.g. {extra[0]}: predictions of another "
+                        "test set?")
+    duplicated = pred["id"][pred["id"].duplicated()]
+    if len(duplicated):
+        raise DataError(f"{pred_file}: id {duplicated.iloc[0]} is predicted more than once")
     merged = truth.merge(pred, on="id", how="left", suffixes=("_true", "_pred"))
     missing = merged["label_pred"].isna()
     if missing.any():

@@ -88,3 +88,63 @@ def test_a_failing_notebook_leaves_the_previous_report_untouched(built, syntheti
     after = {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file()}
     assert after == before
     assert not list(folder.parent.glob(".*staging*")), "the staging folder is cleaned up"
+    kept = folder.parent / ".failed" / folder.name / "01_broken.ipynb"
+    assert kept.exists(), "the failed notebook is kept for debugging"
+    assert "boom" in kept.read_text(), "with its traceback"
+
+
+def test_pages_have_titles_navigation_and_provenance(built):
+    _, folder, _ = built
+    stems = [nb.stem for nb in notebook_paths()]
+    for i, stem in enumerate(stems):
+        page = (folder / f"{stem}.html").read_text()
+        title = re.search(r"<title>(.*?)</title>", page).group(1)
+        assert title.startswith(report_mod.title_of(notebook_paths()[i])), title
+        assert 'href="index.html"' in page
+        if i > 0:
+            assert f'href="{stems[i - 1]}.html"' in page
+        if i + 1 < len(stems):
+            assert f'href="{stems[i + 1]}.html"' in page
+        assert "data sha256" in page and "profile smoke" in page
+
+
+def test_index_gives_each_answer_and_ships_the_model(built):
+    _, folder, _ = built
+    answers = json.loads((folder / report_mod.ANSWERS_FILE).read_text())
+    index = (folder / "index.html").read_text()
+    for nb in notebook_paths():
+        tags = [t for c in nbformat.read(nb, as_version=4).cells for t in c.metadata.get("tags", [])]
+        if "answer" in tags:
+            assert answers[nb.stem]["answer"], f"{nb.stem} tags an answer cell but produced no answer"
+        if "key-figure" in tags:
+            assert answers[nb.stem]["thumbnail"].startswith("data:image/png;base64,")
+            assert answers[nb.stem]["thumbnail"] in index
+    assert "random initialisation" in index  # the tests never have ImageNet weights
+    model = folder / report_mod.MODEL_FOLDER
+    metrics = json.loads((folder / "metrics.json").read_text())
+    import hashlib
+    assert hashlib.sha256((model / "weights.pt").read_bytes()).hexdigest() == metrics["run"]["weights_sha256"]
+    assert json.loads((model / "config.json").read_text())["run_key"] == metrics["run_key"]
+
+
+def test_rebuilding_some_notebooks_keeps_the_other_pages(built, synthetic_small):
+    _, folder, runs = built
+    before = {p.name: p.stat().st_mtime_ns for p in folder.glob("*.html")}
+    code = build_report(data=str(synthetic_small), profile="smoke", out_root=folder.parent, runs_root=runs,
+                        device="cpu", notebooks=["06"])
+    assert code == 0
+    after = {p.name: p.stat().st_mtime_ns for p in folder.glob("*.html")}
+    assert set(after) == set(before), "every page is still there"
+    assert after["06_math.html"] != before["06_math.html"], "the selected page was rebuilt"
+    index = (folder / "index.html").read_text()
+    for nb in notebook_paths():
+        assert f'href="{nb.stem}.html"' in index
+
+
+def test_an_unknown_notebook_is_refused_before_anything_runs(synthetic_small, tmp_path):
+    from fer_lib import ConfigError
+
+    with pytest.raises(ConfigError, match="no notebook matches 99"):
+        build_report(data=str(synthetic_small), profile="smoke", out_root=tmp_path, runs_root=tmp_path,
+                     notebooks=["99"])
+    assert not list(tmp_path.iterdir()), "nothing trained or written"

@@ -1,6 +1,7 @@
 """Training: it learns, resumes exactly, caches runs, and the CLI chains synth -> train -> predict -> score."""
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 
@@ -125,10 +126,21 @@ def test_cli_reports_bad_data_clearly(tmp_path):
     assert "line 2: expected 2304 pixel values" in result.stderr and "Traceback" not in result.stderr
 
 
-def test_cli_help_explains_every_command():
-    result = subprocess.run([sys.executable, "-m", "fer_lib", "--help"], capture_output=True, text=True)
-    for command in ("synth", "train", "predict", "score", "report", "bench"):
-        assert command in result.stdout
+def test_every_command_and_profile_is_documented():
+    """The help names every profile the code defines, and the README every command the parser accepts."""
+    from pathlib import Path
+
+    from fer_lib.train import PROFILES
+
+    top = subprocess.run([sys.executable, "-m", "fer_lib", "--help"], capture_output=True, text=True)
+    commands = re.search(r"\{([a-z,]+)\}", top.stdout).group(1).split(",")
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    for command in commands:
+        assert f"python -m fer_lib {command}" in readme, f"README does not show `{command}`"
+    train_help = subprocess.run([sys.executable, "-m", "fer_lib", "train", "--help"], capture_output=True, text=True)
+    help_text = " ".join(train_help.stdout.split())
+    for profile in PROFILES:
+        assert profile in help_text, f"train --help does not explain the {profile!r} profile"
 
 
 def test_class_weights_lift_rare_classes():
@@ -137,3 +149,39 @@ def test_class_weights_lift_rare_classes():
     labels = np.array([0] * 100 + [1] * 4 + list(range(2, 7)) * 10)
     w = class_weights(labels, "sqrt")
     assert w[1] > w[0] and class_weights(labels, "none") is None
+
+
+def test_long_profile_runs_a_few_steps_on_the_cpu(tiny, tmp_path):
+    from fer_lib.train import config_for
+
+    cfg = config_for("long", max_train=48, batch_size=16, weights="random")
+    assert cfg.epochs >= 200 and cfg.input_size > 48, "the published kind of schedule"
+    run = train(tiny, cfg, tmp_path / "long", device="cpu", stop_after=1, progress=False)
+    history = read_history(run)
+    assert history["epoch"].tolist() == [1] and history["train_ce"].notna().all()
+
+
+@pytest.mark.parametrize("has_bf16, expected", [(True, "bf16"), (False, "fp32")])
+def test_precision_auto_follows_the_cpu(monkeypatch, has_bf16, expected):
+    import fer_lib.train as train_mod
+
+    monkeypatch.setattr(train_mod, "cpu_has_fast_bf16", lambda: has_bf16)
+    assert train_mod.resolve_precision("auto", torch.device("cpu")) == expected
+    assert train_mod.resolve_precision("fp32", torch.device("cpu")) == "fp32"
+    with pytest.raises(ValueError, match="precision must be one of"):
+        train_mod.resolve_precision("fp16", torch.device("cpu"))
+
+
+def test_bf16_run_records_its_precision_and_ships_float16_weights(tiny, tmp_path):
+    import json
+
+    run = train(tiny, TrainConfig(**{**TINY, "epochs": 1, "precision": "bf16"}), tmp_path / "run", progress=False)
+    provenance = json.loads((run / "run.json").read_text())
+    assert provenance["precision"] == "bf16" and "bf16" in provenance["cpu"]
+    shipped = torch.load(run / "weights.pt", weights_only=True)
+    best = torch.load(run / "best.pt", weights_only=True)
+    assert all(v.dtype == torch.float16 for v in shipped.values() if v.is_floating_point())
+    model, _ = load_trained(run)
+    torch.testing.assert_close(model.conv1.weight, best["conv1.weight"].half().float(), rtol=0, atol=0)
+    history = read_history(run)
+    assert {"train_ce", "val_acc_tta"} <= set(history.columns)
