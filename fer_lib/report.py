@@ -175,6 +175,8 @@ def write_index(folder: Path, ctx: Context, pages: list[tuple[str, str]], answer
                 if isinstance(best_tta, float) else "") + f" on {run.get('val_faces', 0):,} held-out training faces. "
                 if isinstance(best, float) else "")
     cfg = metrics["config"]["config"]
+    size = cfg["input_size"]
+    size_text = f"faces upsampled from 48x48 to {size}x{size}" if size != 48 else "faces at their own 48x48"
     extra = '<li><a href="predictions.csv">predictions.csv</a> (test set, id,label)</li>' if metrics.get("predictions") else ""
     page = f"""<!doctype html><html><head><meta charset="utf-8">
 <title>FER report: {html.escape(ctx.dataset.name)}</title>
@@ -182,7 +184,7 @@ def write_index(folder: Path, ctx: Context, pages: list[tuple[str, str]], answer
 section p{{margin:4px 0}}</style></head><body>{banner_html(ctx)}
 <h1>Facial expression recognition: {html.escape(ctx.dataset.name)}</h1>
 <p>The seed report's ResNet18 (fc = Dropout(0.5) + Linear(512, 7)) trained with profile
-<code>{html.escape(ctx.profile)}</code>: {cfg['epochs']} epochs, faces upsampled to {cfg['input_size']}x{cfg['input_size']}.
+<code>{html.escape(ctx.profile)}</code>: {cfg['epochs']} epochs, {size_text}.
 {accuracy}{html.escape(initialisation_sentence(run))}</p>
 {''.join(items)}
 <ul><li><a href="metrics.json">metrics.json</a> (provenance: data hashes, config, versions, timings)</li>{extra}
