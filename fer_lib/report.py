@@ -131,7 +131,7 @@ def _decorate_page(page: Path, title: str, nav: str, banner: str, provenance: st
     text = page.read_text(encoding="utf-8")
     text = re.sub(r"<!--fer-top-->.*?<!--/fer-top-->", "", text, flags=re.S)
     text = re.sub(r"<!--fer-bottom-->.*?<!--/fer-bottom-->", "", text, flags=re.S)
-    text = re.sub(r"<title>.*?</title>", f"<title>{html.escape(title)}</title>", text, count=1, flags=re.S)
+    text = re.sub(r"<title>.*?</title>", f"<title>{html.escape(title, quote=False)}</title>", text, count=1, flags=re.S)
     top = f"<!--fer-top-->{PAGE_STYLE}{banner}{nav}<div class='fer-prov'>{html.escape(provenance)}</div><!--/fer-top-->"
     i = text.index(">", text.index("<body")) + 1
     text = text[:i] + top + text[i:]
