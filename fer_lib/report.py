@@ -33,15 +33,20 @@ PAGE_STYLE = ("<style>.fer-nav{font:14px sans-serif;display:flex;gap:18px;paddin
               "border-bottom:1px solid #ddd}.fer-prov{font:12px sans-serif;color:#555;padding:4px 16px}</style>")
 
 
+def _selects(path: Path, name: str) -> bool:
+    """Whether ``name`` (a number like "02", a stem, or a file name) picks the notebook at ``path``."""
+    return path.stem.startswith(name) or path.name == name
+
+
 def notebook_paths(only: list[str] | None = None) -> list[Path]:
     """The report's notebooks in order; ``only`` picks by number ("01") or name."""
     paths = sorted(NOTEBOOK_DIR.glob("[0-9][0-9]_*.ipynb"))
     if only:
-        unknown = [o for o in only if not any(p.stem == o or p.stem.startswith(o) or p.name == o for p in paths)]
+        unknown = [o for o in only if not any(_selects(p, o) for p in paths)]
         if unknown:
             raise ConfigError(f"no notebook matches {', '.join(unknown)}; the notebooks are "
                               + ", ".join(p.stem for p in paths))
-        paths = [p for p in paths if any(p.stem == o or p.stem.startswith(o) or p.name == o for o in only)]
+        paths = [p for p in paths if any(_selects(p, o) for o in only)]
     return paths
 
 

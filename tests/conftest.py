@@ -21,6 +21,18 @@ def tiny_dataset(tmp_path_factory) -> Path:
     return out
 
 
+# a run that takes seconds: two epochs on 96 faces, no weights file needed
+TINY = dict(epochs=2, max_train=96, batch_size=32, weights="random", val_fraction=0.2)
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_dataset):
+    """The tiny synthetic dataset, loaded."""
+    from fer_lib.data import load_dataset
+
+    return load_dataset(tiny_dataset)
+
+
 @pytest.fixture(autouse=True)
 def isolated_cache(tmp_path, monkeypatch):
     """Every test gets its own parsed-array cache, never the user's."""

@@ -13,7 +13,6 @@ import pandas as pd
 import pytest
 import torch
 
-from fer_lib import CLASS_NAMES
 from fer_lib.data import Dataset, FaceSet
 from fer_lib.evaluate import (confusion_findings, counts_tie, history_findings, predict_logits, proportions_tie,
                               wilson_interval)

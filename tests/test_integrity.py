@@ -20,14 +20,7 @@ from fer_lib.data import DataError, atomic_write, load_dataset
 from fer_lib.predict import score_predictions
 from fer_lib.train import TrainConfig, cache_key, ensure_run, read_history, run_key, train
 
-from .conftest import pixel_row, write_csv
-
-TINY = dict(epochs=2, max_train=96, batch_size=32, weights="random", val_fraction=0.2)
-
-
-@pytest.fixture(scope="module")
-def tiny(tiny_dataset):
-    return load_dataset(tiny_dataset)
+from .conftest import TINY, pixel_row, write_csv
 
 
 def cli(*args, **kwargs):

@@ -11,15 +11,9 @@ import pytest
 import torch
 
 from fer_lib.augment import AugmentConfig, augment
-from fer_lib.data import load_dataset
 from fer_lib.train import HISTORY_COLUMNS, TrainConfig, ensure_run, load_trained, read_history, train
 
-TINY = dict(epochs=2, max_train=96, batch_size=32, weights="random", val_fraction=0.2)
-
-
-@pytest.fixture(scope="module")
-def tiny(tiny_dataset):
-    return load_dataset(tiny_dataset)
+from .conftest import TINY
 
 
 def test_overfits_a_small_batch(tiny):
