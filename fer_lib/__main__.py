@@ -64,7 +64,7 @@ def cmd_predict(args) -> None:
     from .predict import write_predictions
 
     faces = load_test_faces(args.data)
-    counts = write_predictions(Path(args.run), faces, Path(args.out), tta=not args.no_tta, device=args.device)
+    counts = write_predictions(Path(args.run), faces, Path(args.out), tta="none" if args.no_tta else "", device=args.device)
     print(f"wrote {args.out}: {len(faces)} rows; predicted class counts {counts}")
 
 
@@ -127,7 +127,7 @@ def main(argv: list[str] | None = None) -> None:
                                                  "(e.g. report/fer2013/model)")
     p.add_argument("--data", required=True, help="test CSV (id,feature) or a dataset directory with a test split")
     p.add_argument("--out", default="predictions.csv", help="predictions CSV to write (default ./predictions.csv)")
-    p.add_argument("--no-tta", action="store_true", help="no horizontal-flip test-time augmentation")
+    p.add_argument("--no-tta", action="store_true", help="predict each face once (default: the test-time views the run chose on validation, in its run.json)")
     p.add_argument("--device", default="auto")
     p.set_defaults(func=cmd_predict)
 

@@ -22,6 +22,7 @@ import numpy as np
 
 from . import CLASS_NAMES, IMAGE_SIZE
 from .fastcsv import parse_key_pixel_rows
+from .io import atomic_write, default_cache_dir, file_sha256  # noqa: F401 (re-exported)
 
 N_PIXELS = IMAGE_SIZE * IMAGE_SIZE
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".pgm", ".gif"}
@@ -79,33 +80,6 @@ def _read_bytes(path: Path) -> bytes:
         except zlib.error as err:
             raise DataError(f"{path}: not a valid gzip file ({err})") from None
     return data
-
-
-def file_sha256(path: Path) -> str:
-    with open(path, "rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
-
-
-def default_cache_dir() -> Path:
-    """Parsed arrays live outside the repository: $FER_CACHE or ~/.cache/fer-report."""
-    return Path(os.environ.get("FER_CACHE", Path.home() / ".cache" / "fer-report"))
-
-
-FILE_MODE = 0o644  # what atomic_write gives its files: mkstemp makes 0600 ones, unreadable to other users
-
-
-def atomic_write(path: Path, write) -> None:
-    """Call ``write(tmp_path)`` then rename, so a crash never leaves a half-written ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        os.chmod(tmp, FILE_MODE)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _cached(path: Path, cache_dir: Path | None, parse) -> dict[str, np.ndarray]:
@@ -544,15 +518,35 @@ def load_test_faces(path: str | Path, cache_dir: Path | None = None) -> FaceSet:
 # split
 
 
-def train_val_split(faces: FaceSet, val_fraction: float = 0.1, seed: int = 0) -> tuple[FaceSet, FaceSet]:
-    """Deterministic split stratified by class: every class keeps its share in both parts."""
-    from sklearn.model_selection import train_test_split
+def train_val_split(faces: FaceSet, val_fraction: float = 0.1, seed: int = 0,
+                    groups: np.ndarray | None = None) -> tuple[FaceSet, FaceSet]:
+    """Deterministic split stratified by class: every class keeps its share in both parts.
+
+    ``groups`` (one id per face, e.g. copies of the same photo) keeps every group on one side, so no
+    validation face has a copy in the training part.
+    """
+    from sklearn.model_selection import StratifiedGroupKFold, train_test_split
 
     if not 0 < val_fraction < 1:
         raise DataError(f"val_fraction must be in (0, 1), got {val_fraction}")
     index = np.arange(len(faces))
     counts = np.bincount(faces.labels, minlength=len(CLASS_NAMES))
+    n_folds = max(2, round(1 / val_fraction))
     # stratification needs two examples of a class; tiny sets fall back to a seeded plain split
-    stratify = faces.labels if counts[counts > 0].min() >= 2 and len(faces) * val_fraction >= (counts > 0).sum() else None
-    train_idx, val_idx = train_test_split(index, test_size=val_fraction, random_state=seed, stratify=stratify)
+    stratifiable = counts[counts > 0].min() >= n_folds and len(faces) * val_fraction >= (counts > 0).sum()
+    if groups is not None:
+        if len(groups) != len(faces):
+            raise DataError(f"{len(groups)} group ids for {len(faces)} faces")
+        if stratifiable:
+            folds = StratifiedGroupKFold(n_splits=n_folds, shuffle=True, random_state=seed)
+            train_idx, val_idx = next(folds.split(index, faces.labels, groups))
+        else:
+            from sklearn.model_selection import GroupShuffleSplit
+
+            folds = GroupShuffleSplit(n_splits=1, test_size=val_fraction, random_state=seed)
+            train_idx, val_idx = next(folds.split(index, faces.labels, groups))
+    else:
+        stratify = faces.labels if counts[counts > 0].min() >= 2 and len(faces) * val_fraction >= (counts > 0).sum() \
+            else None
+        train_idx, val_idx = train_test_split(index, test_size=val_fraction, random_state=seed, stratify=stratify)
     return faces.subset(np.sort(train_idx)), faces.subset(np.sort(val_idx))

@@ -9,11 +9,14 @@ import pandas as pd
 from . import CLASS_NAMES
 from .data import DataError, FaceSet, atomic_write
 from .evaluate import predict_logits
-from .train import load_trained, resolve_device
+from .train import load_trained, prediction_tta, resolve_device
 
 
-def write_predictions(run_dir: Path, faces: FaceSet, out: Path, tta: bool = True, device: str = "auto") -> dict:
-    """Predict every face and write ``out`` (id,label) atomically; returns predicted counts per class."""
+def write_predictions(run_dir: Path, faces: FaceSet, out: Path, tta: str = "", device: str = "auto") -> dict:
+    """Predict every face and write ``out`` (id,label) atomically; returns predicted counts per class.
+
+    ``tta`` defaults to the test-time views the run chose on validation (run.json)."""
+    tta = tta or prediction_tta(run_dir)
     dev = resolve_device(device)
     model, config = load_trained(run_dir, device=dev)
     labels = predict_logits(model, faces.images, config.input_size, tta=tta, device=dev).argmax(1).numpy()

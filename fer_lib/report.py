@@ -262,6 +262,7 @@ def build_report(data: str | None = None, profile: str | None = None, out_root: 
 
     from .data import file_sha256
     from .predict import write_predictions
+    from .train import prediction_tta
     from .train import RUN_FILES
 
     started = time.perf_counter()
@@ -311,9 +312,10 @@ def build_report(data: str | None = None, profile: str | None = None, out_root: 
                    "libraries": library_versions(), "platform": platform.platform()}
         if ctx.dataset.test is not None:
             t = time.perf_counter()
-            counts = write_predictions(staging / MODEL_FOLDER, ctx.dataset.test, staging / "predictions.csv", tta=True,
+            tta = prediction_tta(staging / MODEL_FOLDER)
+            counts = write_predictions(staging / MODEL_FOLDER, ctx.dataset.test, staging / "predictions.csv", tta=tta,
                                        device=device)
-            metrics["predictions"] = {"file": "predictions.csv", "rows": len(ctx.dataset.test), "tta": "horizontal flip",
+            metrics["predictions"] = {"file": "predictions.csv", "rows": len(ctx.dataset.test), "tta": tta,
                                       "predicted_class_counts": counts}
             timings["predict test set"] = time.perf_counter() - t
         timings["total"] = time.perf_counter() - started

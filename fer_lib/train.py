@@ -27,15 +27,23 @@ import torch.nn.functional as F
 
 from . import CLASS_NAMES, ConfigError
 from .augment import AugmentConfig, augment
-from .data import Dataset, FaceSet, atomic_write, train_val_split
-from .evaluate import accuracy, predict_logits
+from .data import Dataset, FaceSet, train_val_split
+from .duplicates import cached_duplicates
+from .io import atomic_write, default_cache_dir, cpu_has_fast_bf16, cpu_model, file_sha256
+from .evaluate import TTA_MODES, accuracy, predict_logits
 from .model import build_model, imagenet_weights_path, preprocess, resolve_weights
 
 # train_loss is the optimised (label-smoothed, class-weighted) loss; train_ce is plain cross-entropy on the same
 # batches, the definition val_loss uses, so the two curves compare like with like. val_acc_tta averages each
 # validation face with its mirror image, as the test predictions do.
-HISTORY_COLUMNS = ["epoch", "train_loss", "train_ce", "train_acc", "val_loss", "val_acc", "val_acc_tta", "lr",
-                   "seconds"]
+# With an EMA of the weights, val_loss / val_acc / val_acc_tta are those of the averaged weights (what is selected
+# and shipped) and val_acc_raw those of the weights the optimiser steps (val_acc_raw_tta only without an EMA, where they agree).
+# train_eval_acc scores the shipped weights on a fixed sample of training faces exactly as validation is scored
+# (eval mode, no augmentation, no TTA): the like-for-like comparison for overfitting.
+HISTORY_COLUMNS = ["epoch", "train_loss", "train_ce", "train_acc", "val_loss", "val_acc", "val_acc_tta",
+                   "val_acc_raw", "val_acc_raw_tta", "train_eval_acc", "lr", "seconds"]
+TRAIN_EVAL_SAMPLE = 1000  # training faces scored each epoch in eval mode without augmentation (like for like)
+SPLITS = ("grouped", "random")
 PRECISIONS = ("auto", "fp32", "bf16")
 WEIGHTS_FILE = "weights.pt"  # a finished run's best weights as a float16 state dict: what is shipped
 RUN_FILES = ("config.json", "history.csv", "run.json", WEIGHTS_FILE)  # all a finished run needs to be reused
@@ -52,6 +60,8 @@ class TrainConfig:
     class_weighting: str = "none"  # "none" or "sqrt": loss weight 1/sqrt(class count), lifts Disgust
     input_size: int = 48  # faces are resized to this before the network (48 keeps it cheapest)
     val_fraction: float = 0.1
+    split: str = "grouped"  # "grouped": copies of a face (exact or near) stay on one side; "random": the old split
+    ema_decay: float = 0.0  # exponential moving average of the weights per step (0 = off); evaluated and shipped
     seed: int = 0
     weights: str = "imagenet"  # "imagenet" (from torch's cache when present), "random", or a path
     max_train: int = 0  # use only this many training faces (0 = all): smoke tests and quick runs
@@ -76,7 +86,8 @@ PROFILES: dict[str, dict] = {
     "quick": {"epochs": 3, "max_train": 6000},
     # SGD Nesterov one-cycle, faces upsampled to 72 px so layer4 keeps a 3x3 map (48 px leaves 2x2): about 100
     # minutes on 2 CPU cores with native bf16 (docs/ablation.csv has the measurements behind each choice)
-    "full": {"epochs": 45, "optimizer": "sgd", "lr": 0.05, "weight_decay": 5e-4, "input_size": 72},
+    "full": {"epochs": 60, "optimizer": "sgd", "lr": 0.05, "weight_decay": 5e-4, "input_size": 72,
+             "ema_decay": 0.999},
     # the published kind of schedule, for a GPU: 300 epochs at 96 px (hours there, days on 2 CPU cores)
     "long": {"epochs": 300, "optimizer": "sgd", "lr": 0.05, "weight_decay": 5e-4, "input_size": 96},
     "synthetic": {"epochs": 6, "lr": 3e-3},
@@ -105,16 +116,6 @@ def run_key(config: TrainConfig, fingerprint: str, weights_used: str) -> str:
     settings = {**asdict(config), "weights": weights_used}
     blob = json.dumps({"config": settings, "data": fingerprint}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
-
-
-def cpu_has_fast_bf16() -> bool:
-    """True on CPUs with native bfloat16 instructions (AMX or AVX-512 BF16); elsewhere bf16 is emulated
-    and about 13x slower than float32 (measured on an AVX2-only machine)."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:  # not Linux: no cheap way to tell, so stay with float32
-        return False
-    return any(flag in flags.split() for flag in ("amx_bf16", "avx512_bf16"))
 
 
 def resolve_precision(precision: str, device: torch.device) -> str:
@@ -187,6 +188,28 @@ def train_step(model, optimizer, scheduler, images: torch.Tensor, labels: torch.
     return loss.item() * len(y), plain_ce, (logits.argmax(1) == y).sum().item()
 
 
+def make_ema(model, decay: float):
+    """An exponential moving average of ``model``'s weights and batch-norm statistics (None when decay is 0)."""
+    if not decay:
+        return None
+    if not 0 < decay < 1:
+        raise ConfigError(f"ema_decay must be 0 (off) or in (0, 1), got {decay}")
+    from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+    return AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
+
+
+def validate(model, images: np.ndarray, labels: torch.Tensor, input_size: int, device, flip: bool = True) -> dict:
+    """Validation loss and accuracy (plain, and with flip TTA unless ``flip`` is False) in float32, like every
+    prediction the report makes."""
+    logits = predict_logits(model, images, input_size, device=device)
+    out = {"loss": F.cross_entropy(logits, labels).item(), "acc": accuracy(logits, labels), "acc_tta": None}
+    if flip:
+        mirrored = predict_logits(model, np.ascontiguousarray(images[:, :, ::-1]), input_size, device=device)
+        out["acc_tta"] = accuracy((logits + mirrored) / 2, labels)  # = predict_logits(tta="flip"), one pass fewer
+    return out
+
+
 def _write_history(path: Path, history: list[dict]) -> None:
     def write(tmp: Path) -> None:
         with open(tmp, "w", newline="") as f:
@@ -245,9 +268,12 @@ def train(dataset: Dataset, config: TrainConfig, run_dir: Path, device: str = "a
     optimizer, scheduler = make_optimizer(model, config, steps_per_epoch)
     loss_weight = class_weights(train_set.labels, config.class_weighting)
     loss_weight = None if loss_weight is None else loss_weight.to(dev)
+    ema = make_ema(model, config.ema_decay)
     start_epoch, best_val_acc, history = 0, -1.0, []
     if ckpt is not None:
         model.load_state_dict(ckpt["model"])
+        if ema is not None:
+            ema.load_state_dict(ckpt["ema"])
         optimizer.load_state_dict(ckpt["optimizer"])
         scheduler.load_state_dict(ckpt["scheduler"])
         start_epoch, best_val_acc, history = ckpt["epoch"], ckpt["best_val_acc"], ckpt["history"]
@@ -262,6 +288,7 @@ def train(dataset: Dataset, config: TrainConfig, run_dir: Path, device: str = "a
     images = torch.from_numpy(train_set.images)
     labels = torch.from_numpy(train_set.labels)
     val_labels = torch.from_numpy(val_set.labels)
+    train_sample = np.random.default_rng(config.seed).permutation(len(train_set))[:TRAIN_EVAL_SAMPLE]
     for epoch in range(start_epoch, config.epochs):
         if stop_after is not None and epoch >= stop_after:
             return run_dir
@@ -281,24 +308,31 @@ def train(dataset: Dataset, config: TrainConfig, run_dir: Path, device: str = "a
                 idx = order[step * config.batch_size:(step + 1) * config.batch_size]
                 loss, ce, ok = train_step(model, optimizer, scheduler, images[idx], labels[idx], config, loss_weight,
                                           generator, dev, precision)
+                if ema is not None:
+                    ema.update_parameters(model)
                 loss_sum, ce_sum, correct, seen = loss_sum + loss, ce_sum + ce, correct + ok, seen + len(idx)
                 bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{correct / seen:.3f}")
         # -- evaluate on the validation split (float32, like every prediction the report makes)
-        val_logits = predict_logits(model, val_set.images, config.input_size, device=dev)
-        mirrored = predict_logits(model, np.ascontiguousarray(val_set.images[:, :, ::-1]), config.input_size, device=dev)
-        val_logits_tta = (val_logits + mirrored) / 2  # what predict_logits(tta=True) computes, without a third pass
+        # with an EMA, the stepped weights are scored without TTA only: evaluation costs about 4 s per 1,000 faces
+        raw = validate(model, val_set.images, val_labels, config.input_size, dev, flip=ema is None)
+        shipped_model = model if ema is None else ema.module  # the weights that are selected and shipped
+        val = raw if ema is None else validate(shipped_model, val_set.images, val_labels, config.input_size, dev)
         row = {"epoch": epoch + 1, "train_loss": loss_sum / seen, "train_ce": ce_sum / seen,
-               "train_acc": correct / seen, "val_loss": F.cross_entropy(val_logits, val_labels).item(),
-               "val_acc": accuracy(val_logits, val_labels), "val_acc_tta": accuracy(val_logits_tta, val_labels),
+               "train_acc": correct / seen, "val_loss": val["loss"], "val_acc": val["acc"],
+               "val_acc_tta": val["acc_tta"], "val_acc_raw": raw["acc"], "val_acc_raw_tta": raw["acc_tta"],
+               "train_eval_acc": accuracy(predict_logits(shipped_model, train_set.images[train_sample],
+                                                         config.input_size, device=dev), labels[train_sample]),
                "lr": lr, "seconds": time.perf_counter() - t0}
         history.append(row)
         # -- checkpoint (atomically: an interrupted write never corrupts the run)
         if row["val_acc"] > best_val_acc:
             best_val_acc = row["val_acc"]
-            atomic_write(run_dir / "best.pt", lambda tmp: torch.save(model.state_dict(), tmp))
+            atomic_write(run_dir / "best.pt", lambda tmp: torch.save(shipped_model.state_dict(), tmp))
         state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                  "scheduler": scheduler.state_dict(), "epoch": epoch + 1, "best_val_acc": best_val_acc,
                  "history": history, "config": asdict(config), "weights_origin": weights_origin}
+        if ema is not None:
+            state["ema"] = ema.state_dict()
         atomic_write(ckpt_path, lambda tmp: torch.save(state, tmp))
         _write_history(run_dir / "history.csv", history)
         if progress:
@@ -317,8 +351,13 @@ def train(dataset: Dataset, config: TrainConfig, run_dir: Path, device: str = "a
     # from these, so a copy of the run folder reproduces the report exactly)
     shipped = {k: v.half() if v.is_floating_point() else v for k, v in best_state.items()}
     atomic_write(run_dir / WEIGHTS_FILE, lambda tmp: torch.save(shipped, tmp))
-    with open(run_dir / WEIGHTS_FILE, "rb") as f:
-        provenance["weights_sha256"] = hashlib.file_digest(f, "sha256").hexdigest()
+    provenance["weights_sha256"] = file_sha256(run_dir / WEIGHTS_FILE)
+    # the test-time views predictions use, chosen on validation with the shipped float16 weights
+    final = load_trained_weights(run_dir / WEIGHTS_FILE, dev)
+    by_tta = {mode: accuracy(predict_logits(final, val_set.images, config.input_size, tta=mode, device=dev), val_labels)
+              for mode in TTA_MODES}
+    provenance["val_acc_by_tta"] = by_tta
+    provenance["tta"] = max(("flip", "flip+shift"), key=lambda m: by_tta[m])  # flip wins a tie
     atomic_write(run_dir / "run.json", lambda tmp: tmp.write_text(json.dumps(provenance, indent=2)))
     return run_dir
 
@@ -328,22 +367,15 @@ def _best_row(history: list[dict]) -> dict:
     return max(history, key=lambda r: r["val_acc"])
 
 
-def cpu_model() -> str:
-    """The CPU's model name and whether it has native bf16: the context every timing needs."""
-    name = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                name = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{name} ({'native bf16' if cpu_has_fast_bf16() else 'no native bf16'})"
-
-
 def split_for(dataset: Dataset, config: TrainConfig) -> tuple[FaceSet, FaceSet]:
-    """The run's train/validation faces: the seeded stratified split, then ``max_train`` if set."""
-    train_set, val_set = train_val_split(dataset.train, config.val_fraction, config.seed)
+    """The run's train/validation faces: the seeded stratified split (copies of a face kept on one side unless
+    ``config.split`` is "random"), then ``max_train`` if set."""
+    if config.split not in SPLITS:
+        raise ConfigError(f"split must be one of {', '.join(SPLITS)}, got {config.split!r}")
+    groups = None
+    if config.split == "grouped":
+        groups = cached_duplicates(dataset.train.images, cache_dir=default_cache_dir()).group
+    train_set, val_set = train_val_split(dataset.train, config.val_fraction, config.seed, groups=groups)
     if config.max_train and config.max_train < len(train_set):
         train_set = train_set.subset(np.random.default_rng(config.seed).permutation(len(train_set))[:config.max_train])
     return train_set, val_set
@@ -389,13 +421,28 @@ def load_trained(run_dir: Path, device: str | torch.device = "cpu", which: str =
     run_dir = Path(run_dir)
     meta = json.loads((run_dir / "config.json").read_text())
     config = TrainConfig.from_dict(meta["config"])
-    model, _ = build_model("random")
     if which == "best" and (run_dir / WEIGHTS_FILE).exists():
-        state = torch.load(run_dir / WEIGHTS_FILE, map_location="cpu", weights_only=True)
-        state = {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
-    elif which == "best" and (run_dir / "best.pt").exists():
+        return load_trained_weights(run_dir / WEIGHTS_FILE, device), config
+    model, _ = build_model("random")
+    if which == "best" and (run_dir / "best.pt").exists():
         state = torch.load(run_dir / "best.pt", map_location="cpu", weights_only=True)
     else:
         state = torch.load(run_dir / "checkpoint.pt", map_location="cpu", weights_only=True)["model"]
     model.load_state_dict(state)
     return model.to(device).eval(), config
+
+
+def load_trained_weights(path: Path, device: str | torch.device = "cpu"):
+    """The model in eval mode, in float32, from a shipped float16 state dict."""
+    model, _ = build_model("random")
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()})
+    return model.to(device).eval()
+
+
+def prediction_tta(run_dir: Path) -> str:
+    """The test-time views a run's predictions use (chosen on validation; "flip" for runs that predate the choice)."""
+    try:
+        return json.loads((Path(run_dir) / "run.json").read_text()).get("tta", "flip")
+    except (OSError, ValueError):
+        return "flip"
