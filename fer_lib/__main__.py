@@ -8,7 +8,7 @@ from pathlib import Path
 
 
 def _add_train_options(p: argparse.ArgumentParser) -> None:
-    from .train import PROFILES
+    from .runs import PROFILES
 
     p.add_argument("--profile", choices=sorted(PROFILES), default=None,
                    help="a named recipe: quick (minutes, a subset), full (the real-data recipe: 45 epochs at 72 px, "
@@ -32,7 +32,7 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
 
 def config_from_args(args, dataset):
     from .context import default_profile
-    from .train import config_for
+    from .runs import config_for
 
     names = ("epochs", "batch_size", "lr", "optimizer", "input_size", "max_train", "weights", "seed", "precision")
     overrides = {n: getattr(args, n) for n in names if getattr(args, n, None) is not None}

@@ -52,7 +52,8 @@ def _plain_step(batch_size: int, channels_last: bool = False, bf16: bool = False
 def _recipe_step(images: np.ndarray, labels: np.ndarray, batch_size: int, profile: str, precision: str):
     """One step of a profile's recipe (its input size and optimiser) at a given precision."""
     from .model import build_model
-    from .train import config_for, make_optimizer, train_step
+    from .runs import config_for
+    from .train import make_optimizer, train_step
 
     config = config_for(profile, batch_size=batch_size, weights="random")
     model, _ = build_model("random")
@@ -69,7 +70,8 @@ def _recipe_step(images: np.ndarray, labels: np.ndarray, batch_size: int, profil
 
 def _project_loop(images: np.ndarray, labels: np.ndarray, batch_size: int):
     from .model import build_model
-    from .train import TrainConfig, make_optimizer, train_step
+    from .runs import TrainConfig
+    from .train import make_optimizer, train_step
 
     config = TrainConfig(batch_size=batch_size, weights="random")
     model, _ = build_model("random")
@@ -160,7 +162,7 @@ def _load_times(data: str | None) -> dict:
 
 
 def run_bench(data: str | None = None, batch_size: int = 128, steps: int = 8, out: str | None = "runs/bench.json") -> dict:
-    from .train import default_threads
+    from .runs import default_threads
 
     torch.set_num_threads(default_threads())
     rng = np.random.default_rng(0)
@@ -182,7 +184,8 @@ def run_bench(data: str | None = None, batch_size: int = 128, steps: int = 8, ou
     print("variants measured to choose (d):")
     measure("    bfloat16 autocast + channels-last", _timed(_plain_step(batch_size, True, bf16=True), batch_size, max(2, steps // 4), warmup=1))
     measure("    channels-last, batch 256", _timed(_plain_step(256, True), 256, max(2, steps // 2)))
-    from .train import config_for, cpu_model, resolve_precision
+    from .io import cpu_model
+    from .runs import config_for, resolve_precision
 
     size = config_for("full").input_size
     results["cpu"] = cpu_model()

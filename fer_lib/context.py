@@ -13,7 +13,8 @@ from functools import cached_property
 from pathlib import Path
 
 from .data import Dataset, FaceSet, detect_layout, load_dataset
-from .train import TrainConfig, config_for, ensure_run, load_trained, resolve_device, split_for
+from .runs import TrainConfig, config_for, load_trained, resolve_device, split_for
+from .train import ensure_run
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_RUNS = PROJECT_ROOT / "runs"
@@ -83,7 +84,7 @@ class Context:
     @cached_property
     def val_logits(self):
         """Logits (N, 7) of the run's model on the validation faces (computed once per notebook)."""
-        from .evaluate import predict_logits
+        from .inference import predict_logits
 
         model = self.model()
         return predict_logits(model, self.val.images, self.config.input_size,

@@ -10,9 +10,6 @@ Every image comes back as uint8 (N, 48, 48); labels are int64 in 0..6, or None f
 """
 from __future__ import annotations
 
-import hashlib
-import os
-import tempfile
 import warnings
 import zlib
 from dataclasses import dataclass, field

@@ -224,7 +224,7 @@ def classify_faces(model, faces: np.ndarray, input_size: int = IMAGE_SIZE, devic
     """Class probabilities (N, 7) for uint8 faces (N, 48, 48): softmax of the flip-TTA logits."""
     import torch
 
-    from .evaluate import predict_logits
+    from .inference import predict_logits
 
     if len(faces) == 0:
         return np.zeros((0, len(CLASS_NAMES)), np.float32)
@@ -460,7 +460,7 @@ def format_table(results: list[PhotoResult]) -> str:
 
 
 def has_model(run_dir: Path) -> bool:
-    from .train import WEIGHTS_FILE
+    from .runs import WEIGHTS_FILE
 
     run_dir = Path(run_dir)
     return (run_dir / "config.json").is_file() and any((run_dir / n).is_file()
@@ -482,7 +482,7 @@ def run_classify(inputs: list[str], run_dir: str | Path, out_dir: str | Path, de
     if not paths:
         print("error: nothing to classify", file=sys.stderr)
         return 1
-    from .train import load_trained, resolve_device
+    from .runs import load_trained, resolve_device
 
     dev = resolve_device(device)
     model, config = load_trained(run_dir, dev)

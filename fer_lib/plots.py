@@ -3,7 +3,12 @@ from __future__ import annotations
 
 import matplotlib.pyplot as plt
 import numpy as np
-from matplotlib.ticker import MaxNLocator, NullLocator, PercentFormatter, ScalarFormatter
+from matplotlib.ticker import (
+    MaxNLocator,
+    NullLocator,
+    PercentFormatter,
+    ScalarFormatter,
+)
 
 from . import CLASS_NAMES
 

@@ -8,8 +8,8 @@ import pandas as pd
 
 from . import CLASS_NAMES
 from .data import DataError, FaceSet, atomic_write
-from .evaluate import predict_logits
-from .train import load_trained, prediction_tta, resolve_device
+from .inference import predict_logits
+from .runs import load_trained, prediction_tta, resolve_device
 
 
 def write_predictions(run_dir: Path, faces: FaceSet, out: Path, tta: str = "", device: str = "auto") -> dict:

@@ -262,8 +262,7 @@ def build_report(data: str | None = None, profile: str | None = None, out_root: 
 
     from .data import file_sha256
     from .predict import write_predictions
-    from .train import prediction_tta
-    from .train import RUN_FILES
+    from .runs import RUN_FILES, prediction_tta
 
     started = time.perf_counter()
     timings: dict[str, float] = {}

@@ -56,7 +56,8 @@ def write_csv(path: Path, header: str, rows: list[str]) -> Path:
 def trained_synthetic(tmp_path_factory):
     """A model trained briefly on synthetic faces (whose cue regions are known), with validation faces."""
     from fer_lib.data import load_dataset
-    from fer_lib.train import TrainConfig, load_trained, split_for, train
+    from fer_lib.runs import TrainConfig, load_trained, split_for
+    from fer_lib.train import train
 
     folder = tmp_path_factory.mktemp("synthetic-train")
     write_synthetic_dataset(folder, n_train=1500, n_test=10, seed=5)

@@ -16,8 +16,21 @@ import torch
 from PIL import Image
 
 from fer_lib import CLASS_NAMES
-from fer_lib.photos import (CROP_SCALE, CSV_COLUMNS, PhotoError, classify_faces, classify_photo, compose_faces,
-                            crop_box, crop_face, detect_faces, match_faces, open_photo, run_classify, to_gray)
+from fer_lib.photos import (
+    CROP_SCALE,
+    CSV_COLUMNS,
+    PhotoError,
+    classify_faces,
+    classify_photo,
+    compose_faces,
+    crop_box,
+    crop_face,
+    detect_faces,
+    match_faces,
+    open_photo,
+    run_classify,
+    to_gray,
+)
 
 FER_DIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "fer2013"  # CI has it beside the clone
 # FER2013 test faces the composed pictures use (fixed, so every run sees the same pictures)
@@ -41,7 +54,7 @@ def fer_faces() -> np.ndarray:
 def tiny_run(tmp_path_factory) -> Path:
     """A run folder as `train` ships it (config.json + float16 weights.pt) holding a seeded random ResNet18."""
     from fer_lib.model import build_model
-    from fer_lib.train import WEIGHTS_FILE, TrainConfig
+    from fer_lib.runs import WEIGHTS_FILE, TrainConfig
 
     run = tmp_path_factory.mktemp("run")
     torch.manual_seed(0)
@@ -53,7 +66,7 @@ def tiny_run(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_model(tiny_run):
-    from fer_lib.train import load_trained
+    from fer_lib.runs import load_trained
 
     return load_trained(tiny_run)
 

@@ -9,8 +9,15 @@ import pytest
 from PIL import Image
 
 from fer_lib import data as data_mod
-from fer_lib.data import (DataError, DataWarning, FaceSet, load_dataset, load_test_faces, read_homework_csv,
-                          train_val_split)
+from fer_lib.data import (
+    DataError,
+    DataWarning,
+    FaceSet,
+    load_dataset,
+    load_test_faces,
+    read_homework_csv,
+    train_val_split,
+)
 from fer_lib.fastcsv import parse_key_pixel_rows
 
 from .conftest import pixel_row, write_csv

@@ -14,10 +14,23 @@ import pytest
 import torch
 
 from fer_lib.data import Dataset, FaceSet
-from fer_lib.evaluate import (confusion_findings, counts_tie, history_findings, predict_logits, proportions_tie,
-                              wilson_interval)
+from fer_lib.evaluate import (
+    confusion_findings,
+    counts_tie,
+    history_findings,
+    proportions_tie,
+    wilson_interval,
+)
+from fer_lib.inference import predict_logits
 from fer_lib.model import build_model
-from fer_lib.votes import (VotesError, crowd_summary, load_votes, pair_evidence, read_votes, votes_file_for)
+from fer_lib.votes import (
+    VotesError,
+    crowd_summary,
+    load_votes,
+    pair_evidence,
+    read_votes,
+    votes_file_for,
+)
 
 AN, DI, FE, HA, SA, SU, NE = range(7)
 VOTE_HEADER = "Usage,Image name,neutral,happiness,surprise,sadness,anger,disgust,fear,contempt,unknown,NF"

@@ -18,7 +18,8 @@ from PIL import Image
 from fer_lib import ConfigError
 from fer_lib.data import DataError, atomic_write, load_dataset
 from fer_lib.predict import score_predictions
-from fer_lib.train import TrainConfig, cache_key, ensure_run, read_history, run_key, train
+from fer_lib.runs import TrainConfig, cache_key, read_history, run_key
+from fer_lib.train import ensure_run, train
 
 from .conftest import TINY, pixel_row, write_csv
 
@@ -236,7 +237,7 @@ def test_a_shipped_model_with_the_same_key_is_used_instead_of_training(tiny, tmp
     import shutil
 
     import fer_lib.train as train_mod
-    from fer_lib.train import RUN_FILES
+    from fer_lib.runs import RUN_FILES
 
     cfg = TrainConfig(**{**TINY, "epochs": 1})
     trained = train(tiny, cfg, tmp_path / "trained", progress=False)

@@ -7,8 +7,15 @@ from pathlib import Path
 import pytest
 import torch
 
-from fer_lib.model import (IMAGENET_FILE, WeightsWarning, build_model, imagenet_weights_path, module_lines,
-                           preprocess, residual_structure)
+from fer_lib.model import (
+    IMAGENET_FILE,
+    WeightsWarning,
+    build_model,
+    imagenet_weights_path,
+    module_lines,
+    preprocess,
+    residual_structure,
+)
 
 SEED_COPY = Path(__file__).parent / "data" / "report_seed.md"
 SEED_SHARED = Path(__file__).resolve().parents[2] / "shared" / "seed" / "report_seed.md"

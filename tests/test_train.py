@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from fer_lib.augment import AugmentConfig, augment
-from fer_lib.train import HISTORY_COLUMNS, TrainConfig, ensure_run, load_trained, read_history, train
+from fer_lib.runs import HISTORY_COLUMNS, TrainConfig, load_trained, read_history
+from fer_lib.train import ensure_run, train
 
 from .conftest import TINY
 
@@ -22,7 +23,8 @@ def test_overfits_a_small_batch(tiny):
     cfg = TrainConfig(epochs=30, max_train=32, batch_size=32, lr=2e-3, weight_decay=0, label_smoothing=0,
                       weights="random", augment=AugmentConfig(flip=False, shift=0, rotate_deg=0, scale=0, erase_p=0))
     from fer_lib.model import build_model
-    from fer_lib.train import make_optimizer, split_for, train_step
+    from fer_lib.runs import split_for
+    from fer_lib.train import make_optimizer, train_step
 
     model, _ = build_model("random", dropout=0.0)
     model.to(memory_format=torch.channels_last)
@@ -124,7 +126,7 @@ def test_every_command_and_profile_is_documented():
     """The help names every profile the code defines, and the README every command the parser accepts."""
     from pathlib import Path
 
-    from fer_lib.train import PROFILES
+    from fer_lib.runs import PROFILES
 
     top = subprocess.run([sys.executable, "-m", "fer_lib", "--help"], capture_output=True, text=True)
     commands = re.search(r"\{([a-z,]+)\}", top.stdout).group(1).split(",")
@@ -146,7 +148,7 @@ def test_class_weights_lift_rare_classes():
 
 
 def test_long_profile_runs_a_few_steps_on_the_cpu(tiny, tmp_path):
-    from fer_lib.train import config_for
+    from fer_lib.runs import config_for
 
     cfg = config_for("long", max_train=48, batch_size=16, weights="random")
     assert cfg.epochs >= 200 and cfg.input_size > 48, "the published kind of schedule"
