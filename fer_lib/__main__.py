@@ -53,9 +53,10 @@ def cmd_train(args) -> None:
     dataset = load_dataset(args.data)
     config = config_from_args(args, dataset)
     if args.out:
-        run_dir = train(dataset, config, Path(args.out), device=args.device, resume=not args.no_resume)
+        run_dir = train(dataset, config, Path(args.out), device=args.device, resume=not args.no_resume,
+                        wait=not args.no_wait)
     else:
-        run_dir = ensure_run(dataset, config, Path(args.runs), device=args.device)
+        run_dir = ensure_run(dataset, config, Path(args.runs), device=args.device, wait=not args.no_wait)
     print(f"run: {run_dir}")
 
 
@@ -85,7 +86,7 @@ def cmd_report(args) -> None:
     from .report import build_report
 
     sys.exit(build_report(data=args.data, profile=args.profile, out_root=Path(args.out), runs_root=Path(args.runs),
-                          device=args.device, notebooks=args.notebooks))
+                          device=args.device, notebooks=args.notebooks, wait=not args.no_wait))
 
 
 def cmd_bench(args) -> None:
@@ -116,7 +117,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--data", required=True, help="dataset directory or file (any supported layout)")
     p.add_argument("--out", help="run directory (default: the cache under --runs)")
     p.add_argument("--runs", default="runs", help="root of the run cache (default ./runs)")
-    p.add_argument("--no-resume", action="store_true", help="start over even if --out holds a checkpoint")
+    p.add_argument("--no-resume", action="store_true",
+                   help="start over even if --out holds a checkpoint or a finished run (its files are removed first)")
+    p.add_argument("--no-wait", action="store_true",
+                   help="when another process is training into the same run folder, stop with an error instead of "
+                        "waiting for it")
     _add_train_options(p)
     p.set_defaults(func=cmd_train)
 
@@ -166,6 +171,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--notebooks", nargs="*", default=None,
                    help="rebuild only these notebooks (numbers like 02, or names); the report's other pages are kept "
                         "when they come from the same run")
+    p.add_argument("--no-wait", action="store_true",
+                   help="when another build or training holds the run or the report, stop with an error instead of "
+                        "waiting for it")
     p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("bench", help="images/s of training pipelines, and CSV load time")

@@ -139,9 +139,9 @@ def _load_times(data: str | None) -> dict:
         return {}
     import pandas as pd
 
-    from .data import _first_existing, read_homework_csv
+    from .data import first_existing, read_homework_csv
 
-    path = _first_existing(Path(data), "train.csv.gz", "train.csv") if Path(data).is_dir() else Path(data)
+    path = first_existing(Path(data), "train.csv.gz", "train.csv") if Path(data).is_dir() else Path(data)
     if path is None:
         return {}
     t = time.perf_counter()

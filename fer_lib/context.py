@@ -7,6 +7,7 @@ dataset, the run cache ``runs/``) are the project's own folders wherever the cal
 """
 from __future__ import annotations
 
+import html
 import sys
 from dataclasses import dataclass
 from functools import cached_property
@@ -48,6 +49,7 @@ class Context:
     runs_root: Path
     device: str
     data_path: Path
+    wait: bool = True  # wait for another process training the same run (False: refuse)
 
     @property
     def is_synthetic(self) -> bool:
@@ -67,7 +69,8 @@ class Context:
 
     @cached_property
     def run_dir(self) -> Path:
-        return ensure_run(self.dataset, self.config, self.runs_root, device=self.device, shipped=self.shipped_model_dir)
+        return ensure_run(self.dataset, self.config, self.runs_root, device=self.device, shipped=self.shipped_model_dir,
+                          wait=self.wait)
 
     @cached_property
     def split(self) -> tuple[FaceSet, FaceSet]:
@@ -76,6 +79,10 @@ class Context:
     @property
     def val(self) -> FaceSet:
         return self.split[1]
+
+    @property
+    def device_obj(self):
+        return resolve_device(self.device)
 
     def model(self):
         """The run's shipped (best-validation) model, in eval mode on the context's device (a fresh copy per call)."""
@@ -94,12 +101,10 @@ class Context:
         """The data notice at the top of a page (a loud warning on the synthetic demo)."""
         from IPython.display import HTML
 
-        from .report import data_notice_html
-
         return HTML(data_notice_html(self))
 
 
-def load_context(data: str = "", profile: str = "", runs: str = "", device: str = "auto",
+def load_context(data: str = "", profile: str = "", runs: str = "", device: str = "auto", wait: bool = True,
                  **overrides) -> Context:
     """Resolve the dataset (given, ./data, or the synthetic demo), the profile's TrainConfig and the run cache.
 
@@ -115,7 +120,7 @@ def load_context(data: str = "", profile: str = "", runs: str = "", device: str 
     profile = profile or default_profile(dataset)
     config = config_for(profile, **overrides)
     runs_root = Path(runs).resolve() if runs else DEFAULT_RUNS
-    return Context(dataset, config, profile, runs_root, device, data_path)
+    return Context(dataset, config, profile, runs_root, device, data_path, wait)
 
 
 def ablation_table():
@@ -124,3 +129,12 @@ def ablation_table():
 
     path = PROJECT_ROOT / "docs" / "ablation.csv"
     return pd.read_csv(path) if path.exists() else None
+
+
+def data_notice_html(ctx: "Context") -> str:
+    """The line under each page's title saying what data it was computed on (a loud box for the demo)."""
+    if not ctx.is_synthetic:
+        return (f"<p><b>Data:</b> {html.escape(ctx.dataset.name)} ({html.escape(ctx.dataset.layout)}), "
+                f"{len(ctx.dataset.train):,} training faces; profile <code>{html.escape(ctx.profile)}</code>.</p>")
+    return ('<div style="background:#fff3cd;border:2px solid #d39e00;padding:10px 14px;'
+            f'font-size:1.05em;margin:8px 0"><b>&#9888; {html.escape(SYNTHETIC_NOTICE)}</b></div>')

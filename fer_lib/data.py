@@ -161,7 +161,7 @@ def _parse_key_pixel_csv(path: Path, body: bytes, key_name: str) -> tuple[np.nda
         if not rows:
             raise DataError(f"{path}: no data rows after the header")
         return np.array(keys, dtype=np.int64), np.stack(rows)
-    keys, pixels = table[:, 0].astype(np.int64), table[:, 1:]
+    keys, pixels = table
     bad = np.flatnonzero((pixels > 255).any(axis=1))
     if bad.size:  # the fast parser reads up to three digits, so 256-999 lands here
         row = bad[0]
@@ -409,7 +409,7 @@ def read_class_folder_layout(root: Path) -> tuple[FaceSet, FaceSet | None]:
 # detection
 
 
-def _first_existing(root: Path, *names: str) -> Path | None:
+def first_existing(root: Path, *names: str) -> Path | None:
     return next((root / n for n in names if (root / n).is_file()), None)
 
 
@@ -426,9 +426,9 @@ def detect_layout(path: Path) -> str | None:
         return None
     if (path / "train_img").is_dir():
         return "image-ids"
-    if _first_existing(path, "train.csv", "train.csv.gz") is not None:
+    if first_existing(path, "train.csv", "train.csv.gz") is not None:
         return "homework-csv"
-    if _first_existing(path, "fer2013.csv", "fer2013.csv.gz") is not None:
+    if first_existing(path, "fer2013.csv", "fer2013.csv.gz") is not None:
         return "fer2013.csv"
     if (path / "train").is_dir():
         return "class-folders"
@@ -463,15 +463,15 @@ def load_dataset(path: str | Path, cache_dir: Path | None = None, name: str | No
         train, test, files = read_image_id_layout(path)
         return Dataset(name, layout, train, test, files, synthetic)
     if layout == "homework-csv":
-        train_csv = _first_existing(path, "train.csv", "train.csv.gz")
-        test_csv = _first_existing(path, "test.csv", "test.csv.gz")
+        train_csv = first_existing(path, "train.csv", "train.csv.gz")
+        test_csv = first_existing(path, "test.csv", "test.csv.gz")
         train = read_homework_csv(train_csv, cache_dir)
         if train.labels is None:
             raise DataError(f"{train_csv}: a training file needs a label column (label,feature), found id,feature")
         test = read_homework_csv(test_csv, cache_dir) if test_csv else None
         return Dataset(name, layout, train, test, [p for p in (train_csv, test_csv) if p], synthetic)
     if layout == "fer2013.csv":
-        fer_csv = _first_existing(path, "fer2013.csv", "fer2013.csv.gz")
+        fer_csv = first_existing(path, "fer2013.csv", "fer2013.csv.gz")
         train, test = read_fer2013_csv(fer_csv, cache_dir)
         return Dataset(name, layout, train, test, [fer_csv], synthetic)
     if layout == "class-folders":

@@ -12,17 +12,25 @@ import base64
 import html
 import io
 import json
+import os
 import platform
 import re
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from importlib import metadata
 from pathlib import Path
 
 from . import ConfigError
-from .context import PROJECT_ROOT, SYNTHETIC_NOTICE, Context, load_context
+from .context import (
+    PROJECT_ROOT,
+    SYNTHETIC_NOTICE,
+    Context,
+    load_context,
+)
+from .io import exclusive_lock, recover_directory, replace_directory
 
 NOTEBOOK_DIR = PROJECT_ROOT / "notebooks"
 LIBRARIES = ("torch", "torchvision", "numpy", "pandas", "scikit-learn", "matplotlib", "seaborn", "captum",
@@ -94,15 +102,6 @@ def _thumbnail(png_base64: str, width: int = 320) -> str:
 
 # ---------------------------------------------------------------------------------------------
 # HTML
-
-
-def data_notice_html(ctx: Context) -> str:
-    """The line under each page's title saying what data it was computed on (a loud box for the demo)."""
-    if not ctx.is_synthetic:
-        return (f"<p><b>Data:</b> {html.escape(ctx.dataset.name)} ({html.escape(ctx.dataset.layout)}), "
-                f"{len(ctx.dataset.train):,} training faces; profile <code>{html.escape(ctx.profile)}</code>.</p>")
-    return ('<div style="background:#fff3cd;border:2px solid #d39e00;padding:10px 14px;'
-            f'font-size:1.05em;margin:8px 0"><b>&#9888; {html.escape(SYNTHETIC_NOTICE)}</b></div>')
 
 
 def banner_html(ctx: Context) -> str:
@@ -255,9 +254,89 @@ def _keep_failed(executed: Path, out_root: Path, report_name: str) -> Path:
     return kept
 
 
+def ipc_kernel_manager(socket_dir: Path):
+    """A Jupyter kernel manager that talks to its kernel over Unix sockets in ``socket_dir`` instead of local TCP
+    ports: nothing listens on the network, two builds never compete for ports, and the kernel has no reason to
+    print its "running over TCP without encryption" warning once per notebook."""
+    from jupyter_client.manager import KernelManager
+
+    class IPCKernelManager(KernelManager):
+        def __init__(self, **kwargs):
+            kwargs.setdefault("transport", "ipc")
+            kwargs.setdefault("ip", str(socket_dir / "kernel"))
+            super().__init__(**kwargs)
+
+    return IPCKernelManager
+
+
+TEST_DUPLICATES_FILE = "test_duplicates.csv"
+
+
+def calibrate_on_validation(ctx: Context, model_dir: Path) -> dict:
+    """Fit the temperature and the "uncertain" threshold on the validation faces, with the test-time views the
+    predictions use, and store them beside the shipped weights (``classify`` reads them from there)."""
+    from .calibration import calibrate, write_calibration
+    from .inference import predict_logits
+    from .runs import load_trained, prediction_tta
+
+    tta = prediction_tta(model_dir)
+    model, config = load_trained(model_dir, device=ctx.device_obj)
+    logits = predict_logits(model, ctx.val.images, config.input_size, tta=tta)
+    calibration = {**calibrate(logits, ctx.val.labels), "tta": tta}
+    write_calibration(model_dir, calibration)
+    return calibration
+
+
+def write_test_duplicates(ctx: Context, out: Path) -> dict:
+    """``test_duplicates.csv``: the ids of test faces with an exact or near copy among the training faces, and
+    which kind (no labels), so that whoever holds the test labels can score the model on unseen faces too.
+    Returns the duplicate counts for metrics.json."""
+    import pandas as pd
+
+    from .duplicates import cached_duplicates
+    from .io import atomic_write, default_cache_dir
+
+    dup = cached_duplicates(ctx.dataset.train.images, ctx.dataset.test.images, cache_dir=default_cache_dir())
+    has_copy = dup.test_copy != ""
+    table = pd.DataFrame({"id": ctx.dataset.test.ids[has_copy], "copy": dup.test_copy[has_copy]})
+    atomic_write(out, lambda tmp: table.to_csv(tmp, index=False))
+    return {"file": out.name, "rows": int(has_copy.sum()), **dup.summary(ctx.dataset.train.labels)}
+
+
+def report_lock(out_root: Path, report_name: str) -> Path:
+    return Path(out_root) / f".{report_name}.lock"
+
+
+def _recover(out_root: Path, report_name: str) -> None:
+    """Undo what a killed build left behind: a report moved aside but not replaced is put back, and staging
+    folders whose build process is gone are removed."""
+    if recover_directory(out_root / report_name, out_root / f".{report_name}.previous"):
+        print(f"note: restored {out_root / report_name} from a build that was interrupted", file=sys.stderr)
+    prefix = f".{report_name}.staging-"
+    for staging in out_root.glob(f"{prefix}*"):
+        pid = staging.name[len(prefix):].split("-")[0]
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(staging, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def build_report(data: str | None = None, profile: str | None = None, out_root: Path = Path("report"),
-                 runs_root: Path | str = "", device: str = "auto", notebooks: list[str] | None = None) -> int:
-    """Build report/<dataset>/; returns a process exit code (0 on success)."""
+                 runs_root: Path | str = "", device: str = "auto", notebooks: list[str] | None = None,
+                 wait: bool = True) -> int:
+    """Build report/<dataset>/; returns a process exit code (0 on success).
+
+    Two builds of the same report may run at once: the run they need is trained once (the second waits for
+    the first), each stages its pages in its own folder, and each swaps its result in under the report's lock.
+    ``wait=False`` refuses instead of waiting."""
     import papermill as pm
 
     from .data import file_sha256
@@ -268,7 +347,7 @@ def build_report(data: str | None = None, profile: str | None = None, out_root: 
     timings: dict[str, float] = {}
     selected = notebook_paths(notebooks)  # an unknown name stops here, before any training
     t = time.perf_counter()
-    ctx = load_context(data or "", profile or "", str(runs_root or ""), device)
+    ctx = load_context(data or "", profile or "", str(runs_root or ""), device, wait=wait)
     timings["load data"] = time.perf_counter() - t
     t = time.perf_counter()
     run_dir = ctx.run_dir  # train once here; the notebooks then find the run in the cache
@@ -277,11 +356,15 @@ def build_report(data: str | None = None, profile: str | None = None, out_root: 
 
     out_root = Path(out_root).resolve()
     final = out_root / ctx.report_name
-    staging = out_root / f".{ctx.report_name}.staging"
-    shutil.rmtree(staging, ignore_errors=True)
-    (staging / "_build").mkdir(parents=True)
+    with exclusive_lock(report_lock(out_root, ctx.report_name), f"updating {final}", wait=wait):
+        _recover(out_root, ctx.report_name)
+    # each build stages in a folder of its own, named after its process: two builds never share one
+    out_root.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=out_root, prefix=f".{ctx.report_name}.staging-{os.getpid()}-"))
+    (staging / "_build").mkdir()
     answers = _previous_pages(final, staging, run_key) if notebooks else {}
     params = {"data": str(ctx.data_path), "profile": ctx.profile, "runs": str(ctx.runs_root), "device": device}
+    kernel_dir = tempfile.TemporaryDirectory(prefix="fer-kernel-")  # short paths: a socket path has 107 bytes
     try:
         for nb in selected:
             t = time.perf_counter()
@@ -289,7 +372,8 @@ def build_report(data: str | None = None, profile: str | None = None, out_root: 
             print(f"executing {nb.name} ...", flush=True)
             try:
                 pm.execute_notebook(str(nb), str(executed), parameters=params, cwd=str(NOTEBOOK_DIR),
-                                    kernel_name="python3", progress_bar=False)
+                                    kernel_name="python3", progress_bar=False,
+                                    kernel_manager_class=ipc_kernel_manager(Path(kernel_dir.name)))
             except Exception:
                 if executed.exists():
                     print(f"the failed notebook, with its traceback: {_keep_failed(executed, out_root, ctx.report_name)}",
@@ -302,6 +386,7 @@ def build_report(data: str | None = None, profile: str | None = None, out_root: 
         (staging / MODEL_FOLDER).mkdir()
         for name in RUN_FILES:
             shutil.copy2(run_dir / name, staging / MODEL_FOLDER / name)
+        calibration = calibrate_on_validation(ctx, staging / MODEL_FOLDER)
         metrics = {"dataset": ctx.dataset.name, "layout": ctx.dataset.layout, "profile": ctx.profile,
                    "synthetic": ctx.is_synthetic, "git_commit": git_commit(), "run_key": run_key,
                    "built": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
@@ -309,7 +394,11 @@ def build_report(data: str | None = None, profile: str | None = None, out_root: 
                    "config": json.loads((run_dir / "config.json").read_text()),
                    "run": json.loads((run_dir / "run.json").read_text()),
                    "libraries": library_versions(), "platform": platform.platform()}
+        metrics["calibration"] = calibration
         if ctx.dataset.test is not None:
+            t = time.perf_counter()
+            metrics["duplicates"] = write_test_duplicates(ctx, staging / TEST_DUPLICATES_FILE)
+            timings["duplicates"] = time.perf_counter() - t
             t = time.perf_counter()
             tta = prediction_tta(staging / MODEL_FOLDER)
             counts = write_predictions(staging / MODEL_FOLDER, ctx.dataset.test, staging / "predictions.csv", tta=tta,
@@ -332,12 +421,11 @@ def build_report(data: str | None = None, profile: str | None = None, out_root: 
               "left as it was", file=sys.stderr)
         shutil.rmtree(staging, ignore_errors=True)
         return 1
-    # swap in: old -> backup, staging -> final, drop backup
-    backup = out_root / f".{ctx.report_name}.previous"
-    shutil.rmtree(backup, ignore_errors=True)
-    if final.exists():
-        final.rename(backup)
-    staging.rename(final)
-    shutil.rmtree(backup, ignore_errors=True)
+    finally:
+        kernel_dir.cleanup()
+    shutil.rmtree(staging / "_build")
+    # swap in under the report's lock, in one atomic exchange: report/<name> exists at every moment
+    with exclusive_lock(report_lock(out_root, ctx.report_name), f"updating {final}", wait=wait):
+        replace_directory(staging, final, out_root / f".{ctx.report_name}.previous")
     print(f"report: {final / 'index.html'} ({timings['total']:.0f} s)")
     return 0

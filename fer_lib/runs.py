@@ -163,9 +163,27 @@ def is_complete(run_dir: Path) -> bool:
     return (Path(run_dir) / "run.json").exists()
 
 
-def cache_key(dataset: Dataset, config: TrainConfig) -> str:
-    _, weights_used = resolve_weights(config.weights, warn=False)  # looking a run up is not training: no warning
-    return run_key(config, data_fingerprint(dataset.train), weights_used)
+@dataclass(frozen=True)
+class RunIdentity:
+    """What a run depends on besides its settings, computed once (hashing the faces and a weights file costs
+    seconds) and passed down: the training faces' fingerprint, the initial weights, and the cache key."""
+
+    fingerprint: str
+    weights_path: Path | None  # the file training starts from, None for random initialisation
+    weights_used: str  # "sha256:<hex>" of that file, or "random"
+    key: str
+
+
+def run_identity(dataset: Dataset, config: TrainConfig, warn: bool = True) -> RunIdentity:
+    weights_path, weights_used = resolve_weights(config.weights, warn=warn)
+    fingerprint = data_fingerprint(dataset.train)
+    return RunIdentity(fingerprint, weights_path, weights_used, run_key(config, fingerprint, weights_used))
+
+
+def run_lock(run_dir: Path) -> Path:
+    """The lock file of a run folder, beside it (so that starting over may empty the folder itself)."""
+    run_dir = Path(run_dir)
+    return run_dir.parent / f".{run_dir.name}.lock"
 
 
 def matches_run(run_dir: Path, run_key_expected: str) -> bool:
@@ -211,3 +229,8 @@ def prediction_tta(run_dir: Path) -> str:
         return json.loads((Path(run_dir) / "run.json").read_text()).get("tta", "flip")
     except (OSError, ValueError):
         return "flip"
+
+
+def cache_key(dataset: Dataset, config: TrainConfig) -> str:
+    """The key a run of (config, data) is cached under (looking a run up is not training: no weights warning)."""
+    return run_identity(dataset, config, warn=False).key

@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import json
 import platform
+import sys
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -21,22 +22,22 @@ from . import CLASS_NAMES, ConfigError
 from .augment import augment
 from .data import Dataset
 from .inference import TTA_MODES, accuracy, predict_logits
-from .io import atomic_write, cpu_model, file_sha256
+from .io import atomic_write, cpu_model, exclusive_lock, file_sha256
 from .model import build_model, imagenet_weights_path, preprocess, resolve_weights
 from .runs import (
     HISTORY_COLUMNS,
     WEIGHTS_FILE,
+    RunIdentity,
     TrainConfig,
     best_row,
-    cache_key,
-    data_fingerprint,
     default_threads,
     is_complete,
     load_trained_weights,
     matches_run,
     resolve_device,
     resolve_precision,
-    run_key,
+    run_identity,
+    run_lock,
     split_for,
 )
 
@@ -121,40 +122,75 @@ def _write_history(path: Path, history: list[dict]) -> None:
     atomic_write(path, write)
 
 
-def _check_resumable(ckpt: dict, ckpt_path: Path, config: TrainConfig) -> None:
-    if ckpt["config"] != asdict(config):  # resuming another recipe would silently mix two runs
+def _check_resumable(ckpt: dict, ckpt_path: Path, config: TrainConfig, identity: RunIdentity) -> None:
+    """Refuse to resume a checkpoint of other settings, other training faces or other initial weights: resuming
+    would silently mix two runs. Checkpoints that predate the last two fields are checked against config.json."""
+    if ckpt["config"] != asdict(config):
         changed = sorted(k for k in ckpt["config"] if ckpt["config"][k] != asdict(config).get(k))
         raise ConfigError(f"{ckpt_path}: checkpoint of a different configuration (differs in {changed}); "
                           "use another run directory, or --no-resume to start over")
+    try:
+        recorded = json.loads((ckpt_path.parent / "config.json").read_text())
+    except (OSError, ValueError):
+        recorded = {}
+    for field_name, expected, what in (("data_fingerprint", identity.fingerprint, "other training faces"),
+                                       ("weights_used", identity.weights_used, "other initial weights")):
+        found = ckpt.get(field_name, recorded.get(field_name))
+        if found != expected:
+            raise ConfigError(f"{ckpt_path}: checkpoint trained on {what} ({field_name} {str(found)[:19]}, now "
+                              f"{expected[:19]}); use another run directory, or --no-resume to start over")
+
+
+STARTING_OVER = ("config.json", "history.csv", "checkpoint.pt", "best.pt", "run.json", WEIGHTS_FILE, "calibration.json")
+
+
+def _start_over(run_dir: Path, progress: bool) -> None:
+    """Remove a previous run's files, so that a new run never sits beside the old one's weights and run.json
+    (which would make the folder count as finished, serving the old weights under the new settings)."""
+    old = [run_dir / name for name in STARTING_OVER if (run_dir / name).exists()]
+    # run.json first: from then on the folder no longer counts as a finished run, whatever else remains
+    for path in sorted(old, key=lambda p: p.name != "run.json"):
+        path.unlink()
+    if old and progress:
+        print(f"note: starting over in {run_dir}: removed the previous run's {', '.join(p.name for p in old)}",
+              file=sys.stderr)
 
 
 def train(dataset: Dataset, config: TrainConfig, run_dir: Path, device: str = "auto", resume: bool = True,
-          stop_after: int | None = None, progress: bool = True) -> Path:
+          stop_after: int | None = None, progress: bool = True, wait: bool = True,
+          identity: RunIdentity | None = None) -> Path:
     """Train (or continue training) into ``run_dir``; returns it. ``stop_after`` ends early (tests).
 
-    Everything that can be refused (settings, weights file, an incompatible checkpoint) is checked before
-    anything is written, so a refused run leaves ``run_dir`` as it was.
+    The run folder is locked while training: a second process for the same folder waits (or, with
+    ``wait=False``, is refused) and then finds the run finished. Everything that can be refused (settings,
+    weights file, an incompatible checkpoint) is checked before anything is written, so a refused run leaves
+    ``run_dir`` as it was.
     """
-    from tqdm import tqdm
-
     run_dir = Path(run_dir)
+    identity = identity or run_identity(dataset, config)  # warns when the ImageNet weights are missing
+    with exclusive_lock(run_lock(run_dir), f"training into {run_dir}", wait=wait):
+        if resume and is_complete(run_dir) and matches_run(run_dir, identity.key):
+            return run_dir  # finished while we waited (or earlier)
+        return _train_locked(dataset, config, run_dir, device, resume, stop_after, progress, identity)
+
+
+def _train_locked(dataset: Dataset, config: TrainConfig, run_dir: Path, device: str, resume: bool,
+                  stop_after: int | None, progress: bool, identity: RunIdentity) -> Path:
     dev = resolve_device(device)
     precision = resolve_precision(config.precision, dev)
-    weights_path, weights_used = resolve_weights(config.weights)
     torch.set_num_threads(default_threads())
     train_set, val_set = split_for(dataset, config)
-    fingerprint = data_fingerprint(dataset.train)
     ckpt_path = run_dir / "checkpoint.pt"
     ckpt = None
     if resume and ckpt_path.exists():
         ckpt = torch.load(ckpt_path, map_location=dev, weights_only=True)
-        _check_resumable(ckpt, ckpt_path, config)
+        _check_resumable(ckpt, ckpt_path, config, identity)
 
     # the initial head weights come from the run's seed, without touching the caller's global RNG
     with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []):
         torch.manual_seed(config.seed)
-        model, weights_origin = build_model(weights_path)
-    if weights_path is None and config.weights != "random":
+        model, weights_origin = build_model(identity.weights_path)
+    if identity.weights_path is None and config.weights != "random":
         weights_origin = f"random initialisation (ImageNet weights not found at {imagenet_weights_path()})"
     model.to(dev)
     if config.channels_last:
@@ -175,11 +211,13 @@ def train(dataset: Dataset, config: TrainConfig, run_dir: Path, device: str = "a
         weights_origin = ckpt.get("weights_origin", weights_origin)
         if progress and start_epoch < config.epochs:
             print(f"resuming {run_dir} at epoch {start_epoch + 1}/{config.epochs}")
+    else:
+        _start_over(run_dir, progress)
 
     run_dir.mkdir(parents=True, exist_ok=True)
     atomic_write(run_dir / "config.json", lambda tmp: tmp.write_text(json.dumps(
-        {"config": asdict(config), "data_fingerprint": fingerprint, "dataset": dataset.name,
-         "weights_used": weights_used, "run_key": run_key(config, fingerprint, weights_used)}, indent=2)))
+        {"config": asdict(config), "data_fingerprint": identity.fingerprint, "dataset": dataset.name,
+         "weights_used": identity.weights_used, "run_key": identity.key}, indent=2)))
     images = torch.from_numpy(train_set.images)
     labels = torch.from_numpy(train_set.labels)
     val_labels = torch.from_numpy(val_set.labels)
@@ -195,8 +233,7 @@ def train(dataset: Dataset, config: TrainConfig, run_dir: Path, device: str = "a
         # -- train
         model.train()
         loss_sum, ce_sum, correct, seen = 0.0, 0.0, 0, 0
-        bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch + 1}/{config.epochs}", disable=not progress,
-                   leave=False, mininterval=2)
+        bar = progress_bar(range(steps_per_epoch), f"epoch {epoch + 1}/{config.epochs}", progress)
         with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []):
             torch.manual_seed(config.seed * 100_003 + epoch)  # dropout, in a forked RNG: the caller's is untouched
             for step in bar:
@@ -207,10 +244,10 @@ def train(dataset: Dataset, config: TrainConfig, run_dir: Path, device: str = "a
                     ema.update_parameters(model)
                 loss_sum, ce_sum, correct, seen = loss_sum + loss, ce_sum + ce, correct + ok, seen + len(idx)
                 bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{correct / seen:.3f}")
-        # -- evaluate on the validation split (float32, like every prediction the report makes)
-        # with an EMA, the stepped weights are scored without TTA only: evaluation costs about 4 s per 1,000 faces
+        # -- evaluate: the shipped weights (the EMA when there is one) on validation and on a training sample;
+        # with an EMA the stepped weights are scored without TTA only (evaluation costs about 4 s per 1,000 faces)
+        shipped_model = model if ema is None else ema.module
         raw = validate(model, val_set.images, val_labels, config.input_size, dev, flip=ema is None)
-        shipped_model = model if ema is None else ema.module  # the weights that are selected and shipped
         val = raw if ema is None else validate(shipped_model, val_set.images, val_labels, config.input_size, dev)
         row = {"epoch": epoch + 1, "train_loss": loss_sum / seen, "train_ce": ce_sum / seen,
                "train_acc": correct / seen, "val_loss": val["loss"], "val_acc": val["acc"],
@@ -225,7 +262,8 @@ def train(dataset: Dataset, config: TrainConfig, run_dir: Path, device: str = "a
             atomic_write(run_dir / "best.pt", lambda tmp: torch.save(shipped_model.state_dict(), tmp))
         state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                  "scheduler": scheduler.state_dict(), "epoch": epoch + 1, "best_val_acc": best_val_acc,
-                 "history": history, "config": asdict(config), "weights_origin": weights_origin}
+                 "history": history, "config": asdict(config), "weights_origin": weights_origin,
+                 "data_fingerprint": identity.fingerprint, "weights_used": identity.weights_used}
         if ema is not None:
             state["ema"] = ema.state_dict()
         atomic_write(ckpt_path, lambda tmp: torch.save(state, tmp))
@@ -234,37 +272,50 @@ def train(dataset: Dataset, config: TrainConfig, run_dir: Path, device: str = "a
             print(f"epoch {epoch + 1}/{config.epochs}: train loss {row['train_loss']:.3f} (CE {row['train_ce']:.3f}) "
                   f"acc {row['train_acc']:.3f} | val loss {row['val_loss']:.3f} acc {row['val_acc']:.3f} "
                   f"(flip TTA {row['val_acc_tta']:.3f}) | {row['seconds']:.0f}s", flush=True)
+    _finish(run_dir, config, identity, weights_origin, dev, precision, history, best_val_acc, len(train_set), val_set)
+    return run_dir
 
-    provenance = {"weights_origin": weights_origin, "weights_used": weights_used, "device": str(dev),
-                  "precision": precision, "cpu": cpu_model(), "threads": torch.get_num_threads(),
-                  "torch": torch.__version__, "python": platform.python_version(), "epochs": len(history),
-                  "train_faces": len(train_set), "val_faces": len(val_set), "best_val_acc": best_val_acc,
-                  "best_val_acc_tta": best_row(history).get("val_acc_tta") if history else None,
-                  "train_seconds": sum(r["seconds"] for r in history)}
+
+def _finish(run_dir: Path, config: TrainConfig, identity: RunIdentity, weights_origin: str, dev: torch.device,
+            precision: str, history: list[dict], best_val_acc: float, n_train: int, val_set) -> None:
+    """Write the shipped float16 weights, choose the prediction views on validation, and write run.json last."""
     best_state = torch.load(run_dir / "best.pt", map_location="cpu", weights_only=True)
     # the deliverable: best-validation weights in float16 (half the size; every page and prediction is made
     # from these, so a copy of the run folder reproduces the report exactly)
     shipped = {k: v.half() if v.is_floating_point() else v for k, v in best_state.items()}
     atomic_write(run_dir / WEIGHTS_FILE, lambda tmp: torch.save(shipped, tmp))
-    provenance["weights_sha256"] = file_sha256(run_dir / WEIGHTS_FILE)
-    # the test-time views predictions use, chosen on validation with the shipped float16 weights
     final = load_trained_weights(run_dir / WEIGHTS_FILE, dev)
-    by_tta = {mode: accuracy(predict_logits(final, val_set.images, config.input_size, tta=mode, device=dev), val_labels)
-              for mode in TTA_MODES}
-    provenance["val_acc_by_tta"] = by_tta
-    provenance["tta"] = max(("flip", "flip+shift"), key=lambda m: by_tta[m])  # flip wins a tie
+    by_tta = {mode: accuracy(predict_logits(final, val_set.images, config.input_size, tta=mode, device=dev),
+                             val_set.labels) for mode in TTA_MODES}
+    provenance = {"weights_origin": weights_origin, "weights_used": identity.weights_used, "device": str(dev),
+                  "precision": precision, "cpu": cpu_model(), "threads": torch.get_num_threads(),
+                  "torch": torch.__version__, "python": platform.python_version(), "epochs": len(history),
+                  "train_faces": n_train, "val_faces": len(val_set), "best_val_acc": best_val_acc,
+                  "best_val_acc_tta": best_row(history).get("val_acc_tta") if history else None,
+                  "train_seconds": sum(r["seconds"] for r in history),
+                  "weights_sha256": file_sha256(run_dir / WEIGHTS_FILE),
+                  # the test-time views predictions use, chosen on validation with the shipped float16 weights
+                  "val_acc_by_tta": by_tta, "tta": max(("flip", "flip+shift"), key=lambda m: by_tta[m])}
     atomic_write(run_dir / "run.json", lambda tmp: tmp.write_text(json.dumps(provenance, indent=2)))
-    return run_dir
+
+
+def progress_bar(iterable, desc: str, enabled: bool = True):
+    """A tqdm bar on a terminal; nothing elsewhere (a log file would fill with carriage-return frames)."""
+    from tqdm import tqdm
+
+    return tqdm(iterable, desc=desc, disable=not enabled or not sys.stderr.isatty(), leave=False, mininterval=2)
 
 
 def ensure_run(dataset: Dataset, config: TrainConfig, runs_root: Path, device: str = "auto",
-               progress: bool = True, shipped: Path | None = None) -> Path:
+               progress: bool = True, shipped: Path | None = None, wait: bool = True) -> Path:
     """The run for (config, data): a finished run in the cache, else the ``shipped`` model folder when it was
     trained with the same settings, data and initial weights, else trained (or resumed) into the cache."""
-    key = cache_key(dataset, config)
-    run_dir = Path(runs_root) / f"{dataset.name}-{key}"
+    identity = run_identity(dataset, config, warn=False)
+    run_dir = Path(runs_root) / f"{dataset.name}-{identity.key}"
     if is_complete(run_dir):
         return run_dir
-    if shipped is not None and matches_run(shipped, key):
+    if shipped is not None and matches_run(shipped, identity.key):
         return Path(shipped)
-    return train(dataset, config, run_dir, device=device, progress=progress)
+    if identity.weights_path is None and config.weights != "random":
+        resolve_weights(config.weights)  # training: now warn that the ImageNet weights are missing
+    return train(dataset, config, run_dir, device=device, progress=progress, wait=wait, identity=identity)

@@ -51,16 +51,29 @@ def test_homework_csv_and_gz_read_the_same(tmp_path, rng):
 def test_fast_parser_agrees_with_the_row_by_row_parser(tmp_path, rng):
     rows = labelled_rows(rng, 50)
     body = "".join(r + "\n" for r in rows).encode()
-    fast = parse_key_pixel_rows(body, 48 * 48)
-    slow = np.stack([np.array([int(r.split(",")[0])] + [int(v) for v in r.split(",")[1].split()]) for r in rows])
-    np.testing.assert_array_equal(fast, slow)
+    keys, pixels = parse_key_pixel_rows(body, 48 * 48)
+    np.testing.assert_array_equal(keys, [int(r.split(",")[0]) for r in rows])
+    np.testing.assert_array_equal(pixels, np.stack([[int(v) for v in r.split(",")[1].split()] for r in rows]))
     # extra whitespace still separates the same values
-    np.testing.assert_array_equal(parse_key_pixel_rows(body.replace(b" ", b"  ", 1), 48 * 48), slow)
+    np.testing.assert_array_equal(parse_key_pixel_rows(body.replace(b" ", b"  ", 1), 48 * 48)[1], pixels)
     # anything irregular is refused by the fast path (the slow path then explains it)
     assert parse_key_pixel_rows(body.replace(b" ", b" x", 1), 48 * 48) is None
     assert parse_key_pixel_rows(body.replace(b" ", b"", 1), 48 * 48) is None
     assert parse_key_pixel_rows(body.replace(b",", b" ", 1), 48 * 48) is None
     assert parse_key_pixel_rows(body.replace(b"\n", b"\r\n"), 48 * 48) is not None  # Windows line ends are fine
+
+
+def test_fast_parser_reads_ids_of_any_length(rng):
+    # the real test.csv has ids up to 7150; a key column is parsed on its own, so long ids stay on the fast path
+    ids = [0, 7, 42, 999, 1000, 7150, 123456789012]
+    pixel_rows = [rng.integers(0, 256, 48 * 48) for _ in ids]
+    body = "".join(f"{i}," + " ".join(map(str, p)) + "\n" for i, p in zip(ids, pixel_rows)).encode()
+    keys, pixels = parse_key_pixel_rows(body, 48 * 48)
+    np.testing.assert_array_equal(keys, ids)
+    np.testing.assert_array_equal(pixels, np.stack(pixel_rows))
+    # a pixel of four digits is still refused (the slow path names it)
+    assert parse_key_pixel_rows(body.replace(b",", b",1000 ", 1), 48 * 48) is None
+    assert parse_key_pixel_rows(body.replace(b"7150,", b"71x0,"), 48 * 48) is None  # a key that is not a number
 
 
 def test_directory_with_train_and_test(tiny_dataset):
