@@ -9,7 +9,7 @@ DEVICE ?= auto
 NOTEBOOKS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help report test lab bench synth clean
+.PHONY: help report test lint lab bench synth clean
 
 help: ## show this help
 	@echo "fer-report: a reproducible FER2013 facial-expression report"
@@ -33,6 +33,9 @@ report: $(VENV)/.installed ## render report/<dataset>/ (from the shipped model, 
 
 test: $(VENV)/.installed ## run the test suite (pytest, a few minutes on 2 cores)
 	$(PY) -m pytest -q tests
+
+lint: $(VENV)/.installed ## check the code and notebooks with ruff (settings in pyproject.toml)
+	$(VENV)/bin/ruff check fer_lib tests notebooks
 
 lab: $(VENV)/.installed ## open JupyterLab on notebooks/
 	$(VENV)/bin/jupyter lab notebooks/

@@ -65,14 +65,16 @@ def cmd_predict(args) -> None:
     from .predict import write_predictions
 
     faces = load_test_faces(args.data)
-    counts = write_predictions(Path(args.run), faces, Path(args.out), tta="none" if args.no_tta else "", device=args.device)
+    counts = write_predictions(Path(args.run), faces, Path(args.out), tta="none" if args.no_tta else "",
+                               device=args.device)
     print(f"wrote {args.out}: {len(faces)} rows; predicted class counts {counts}")
 
 
 def cmd_classify(args) -> None:
     from .photos import run_classify
 
-    sys.exit(run_classify(args.paths, Path(args.run), Path(args.out), device=args.device))
+    sys.exit(run_classify(args.paths, Path(args.run), Path(args.out), device=args.device, fps=args.fps,
+                          frames=args.frames))
 
 
 def cmd_score(args) -> None:
@@ -132,24 +134,39 @@ def main(argv: list[str] | None = None) -> None:
                                                  "(e.g. report/fer2013/model)")
     p.add_argument("--data", required=True, help="test CSV (id,feature) or a dataset directory with a test split")
     p.add_argument("--out", default="predictions.csv", help="predictions CSV to write (default ./predictions.csv)")
-    p.add_argument("--no-tta", action="store_true", help="predict each face once (default: the test-time views the run chose on validation, in its run.json)")
+    p.add_argument("--no-tta", action="store_true",
+                   help="predict each face once (default: the test-time views the run chose on validation, "
+                        "in its run.json)")
     p.add_argument("--device", default="auto")
     p.set_defaults(func=cmd_predict)
 
-    p = sub.add_parser("classify", help="find and classify the faces in your own photos",
-                       description="Find the faces in photos (OpenCV's frontal-face Haar cascade), crop each the way "
-                                   "FER2013 faces are framed, convert it to 48x48 gray and classify it with flip "
-                                   "test-time augmentation. Writes OUT/<name>.faces.png|jpg (boxes, labels, "
-                                   "probabilities) per photo and OUT/faces.csv (file, face, box, the 7 "
-                                   "probabilities, label; one row per face), and prints a table. Exit status 0 when "
-                                   "every file was read (photos without a face included), 1 when a file could not "
-                                   "be read (the others are still done), 2 when there is no model.")
-    p.add_argument("paths", nargs="+", metavar="PATH", help="image files (PNG, JPEG, ...) or folders (searched "
-                                                            "recursively)")
+    p = sub.add_parser("classify", help="find and classify the faces in your own photos and videos",
+                       description="Find the faces in photos and videos (dlib's HOG frontal-face detector, one "
+                                   "upsampling pass; faces from about 40 px), keep each box whose 68 landmarks form "
+                                   "a plausible face, crop it the way FER2013 faces are framed, convert it to 48x48 "
+                                   "gray and classify it with the run's test-time views. With the run's "
+                                   "calibration.json the probabilities are temperature-scaled on validation and a "
+                                   "face whose top probability is below the run's threshold is marked uncertain "
+                                   "('?'); without it they are the raw softmax (said once). Writes "
+                                   "OUT/<name>.faces.png|jpg (boxes, labels, faint landmarks) per photo, "
+                                   "OUT/<name>.tracks.png (each face's expression over time) per video or folder of "
+                                   "frames, and OUT/faces.csv (file, frame, time_s, face, box, the 7 "
+                                   "probabilities, label, uncertain; one row per face and frame), and prints a "
+                                   "table. Progress bars show only on a terminal. Exit status 0 when every file "
+                                   "was read (photos without a face included), 1 when a file could not be read "
+                                   "(the others are still done), 2 when there is no model.")
+    p.add_argument("paths", nargs="+", metavar="PATH", help="image files (PNG, JPEG, ...), videos (MP4, AVI, MOV, "
+                                                            "MKV, ...) or folders (searched recursively)")
     p.add_argument("--run", default="report/fer2013/model",
                    help="trained model: a report's shipped model or a run folder (default report/fer2013/model, "
                         "made by `make report DATA=path/to/fer2013`)")
     p.add_argument("--out", default="classified", help="output folder (default ./classified)")
+    p.add_argument("--fps", type=float, default=5.0,
+                   help="frames per second classified from a video (default 5: about every 5th frame of a 25 fps "
+                        "video)")
+    p.add_argument("--frames", action="store_true",
+                   help="each folder PATH is one clip: its images are frames, in name order (frame2 before "
+                        "frame10), every one classified")
     p.add_argument("--device", default="auto", help="cpu, cuda or auto (cuda when available; default)")
     p.set_defaults(func=cmd_classify)
 

@@ -98,7 +98,8 @@ class _PILFaces(torch.utils.data.Dataset):
         from torchvision import transforms as T
 
         self.images, self.labels = images, labels
-        self.transform = T.Compose([T.Grayscale(3), T.RandomHorizontalFlip(), T.RandomAffine(10, (0.1, 0.1), (0.9, 1.1)),
+        self.transform = T.Compose([T.Grayscale(3), T.RandomHorizontalFlip(),
+                                    T.RandomAffine(10, (0.1, 0.1), (0.9, 1.1)),
                                     T.ToTensor(), T.Normalize((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
                                     T.RandomErasing(p=0.25)])
 
@@ -161,7 +162,8 @@ def _load_times(data: str | None) -> dict:
     return {"file": str(path), "fer_lib_seconds": fast, "fer_lib_cached_seconds": cached, "pandas_split_seconds": naive}
 
 
-def run_bench(data: str | None = None, batch_size: int = 128, steps: int = 8, out: str | None = "runs/bench.json") -> dict:
+def run_bench(data: str | None = None, batch_size: int = 128, steps: int = 8,
+              out: str | None = "runs/bench.json") -> dict:
     from .runs import default_threads
 
     torch.set_num_threads(default_threads())
@@ -177,12 +179,14 @@ def run_bench(data: str | None = None, batch_size: int = 128, steps: int = 8, ou
 
     print(f"training throughput, batch {batch_size}, {torch.get_num_threads()} threads:")
     measure("(a) plain eager fp32 step, random tensors", _timed(_plain_step(batch_size), batch_size, steps))
-    measure("(b) fer_lib training loop incl. augmentation", _timed(_project_loop(images, labels, batch_size), batch_size, steps))
+    measure("(b) fer_lib training loop incl. augmentation",
+            _timed(_project_loop(images, labels, batch_size), batch_size, steps))
     measure("(c) PIL Dataset + transforms + DataLoader(2 workers)", _conventional(images, labels, batch_size, steps))
     measure("(d) fer_lib step alone (channels-last fp32), random tensors",
             _timed(_plain_step(batch_size, channels_last=True), batch_size, steps))
     print("variants measured to choose (d):")
-    measure("    bfloat16 autocast + channels-last", _timed(_plain_step(batch_size, True, bf16=True), batch_size, max(2, steps // 4), warmup=1))
+    measure("    bfloat16 autocast + channels-last",
+            _timed(_plain_step(batch_size, True, bf16=True), batch_size, max(2, steps // 4), warmup=1))
     measure("    channels-last, batch 256", _timed(_plain_step(256, True), 256, max(2, steps // 2)))
     from .io import cpu_model
     from .runs import config_for, resolve_precision
@@ -195,13 +199,16 @@ def run_bench(data: str | None = None, batch_size: int = 128, steps: int = 8, ou
     for precision in ("fp32", "bf16"):
         measure(f"    full recipe, {precision}", _timed(_recipe_step(images, labels, batch_size, "full", precision),
                                                        batch_size, max(2, steps // 2), warmup=1))
-    results["b_over_c"] = ips["(b) fer_lib training loop incl. augmentation"] / ips["(c) PIL Dataset + transforms + DataLoader(2 workers)"]
-    results["b_over_d"] = ips["(b) fer_lib training loop incl. augmentation"] / ips["(d) fer_lib step alone (channels-last fp32), random tensors"]
+    results["b_over_c"] = (ips["(b) fer_lib training loop incl. augmentation"]
+                           / ips["(c) PIL Dataset + transforms + DataLoader(2 workers)"])
+    results["b_over_d"] = (ips["(b) fer_lib training loop incl. augmentation"]
+                           / ips["(d) fer_lib step alone (channels-last fp32), random tensors"])
     print(f"b/c = {results['b_over_c']:.2f} (target >= 1.5)   b/d = {results['b_over_d']:.2f} (target >= 0.9)")
     results["load"] = _load_times(data)
     if results["load"]:
         load = results["load"]
-        print(f"load {load['file']}: fer_lib {load['fer_lib_seconds']:.2f} s, from cache {load['fer_lib_cached_seconds']:.2f} s, "
+        print(f"load {load['file']}: fer_lib {load['fer_lib_seconds']:.2f} s, "
+              f"from cache {load['fer_lib_cached_seconds']:.2f} s, "
               f"pandas + per-row split {load['pandas_split_seconds']:.2f} s")
     if out:
         Path(out).parent.mkdir(parents=True, exist_ok=True)

@@ -19,10 +19,9 @@ import numpy as np
 
 from . import CLASS_NAMES, IMAGE_SIZE
 from .fastcsv import parse_key_pixel_rows
-from .io import atomic_write, default_cache_dir, file_sha256  # noqa: F401 (re-exported)
+from .io import IMAGE_SUFFIXES, atomic_write, default_cache_dir, file_sha256  # noqa: F401 (re-exported)
 
 N_PIXELS = IMAGE_SIZE * IMAGE_SIZE
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".pgm", ".gif"}
 _CACHE_FORMAT = 1  # bump when the parsed-array layout changes, so old cache entries are ignored
 
 
@@ -119,7 +118,8 @@ def _check_columns(path: Path, header: list[str], allowed: list[list[str]]) -> l
     missing = [c for c in closest if c not in header]
     unknown = sorted(set(header) - set().union(*map(set, allowed)))
     detail = "; ".join(filter(None, [missing and f"missing {missing}", unknown and f"unknown {unknown}"]))
-    raise DataError(f"{path}, line 1: columns {','.join(header)!s} - expected {expected}" + (f" ({detail})" if detail else ""))
+    raise DataError(f"{path}, line 1: columns {','.join(header)!s} - expected {expected}"
+                    + (f" ({detail})" if detail else ""))
 
 
 def _parse_row_slowly(path: Path, line_no: int, line: str, key_name: str) -> tuple[int, np.ndarray]:
@@ -292,7 +292,8 @@ def _read_images(paths: list[Path]) -> np.ndarray:
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", DataWarning)
-        images = [read_face_image(p) for p in tqdm(paths, desc="reading images", leave=False, disable=len(paths) < 2000)]
+        images = [read_face_image(p)
+                  for p in tqdm(paths, desc="reading images", leave=False, disable=len(paths) < 2000)]
     if caught:  # one summary instead of thousands of lines
         warnings.warn(f"{len(caught)} image(s) converted to 48x48 grayscale, e.g. {caught[0].message}",
                       DataWarning, stacklevel=3)
@@ -331,7 +332,8 @@ def _read_id_label_file(label_file: Path) -> tuple[np.ndarray, np.ndarray]:
         fields = line.split(",")
         where = f"{label_file}, line {line_no}"
         if len(fields) != 2:
-            raise DataError(f"{where}: expected 2 comma-separated fields (id,label), found {len(fields)}: {line[:40]!r}")
+            raise DataError(f"{where}: expected 2 comma-separated fields (id,label), found {len(fields)}: "
+                            f"{line[:40]!r}")
         face_id = _id_from_stem(fields[0])
         if face_id is None:
             raise DataError(f"{where}: id {fields[0].strip()!r} is neither an integer nor an image name like 00042.jpg")

@@ -14,18 +14,18 @@ Copies are joined into groups (connected components), which the validation split
 """
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from .io import atomic_write
+from .io import array_sha256, atomic_write
 
 THUMB = 12  # thumbnail side: 48 / 4, each thumbnail pixel the mean of a 4x4 block
 NEAR_KEY_MIN = 0.97  # thumbnail correlation that makes a pair a candidate
-NEAR_PIXEL_MIN = 0.80  # full-resolution correlation that confirms it: pairs at 0.80-0.88 were still one photo, re-cropped or watermarked
+# full-resolution correlation that confirms it: pairs at 0.80-0.88 were still one photo, re-cropped or watermarked
+NEAR_PIXEL_MIN = 0.80
 _CHUNK = 2048  # rows of the similarity matrix computed at once (2048 x 28,555 float32 = 230 MB)
 _FORMAT = 1  # bump when the cached result changes meaning
 
@@ -161,12 +161,9 @@ def cached_duplicates(train_images: np.ndarray, test_images: np.ndarray | None =
     for FER2013; then instant)."""
     if cache_dir is None:
         return find_duplicates(train_images, test_images)
-    h = hashlib.sha256(np.ascontiguousarray(train_images).tobytes())
-    if test_images is not None:
-        h.update(b"test")
-        h.update(np.ascontiguousarray(test_images).tobytes())
-    h.update(json.dumps([THUMB, NEAR_KEY_MIN, NEAR_PIXEL_MIN, _FORMAT]).encode())
-    entry = Path(cache_dir) / f"duplicates-{h.hexdigest()[:16]}.npz"
+    settings = np.frombuffer(json.dumps([THUMB, NEAR_KEY_MIN, NEAR_PIXEL_MIN, _FORMAT]).encode(), dtype=np.uint8)
+    parts = [train_images] if test_images is None else [train_images, np.frombuffer(b"test", np.uint8), test_images]
+    entry = Path(cache_dir) / f"duplicates-{array_sha256(*parts, settings)[:16]}.npz"
     if entry.exists():
         with np.load(entry) as z:
             has_test = bool(z["has_test"])

@@ -1,6 +1,8 @@
-"""Prediction (with optional flip test-time augmentation), accuracy, the confusion matrix and its findings."""
+"""Q2 and Q3 findings as data (history verdicts, the confusion matrix, calibration, copies across the split), the
+statistics they rest on, the accuracy figures every page quotes, and the appendix's recipe table."""
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 import numpy as np
@@ -53,30 +55,82 @@ def _pct_interval(low: float, high: float) -> str:
     return f"95% CI {low:.0%}-{high:.0%}"
 
 
+# --------------------------------------------------------------------------------------------- one set of numbers
+
+TTA_WORDS = {"none": "no test-time augmentation", "flip": "the face and its mirror image averaged",
+             "flip+shift": "the face, its mirror image and four 2-pixel shifts averaged"}
+
+
+@dataclass
+class RunAccuracy:
+    """The validation accuracies every page quotes, read once from a finished run's run.json.
+
+    They are measured with the shipped (float16) weights, the ones the pages and the test predictions use.
+    """
+
+    plain: float  # no test-time augmentation
+    flip: float | None  # the face and its mirror image averaged
+    views: str  # the test-time views the predictions use
+    with_views: float  # accuracy with those views
+    faces: int  # validation faces
+    by_views: dict  # every measured variant, {"none": ..., "flip": ..., "flip+shift": ...}
+
+    def sentence(self) -> str:
+        text = f"Validation accuracy of the shipped model: {self.plain:.1%} on {self.faces:,} validation faces"
+        if self.views != "none":
+            text += (f", {self.with_views:.1%} with {TTA_WORDS.get(self.views, self.views)} "
+                     "(as the test predictions are made)")
+        return text + "."
+
+
+def run_accuracy(run: dict) -> RunAccuracy | None:
+    """:class:`RunAccuracy` from a run.json dict; runs that predate ``val_acc_by_tta`` fall back to their recorded
+    best-epoch figures (plain and flip). None when the run records no accuracy."""
+    by = run.get("val_acc_by_tta")
+    if isinstance(by, dict) and "none" in by:
+        views = run.get("tta", "flip")
+        return RunAccuracy(float(by["none"]), by.get("flip"), views, float(by.get(views, by["none"])),
+                           int(run.get("val_faces", 0)), dict(by))
+    if isinstance(run.get("best_val_acc"), float):
+        flip = run.get("best_val_acc_tta")
+        flip = float(flip) if isinstance(flip, float) else None
+        by = {"none": float(run["best_val_acc"]), **({"flip": flip} if flip is not None else {})}
+        return RunAccuracy(by["none"], flip, "flip" if flip is not None else "none", flip or by["none"],
+                           int(run.get("val_faces", 0)), by)
+    return None
+
+
 # --------------------------------------------------------------------------------------------- Q2: history
 
 
 @dataclass
 class HistoryFindings:
     epochs: int  # epochs in the history
-    best_epoch: int  # first epoch with the best validation accuracy (the weights best.pt holds)
+    best_epoch: int  # first epoch with the best validation accuracy (the weights that are kept)
     best_val_acc: float
-    train_acc_at_best: float
-    final_train_acc: float
-    final_val_acc: float
-    final_gap: float  # train accuracy - validation accuracy at the last epoch
     n_val: int  # validation faces
     val_se: float  # standard error of the best validation accuracy, sqrt(p(1-p)/n)
+    train_column: str  # "train_eval_acc" (eval mode, clean faces: like for like) or "train_acc" (older runs)
+    train_faces: int  # training faces behind the training accuracy of train_column (the fixed sample)
+    train_acc_at_best: float
+    gap_at_best: float  # training - validation accuracy at the best epoch (the kept weights)
+    gap_se: float  # standard error of that difference
+    final_train_acc: float
+    final_val_acc: float
+    final_gap: float
     window: int  # "the last few epochs": how many are compared with the ones before them
     recent_best: float  # best validation accuracy in the last `window` epochs
     earlier_best: float | None  # best validation accuracy before them (None: the run is too short)
-    trend: str  # "still improving", "levelled off", "declining" or "too short to tell"
+    trend: str  # "still improving", "rising as the rate anneals", "levelled off", "declining", "too short to tell"
+    lr_peak: float
+    lr_window: tuple[float, float]  # learning rate at the first and the last epoch of the window
     train_loss_column: str  # "train_ce" (plain cross-entropy, comparable with val_loss) or "train_loss"
     final_train_loss: float
     final_val_loss: float
-    val_loss_falling_at_end: bool  # validation loss went down over the last epoch
+    val_loss_falling_at_end: bool
     val_loss_rising_since: int | None  # first epoch after which validation loss only went up, if it did
-    best_val_acc_tta: float | None  # best validation accuracy with flip test-time augmentation, if recorded
+    raw_at_best: float | None  # the stepped (not averaged) weights at the best epoch, when an average is kept
+    raw_best: float | None  # the stepped weights' best epoch
     missing: list[str]  # columns this (older) history does not record
     verdict: str  # "overfits", "underfits" or "fits well"
 
@@ -84,21 +138,34 @@ class HistoryFindings:
     def comparable_losses(self) -> bool:
         return self.train_loss_column == "train_ce"
 
+    @property
+    def like_for_like(self) -> bool:
+        return self.train_column == "train_eval_acc"
+
+    def _train_words(self) -> str:
+        if self.like_for_like:
+            return (f"training accuracy (a fixed sample of {self.train_faces:,} training faces, scored exactly as "
+                    "validation is: no augmentation, dropout off)")
+        return "training accuracy (augmented batches, dropout on: this older run records nothing cleaner)"
+
     def verdict_sentence(self) -> str:
-        train_vs_val = (f"training accuracy ends {abs(self.final_gap) * 100:.1f} points "
-                        f"{'above' if self.final_gap >= 0 else 'below'} validation accuracy "
-                        f"({self.final_train_acc:.1%} vs {self.final_val_acc:.1%})")
+        gap = (f"{self._train_words()} is {abs(self.gap_at_best) * 100:.1f} points "
+               f"{'above' if self.gap_at_best >= 0 else 'below'} validation accuracy at the best epoch "
+               f"({self.train_acc_at_best:.1%} vs {self.best_val_acc:.1%}, one standard error "
+               f"{self.gap_se * 100:.1f} points)")
         if self.verdict == "overfits":
-            reasons = [train_vs_val] if self.final_gap > 0 else []
+            harm = []
             if self.val_loss_rising_since:
-                reasons.append(f"validation loss rises from epoch {self.val_loss_rising_since} on")
+                harm.append(f"validation loss rises from epoch {self.val_loss_rising_since} on")
             if self.trend == "declining":
-                reasons.append("validation accuracy fell from its best")
-            return "The model overfits: " + " and ".join(reasons) + "."
+                harm.append("validation accuracy fell from its best")
+            tail = ("; " + " and ".join(harm)) if harm else (
+                "; validation accuracy did not fall and validation loss did not rise, so the memorised part has "
+                "not yet cost validation accuracy")
+            return f"The model overfits: {gap}{tail}."
         if self.verdict == "underfits":
-            return (f"The model underfits: {train_vs_val}, so it does not yet fit even the training faces well "
-                    "(more epochs or capacity would help).")
-        return f"No strong over- or underfitting: {train_vs_val} and validation loss did not rise."
+            return f"The model underfits: {gap}, and it does not yet fit even the training faces well."
+        return f"No strong over- or underfitting: {gap}, and validation loss did not rise."
 
     def trend_sentence(self) -> str:
         if self.earlier_best is None:
@@ -111,80 +178,119 @@ class HistoryFindings:
             before = f"the best before them ({self.earlier_best:.1%})"
         diff = (self.recent_best - self.earlier_best) * 100
         noise = f"one standard error ({self.val_se * 100:.1f} points on {self.n_val:,} validation faces)"
+        lr = (f"the learning rate went from {self.lr_window[0]:.2g} to {self.lr_window[1]:.2g} "
+              f"(its peak: {self.lr_peak:.2g})")
+        if self.trend == "rising as the rate anneals":
+            return (f"Validation accuracy rose at the end: {last} is {diff:.1f} points above {before}, more than "
+                    f"{noise}, but over those epochs {lr}. A schedule that anneals the rate towards zero produces "
+                    "such a late rise by design, so it is not evidence that more epochs would help; only a longer "
+                    "schedule, measured, can show that.")
         if self.trend == "still improving":
-            return (f"Validation accuracy was still improving when the schedule ended: {last} is {diff:.1f} points "
-                    f"above {before}, more than {noise}; a longer schedule would likely help.")
+            return (f"Validation accuracy was still improving while the learning rate was high: {last} is {diff:.1f} "
+                    f"points above {before}, more than {noise}, and over those epochs {lr}; a longer schedule would "
+                    "likely help.")
         if self.trend == "declining":
-            return (f"Validation accuracy declined at the end: {last} is {-diff:.1f} points below {before}, more "
-                    f"than {noise}.")
-        return (f"Validation accuracy had levelled off when the schedule ended: {last} is within {noise} of "
-                f"{before}.")
+            return (f"Validation accuracy declined at the end: {last} is {-diff:.1f} points below {before}, "
+                    f"more than {noise}.")
+        return f"Validation accuracy had levelled off at the end: {last} is within {noise} of {before}."
 
     def loss_sentence(self) -> str:
         direction = "still falling" if self.val_loss_falling_at_end else "no longer falling"
         if self.comparable_losses:
             return (f"Plain cross-entropy at the last epoch: {self.final_train_loss:.3f} on the training batches "
-                    f"(augmented, dropout on) and {self.final_val_loss:.3f} on validation, whose loss is "
-                    f"{direction}.")
-        return (f"This run's history predates the plain training cross-entropy column, so the training curve is "
-                f"the optimised label-smoothed loss ({self.final_train_loss:.3f} at the last epoch), which cannot "
-                f"reach zero and is not comparable in level with validation cross-entropy "
-                f"({self.final_val_loss:.3f}, {direction}).")
+                    f"(augmented, dropout on) and {self.final_val_loss:.3f} on validation, whose loss is {direction}.")
+        return (f"This run's training curve is the optimised label-smoothed loss ({self.final_train_loss:.3f} at "
+                "the last epoch), which cannot reach zero and is not comparable in level with validation "
+                f"cross-entropy ({self.final_val_loss:.3f}, {direction}).")
+
+    def average_sentence(self) -> str:
+        if self.raw_at_best is None:
+            return ""
+        return (f"The kept weights are a running average of the weights over the training steps; at the best epoch "
+                f"the average scores {self.best_val_acc:.1%} and the weights the optimiser steps "
+                f"{self.raw_at_best:.1%} (their own best: {self.raw_best:.1%}).")
 
     def sentences(self) -> list[str]:
-        lines = [f"Best validation accuracy {self.best_val_acc:.1%} at epoch {self.best_epoch} of {self.epochs} "
-                 f"(training accuracy then {self.train_acc_at_best:.1%}).",
-                 self.verdict_sentence(), self.trend_sentence(), self.loss_sentence()]
-        if self.best_val_acc_tta is not None:
-            lines.append(f"With horizontal-flip test-time augmentation (as for the test predictions) the best "
-                         f"validation accuracy is {self.best_val_acc_tta:.1%}.")
+        lines = [f"Best validation accuracy {self.best_val_acc:.1%} at epoch {self.best_epoch} of {self.epochs}.",
+                 self.verdict_sentence(), self.trend_sentence(), self.average_sentence(), self.loss_sentence()]
         if self.missing:
             names = {"train_ce": "plain training cross-entropy",
-                     "val_acc_tta": "validation accuracy with flip test-time augmentation"}
+                     "train_eval_acc": "training accuracy scored like validation",
+                     "val_acc_raw": "the stepped weights' validation accuracy"}
             lines.append(f"This run's history (an older format) does not record "
                          f"{' or '.join(names[c] for c in self.missing)}; the figure shows what it does record.")
-        return lines
+        return [line for line in lines if line]
+
+    def figure_alt(self, history) -> str:
+        """Alt text of the history figure: what each panel shows, with the numbers at its ends."""
+        first, last = history.iloc[0], history.iloc[-1]
+        lr = history["lr"].to_numpy(dtype=float)
+        peak = int(history["epoch"].iloc[int(lr.argmax())])
+        return (f"Three panels over {self.epochs} epoch{'s' if self.epochs != 1 else ''}. "
+                f"Cross-entropy: training from {first[self.train_loss_column]:.2f} "
+                f"to {last[self.train_loss_column]:.2f}, validation from {first['val_loss']:.2f} "
+                f"to {last['val_loss']:.2f}. "
+                f"Accuracy: training faces scored like validation end at {self.final_train_acc:.1%}, validation at "
+                f"{self.final_val_acc:.1%}, best {self.best_val_acc:.1%} at epoch {self.best_epoch} (dashed line)"
+                + (f"; the stepped weights' validation accuracy ends at {last['val_acc_raw']:.1%}"
+                   if self.raw_at_best is not None else "")
+                + f". Learning rate: from {lr[0]:.2g} up to {lr.max():.2g} at epoch {peak}, then down to {lr[-1]:.2g}.")
 
     def sentence(self) -> str:
         return " ".join(self.sentences())
 
     def answer(self) -> str:
-        """The short answer to Q2: the verdict, the best epoch and whether validation was still improving."""
+        """The short answer to Q2: the verdict, the best epoch and what the end of the curve shows."""
         return " ".join([self.verdict_sentence(),
                          f"Validation accuracy peaks at {self.best_val_acc:.1%} (epoch {self.best_epoch} of "
                          f"{self.epochs}).", self.trend_sentence()])
 
 
 def _recorded(history, column: str) -> bool:
-    return column in history.columns and history[column].notna().all()
+    return column in history.columns and bool(history[column].notna().all())
 
 
-def history_findings(history, n_val: int, gap_overfit: float = 0.10, underfit_train_acc: float = 0.6,
-                     window: int | None = None) -> HistoryFindings:
-    """Findings computed from a history table (pandas DataFrame with the train.HISTORY_COLUMNS).
+def history_findings(history, n_val: int, train_faces: int = 1000, gap_overfit: float = 0.10,
+                     underfit_train_acc: float = 0.6, window: int | None = None,
+                     anneal_fraction: float = 0.25) -> HistoryFindings:
+    """Findings computed from a history table (pandas DataFrame with the runs.HISTORY_COLUMNS).
 
-    ``n_val`` (validation faces) sets the noise level: one standard error sqrt(p(1-p)/n) of the best validation
-    accuracy is the tolerance when the best of the last ``window`` epochs (default a fifth of the run, at least
-    one) is compared with the best before them. Older histories without ``train_ce`` / ``val_acc_tta`` are
-    handled: the findings say what is missing. Training accuracy is measured on augmented batches with dropout
-    on, so it understates how well the model fits the training faces; the gap thresholds are rules of thumb.
+    Over- and underfitting compare like with like: ``train_eval_acc`` (the kept weights on a fixed sample of
+    ``train_faces`` training faces, eval mode, no augmentation) against validation accuracy, at the best epoch;
+    older histories fall back to the augmented ``train_acc`` and say so. ``n_val`` sets the noise level: one
+    standard error sqrt(p(1-p)/n) of the best validation accuracy is the tolerance when the best of the last
+    ``window`` epochs (default a fifth of the run, at least one) is compared with the best before them. A rise
+    over epochs whose learning rate ends below ``anneal_fraction`` of its peak is "rising as the rate anneals":
+    the schedule's own doing, not evidence that more epochs would help. Thresholds are rules of thumb.
     """
     epochs = len(history)
-    best = history.loc[history["val_acc"].idxmax()]  # idxmax: the first best epoch, as best.pt keeps
-    last = history.iloc[-1]
-    gap = float(last["train_acc"] - last["val_acc"])
+    best_i = int(history["val_acc"].to_numpy(dtype=float).argmax())  # the first best epoch, as kept
+    best, last = history.iloc[best_i], history.iloc[-1]
+    train_column = "train_eval_acc" if _recorded(history, "train_eval_acc") else "train_acc"
+    faces = train_faces if train_column == "train_eval_acc" else 0
     p = float(best["val_acc"])
     se = float(np.sqrt(p * (1 - p) / max(n_val, 1)))
+    q = float(best[train_column])
+    gap_se = float(np.sqrt(se ** 2 + q * (1 - q) / max(faces or n_val, 1)))
+    gap_best = q - p
+    final_gap = float(last[train_column] - last["val_acc"])
 
     val_acc = history["val_acc"].to_numpy(dtype=float)
+    lr = history["lr"].to_numpy(dtype=float) if "lr" in history else np.ones(epochs)
     window = window or max(1, round(epochs / 5))
     window = min(window, epochs - 1)
     if window >= 1:
         recent, earlier = float(val_acc[-window:].max()), float(val_acc[:-window].max())
         diff = recent - earlier
-        trend = "still improving" if diff > se else "declining" if diff < -se else "levelled off"
+        annealing = lr[-1] < anneal_fraction * lr.max()
+        if diff > se:
+            trend = "rising as the rate anneals" if annealing else "still improving"
+        else:
+            trend = "declining" if diff < -se else "levelled off"
+        lr_window = (float(lr[-window]), float(lr[-1]))
     else:
         recent, earlier, trend, window = float(val_acc.max()), None, "too short to tell", 0
+        lr_window = (float(lr[-1]), float(lr[-1]))
 
     val_loss = history["val_loss"].to_numpy(dtype=float)
     rising = None
@@ -193,22 +299,83 @@ def history_findings(history, n_val: int, gap_overfit: float = 0.10, underfit_tr
         rising = int(history["epoch"].iloc[low]) + 1
 
     train_loss_column = "train_ce" if _recorded(history, "train_ce") else "train_loss"
-    missing = [c for c in ("train_ce", "val_acc_tta") if not _recorded(history, c)]
-    tta = float(history["val_acc_tta"].max()) if _recorded(history, "val_acc_tta") else None
-
-    if gap > gap_overfit or rising or trend == "declining":
+    missing = [c for c in ("train_ce", "train_eval_acc", "val_acc_raw") if not _recorded(history, c)]
+    raw = _recorded(history, "val_acc_raw") and not np.allclose(history["val_acc_raw"], history["val_acc"])
+    if gap_best > gap_overfit or rising or trend == "declining":
         verdict = "overfits"
-    elif last["train_acc"] < underfit_train_acc and gap < gap_overfit / 2:
+    elif q < underfit_train_acc and gap_best < gap_overfit / 2:
         verdict = "underfits"
     else:
         verdict = "fits well"
     return HistoryFindings(
-        epochs=epochs, best_epoch=int(best["epoch"]), best_val_acc=p, train_acc_at_best=float(best["train_acc"]),
-        final_train_acc=float(last["train_acc"]), final_val_acc=float(last["val_acc"]), final_gap=gap, n_val=n_val,
-        val_se=se, window=window, recent_best=recent, earlier_best=earlier, trend=trend,
-        train_loss_column=train_loss_column, final_train_loss=float(last[train_loss_column]),
+        epochs=epochs, best_epoch=int(best["epoch"]), best_val_acc=p, n_val=n_val, val_se=se,
+        train_column=train_column, train_faces=faces, train_acc_at_best=q, gap_at_best=gap_best, gap_se=gap_se,
+        final_train_acc=float(last[train_column]), final_val_acc=float(last["val_acc"]), final_gap=final_gap,
+        window=window, recent_best=recent, earlier_best=earlier, trend=trend, lr_peak=float(lr.max()),
+        lr_window=lr_window, train_loss_column=train_loss_column, final_train_loss=float(last[train_loss_column]),
         final_val_loss=float(val_loss[-1]), val_loss_falling_at_end=bool(epochs > 1 and val_loss[-1] < val_loss[-2]),
-        val_loss_rising_since=rising, best_val_acc_tta=tta, missing=missing, verdict=verdict)
+        val_loss_rising_since=rising, raw_at_best=float(best["val_acc_raw"]) if raw else None,
+        raw_best=float(history["val_acc_raw"].max()) if raw else None, missing=missing, verdict=verdict)
+
+
+HISTORY_LABELS = {"epoch": "epoch", "lr": "learning rate", "train_ce": "training cross-entropy (augmented)",
+                  "val_loss": "validation cross-entropy", "train_acc": "training accuracy (augmented)",
+                  "train_eval_acc": "training accuracy (like validation)", "val_acc": "validation accuracy",
+                  "val_acc_raw": "validation accuracy, stepped weights"}
+
+
+def history_table(history):
+    """The per-epoch table a reader needs, with words for column names (timings and duplicate columns left out)."""
+    shown = history[[c for c in HISTORY_LABELS if _recorded(history, c)]]
+    return shown.rename(columns=HISTORY_LABELS)
+
+
+@dataclass
+class SplitCopies:
+    """How many validation faces have a copy (exact, or exact or near) in the training part, per split."""
+
+    val_faces_random: int
+    random_exact: int  # validation faces of the random split with a pixel-identical face in its training part
+    random_near: int  # ... with an exact or near copy there
+    val_faces_grouped: int
+    grouped_exact: int
+    grouped_near: int
+
+    def sentence(self, split: str = "grouped") -> str:
+        """What the split means for validation; ``split`` is the run's ("grouped" or "random")."""
+        share = self.random_near / max(self.val_faces_random, 1)
+        text = (f"The training file holds repeated photos: exact copies and near-copies (re-encoded, re-cropped or "
+                f"brightened). Under a plain random split of the same seed and size, {self.random_near:,} of its "
+                f"{self.val_faces_random:,} validation faces ({share:.1%}) would have a copy in the training part "
+                f"({self.random_exact:,} of them pixel-identical), so validation would partly measure recognition of "
+                "faces already seen. ")
+        if split == "random":
+            return text + "This run uses that random split: its validation accuracy is inflated by those faces."
+        return text + (f"This run's split keeps all copies of a face on one side: {self.grouped_near:,} of its "
+                       f"{self.val_faces_grouped:,} validation faces have a copy in training.")
+
+
+def copies_across(train_groups: np.ndarray, val_groups: np.ndarray) -> int:
+    """Validation faces whose group id also occurs among the training faces."""
+    return int(np.isin(val_groups, np.unique(train_groups)).sum())
+
+
+def split_copies(faces, exact_group: np.ndarray, group: np.ndarray, val_fraction: float = 0.1,
+                 seed: int = 0) -> SplitCopies:
+    """Copies across the random split and across the grouped split of the same faces (a FaceSet with labels).
+
+    ``exact_group`` / ``group``: one id per face (duplicates.Duplicates), indexed like ``faces``.
+    """
+    from .data import train_val_split
+
+    index = np.arange(len(faces))
+    indexed = type(faces)(faces.images, faces.labels, index)  # ids = positions, to look the groups up
+    out = []
+    for groups in (None, group):
+        train, val = train_val_split(indexed, val_fraction, seed, groups=groups)
+        out += [len(val), copies_across(exact_group[train.ids], exact_group[val.ids]),
+                copies_across(group[train.ids], group[val.ids])]
+    return SplitCopies(*out)
 
 
 # --------------------------------------------------------------------------------------------- Q3: confusion
@@ -235,7 +402,7 @@ class ConfusionFindings:
     accuracy: float
     easiest: list[str]  # classes by recall, best first
     hardest: list[str]  # classes by recall, worst first
-    confused_pairs: list[tuple[str, str, float, int]]  # (true, predicted, rate, count), most confused first
+    confused_pairs: list[tuple[str, str, float, int]]  # (true, predicted, rate, count), most faces first
     rare: list[str]  # classes with too few validation faces for a firm recall (see confusion_findings)
     train_share: np.ndarray | None = None  # (7,) share of each class among the training faces, when given
 
@@ -253,7 +420,8 @@ class ConfusionFindings:
     def recall_text(self, name: str) -> str:
         i = self._row(name)
         low, high = wilson_interval(self.counts[i, i], self.support[i])
-        return f"{name} {self.recall_of(name):.0%} ({_pct_interval(float(low), float(high))}, {self.support[i]:,} faces)"
+        return (f"{name} {self.recall_of(name):.0%} ({_pct_interval(float(low), float(high))}, "
+                f"{self.support[i]:,} faces)")
 
     def pair_interval(self, true: str, predicted: str) -> tuple[float, float]:
         i, j = self._row(true), self._row(predicted)
@@ -304,17 +472,17 @@ class ConfusionFindings:
 
     @property
     def main_pair(self) -> tuple[str, str] | None:
-        """The most confused pair whose true class is not rare (the rare ones are listed apart), or None."""
-        for t, p, _, _ in self.confused_pairs:
-            if t not in self.rare:
-                return t, p
+        """The main confusion: the off-diagonal cell with the most faces (``confused_pairs`` is ranked the same
+        way, so it heads the ranked table), or None without errors."""
         return (self.confused_pairs[0][0], self.confused_pairs[0][1]) if self.confused_pairs else None
 
+    def runner_up_ties(self) -> bool:
+        """Whether the second-ranked confusion is within noise of the main one (see counts_tie)."""
+        return len(self.confused_pairs) > 1 and counts_tie(self.confused_pairs[0][3], self.confused_pairs[1][3])
+
     def top_pairs(self, k: int = 3) -> list[tuple[str, str]]:
-        """The main pair first, then the other most confused pairs: ``k`` (true, predicted) pairs in all."""
-        main = self.main_pair
-        rest = [(t, p) for t, p, _, _ in self.confused_pairs if (t, p) != main]
-        return ([main] if main else []) + rest[:k - 1 if main else k]
+        """The ``k`` most confused (true, predicted) pairs by faces, the main one first."""
+        return [(t, p) for t, p, _, _ in self.confused_pairs[:k]]
 
     def frequency_correlation(self) -> float | None:
         """Spearman rank correlation between training frequency and validation recall over the classes present."""
@@ -336,7 +504,8 @@ class ConfusionFindings:
         table = pd.DataFrame({
             "validation faces": self.support.astype(int),
             "precision": self.report["precision"], "recall": self.report["recall"],
-            "recall 95% CI": [f"{lo:.0%}-{hi:.0%}" for lo, hi in zip(self.report["recall_low"], self.report["recall_high"])],
+            "recall 95% CI": [f"{lo:.0%}-{hi:.0%}"
+                              for lo, hi in zip(self.report["recall_low"], self.report["recall_high"])],
             "F1": self.report["F1"],
             "most often mistaken for": [self.confusion_text(n) if self.support[i] else "no faces"
                                         for i, n in enumerate(CLASS_NAMES)],
@@ -348,10 +517,22 @@ class ConfusionFindings:
     def pairs_table(self, limit: int = 6):
         import pandas as pd
 
-        rows = [{"true": t, "predicted": p, "faces": n, "share of true class": r,
+        rows = [{"rank": k + 1, "true": t, "predicted": p, "faces": n, "share of true class": r,
                  "95% CI": "{:.0%}-{:.0%}".format(*self.pair_interval(t, p))}
-                for t, p, r, n in self.confused_pairs[:limit]]
-        return pd.DataFrame(rows, columns=["true", "predicted", "faces", "share of true class", "95% CI"])
+                for k, (t, p, r, n) in enumerate(self.confused_pairs[:limit])]
+        return pd.DataFrame(rows, columns=["rank", "true", "predicted", "faces", "share of true class", "95% CI"])
+
+    def figure_alt(self) -> str:
+        """Alt text of the confusion-matrix figure: what it shows and its main numbers."""
+        n = int(self.support.sum())
+        recalls = ", ".join(f"{c} {self.rates[i, i]:.0%}" for i, c in enumerate(CLASS_NAMES) if self.support[i])
+        text = (f"Two heat maps of the 7 by 7 confusion matrix on {n:,} validation faces, rows the true class and "
+                f"columns the predicted one: counts on the left, percentages of each true class on the right. "
+                f"Diagonal (recall): {recalls}.")
+        if self.main_pair:
+            t, p, rate, k = self.confused_pairs[0]
+            text += f" Largest off-diagonal cell: {t} predicted as {p}, {k} faces ({rate:.0%} of {t})."
+        return text
 
     def rare_sentence(self) -> str:
         if not self.rare:
@@ -372,7 +553,7 @@ class ConfusionFindings:
             lines.append(self.rare_sentence())
         if self.confused_pairs:
             pairs = "; ".join(self.pair_text(t, p) for t, p, _, _ in self.confused_pairs[:3])
-            lines.append(f"Most confused pairs: {pairs}.")
+            lines.append(f"Most confused pairs, by the number of faces: {pairs}.")
         ties = [f"{n} is mistaken for {self.confusion_text(n)}" for n in CLASS_NAMES
                 if len(self.top_confusions(n)) > 1]
         if ties:
@@ -402,14 +583,12 @@ class ConfusionFindings:
             parts.append(f"{r}'s {self.recall_of(r):.0%} rests on only {self.support[self._row(r)]} faces")
         text = "; ".join(parts) + "."
         if self.main_pair:
-            t, p = self.main_pair
-            tops = self.top_confusions(t)
-            if len(tops) > 1:
-                text += f" The main confusion: {t} is mistaken for {self.confusion_text(t)}."
-            else:
-                i, j = self._row(t), self._row(p)
-                text += (f" The main confusion is {t} -> {p} ({self.rates[i, j]:.0%} of {t}, "
-                         f"{self.counts[i, j]} faces).")
+            t, p, rate, n = self.confused_pairs[0]
+            text += f" The main confusion (the most faces) is {t} -> {p}: {n} faces, {rate:.0%} of {t}"
+            if self.runner_up_ties():
+                t2, p2, _, n2 = self.confused_pairs[1]
+                text += f", about as many as {t2} -> {p2} ({n2} faces)"
+            text += "."
         return text + (f" {evidence}" if evidence else "")
 
     def seed_claims(self) -> list[ClaimCheck]:
@@ -492,7 +671,7 @@ def confusion_findings(y_true: np.ndarray, y_pred: np.ndarray, train_labels: np.
     by_recall = sorted(present, key=lambda i: -recall[i])
     pairs = [(CLASS_NAMES[i], CLASS_NAMES[j], float(rates[i, j]), int(counts[i, j]))
              for i in present for j in labels if i != j and counts[i, j] > 0]
-    pairs.sort(key=lambda p: (-p[2], -p[3]))
+    pairs.sort(key=lambda p: (-p[3], -p[2]))  # by faces: the ranking that defines the main confusion
     median = np.median(support[present]) if present else 0
     rare = [CLASS_NAMES[i] for i in present if support[i] < rare_fraction * median]
     share = None
@@ -524,3 +703,124 @@ def confident_correct(probs: np.ndarray, labels: np.ndarray, per_class: int = 1,
             idx = idx[np.argsort(-probs[idx, c], kind="stable")]
         chosen.extend(idx[:per_class])
     return np.array(chosen, dtype=np.int64)
+
+
+# --------------------------------------------------------------------------------------------- Q3: calibration
+
+
+RELIABILITY_BINS = 15  # equal-width confidence bins, as calibration.expected_calibration_error uses
+
+
+def reliability_bins(probs: np.ndarray, labels: np.ndarray, bins: int = RELIABILITY_BINS):
+    """Per equal-width bin of the top probability: faces, mean confidence and accuracy (empty bins left out)."""
+    import pandas as pd
+
+    probs, labels = np.asarray(probs), np.asarray(labels)
+    conf, correct = probs.max(1), probs.argmax(1) == labels
+    edges = np.linspace(0, 1, bins + 1)
+    which = np.clip(np.digitize(conf, edges[1:-1]), 0, bins - 1)
+    rows = [{"low": edges[b], "high": edges[b + 1], "faces": int((which == b).sum()),
+             "confidence": float(conf[which == b].mean()), "accuracy": float(correct[which == b].mean())}
+            for b in range(bins) if (which == b).any()]
+    return pd.DataFrame(rows, columns=["low", "high", "faces", "confidence", "accuracy"])
+
+
+@dataclass
+class CalibrationFindings:
+    temperature: float  # fitted on all validation faces (what the shipped calibration uses)
+    ece_before: float
+    ece_after: float  # with that temperature, on the same faces
+    ece_after_held_out: float  # temperature fitted on one half, ECE measured on the other, averaged over the halves
+    mean_confidence: float  # before scaling
+    accuracy: float
+    faces: int
+    before: "object"  # reliability_bins before scaling
+    after: "object"  # ... after
+
+    def sentence(self) -> str:
+        direction = "over-confident" if self.mean_confidence > self.accuracy else "under-confident"
+        return (f"Before scaling, the model is {direction}: its mean top probability is {self.mean_confidence:.1%} "
+                f"against an accuracy of {self.accuracy:.1%} on {self.faces:,} validation faces, and the expected "
+                f"calibration error (ECE, {RELIABILITY_BINS} equal-width bins) is {self.ece_before:.1%}. Dividing the "
+                f"logits by one temperature, T = {self.temperature:.2f}, fitted on validation, brings it to "
+                f"{self.ece_after:.1%}; fitted on one half of the faces and measured on the other (so the faces that "
+                f"set T do not grade it) it is {self.ece_after_held_out:.1%}. Scaling changes no prediction.")
+
+
+def calibration_findings(logits, labels, seed: int = 0) -> CalibrationFindings:
+    """Temperature scaling on validation logits: ECE before, after, and after with T fitted on the other half."""
+    import torch
+
+    from .calibration import calibrate, expected_calibration_error, fit_temperature
+
+    logits = torch.as_tensor(logits, dtype=torch.float32)
+    labels = np.asarray(labels)
+    fitted = calibrate(logits, labels)
+    t = fitted["temperature"]
+    before = torch.softmax(logits, 1).numpy()
+    after = torch.softmax(logits / t, 1).numpy()
+    halves = np.array_split(np.random.default_rng(seed).permutation(len(labels)), 2)
+    held_out = []
+    for a, b in ((0, 1), (1, 0)):
+        fit, test = halves[a], halves[b]
+        if len(fit) and len(test):
+            t_half = fit_temperature(logits[fit], labels[fit])
+            held_out.append(expected_calibration_error(torch.softmax(logits[test] / t_half, 1).numpy(), labels[test]))
+    return CalibrationFindings(t, fitted["ece_before"], fitted["ece_after"],
+                               float(np.mean(held_out)) if held_out else float("nan"),
+                               float(before.max(1).mean()), float((before.argmax(1) == labels).mean()), len(labels),
+                               reliability_bins(before, labels), reliability_bins(after, labels))
+
+
+# --------------------------------------------------------------------------------------------- Q3: copies
+
+
+@dataclass
+class CopyAccuracy:
+    """Accuracy on validation faces with and without a copy in the training part (a split that allows copies)."""
+
+    with_copy: int
+    with_copy_correct: int
+    without_copy: int
+    without_copy_correct: int
+
+    def sentence(self) -> str:
+        def part(k, n):
+            low, high = wilson_interval(k, n)
+            return f"{k / max(n, 1):.1%} of {n:,} (95% CI {float(low):.1%}-{float(high):.1%})"
+
+        tie = proportions_tie(self.with_copy_correct, self.with_copy, self.without_copy_correct, self.without_copy)
+        return (f"the model is right on {part(self.with_copy_correct, self.with_copy)} validation faces that have a "
+                f"copy in its training part, and on {part(self.without_copy_correct, self.without_copy)} without one"
+                + (": within noise of each other." if tie else "."))
+
+
+def accuracy_by_copy(y_true: np.ndarray, y_pred: np.ndarray, has_copy: np.ndarray) -> CopyAccuracy:
+    right, has_copy = np.asarray(y_true) == np.asarray(y_pred), np.asarray(has_copy, dtype=bool)
+    return CopyAccuracy(int(has_copy.sum()), int((right & has_copy).sum()), int((~has_copy).sum()),
+                        int((right & ~has_copy).sum()))
+
+
+# --------------------------------------------------------------------------------------------- appendix: recipe
+
+_TEST_CLAUSE = re.compile(r"\b(hidden )?test(-set| set)?\b", re.I)
+
+
+def recipe_table(table):
+    """The recipe's measurements (docs/ablation.csv) for the appendix page: missing values shown as "—", and any
+    clause about test-set results left out (choices rest on validation only). Returns (table, clauses left out)."""
+    import pandas as pd
+
+    table = table.copy()
+    dropped = 0
+    for column in table.columns:
+        cleaned = []
+        for value in table[column]:
+            if isinstance(value, str) and _TEST_CLAUSE.search(value):
+                parts = re.split(r";\s*", value)
+                kept = [p for p in parts if not _TEST_CLAUSE.search(p)]
+                dropped += len(parts) - len(kept)
+                value = "; ".join(kept)
+            cleaned.append(value)
+        table[column] = pd.Series(cleaned, index=table.index, dtype=object)
+    return table.astype(object).where(table.notna(), "—").replace("", "—"), dropped

@@ -1,8 +1,9 @@
-"""Q4: saliency and other attributions (Captum), where they fall on the face, how far methods agree, and
-the Adebayo et al. sanity check.
+"""Q4: attributions (Captum) with respect to the grey face, where they fall among each face's own landmark
+regions against controls, whether they are faithful (deletion and insertion), and the Adebayo et al. sanity check.
 
-Every method returns maps (B, H, W) in [0, 1] at the input's own size (absolute attribution, max over the
-3 identical input channels, divided by each map's maximum). It runs on a private copy of the model, on the
+Every method explains the grey 48x48 face the model sees before resizing and ImageNet normalisation (the three
+normalised channels differ, so a map per channel would be three different maps): it returns maps (B, 48, 48) in
+[0, 1] (absolute attribution divided by each map's maximum). It runs on a private copy of the model, on the
 model's device (inputs are moved there; maps come back as CPU numpy arrays), and never changes the model's
 parameters, buffers, mode or hooks, nor torch's global random state.
 
@@ -14,7 +15,6 @@ non-in-place module; the copy computes exactly the same function.
 from __future__ import annotations
 
 import copy
-import itertools
 import types
 import warnings
 from contextlib import contextmanager
@@ -26,16 +26,32 @@ import torch
 from torch import nn
 
 from . import CLASS_NAMES
+from .regions import (  # noqa: F401  (REGION_SHORT, face_regions and top_region: still imported from here by Q5)
+    LANDMARK_REGIONS,
+    REGION_LABELS,
+    REGION_SHORT,
+    face_regions,
+    region_area,
+    region_shares,
+    top_region,
+)
 
 if TYPE_CHECKING:
     import pandas as pd
 
-SMOOTHGRAD_SAMPLES = 16  # noisy copies averaged per face
-SMOOTHGRAD_NOISE = 0.15  # noise std as a share of the input's value range (Smilkov et al. suggest 10-20%)
-IG_STEPS = 32  # Riemann steps along the path from the black baseline
+SMOOTHGRAD_SAMPLES = 8  # noisy copies averaged per face (Smilkov et al. used up to 50; 8 keeps the page fast)
+SMOOTHGRAD_NOISE = 0.15  # noise std on the [0, 1] grey scale (Smilkov et al. suggest 10-20% of the range)
+IG_STEPS = 16  # Riemann steps along the path from the black face
 GRADCAM_LAYER = "layer3"  # layer4's map is the coarsest (2x2 at 48 px input); layer3 still separates eyes from mouth
 SANITY_THRESHOLD = 0.5  # a method whose maps still correlate above this once layer3 is random is flagged
-FACES_PER_CLASS = 10  # correctly classified faces per class behind the region and agreement findings
+FACES_PER_CLASS = 30  # correctly classified validation faces per class behind the region findings
+FAITHFULNESS_FACES = 64  # of those, faces behind the deletion and insertion curves
+BOOTSTRAP = 2000  # resamples of the faces behind every 95% interval
+MIN_FACES = 5  # a class with fewer faces gets no region verdict
+# deletion / insertion: shares of the 48x48 pixels removed (or revealed), denser where the curves move most
+FRACTIONS = (0.0, 0.02, 0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.7, 1.0)
+BLUR_SIGMA = 3.0  # px: a removed pixel takes its value from the face blurred this much (edges gone, shading kept)
+FRAME = 48
 
 
 def model_device(model: nn.Module) -> torch.device:
@@ -44,13 +60,16 @@ def model_device(model: nn.Module) -> torch.device:
 
 
 @contextmanager
-def _quiet_captum_import():
+def quiet_captum_import():
     """Captum imports tqdm.auto, which warns in a notebook without ipywidgets; its bars are not used here."""
     from tqdm import TqdmWarning
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", TqdmWarning)
         yield
+
+
+_quiet_captum_import = quiet_captum_import  # the name Q5 imports today
 
 
 @contextmanager
@@ -97,8 +116,32 @@ def explainable_copy(model: nn.Module) -> nn.Module:
     return twin
 
 
+class GreyInput(nn.Module):
+    """``net`` behind its own preprocessing: grey faces (B, 1, 48, 48) in [0, 1] -> logits (B, 7).
+
+    The steps of :func:`fer_lib.model.preprocess` (resize to the input size, three channels, ImageNet
+    normalisation), differentiable, so attributions are taken with respect to the one grey channel.
+    """
+
+    def __init__(self, net: nn.Module, input_size: int):
+        super().__init__()
+        self.net, self.input_size = net, input_size
+
+    def forward(self, grey: torch.Tensor) -> torch.Tensor:
+        from .model import preprocess
+
+        return self.net(preprocess(grey[:, 0], self.input_size))
+
+
+def grey_faces(faces, device: torch.device | str = "cpu") -> torch.Tensor:
+    """uint8 (B, 48, 48) faces (or float ones in [0, 1]) -> float (B, 1, 48, 48) in [0, 1] on ``device``."""
+    x = torch.as_tensor(np.asarray(faces) if not isinstance(faces, torch.Tensor) else faces)
+    x = x.float() / 255.0 if x.dtype == torch.uint8 else x.float()
+    return x.unsqueeze(1).to(device)
+
+
 def _to_maps(attr: torch.Tensor) -> np.ndarray:
-    """(B, C, H, W) attributions -> (B, H, W) in [0, 1]: |a| max over channels, per-map max scaling."""
+    """(B, 1, H, W) attributions -> (B, H, W) in [0, 1]: |a|, divided by each map's maximum."""
     maps = attr.detach().float().abs().amax(dim=1)
     peak = maps.flatten(1).amax(1).clamp(min=1e-12).view(-1, 1, 1)
     return (maps / peak).cpu().numpy()
@@ -112,58 +155,56 @@ def _chunked(attribute, x: torch.Tensor, target, chunk: int) -> np.ndarray:
     return np.concatenate([attribute(x[i:i + chunk], target[i:i + chunk]) for i in range(0, len(x), chunk)])
 
 
-def saliency(model: nn.Module, x: torch.Tensor, target: torch.Tensor) -> np.ndarray:
-    """Simonyan et al. 2013: |d logit_target / d input|, max over channels."""
-    with _quiet_captum_import():
+def _setup(model: nn.Module, faces, input_size: int) -> tuple[GreyInput, torch.Tensor]:
+    device = model_device(model)
+    return GreyInput(explainable_copy(model), input_size).to(device), grey_faces(faces, device)
+
+
+def saliency(model: nn.Module, faces, target, input_size: int = 48) -> np.ndarray:
+    """Simonyan et al. 2013: |d logit_target / d grey pixel|."""
+    with quiet_captum_import():
         from captum.attr import Saliency
 
-    twin = explainable_copy(model)
-    x = x.to(model_device(model))
-    return _chunked(lambda xb, tb: _to_maps(Saliency(twin).attribute(xb.clone().requires_grad_(), target=tb, abs=True)),
+    net, x = _setup(model, faces, input_size)
+    return _chunked(lambda xb, tb: _to_maps(Saliency(net).attribute(xb.clone().requires_grad_(), target=tb, abs=True)),
                     x, target, 64)
 
 
-def smoothgrad(model: nn.Module, x: torch.Tensor, target: torch.Tensor, samples: int = SMOOTHGRAD_SAMPLES,
+def smoothgrad(model: nn.Module, faces, target, input_size: int = 48, samples: int = SMOOTHGRAD_SAMPLES,
                noise: float = SMOOTHGRAD_NOISE, seed: int = 0) -> np.ndarray:
-    """Smilkov et al. 2017: saliency averaged over noisy copies (noise: std as a share of the input range).
+    """Smilkov et al. 2017: saliency averaged over noisy copies (noise: std on the [0, 1] grey scale).
 
     The noise is drawn from a private, seeded generator state: the same call gives the same maps.
     """
-    with _quiet_captum_import():
+    with quiet_captum_import():
         from captum.attr import NoiseTunnel, Saliency
 
-    device = model_device(model)
-    x = x.to(device)
-    sigma = noise * float(x.max() - x.min()) if len(x) else 0.0
-    tunnel = NoiseTunnel(Saliency(explainable_copy(model)))
-    with seeded(device, seed):
+    net, x = _setup(model, faces, input_size)
+    tunnel = NoiseTunnel(Saliency(net))
+    with seeded(model_device(model), seed):
         return _chunked(lambda xb, tb: _to_maps(tunnel.attribute(
-            xb.clone().requires_grad_(), nt_type="smoothgrad", nt_samples=samples, stdevs=sigma, target=tb, abs=True)),
-            x, target, 8)  # 8 faces x samples copies per pass
+            xb.clone().requires_grad_(), nt_type="smoothgrad", nt_samples=samples, stdevs=noise, target=tb, abs=True)),
+            x, target, max(1, 128 // samples))  # 128 noisy faces per pass
 
 
-def integrated_gradients(model: nn.Module, x: torch.Tensor, target: torch.Tensor, steps: int = IG_STEPS) -> np.ndarray:
-    """Sundararajan et al. 2017, from a black-face baseline (the normalised value of pixel 0)."""
-    with _quiet_captum_import():
+def integrated_gradients(model: nn.Module, faces, target, input_size: int = 48, steps: int = IG_STEPS) -> np.ndarray:
+    """Sundararajan et al. 2017, from a black face (grey 0)."""
+    with quiet_captum_import():
         from captum.attr import IntegratedGradients
 
-    from .model import preprocess
-
-    x = x.to(model_device(model))
-    black = preprocess(torch.zeros(1, x.shape[-2], x.shape[-1], dtype=torch.uint8), x.shape[-1]).to(x.device)
-    ig = IntegratedGradients(explainable_copy(model))
-    return _chunked(lambda xb, tb: _to_maps(ig.attribute(xb, baselines=black.expand_as(xb), target=tb, n_steps=steps,
-                                                         internal_batch_size=64)), x, target, 16)
+    net, x = _setup(model, faces, input_size)
+    ig = IntegratedGradients(net)
+    return _chunked(lambda xb, tb: _to_maps(ig.attribute(xb, baselines=torch.zeros_like(xb), target=tb, n_steps=steps,
+                                                         internal_batch_size=128)), x, target, 128 // steps or 1)
 
 
-def grad_cam(model: nn.Module, x: torch.Tensor, target: torch.Tensor, layer: str = GRADCAM_LAYER) -> np.ndarray:
-    """Selvaraju et al. 2017 on ``layer``, upsampled bilinearly to the input size."""
-    with _quiet_captum_import():
+def grad_cam(model: nn.Module, faces, target, input_size: int = 48, layer: str = GRADCAM_LAYER) -> np.ndarray:
+    """Selvaraju et al. 2017 on ``layer``, upsampled bilinearly to the 48x48 face."""
+    with quiet_captum_import():
         from captum.attr import LayerAttribution, LayerGradCam
 
-    twin = explainable_copy(model)
-    x = x.to(model_device(model))
-    cam = LayerGradCam(twin, twin.get_submodule(layer))
+    net, x = _setup(model, faces, input_size)
+    cam = LayerGradCam(net, net.net.get_submodule(layer))
 
     def attribute(xb, tb):
         a = cam.attribute(xb, target=tb, relu_attributions=True)
@@ -172,13 +213,13 @@ def grad_cam(model: nn.Module, x: torch.Tensor, target: torch.Tensor, layer: str
     return _chunked(attribute, x, target, 64)
 
 
-def guided_backprop(model: nn.Module, x: torch.Tensor, target: torch.Tensor) -> np.ndarray:
+def guided_backprop(model: nn.Module, faces, target, input_size: int = 48) -> np.ndarray:
     """Springenberg et al. 2015: gradients with negative signals stopped at every ReLU on the way back."""
-    with _quiet_captum_import():
+    with quiet_captum_import():
         from captum.attr import GuidedBackprop
 
-    gbp = GuidedBackprop(explainable_copy(model))
-    x = x.to(model_device(model))
+    net, x = _setup(model, faces, input_size)
+    gbp = GuidedBackprop(net)
     with warnings.catch_warnings():  # Captum announces its temporary ReLU hooks; they act on our copy only
         warnings.filterwarnings("ignore", message="Setting backward hooks on ReLU")
         return _chunked(lambda xb, tb: _to_maps(gbp.attribute(xb.clone().requires_grad_(), target=tb)), x, target, 64)
@@ -188,10 +229,10 @@ METHODS = {"saliency": saliency, "SmoothGrad": smoothgrad, "Integrated Gradients
            "Grad-CAM": grad_cam, "guided backprop": guided_backprop}
 
 
-def attribution_maps(model: nn.Module, x: torch.Tensor, target: torch.Tensor, methods: dict | None = None
+def attribution_maps(model: nn.Module, faces, target, input_size: int = 48, methods: dict | None = None
                      ) -> dict[str, np.ndarray]:
-    """{method name: maps (B, H, W) in [0, 1]} for every method, on the same faces and targets."""
-    return {name: fn(model, x, target) for name, fn in (methods or METHODS).items()}
+    """{method name: maps (B, 48, 48) in [0, 1]} for every method, on the same faces and targets."""
+    return {name: fn(model, faces, target, input_size) for name, fn in (methods or METHODS).items()}
 
 
 def method_notes(model: nn.Module, input_size: int) -> str:
@@ -200,60 +241,26 @@ def method_notes(model: nn.Module, input_size: int) -> str:
     cam, top = ("x".join(map(str, sizes[n])) for n in (GRADCAM_LAYER, "layer4"))
     return "\n".join([
         (f"- **SmoothGrad** (Smilkov et al. 2017): saliency averaged over {SMOOTHGRAD_SAMPLES} copies of the face "
-         f"with Gaussian noise (standard deviation {SMOOTHGRAD_NOISE:.0%} of the input's range), which removes much "
+         f"with Gaussian noise (standard deviation {SMOOTHGRAD_NOISE:.0%} of the grey range), which removes much "
          "of the gradient's pixel-level noise;"),
         (f"- **Integrated Gradients** (Sundararajan et al. 2017): gradients integrated in {IG_STEPS} steps along a "
          "straight path from a black face;"),
-        (f"- **Grad-CAM** (Selvaraju et al. 2017) on `{GRADCAM_LAYER}`, whose map is {cam} at this run's "
-         f"{input_size}x{input_size} input (`layer4`'s is {top}), upsampled to the face;"),
+        (f"- **Grad-CAM** (Selvaraju et al. 2017) on the third residual stage (`{GRADCAM_LAYER}`), whose map is "
+         f"{cam} at this run's {input_size}x{input_size} input (the last stage's is {top}), upsampled to the face;"),
         ("- **guided backpropagation** (Springenberg et al. 2015): gradients with negative signals stopped at every "
          "ReLU on the way back."),
     ])
 
 
-# ------------------------------------------------------------------------------------------ regions
-
-REGION_LABELS = {"eyes_brows": "eyes/brows", "nose": "nose", "mouth": "mouth", "rest_of_face": "rest of the face",
-                 "outside_face": "area outside the face"}
-REGION_SHORT = {**REGION_LABELS, "rest_of_face": "rest of face", "outside_face": "outside face"}  # for small tiles
-
-
-def face_regions(size: int = 48) -> dict[str, np.ndarray]:
-    """Boolean (size, size) masks that partition the aligned FER2013 frame (every pixel in exactly one):
-    the eyes-and-brows band, the nose, the mouth box, the rest of the face oval, and outside the oval.
-
-    FER2013 faces are roughly registered (eyes near rows 17-22 of 48, mouth near 33-40), so fixed
-    regions, given as fractions of the frame, are a fair first approximation at any input size.
-    """
-    y, x = (np.mgrid[0:size, 0:size] + 0.5) / size
-    face = ((x - 0.5) / 0.44) ** 2 + ((y - 0.52) / 0.5) ** 2 <= 1
-    eyes = face & (y >= 0.2) & (y < 0.5) & (x >= 0.1) & (x < 0.9)
-    nose = face & (y >= 0.5) & (y < 0.64) & (x >= 0.34) & (x < 0.66)
-    mouth = face & (y >= 0.64) & (y < 0.92) & (x >= 0.24) & (x < 0.76)
-    return {"eyes_brows": eyes, "nose": nose, "mouth": mouth, "rest_of_face": face & ~(eyes | nose | mouth),
-            "outside_face": ~face}
-
-
-def region_shares(maps: np.ndarray, regions: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Per map, the share of its total attribution inside each region (masks (H, W) or (B, H, W)).
-
-    An all-zero map has no distribution over the face: its shares are nan.
-    """
-    total = maps.reshape(len(maps), -1).sum(1)
-    total = np.where(total > 0, total, np.nan)
-    return {name: (maps * mask).reshape(len(maps), -1).sum(1) / total for name, mask in regions.items()}
-
-
-def top_region(shares: dict[str, float], area: dict[str, float]) -> str | None:
-    """The region with the most attribution for its size (share / area), or None without any attribution."""
-    ratio = {r: shares[r] / area[r] for r in shares if area[r] > 0 and np.isfinite(shares[r])}
-    return max(ratio, key=ratio.get) if ratio else None
-
-
-def outside_shares(maps: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """{method: (B,) share of each map's mass outside the face oval of :func:`face_regions`}."""
-    return {m: region_shares(v, {"outside_face": face_regions(v.shape[-1])["outside_face"]})["outside_face"]
-            for m, v in maps.items()}
+def explained_faces(probs: np.ndarray, labels: np.ndarray, per_class: int = FACES_PER_CLASS, seed: int = 0
+                    ) -> np.ndarray:
+    """Indices of up to ``per_class`` correctly classified faces per class, drawn at random (seeded), ordered by
+    class: a sample that is neither the model's surest faces nor its hardest."""
+    rng = np.random.default_rng(seed)
+    correct = probs.argmax(1) == labels
+    chosen = [np.sort(rng.permutation(np.flatnonzero(correct & (labels == c)))[:per_class])
+              for c in range(probs.shape[1])]
+    return np.concatenate(chosen).astype(np.int64)
 
 
 def rank_correlation(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -272,178 +279,316 @@ def rank_correlation(a: np.ndarray, b: np.ndarray) -> np.ndarray:
         return np.where(den > 0, (ra * rb).sum(1) / den, np.nan)
 
 
-spearman_per_map = rank_correlation  # the name the sanity check used first
+# ------------------------------------------------------------------------------------------ intervals
 
 
-def _pair(a: str, b: str) -> str:
-    return f"{a} / {b}"
+def _interval(samples: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The 95% percentile interval of bootstrap samples along axis 0."""
+    with warnings.catch_warnings():  # a column that is nan in every resample stays nan
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return np.nanpercentile(samples, 2.5, axis=0), np.nanpercentile(samples, 97.5, axis=0)
 
 
-def _grouped(groups: dict[str, list[str]], classes: list[str]) -> str:
-    """'the nose for Angry and Sad, and the mouth for Happy', largest group first ('every class shown' for all)."""
-    def who(cs: list[str]) -> str:
-        return "every class shown" if len(classes) > 1 and set(cs) == set(classes) else _names(cs)
-
-    items = [f"the {REGION_LABELS[r]} for {who(cs)}" for r, cs in sorted(groups.items(), key=lambda kv: -len(kv[1]))]
-    return items[0] if len(items) == 1 else ", ".join(items[:-1]) + ", and " + items[-1]
+def verdict(low: float, high: float) -> str:
+    """"more" / "less" when the 95% interval of a difference excludes 0, else "no clear difference"."""
+    return "more" if low > 0 else "less" if high < 0 else "no clear difference"
 
 
-def _agreement_word(rho: float) -> str:
-    return "strongly" if rho >= 0.6 else "moderately" if rho >= 0.3 else "weakly"
+def _nanmean(x: np.ndarray, axis: int) -> np.ndarray:
+    with warnings.catch_warnings():  # an all-zero map has nan shares; a column of nothing but nan stays nan
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return np.nanmean(x, axis=axis)
+
+
+def _pp(x: float) -> str:
+    return f"{x * 100:+.1f}"
+
+
+def _capital(text: str) -> str:
+    """The text with its first letter upper-case (a method's name may open a sentence)."""
+    return text[:1].upper() + text[1:]
 
 
 def _names(items: list[str]) -> str:
     """'a', 'a and b', 'a, b and c'."""
+    items = list(items)
     return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
 
 
+# ------------------------------------------------------------------------------------------ region findings
+
+
 @dataclass
-class AttributionFindings:
-    """Where each method's maps fall on the face, per class, and how far the methods agree on the same face."""
+class RegionFindings:
+    """Where each method's maps fall among each face's landmark regions, against two controls that carry the same
+    centre bias: the same method on a randomly initialised network, and the mean over all classes.
 
-    shares: pd.DataFrame  # index (class, method), columns regions: mean share of the maps' mass
-    area: dict[str, float]  # region -> share of the image it covers
-    agreement: pd.DataFrame  # index class, columns "A / B": mean Spearman rho of the two methods' maps
-    agreement_all: pd.Series  # "A / B" -> mean rho over all faces
-    outside_all: pd.Series  # method -> mean share of the mass outside the face, over all faces
-    faces: dict[str, int]  # class -> number of faces behind its rows
+    Shares are fractions of a map's mass (0.05 = 5 percentage points); low / high bound the 95% bootstrap interval
+    over faces of the difference; verdict is "more", "less" or "no clear difference".
+    """
+
+    vs_random: pd.DataFrame  # index (method, region): trained, randomised, difference, low, high, verdict
+    vs_classes: pd.DataFrame  # index (class, method, region): share, all_classes, excess, low, high, verdict
+    area: dict[str, float]  # region -> mean share of the frame it covers
+    faces: dict[str, int]  # class -> faces (classes with fewer than MIN_FACES have no rows in vs_classes)
     methods: list[str]
+    voters: list[str]  # the methods that pass the sanity check: only they count in the summary
 
-    def concentration(self):
-        """shares / area: above 1 means a region gets more attribution than its size alone would give it."""
-        return self.shares / self.shares.columns.map(self.area).to_numpy()
+    def _consensus(self, verdicts: dict[str, str]) -> str | None:
+        """"more" / "less" when more than half of the voters say it and none says the opposite, else None."""
+        said = [verdicts[m] for m in self.voters if m in verdicts]
+        for word, other in (("more", "less"), ("less", "more")):
+            if said.count(word) > len(self.voters) / 2 and other not in said:
+                return word
+        return None
 
-    def top_regions(self):
-        """DataFrame class x method: the region with the most attribution for its size."""
-        import pandas as pd
+    def random_consensus(self) -> dict[str, str | None]:
+        """region -> "more" / "less" / None: the voters' verdict on trained vs randomised network."""
+        return {r: self._consensus(self.vs_random.xs(r, level=1)["verdict"].to_dict()) for r in LANDMARK_REGIONS}
 
-        rows = {c: {m: top_region(self.shares.loc[(c, m)].to_dict(), self.area) for m in self.methods}
-                for c in self.faces}
-        return pd.DataFrame(rows).T[self.methods]
-
-    def consensus(self, cls: str) -> tuple[str | None, int]:
-        """(the region most methods pick for ``cls``, how many pick it); ties go to the higher mean ratio."""
-        picks = [r for r in self.top_regions().loc[cls] if r is not None]
-        if not picks:
-            return None, 0
-        mean_ratio = self.concentration().xs(cls, level=0).mean()
-        best = max(set(picks), key=lambda r: (picks.count(r), mean_ratio[r]))
-        return best, picks.count(best)
-
-    def distinctive_regions(self) -> dict[str, tuple[str, float]]:
-        """class -> (region, excess): where the class's maps (mean over methods) hold the largest share of their
-        mass above the mean of the other classes; ``excess`` is that difference (a share, e.g. 0.06)."""
-        mean = self.shares.groupby(level=0, sort=False).mean()  # class x region, mean over methods
+    def class_consensus(self) -> dict[str, dict[str, str]]:
+        """class -> {region: "more" / "less"} for the regions where the voters agree against the all-class mean."""
         out = {}
-        for cls in mean.index:
-            others = mean.drop(index=cls)
-            if len(others):
-                excess = mean.loc[cls] - others.mean()
-                out[cls] = (str(excess.idxmax()), float(excess.max()))
+        for cls in dict.fromkeys(self.vs_classes.index.get_level_values(0)):
+            rows = self.vs_classes.xs(cls, level=0)
+            found = {r: self._consensus(rows.xs(r, level=1)["verdict"].to_dict()) for r in LANDMARK_REGIONS}
+            out[cls] = {r: v for r, v in found.items() if v}
         return out
 
-    def agreement_matrix(self):
-        """Methods x methods: mean rank correlation over all faces (1 on the diagonal)."""
-        import pandas as pd
+    def _agreeing(self, rows, word: str) -> list[float]:
+        values = rows["difference" if "difference" in rows else "excess"]
+        return sorted(float(v) for v, w in zip(values, rows["verdict"]) if w == word)
 
-        m = pd.DataFrame(np.eye(len(self.methods)), index=self.methods, columns=self.methods)
-        for a, b in itertools.combinations(self.methods, 2):
-            m.loc[a, b] = m.loc[b, a] = self.agreement_all[_pair(a, b)]
-        return m
+    def random_sentence(self) -> str:
+        """What the trained network's maps do beyond a randomised network's, by the voters' consensus."""
+        found = self.random_consensus()
+        parts = []
+        for word in ("more", "less"):
+            regions = [r for r, v in found.items() if v == word]
+            if regions:
+                bits = []
+                for r in regions:
+                    values = self._agreeing(self.vs_random.xs(r, level=1).loc[self.voters], word)
+                    bits.append(f"the {REGION_LABELS[r]} ({_spread(values)})")
+                parts.append(f"{word} of their mass on {_names(bits)}")
+        unclear = [REGION_LABELS[r] for r, v in found.items() if v is None]
+        text = ("Against the same method on a randomly initialised network, which carries the same centre bias, "
+                f"most of the {len(self.voters)} methods that pass the sanity check, and none against, put "
+                + ("; ".join(parts) if parts else "no region clearly more or less of their mass"))
+        if parts and unclear:
+            text += f" (no clear difference for the {_names(unclear)})"
+        return text + "."
 
-    def class_sentences(self) -> list[str]:
-        """The per-class discussion: top region per method, what sets the class apart, agreement, mass off the face."""
-        tops = self.top_regions()
-        outside = self.shares["outside_face"]
-        special = self.distinctive_regions()
-        lines = []
-        for cls in CLASS_NAMES:
-            if cls not in self.faces:
-                lines.append(f"**{cls}**: no correctly classified validation face, so nothing to attribute.")
+    def class_sentence(self) -> str:
+        """Which regions set each class apart from the mean over all classes, by the voters' consensus."""
+        found = self.class_consensus()
+        clear, unclear = [], []
+        for cls, regions in found.items():
+            if not regions:
+                unclear.append(cls)
                 continue
-            n = self.faces[cls]
-            parts = [f"**{cls}** ({n} face{'s' if n != 1 else ''})."]
-            by_region: dict[str | None, list[str]] = {}
-            for m in self.methods:
-                by_region.setdefault(tops.loc[cls, m], []).append(m)
-            parts.append("Most attribution for its size: " + ", ".join(
-                f"the {REGION_LABELS[r]} ({', '.join(ms)})" if r else f"no region ({', '.join(ms)}: empty maps)"
-                for r, ms in sorted(by_region.items(), key=lambda kv: -len(kv[1]))) + ".")
-            if cls in special:
-                region, excess = special[cls]
-                parts.append(f"Against the other classes, most extra weight on the {REGION_LABELS[region]} "
-                             f"({excess * 100:+.0f} percentage points of the mass, mean over the methods).")
-            rho = self.agreement.loc[cls].dropna()
-            if len(rho):
-                parts.append(f"Agreement between methods: {_agreement_word(rho.mean()).removesuffix('ly')} (mean "
-                             f"Spearman ρ {rho.mean():.2f} over {len(rho)} pairs, from {rho.min():.2f} for "
-                             f"{rho.idxmin()} to {rho.max():.2f} for {rho.idxmax()}).")
-            out = outside.xs(cls, level=0).dropna()
-            if len(out):
-                parts.append(f"Mass outside the face ({self.area['outside_face']:.0%} of the image): from "
-                             f"{out.min():.0%} ({out.idxmin()}) to {out.max():.0%} ({out.idxmax()}).")
-            lines.append(" ".join(parts))
-        return lines
-
-    def answer(self) -> str:
-        """1-3 sentences: where the model looks per class, whether the methods agree, what falls off the face."""
-        groups: dict[str, list[str]] = {}
-        split = []
-        for cls in self.faces:
-            region, count = self.consensus(cls)
-            if region is not None and count > len(self.methods) / 2:
-                groups.setdefault(region, []).append(cls)
-            else:
-                split.append(cls)
-        classes = list(self.faces)
-        first = ("Relative to its size, the region that draws the most attribution (for most of the "
-                 f"{len(self.methods)} methods) is {_grouped(groups, classes)}" if groups else
-                 "No region draws the most attribution for most methods in any class")
-        if split:
-            first += f"{'; ' if groups else ': '}the methods split on {_names(split)}"
-        special: dict[str, list[str]] = {}
-        for cls, (region, _) in self.distinctive_regions().items():
-            special.setdefault(region, []).append(cls)
-        if special:
-            first += ("; set against the other classes, the maps put the most extra weight on "
-                      + _grouped(special, classes))
-        first += "."
-        rho = self.agreement_all.dropna()
-        second = (f"On the same face the methods agree {_agreement_word(rho.mean())} (mean Spearman ρ "
-                  f"{rho.mean():.2f}; highest for {rho.idxmax()}, {rho.max():.2f}; lowest for {rho.idxmin()}, "
-                  f"{rho.min():.2f}), " if len(rho) else "")
-        worst = self.outside_all.idxmax()
-        share, area = self.outside_all[worst], self.area["outside_face"]
-        third = (f"{worst} puts {share:.0%} of its mass outside the face oval, {'more' if share > area else 'less'} "
-                 f"than the {area:.0%} of the image that lies there.")
-        return first + " " + (second + "and " + third if second else third)
+            rows = self.vs_classes.xs(cls, level=0)
+            parts = []
+            for word in ("more", "less"):
+                bits = [f"the {REGION_LABELS[r]} ({_spread(self._agreeing(rows.xs(r, level=1).loc[self.voters], w))})"
+                        for r, w in regions.items() if w == word]
+                if bits:
+                    parts.append(f"{word} on {_names(bits)}")
+            clear.append(f"{cls}'s maps hold " + " and ".join(parts))
+        few = [c for c in self.faces if c not in found] + [c for c in CLASS_NAMES if c not in self.faces]
+        text = ("Against the mean map of all classes, " + "; ".join(clear) if clear else
+                "Against the mean map of all classes, no class puts clearly more or less of its mass on any region")
+        if unclear:
+            text += f"; no clear difference for {_names(unclear)}"
+        if few:
+            text += f" ({_names(few)}: fewer than {MIN_FACES} correctly classified faces, no verdict)"
+        return text + "."
 
 
-def attribution_findings(maps: dict[str, np.ndarray], labels: np.ndarray,
-                         regions: dict[str, np.ndarray] | None = None) -> AttributionFindings:
-    """Findings from every method's maps (B, H, W) of the same faces, with their class labels (B,)."""
+def _spread(values: list[float]) -> str:
+    """'+4.1 pp' or '+4.1 to +6.0 pp by method' for the mean differences of the methods that agree."""
+    low, high = _pp(values[0]), _pp(values[-1])
+    return f"{low} pp" if low == high else f"{low} to {high} pp by method"
+
+
+def region_findings(maps: dict[str, np.ndarray], random_maps: dict[str, np.ndarray], regions: dict[str, np.ndarray],
+                    labels: np.ndarray, flagged=(), n_boot: int = BOOTSTRAP, seed: int = 0) -> RegionFindings:
+    """Findings from every method's maps (N, H, W) of the trained and the randomised network on the same faces,
+    their per-face regions ({region: (N, H, W)}) and class labels (N,); ``flagged`` methods do not vote."""
     import pandas as pd
 
-    methods = list(maps)
     labels = np.asarray(labels)
-    regions = regions or face_regions(next(iter(maps.values())).shape[-1])
-    per_method = {m: region_shares(maps[m], regions) for m in methods}
-    present = [int(c) for c in np.unique(labels)]
-    rows = {(CLASS_NAMES[c], m): {r: float(np.nanmean(v[labels == c])) if np.isfinite(v[labels == c]).any()
-                                  else np.nan for r, v in per_method[m].items()}
-            for c in present for m in methods}
-    shares = pd.DataFrame(rows).T
-    shares.index.names = ["class", "method"]
-    rho = {_pair(a, b): rank_correlation(maps[a], maps[b]) for a, b in itertools.combinations(methods, 2)}
-    with warnings.catch_warnings():  # a class whose maps are all constant has no mean rho: nan
-        warnings.simplefilter("ignore", RuntimeWarning)
-        agreement = pd.DataFrame({CLASS_NAMES[c]: {p: np.nanmean(v[labels == c]) for p, v in rho.items()}
-                                  for c in present}).T
-        agreement_all = pd.Series({p: np.nanmean(v) for p, v in rho.items()}, dtype=float)
-        outside_all = pd.Series({m: np.nanmean(per_method[m]["outside_face"]) for m in methods}, dtype=float)
-    return AttributionFindings(shares, {r: float(mask.mean()) for r, mask in regions.items()}, agreement,
-                               agreement_all, outside_all,
-                               {CLASS_NAMES[c]: int((labels == c).sum()) for c in present}, methods)
+    methods = list(maps)
+    rng = np.random.default_rng(seed)
+    n = len(labels)
+    paired = rng.integers(0, n, (n_boot, n))  # one resampling of the faces for every method and region
+    counts = {CLASS_NAMES[c]: int((labels == c).sum()) for c in np.unique(labels)}
+    kept = [c for c in np.unique(labels) if (labels == c).sum() >= MIN_FACES]
+    within = {c: np.flatnonzero(labels == c)[rng.integers(0, (labels == c).sum(), (n_boot, (labels == c).sum()))]
+              for c in kept}  # stratified: resample each class's faces within the class
+    random_rows, class_rows = {}, {}
+    for m in methods:
+        trained = np.stack([region_shares(maps[m], regions)[r] for r in LANDMARK_REGIONS], 1)  # (N, R)
+        randomised = np.stack([region_shares(random_maps[m], regions)[r] for r in LANDMARK_REGIONS], 1)
+        diff = trained - randomised
+        low, high = _interval(_nanmean(diff[paired], 1))
+        mean_t, mean_r, mean_d = _nanmean(trained, 0), _nanmean(randomised, 0), _nanmean(diff, 0)
+        for j, r in enumerate(LANDMARK_REGIONS):
+            random_rows[(m, r)] = {"trained": mean_t[j], "randomised": mean_r[j], "difference": mean_d[j],
+                                   "low": low[j], "high": high[j], "verdict": verdict(low[j], high[j])}
+        if not kept:
+            continue
+        means = {c: _nanmean(trained[labels == c], 0) for c in kept}  # (R,) per class
+        boot = {c: _nanmean(trained[within[c]], 1) for c in kept}  # (n_boot, R) per class
+        baseline, boot_baseline = np.mean(list(means.values()), 0), np.mean(list(boot.values()), 0)
+        for c in kept:
+            low, high = _interval(boot[c] - boot_baseline)
+            for j, r in enumerate(LANDMARK_REGIONS):
+                class_rows[(CLASS_NAMES[c], m, r)] = {
+                    "share": means[c][j], "all_classes": baseline[j], "excess": means[c][j] - baseline[j],
+                    "low": low[j], "high": high[j], "verdict": verdict(low[j], high[j])}
+    vs_random = pd.DataFrame(random_rows).T
+    vs_random.index.names = ["method", "region"]
+    columns = ["share", "all_classes", "excess", "low", "high", "verdict"]
+    vs_classes = pd.DataFrame(class_rows).T if class_rows else pd.DataFrame(columns=columns)
+    if class_rows:
+        vs_classes.index.names = ["class", "method", "region"]
+    for table in (vs_random, vs_classes):
+        for col in table.columns:
+            if col != "verdict":
+                table[col] = table[col].astype(float)
+    area = {r: float(np.mean(v)) for r, v in region_area(regions).items()}
+    return RegionFindings(vs_random, vs_classes, area, counts, methods, [m for m in methods if m not in set(flagged)])
+
+
+def random_table(findings: RegionFindings):
+    """Regions x methods: 'trained - randomised share in pp [95% interval]', for display."""
+    t = findings.vs_random
+    cells = {m: {REGION_LABELS[r]: f"{_pp(t.loc[(m, r), 'difference'])} [{_pp(t.loc[(m, r), 'low'])}, "
+                 f"{_pp(t.loc[(m, r), 'high'])}]" for r in LANDMARK_REGIONS} for m in findings.methods}
+    import pandas as pd
+
+    return pd.DataFrame(cells)
+
+
+# ------------------------------------------------------------------------------------------ faithfulness
+
+
+def _perturbed(grey: np.ndarray, blurred: np.ndarray, rank: np.ndarray, fractions, insert: bool) -> np.ndarray:
+    """(N, F, 48, 48): the faces with the first k = fraction * pixels of their order removed (blurred), or, with
+    ``insert``, the blurred faces with those pixels revealed."""
+    n, h, w = grey.shape
+    ks = np.round(np.asarray(fractions) * h * w).astype(int)
+    chosen = rank.reshape(n, 1, h * w) < ks.reshape(1, -1, 1)  # (N, F, P)
+    src, dst = (grey, blurred) if insert else (blurred, grey)
+    return np.where(chosen, src.reshape(n, 1, -1), dst.reshape(n, 1, -1)).reshape(n, len(ks), h, w)
+
+
+def pixel_ranks(maps: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """(N, P) rank of each pixel in its map's order, most attributed first; ties broken at random."""
+    flat = maps.reshape(len(maps), -1).astype(np.float64)
+    order = np.lexsort((rng.random(flat.shape), -flat), axis=1)  # by attribution, then by a random key
+    rank = np.empty_like(order)
+    np.put_along_axis(rank, order, np.arange(flat.shape[1])[None].repeat(len(flat), 0), axis=1)
+    return rank
+
+
+@dataclass
+class Faithfulness:
+    """Deletion and insertion curves (Petsiuk et al. 2018): the explained class's probability as pixels are removed
+    (replaced by the blurred face) or revealed (on the blurred face) in attribution order, and in a random order."""
+
+    fractions: np.ndarray  # (F,) shares of the pixels removed / revealed
+    curves: dict[str, dict[str, np.ndarray]]  # "deletion" / "insertion" -> order ("random" too) -> (N, F)
+    table: pd.DataFrame  # index method: AUCs and gains over the random order, with 95% intervals
+    methods: list[str]
+
+    def faithful(self) -> dict[str, list[str]]:
+        """"both" / "deletion" / "insertion" / "neither" -> methods: where the gain's interval lies above 0."""
+        out: dict[str, list[str]] = {k: [] for k in ("both", "deletion", "insertion", "neither")}
+        for m in self.methods:
+            d, i = self.table.loc[m, "deletion gain low"] > 0, self.table.loc[m, "insertion gain low"] > 0
+            out["both" if d and i else "deletion" if d else "insertion" if i else "neither"].append(m)
+        return out
+
+    def display_table(self):
+        """The table as strings: AUCs, and gains with their 95% intervals."""
+        import pandas as pd
+
+        t = self.table
+        def gain(m, kind):
+            return (f"{t.loc[m, f'{kind} gain']:+.3f} [{t.loc[m, f'{kind} gain low']:+.3f}, "
+                    f"{t.loc[m, f'{kind} gain high']:+.3f}]")
+
+        rows = {}
+        for m in self.methods:
+            rows[m] = {"deletion AUC (lower is better)": f"{t.loc[m, 'deletion AUC']:.3f}",
+                       "deletion gain over random": gain(m, "deletion"),
+                       "insertion AUC (higher is better)": f"{t.loc[m, 'insertion AUC']:.3f}",
+                       "insertion gain over random": gain(m, "insertion")}
+        rows["random order"] = {"deletion AUC (lower is better)": f"{t['random deletion AUC'].iloc[0]:.3f}",
+                                "deletion gain over random": "",
+                                "insertion AUC (higher is better)": f"{t['random insertion AUC'].iloc[0]:.3f}",
+                                "insertion gain over random": ""}
+        return pd.DataFrame(rows).T
+
+    def sentence(self) -> str:
+        """Which methods order the pixels better than chance, for this model."""
+        groups = self.faithful()
+        t = self.table
+        best = max(self.methods, key=lambda m: t.loc[m, "deletion gain"] + t.loc[m, "insertion gain"])
+        parts = []
+        if groups["both"]:
+            parts.append(f"{_names(groups['both'])} beat{'s' if len(groups['both']) == 1 else ''} a random order on "
+                         "both deletion and insertion (the 95% interval of the gain lies above zero)")
+        for kind in ("deletion", "insertion"):
+            if groups[kind]:
+                parts.append(f"{_names(groups[kind])} only on {kind}")
+        if groups["neither"]:
+            parts.append(f"{_names(groups['neither'])} on neither")
+        return (_capital(_names(parts)) + f". The largest combined gain is {best}'s "
+                f"(deletion {t.loc[best, 'deletion gain']:+.3f}, insertion {t.loc[best, 'insertion gain']:+.3f} "
+                "in area under the probability curve).")
+
+
+def faithfulness(model: nn.Module, faces: np.ndarray, target, maps: dict[str, np.ndarray], input_size: int = 48,
+                 fractions=FRACTIONS, sigma: float = BLUR_SIGMA, n_boot: int = BOOTSTRAP, seed: int = 0
+                 ) -> Faithfulness:
+    """Deletion and insertion curves of uint8 ``faces`` (N, 48, 48) for classes ``target`` (N,) in the order of
+    each method's maps (N, 48, 48), and in a random order (one seeded permutation per face)."""
+    import pandas as pd
+    from scipy.ndimage import gaussian_filter
+
+    from .inference import predict_logits
+
+    faces = np.asarray(faces)
+    target = np.asarray(target)
+    grey = faces.astype(np.float32) / 255.0
+    blurred = gaussian_filter(grey, sigma=(0, sigma, sigma), mode="nearest")
+    rng = np.random.default_rng(seed)
+    ranks = {m: pixel_ranks(v, rng) for m, v in maps.items()}
+    ranks["random"] = pixel_ranks(np.zeros_like(grey), rng)  # all ties: a random order
+    fractions = np.asarray(fractions, dtype=np.float64)
+    curves: dict[str, dict[str, np.ndarray]] = {"deletion": {}, "insertion": {}}
+    for kind, out in curves.items():
+        for name, rank in ranks.items():
+            images = _perturbed(grey, blurred, rank, fractions, insert=kind == "insertion")
+            logits = predict_logits(model, torch.from_numpy(images.reshape(-1, *grey.shape[1:])), input_size)
+            probs = torch.softmax(logits, 1).numpy().reshape(len(grey), len(fractions), -1)
+            out[name] = probs[np.arange(len(grey)), :, target]
+    auc = {k: {name: np.trapezoid(c, fractions, axis=1) for name, c in v.items()} for k, v in curves.items()}
+    resample = rng.integers(0, len(grey), (n_boot, len(grey)))
+    rows = {}
+    for m in maps:
+        gains = {"deletion": auc["deletion"]["random"] - auc["deletion"][m],  # a faster fall is better
+                 "insertion": auc["insertion"][m] - auc["insertion"]["random"]}  # a faster rise is better
+        row = {}
+        for kind, g in gains.items():
+            low, high = _interval(g[resample].mean(1))
+            row |= {f"{kind} AUC": auc[kind][m].mean(), f"random {kind} AUC": auc[kind]["random"].mean(),
+                    f"{kind} gain": g.mean(), f"{kind} gain low": float(low), f"{kind} gain high": float(high)}
+        rows[m] = row
+    return Faithfulness(fractions, curves, pd.DataFrame(rows).T, list(maps))
 
 
 # ------------------------------------------------------------------------------------------ sanity check
@@ -461,18 +606,29 @@ def _reinitialise(model: nn.Module, names: tuple[str, ...]) -> None:
                 module.reset_running_stats()
 
 
-def cascading_randomization(model: nn.Module, x: torch.Tensor, target: torch.Tensor, methods: dict | None = None,
+def randomised_copy(model: nn.Module, seed: int = 0) -> nn.Module:
+    """An eval-mode copy with every layer re-initialised, top down, from a private generator seeded with ``seed``:
+    the network of the sanity check's last step (the control that keeps the architecture, not what it learned)."""
+    twin = copy.deepcopy(model).eval()
+    with seeded(model_device(model), seed):
+        for _, names in RANDOMIZATION_ORDER:
+            _reinitialise(twin, names)
+    return twin
+
+
+def cascading_randomization(model: nn.Module, faces, target, input_size: int = 48, methods: dict | None = None,
                             seed: int = 0):
     """Adebayo et al. 2018: re-initialise layers from the top down, one stage at a time, and measure how
     much each method's maps still resemble the trained model's (mean Spearman rank correlation).
 
-    The new weights come from a private generator state seeded with ``seed`` (the global one is untouched).
-    Returns a DataFrame: rows "randomised down to <stage>", columns methods.
+    The new weights come from a private generator state seeded with ``seed`` (the global one is untouched); the
+    last step's network is :func:`randomised_copy` with the same seed. Returns a DataFrame: rows
+    "randomised down to <stage>", columns methods.
     """
     import pandas as pd
 
     methods = methods or METHODS
-    reference = {name: fn(model, x, target) for name, fn in methods.items()}
+    reference = {name: fn(model, faces, target, input_size) for name, fn in methods.items()}
     randomized = copy.deepcopy(model).eval()
     rows = {}
     with seeded(model_device(model), seed):
@@ -480,7 +636,7 @@ def cascading_randomization(model: nn.Module, x: torch.Tensor, target: torch.Ten
             _reinitialise(randomized, names)
             rows[stage] = {}
             for name, fn in methods.items():
-                rho = rank_correlation(reference[name], fn(randomized, x, target))
+                rho = rank_correlation(reference[name], fn(randomized, faces, target, input_size))
                 rows[stage][name] = float(np.nanmean(rho)) if np.isfinite(rho).any() else np.nan
     table = pd.DataFrame(rows).T
     table.index.name = "randomised down to"
@@ -494,5 +650,21 @@ def insensitive_methods(table, threshold: float = SANITY_THRESHOLD) -> list[str]
 
 def sanity_notes(threshold: float = SANITY_THRESHOLD) -> str:
     """How the sanity check is read, with its threshold."""
-    return (f"A method that reflects the model should fall toward 0; a method still above {threshold:g} once "
-            "`layer4` and `layer3` are random is flagged.")
+    return (f"A method that reflects the model should fall toward 0; a method still above {threshold:g} once the "
+            "last two residual stages are random is flagged, and does not count in the region findings below.")
+
+
+def answer(regions: RegionFindings, faith: Faithfulness, flagged: list[str]) -> str:
+    """The page's short answer: the sanity check's verdict, the region findings that survive their controls, and
+    which methods are faithful to this model."""
+    one = len(flagged) == 1
+    fails = (f"{_names(flagged)} fail{'s' if one else ''} the randomisation sanity check and do{'es' if one else ''} "
+             "not count. " if flagged else "Every method passes the sanity check. ")
+    text = _capital(fails) + regions.random_sentence() + " " + regions.class_sentence() + " " + faith.sentence()
+    good = set(faith.faithful()["both"])
+    caught = [m for m in flagged if m in good]
+    if caught:
+        text += (f" {_capital(_names(caught))} also orders pixels well, although its maps barely depend on the learned "
+                 "weights: removing a face's edges first hurts any classifier, so these curves do not replace the "
+                 "sanity check.")
+    return text

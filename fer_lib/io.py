@@ -14,6 +14,8 @@ from pathlib import Path
 
 from . import ConfigError
 
+# image files read from folders: FER2013 layouts of one image per face, and photos to classify (Pillow reads all)
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".pgm", ".gif", ".webp", ".tif", ".tiff")
 FILE_MODE = 0o644  # what atomic_write gives its files: mkstemp makes 0600 ones, unreadable to other users
 
 
@@ -36,6 +38,16 @@ def file_sha256(path: Path) -> str:
     """Hex sha256 of a file's bytes (the one hash helper: data files, weights, shipped models)."""
     with open(path, "rb") as f:
         return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def array_sha256(*arrays) -> str:
+    """Hex sha256 of arrays' bytes, one after the other (C order): the fingerprint of faces held in memory."""
+    import numpy as np
+
+    h = hashlib.sha256()
+    for a in arrays:
+        h.update(np.ascontiguousarray(a).tobytes())
+    return h.hexdigest()
 
 
 def default_cache_dir() -> Path:
@@ -85,15 +97,15 @@ def exclusive_lock(lock_path: Path, what: str, wait: bool = True):
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             f.seek(0)
-            holder = f.read().strip() or "another process"
+            holder = f.read().strip() or "another process (it did not say what it is doing)"
             if not wait:
-                raise LockBusy(f"{lock_path}: {holder} is {what}; try again when it is done "
+                raise LockBusy(f"{lock_path}: held by {holder}; try again when it is done "
                                "(or leave out --no-wait to wait for it)") from None
-            print(f"waiting for {holder}, which is {what} ({lock_path})", file=sys.stderr, flush=True)
+            print(f"waiting for {holder} ({lock_path})", file=sys.stderr, flush=True)
             fcntl.flock(f, fcntl.LOCK_EX)
         f.seek(0)
         f.truncate()
-        f.write(f"pid {os.getpid()} ({' '.join(sys.argv)[:200]}, since {time.strftime('%H:%M:%S')})\n")
+        f.write(f"pid {os.getpid()} ({' '.join(sys.argv)[:200]}, since {time.strftime('%H:%M:%S')}), {what}\n")
         f.flush()
         try:
             yield

@@ -30,7 +30,8 @@ class Check:
 
     def __str__(self) -> str:
         status = "OK" if self.passed else "FAILED"
-        return f"{status}: {self.name}: {self.cases} random cases, largest error {self.max_error:.2e} (tolerance {self.tolerance:.0e})"
+        return (f"{status}: {self.name}: {self.cases} random cases, largest error {self.max_error:.2e} "
+                f"(tolerance {self.tolerance:.0e})")
 
 
 # ---------------------------------------------------------------------------------------------- convolution
@@ -67,7 +68,40 @@ def verify_conv_shapes(cases: int = 300, seed: int = 0) -> Check:
             out = conv(torch.zeros(b, c_in, w, h))
         torch_shape = (out.shape[0], out.shape[2], out.shape[3], out.shape[1])
         mismatches += torch_shape != conv2d_output_shape(b, w, h, c_out, k, s, p)
-    return Check("Conv2D output shape vs nn.Conv2d", cases, float(mismatches), 0.0)
+    return Check("convolution output shape vs PyTorch", cases, float(mismatches), 0.0)
+
+
+def conv_shape_table(model: torch.nn.Module, input_size: int):
+    """The formula applied to every convolution of ``model`` (and its max-pool, whose output size follows the same
+    formula) for one face at ``input_size``: one row per layer, in the order the data flows.
+
+    Each row gives the layer's input side, kernel, stride and padding, the formula worked out, the side PyTorch
+    produces, and the side in Q1's layer table (``model.layer_rows`` at the same input size); ``matches`` says all
+    three agree. Square inputs and kernels: W and H follow the same steps.
+    """
+    import pandas as pd
+
+    from .model import layer_rows, traced_shapes
+
+    seen = traced_shapes(model, input_size, lambda m: isinstance(m, (torch.nn.Conv2d, torch.nn.MaxPool2d)))
+    table_sides = {row["layer"]: row["output (C, H, W)"] for _, row in layer_rows(model, input_size)[0].iterrows()}
+    rows = []
+    for name, (shape_in, shape_out) in seen.items():
+        m = model.get_submodule(name)
+        pair = lambda v: v if isinstance(v, tuple) else (v, v)  # noqa: E731
+        (k, _), (s, _), (p, _) = pair(m.kernel_size), pair(m.stride), pair(m.padding)
+        side = shape_in[-1]
+        out_channels = m.out_channels if isinstance(m, torch.nn.Conv2d) else shape_in[0]
+        _, formula_side, _, _ = conv2d_output_shape(1, side, side, out_channels, (k, k), (s, s), (p, p))
+        q1 = table_sides.get(name, "")
+        q1_side = int(q1.split("x")[-1]) if q1 else None
+        rows.append({"layer": name, "kind": "convolution" if isinstance(m, torch.nn.Conv2d) else "max-pool",
+                     "input side": side, "k, s, p": f"{k}, {s}, {p}",
+                     "formula": f"\u230a({side} + 2\u00b7{p} \u2212 {k}) / {s}\u230b + 1 = {formula_side}",
+                     "output (C, H, W)": f"{out_channels}x{formula_side}x{formula_side}",
+                     "PyTorch": "x".join(map(str, shape_out)), "Q1's table": q1,
+                     "matches": formula_side == shape_out[-1] == q1_side})
+    return pd.DataFrame(rows)
 
 
 # ---------------------------------------------------------------------------------------------- batch norm
@@ -122,7 +156,7 @@ def verify_batchnorm(cases: int = 200, seed: int = 0, tolerance: float = 1e-10) 
         (r * F.batch_norm(x2, None, None, g2, b2, training=True, eps=1e-5)).sum().backward()
         for key, t in (("x", x2), ("gamma", g2), ("beta", b2)):
             worst = max(worst, (closed[key] - t.grad).abs().max().item())
-    return Check("batch-norm gradients vs autograd (float64)", cases, worst, tolerance)
+    return Check("batch-norm gradients vs automatic differentiation (double precision)", cases, worst, tolerance)
 
 
 # ---------------------------------------------------------------------------------------------- softmax + CE
@@ -142,15 +176,23 @@ def verify_softmax_cross_entropy(cases: int = 200, seed: int = 0, tolerance: flo
         target = torch.randint(0, k, (n,), generator=g)
         F.cross_entropy(z, target, reduction="sum").backward()
         worst = max(worst, (softmax_cross_entropy_gradient(z.detach(), target) - z.grad).abs().max().item())
-    return Check("softmax + cross-entropy gradient vs autograd (float64)", cases, worst, tolerance)
+    return Check("softmax + cross-entropy gradient vs automatic differentiation (double precision)", cases, worst,
+                 tolerance)
 
 
-def checks_answer(checks: list[Check]) -> str:
-    """One sentence for the report's index: whether every closed form matched PyTorch, and how closely."""
+def checks_answer(checks: list[Check], shapes=None, input_size: int | None = None) -> str:
+    """The page's short answer: whether every closed form matched PyTorch, how closely, and (given Q1's
+    ``conv_shape_table``) that the convolution formula reproduces every shape of the model at ``input_size``."""
     failed = [c.name for c in checks if not c.passed]
     if failed:
         return "**Not verified:** " + "; ".join(failed) + " disagreed with PyTorch."
     parts = [f"{c.name} ({c.cases} random cases, largest error {c.max_error:.0e})" for c in checks]
-    return ("The three derivations (convolution output shape, batch-norm gradients, softmax + cross-entropy "
-            "gradient `softmax(z) - onehot(y)`) are worked step by step, and each closed form matches PyTorch: "
-            + "; ".join(parts) + ".")
+    text = ("The three derivations (convolution output shape, batch-norm gradients, softmax + cross-entropy "
+            "gradient softmax(z) minus the one-hot target) are worked step by step, and each closed form matches "
+            "PyTorch: " + "; ".join(parts) + ".")
+    if shapes is not None and len(shapes):
+        convs = int((shapes["kind"] == "convolution").sum())
+        verdict = "reproduces" if bool(shapes["matches"].all()) else "does NOT reproduce"
+        text += (f" Applied to all {convs} convolutions of the model at {input_size}x{input_size}, the shape formula "
+                 f"{verdict} every output shape of Q1's layer table.")
+    return text

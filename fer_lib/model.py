@@ -10,7 +10,6 @@ Preprocessing, applied to a uint8 batch (B, 48, 48) by :func:`preprocess`:
 """
 from __future__ import annotations
 
-import hashlib
 import warnings
 from pathlib import Path
 
@@ -19,6 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import NUM_CLASSES, ConfigError
+from .io import file_sha256
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -51,8 +51,7 @@ def resolve_weights(weights: str | Path | None, warn: bool = True) -> tuple[Path
         if not path.is_file():
             raise ConfigError(f"{path}: weights file not found (expected a ResNet18 state dict, "
                               "or 'imagenet' / 'random')")
-    with open(path, "rb") as f:
-        return path, "sha256:" + hashlib.file_digest(f, "sha256").hexdigest()
+    return path, "sha256:" + file_sha256(path)
 
 
 def build_model(weights: str | Path | None = "imagenet", dropout: float = 0.5) -> tuple[nn.Module, str]:
@@ -154,6 +153,25 @@ def stage_map_sides(model: nn.Module, input_size: int = 48) -> dict[str, int]:
     return sides
 
 
+def traced_shapes(model: nn.Module, input_size: int, selected) -> dict[str, tuple[tuple, tuple]]:
+    """{module name: (input shape, output shape) without the batch axis} for the modules ``selected(module)``
+    picks, in the order one face of ``input_size`` flows through them (the model is left in its mode)."""
+    shapes = {}
+    hooks = [module.register_forward_hook(
+        lambda m, inp, out, name=name: shapes.__setitem__(name, (tuple(inp[0].shape[1:]), tuple(out.shape[1:]))))
+        for name, module in model.named_modules() if selected(module)]
+    was_training = model.training
+    try:
+        model.eval()
+        with torch.no_grad():
+            model(torch.zeros(1, 3, input_size, input_size, device=next(model.parameters()).device))
+    finally:
+        model.train(was_training)
+        for h in hooks:
+            h.remove()
+    return shapes
+
+
 def residual_structure(model: nn.Module, input_size: int = 48) -> list[dict]:
     """One row per residual block: its path, the shapes in and out, and what the skip connection carries.
 
@@ -161,29 +179,18 @@ def residual_structure(model: nn.Module, input_size: int = 48) -> list[dict]:
     relu(bn2(conv2(relu(bn1(conv1(x))))) + skip(x)), where skip is the identity, or a 1x1 stride-2
     conv + BN ("downsample") when the block changes resolution and width.
     """
-    rows, shapes = [], {}
-    hooks = []
-    for name, module in model.named_modules():
-        if type(module).__name__ == "BasicBlock":
-            hooks.append(module.register_forward_hook(
-                lambda m, inp, out, name=name: shapes.__setitem__(name, (tuple(inp[0].shape[1:]), tuple(out.shape[1:])))))
-    was_training = model.training
-    try:
-        model.eval()
-        with torch.no_grad():
-            model(torch.zeros(1, 3, input_size, input_size))
-    finally:
-        model.train(was_training)
-        for h in hooks:
-            h.remove()
+    rows = []
+    shapes = traced_shapes(model, input_size, lambda m: type(m).__name__ == "BasicBlock")
     for name, (shape_in, shape_out) in shapes.items():
         block = model.get_submodule(name)
         if block.downsample is not None:
             conv = block.downsample[0]
-            skip = f"downsample: Conv2d({conv.in_channels}, {conv.out_channels}, 1x1, stride {conv.stride[0]}) + BatchNorm2d"
+            skip = (f"downsample: Conv2d({conv.in_channels}, {conv.out_channels}, 1x1, stride {conv.stride[0]})"
+                    " + BatchNorm2d")
         else:
             skip = "identity"
-        rows.append({"block": name, "input (C, H, W)": shape_in, "output (C, H, W)": shape_out, "skip connection": skip})
+        rows.append({"block": name, "input (C, H, W)": shape_in, "output (C, H, W)": shape_out,
+                     "skip connection": skip})
     return rows
 
 

@@ -37,8 +37,18 @@ LIBRARIES = ("torch", "torchvision", "numpy", "pandas", "scikit-learn", "matplot
              "torchinfo", "papermill", "nbconvert")
 ANSWERS_FILE = "answers.json"  # per page: title, computed answer, thumbnail (kept across partial rebuilds)
 MODEL_FOLDER = "model"  # the run the pages were rendered from, shipped inside the report
+# The pages' own style: navigation and provenance lines; the notebook content capped at 960 px (figures are drawn
+# for plots.PAGE_WIDTH_PX, so no figure text falls under 9 px); formulas at body size (MathML's default math font
+# runs small beside the sans-serif text); tables and images never wider than the page; no text under 11 px.
 PAGE_STYLE = ("<style>.fer-nav{font:14px sans-serif;display:flex;gap:18px;padding:8px 16px;background:#f4f4f4;"
-              "border-bottom:1px solid #ddd}.fer-prov{font:12px sans-serif;color:#555;padding:4px 16px}</style>")
+              "border-bottom:1px solid #ddd}.fer-prov{font:12px sans-serif;color:#555;padding:4px 16px}"
+              "main,.jp-Notebook{max-width:960px;margin-left:auto;margin-right:auto}"
+              ".jp-RenderedHTMLCommon{font-size:15px}.jp-RenderedHTMLCommon table{font-size:13px}"
+              ".jp-OutputArea-output pre{font-size:13px}"
+              "math{font-size:1.15em;font-family:'STIX Two Math','Latin Modern Math','Cambria Math',math,serif}"
+              "math[display=block]{margin:0.6em 0;overflow-x:auto}"
+              ".jp-RenderedHTML img,.jp-RenderedImage img{max-width:100%;height:auto}"
+              ".jp-RenderedHTMLCommon{overflow-x:auto}</style>")
 
 
 def _selects(path: Path, name: str) -> bool:
@@ -75,7 +85,8 @@ def title_of(notebook: Path) -> str:
 
 
 def _tagged_outputs(nb, tag: str) -> list[dict]:
-    return [out for cell in nb.cells if tag in cell.get("metadata", {}).get("tags", []) for out in cell.get("outputs", [])]
+    return [out for cell in nb.cells if tag in cell.get("metadata", {}).get("tags", [])
+            for out in cell.get("outputs", [])]
 
 
 def page_answer(executed: Path) -> dict:
@@ -85,19 +96,24 @@ def page_answer(executed: Path) -> dict:
     nb = nbformat.read(executed, as_version=4)
     answer = " ".join(out["data"]["text/markdown"] for out in _tagged_outputs(nb, "answer")
                       if "text/markdown" in out.get("data", {}))
-    figure = next((out["data"]["image/png"] for out in _tagged_outputs(nb, "key-figure")
-                   if "image/png" in out.get("data", {})), None)
-    return {"answer": answer.strip(), "thumbnail": _thumbnail(figure) if figure else ""}
+    figure = next((out for out in _tagged_outputs(nb, "key-figure") if "image/png" in out.get("data", {})), None)
+    if figure is None:
+        return {"answer": answer.strip(), "thumbnail": "", "thumbnail_alt": ""}
+    # plots.show_figure puts the figure's alt text in the PNG's metadata (and as its plain-text form)
+    alt = figure.get("metadata", {}).get("image/png", {}).get("alt") or ""
+    # the index shows the key figure at the size the page does (a shrunken copy would make its text unreadable)
+    png = figure["data"]["image/png"]
+    return {"answer": answer.strip(), "thumbnail": "data:image/png;base64," + png, "thumbnail_alt": alt,
+            "thumbnail_width": _css_width(png)}
 
 
-def _thumbnail(png_base64: str, width: int = 320) -> str:
+def _css_width(png_base64: str) -> int:
+    """The width in CSS pixels at which plots.show_figure shows a PNG (its dpi maps to 96 CSS px per inch)."""
     from PIL import Image
 
-    image = Image.open(io.BytesIO(base64.b64decode(png_base64)))
-    image.thumbnail((width, width * 2))
-    buffer = io.BytesIO()
-    image.convert("RGB").save(buffer, "PNG", optimize=True)
-    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+    from .plots import FIGURE_DPI
+
+    return round(Image.open(io.BytesIO(base64.b64decode(png_base64))).size[0] * 96 / FIGURE_DPI)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -113,7 +129,8 @@ def banner_html(ctx: Context) -> str:
 
 def provenance_line(metrics: dict) -> str:
     train_hash = next(iter(metrics["data_files"].values()), "")[:12]
-    return (f"commit {metrics['git_commit'][:12]}{' (uncommitted changes)' if 'uncommitted' in metrics['git_commit'] else ''}"
+    return (f"commit {metrics['git_commit'][:12]}"
+            f"{' (uncommitted changes)' if 'uncommitted' in metrics['git_commit'] else ''}"
             f" · data sha256 {train_hash} · profile {metrics['profile']} · run {metrics['run_key']}"
             f" · built {metrics['built']}")
 
@@ -164,31 +181,38 @@ def initialisation_sentence(run: dict) -> str:
 def write_index(folder: Path, ctx: Context, pages: list[tuple[str, str]], answers: dict, metrics: dict) -> None:
     import mistune
 
+    from .evaluate import run_accuracy
+
     run = metrics.get("run", {})
     items = []
     for href, title in pages:
         entry = answers.get(Path(href).stem, {})
-        thumb = (f'<a href="{href}"><img src="{entry["thumbnail"]}" alt="key figure of {html.escape(title)}" '
-                 'style="width:240px;border:1px solid #ccc"></a>') if entry.get("thumbnail") else ""
+        alt = entry.get("thumbnail_alt") or f"the key figure of {title}"
+        width = entry.get("thumbnail_width") or 900
+        thumb = (f'<a href="{href}"><img src="{entry["thumbnail"]}" alt="{html.escape(alt)}" '
+                 f'style="width:{width}px;max-width:100%;height:auto;border:1px solid #ccc"></a>'
+                 ) if entry.get("thumbnail") else ""
         answer = mistune.html(entry["answer"]) if entry.get("answer") else ""
-        items.append(f'<section style="display:flex;gap:16px;margin:18px 0;align-items:flex-start">'
-                     f'<div style="flex:0 0 240px">{thumb}</div><div><h2 style="margin:0 0 6px;font-size:1.15em">'
-                     f'<a href="{href}">{html.escape(title)}</a></h2>{answer}</div></section>')
-    best, best_tta = run.get("best_val_acc"), run.get("best_val_acc_tta")
-    accuracy = (f"Best validation accuracy {best:.1%}" + (f" ({best_tta:.1%} with flip test-time augmentation)"
-                if isinstance(best_tta, float) else "") + f" on {run.get('val_faces', 0):,} held-out training faces. "
-                if isinstance(best, float) else "")
+        items.append(f'<section style="margin:22px 0"><h2 style="margin:0 0 6px;font-size:1.15em">'
+                     f'<a href="{href}">{html.escape(title)}</a></h2>{answer}{thumb}</section>')
+    figures = run_accuracy(run)  # the same figures every page quotes, from the run's record
+    grouped = metrics["config"]["config"].get("split") == "grouped"
+    accuracy = (figures.sentence() + " The validation faces are held-out training faces"
+                + ("; no copy of any of them (exact or near) is in the training part. " if grouped else ". ")
+                ) if figures else ""
     cfg = metrics["config"]["config"]
     size = cfg["input_size"]
     size_text = f"faces upsampled from 48x48 to {size}x{size}" if size != 48 else "faces at their own 48x48"
-    extra = '<li><a href="predictions.csv">predictions.csv</a> (test set, id,label)</li>' if metrics.get("predictions") else ""
+    extra = ('<li><a href="predictions.csv">predictions.csv</a> (test set, id,label)</li>'
+             if metrics.get("predictions") else "")
     page = f"""<!doctype html><html><head><meta charset="utf-8">
 <title>FER report: {html.escape(ctx.dataset.name)}</title>
-<style>body{{font:16px/1.5 sans-serif;max-width:960px;margin:0 auto;padding:0 16px 40px}} code{{background:#eee;padding:1px 4px}}
+<style>body{{font:16px/1.5 sans-serif;max-width:960px;margin:0 auto;padding:0 16px 40px}} \
+code{{background:#eee;padding:1px 4px}}
 section p{{margin:4px 0}}</style></head><body>{banner_html(ctx)}
 <h1>Facial expression recognition: {html.escape(ctx.dataset.name)}</h1>
-<p>The seed report's ResNet18 (fc = Dropout(0.5) + Linear(512, 7)) trained with profile
-<code>{html.escape(ctx.profile)}</code>: {cfg['epochs']} epochs, {size_text}.
+<p>The seed report's ResNet18, its last layer replaced by Dropout(0.5) + Linear(512, 7), trained for
+{cfg['epochs']} epochs on {size_text}.
 {accuracy}{html.escape(initialisation_sentence(run))}</p>
 {''.join(items)}
 <ul><li><a href="metrics.json">metrics.json</a> (provenance: data hashes, config, versions, timings)</li>{extra}
@@ -376,8 +400,8 @@ def build_report(data: str | None = None, profile: str | None = None, out_root: 
                                     kernel_manager_class=ipc_kernel_manager(Path(kernel_dir.name)))
             except Exception:
                 if executed.exists():
-                    print(f"the failed notebook, with its traceback: {_keep_failed(executed, out_root, ctx.report_name)}",
-                          file=sys.stderr)
+                    print("the failed notebook, with its traceback: "
+                          f"{_keep_failed(executed, out_root, ctx.report_name)}", file=sys.stderr)
                 raise
             render_html(executed, staging / f"{nb.stem}.html")
             answers[nb.stem] = {"title": title_of(nb), **page_answer(executed)}

@@ -25,14 +25,15 @@ from . import ConfigError
 from .augment import AugmentConfig
 from .data import Dataset, FaceSet, train_val_split
 from .duplicates import cached_duplicates
-from .io import cpu_has_fast_bf16, default_cache_dir
+from .io import array_sha256, cpu_has_fast_bf16, default_cache_dir
 from .model import build_model, resolve_weights
 
 # train_loss is the optimised (label-smoothed, class-weighted) loss; train_ce is plain cross-entropy on the same
 # batches, the definition val_loss uses, so the two curves compare like with like. val_acc_tta averages each
 # validation face with its mirror image, as the test predictions do.
 # With an EMA of the weights, val_loss / val_acc / val_acc_tta are those of the averaged weights (what is selected
-# and shipped) and val_acc_raw those of the weights the optimiser steps (val_acc_raw_tta only without an EMA, where they agree).
+# and shipped) and val_acc_raw those of the weights the optimiser steps (val_acc_raw_tta only without an EMA, where
+# they agree).
 # train_eval_acc scores the shipped weights on a fixed sample of training faces exactly as validation is scored
 # (eval mode, no augmentation, no TTA): the like-for-like comparison for overfitting.
 HISTORY_COLUMNS = ["epoch", "train_loss", "train_ce", "train_acc", "val_loss", "val_acc", "val_acc_tta",
@@ -98,10 +99,7 @@ def config_for(profile: str, **overrides) -> TrainConfig:
 
 def data_fingerprint(faces: FaceSet) -> str:
     """sha256 of the training images and labels: the same faces give the same run, whatever the layout."""
-    h = hashlib.sha256()
-    h.update(np.ascontiguousarray(faces.images).tobytes())
-    h.update(np.ascontiguousarray(faces.labels).astype(np.int64).tobytes())
-    return h.hexdigest()
+    return array_sha256(faces.images, faces.labels.astype(np.int64))
 
 
 def run_key(config: TrainConfig, fingerprint: str, weights_used: str) -> str:
@@ -206,7 +204,7 @@ def load_trained(run_dir: Path, device: str | torch.device = "cpu", which: str =
     config = TrainConfig.from_dict(meta["config"])
     if which == "best" and (run_dir / WEIGHTS_FILE).exists():
         return load_trained_weights(run_dir / WEIGHTS_FILE, device), config
-    model, _ = build_model("random")
+    model = blank_model()
     if which == "best" and (run_dir / "best.pt").exists():
         state = torch.load(run_dir / "best.pt", map_location="cpu", weights_only=True)
     else:
@@ -215,9 +213,16 @@ def load_trained(run_dir: Path, device: str | torch.device = "cpu", which: str =
     return model.to(device).eval(), config
 
 
+def blank_model():
+    """The network with random weights that a state dict is then loaded into, built without touching the caller's
+    global random state (initialising a ResNet18 draws from it)."""
+    with torch.random.fork_rng(devices=[]):
+        return build_model("random")[0]
+
+
 def load_trained_weights(path: Path, device: str | torch.device = "cpu"):
     """The model in eval mode, in float32, from a shipped float16 state dict."""
-    model, _ = build_model("random")
+    model = blank_model()
     state = torch.load(path, map_location="cpu", weights_only=True)
     model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()})
     return model.to(device).eval()

@@ -27,8 +27,10 @@ class Cues:
 
 
 PROTOTYPES = {
-    "Angry": Cues(mouth_curve=-0.35, mouth_open=0.05, brow_slant=0.8, brow_raise=-0.5, eye_open=0.75, nose_wrinkle=0.25),
-    "Disgust": Cues(mouth_curve=-0.55, mouth_open=0.25, brow_slant=0.55, brow_raise=-0.35, eye_open=0.6, nose_wrinkle=1.0),
+    "Angry": Cues(mouth_curve=-0.35, mouth_open=0.05, brow_slant=0.8, brow_raise=-0.5, eye_open=0.75,
+                  nose_wrinkle=0.25),
+    "Disgust": Cues(mouth_curve=-0.55, mouth_open=0.25, brow_slant=0.55, brow_raise=-0.35, eye_open=0.6,
+                    nose_wrinkle=1.0),
     "Fear": Cues(mouth_curve=-0.2, mouth_open=0.55, brow_slant=-0.55, brow_raise=0.6, eye_open=1.35, nose_wrinkle=0.0),
     "Happy": Cues(mouth_curve=0.9, mouth_open=0.3, brow_slant=0.0, brow_raise=0.05, eye_open=0.8, nose_wrinkle=0.0),
     "Sad": Cues(mouth_curve=-0.55, mouth_open=0.0, brow_slant=-0.6, brow_raise=0.1, eye_open=0.8, nose_wrinkle=0.0),
@@ -156,9 +158,10 @@ def write_synthetic_dataset(out: Path, n_train: int = 3500, n_test: int = 700, s
     train_images, train_labels = make_faces(n_train, seed)
     test_images, test_labels = make_faces(n_test, seed + 1_000_003)  # disjoint stream from the training faces
     files = {
-        "train.csv": "label,feature\n" + "".join(f"{l},{p}\n" for l, p in zip(train_labels, _pixel_rows(train_images))),
+        "train.csv": "label,feature\n" + "".join(f"{label},{p}\n"
+                                                 for label, p in zip(train_labels, _pixel_rows(train_images))),
         "test.csv": "id,feature\n" + "".join(f"{i},{p}\n" for i, p in enumerate(_pixel_rows(test_images))),
-        "test_labels.csv": "id,label\n" + "".join(f"{i},{l}\n" for i, l in enumerate(test_labels)),
+        "test_labels.csv": "id,label\n" + "".join(f"{i},{label}\n" for i, label in enumerate(test_labels)),
         SYNTHETIC_MARKER: (f"Synthetic faces drawn by fer_lib.synthetic (n_train={n_train}, n_test={n_test}, "
                            f"seed={seed}), not FER2013. This file marks the folder as the demo dataset.\n"),
     }

@@ -110,7 +110,8 @@ def read_votes(path: str | Path, expected_rows: int | None = None, train_file: s
             raise VotesError(f"{path}, line {blank_at}: blank line inside the file; every row must match one face "
                              "of the training file, in order")
         if len(fields) != len(header):
-            raise VotesError(f"{path}, line {line_no}: {len(fields)} fields, expected {len(header)} ({','.join(header)})")
+            raise VotesError(f"{path}, line {line_no}: {len(fields)} fields, expected {len(header)} "
+                             f"({','.join(header)})")
         row = []
         for c in cols:
             value = fields[c].strip()
@@ -252,6 +253,18 @@ class CrowdSummary:
                              "crowd's top choice = label": self.plurality_agrees / np.maximum(self.faces, 1),
                              "95% CI": [_interval(k, n) for k, n in zip(self.plurality_agrees, self.faces)]},
                             index=list(CLASS_NAMES))
+
+    @property
+    def agreement(self) -> float:
+        """Share of the faces whose FER2013 label is (one of) the crowd's most-voted of the 7 classes."""
+        return _share(int(self.plurality_agrees.sum()), int(self.faces.sum()))
+
+    def human_reference(self, model_accuracy: float) -> str:
+        """The crowd's agreement with the FER2013 label set beside the model's accuracy on the same faces."""
+        total, agree = int(self.faces.sum()), int(self.plurality_agrees.sum())
+        return (f"As a human reference: the FER+ crowd's most-voted class is the FER2013 label on {self.agreement:.0%} "
+                f"of these {total:,} validation faces ({_interval_text(agree, total)}; a tie for the top counts as "
+                f"agreement), and the model's prediction is on {model_accuracy:.1%}.")
 
     def sentences(self) -> list[str]:
         total, agree = int(self.faces.sum()), int(self.plurality_agrees.sum())

@@ -66,3 +66,18 @@ def trained_synthetic(tmp_path_factory):
     run = train(dataset, config, folder / "run", progress=False)
     model, _ = load_trained(run)
     return model, split_for(dataset, config)[1], run
+
+
+def run_cli(capsys, *args) -> tuple[int, str, str]:
+    """``python -m fer_lib ARGS`` in this process (no interpreter start, no second torch import):
+    (exit status, stdout, stderr)."""
+    from fer_lib.__main__ import main
+
+    capsys.readouterr()
+    try:
+        main([str(a) for a in args])
+        code = 0
+    except SystemExit as stop:
+        code = stop.code if isinstance(stop.code, int) else 1
+    out = capsys.readouterr()
+    return code, out.out, out.err

@@ -184,14 +184,19 @@ def test_split_is_deterministic_stratified_and_disjoint(tiny_dataset):
 
 
 @pytest.mark.parametrize("rows_edit, message", [
-    (lambda rows, rng: rows.__setitem__(4, "2," + " ".join(["7"] * 2300)), r"line 6: expected 2304 pixel values.*found 2300"),
+    (lambda rows, rng: rows.__setitem__(4, "2," + " ".join(["7"] * 2300)),
+     r"line 6: expected 2304 pixel values.*found 2300"),
     (lambda rows, rng: rows.__setitem__(2, "2," + " ".join(["7"] * 2303 + ["x9"])), r"line 4: pixel 2303 is 'x9'"),
-    (lambda rows, rng: rows.__setitem__(7, "2," + " ".join(["7"] * 10 + ["256"] + ["7"] * 2293)), r"line 9: pixel 10 is 256"),
-    (lambda rows, rng: rows.__setitem__(7, "2," + " ".join(["7"] * 10 + ["1000"] + ["7"] * 2293)), r"line 9: pixel 10 is 1000"),
+    (lambda rows, rng: rows.__setitem__(7, "2," + " ".join(["7"] * 10 + ["256"] + ["7"] * 2293)),
+     r"line 9: pixel 10 is 256"),
+    (lambda rows, rng: rows.__setitem__(7, "2," + " ".join(["7"] * 10 + ["1000"] + ["7"] * 2293)),
+     r"line 9: pixel 10 is 1000"),
     (lambda rows, rng: rows.__setitem__(1, "-3," + " ".join(["7"] * 2304)), r"line 3: pixel|line 3: label"),
     (lambda rows, rng: rows.__setitem__(5, "9," + " ".join(["7"] * 2304)), r"line 7: label 9 is outside 0..6"),
-    (lambda rows, rng: rows.__setitem__(5, "happy," + " ".join(["7"] * 2304)), r"line 7: label 'happy' is not an integer"),
-    (lambda rows, rng: rows.__setitem__(5, "1," + " ".join(["7"] * 2304) + ",extra"), r"line 7: expected 2 comma-separated"),
+    (lambda rows, rng: rows.__setitem__(5, "happy," + " ".join(["7"] * 2304)),
+     r"line 7: label 'happy' is not an integer"),
+    (lambda rows, rng: rows.__setitem__(5, "1," + " ".join(["7"] * 2304) + ",extra"),
+     r"line 7: expected 2 comma-separated"),
 ])
 def test_bad_rows_name_file_line_and_problem(tmp_path, rng, rows_edit, message):
     rows = labelled_rows(rng, 10)

@@ -15,10 +15,17 @@ import torch
 
 from fer_lib.data import Dataset, FaceSet
 from fer_lib.evaluate import (
+    accuracy_by_copy,
+    calibration_findings,
     confusion_findings,
     counts_tie,
     history_findings,
+    history_table,
     proportions_tie,
+    recipe_table,
+    reliability_bins,
+    run_accuracy,
+    split_copies,
     wilson_interval,
 )
 from fer_lib.inference import predict_logits
@@ -107,10 +114,13 @@ def test_a_near_tie_is_named_as_a_tie():
     assert "Sad and Surprise about equally (60 vs 58 faces)" in fear_to_sad.evidence
     assert "Near-ties" in " ".join(findings.sentences())
     matrix = [row[:] for row in TIE_MATRIX]
-    matrix[SA] = [30, 0, 40, 15, 320, 5, 40]  # Sad -> Neutral no longer the top pair: Fear -> Sad (16%) is
+    matrix[SA] = [30, 0, 40, 15, 320, 5, 40]  # Sad -> Neutral (40) no longer the top cell: Fear -> Sad (60) is
     findings = confusion_findings(*labels_from_matrix(matrix))
     assert findings.main_pair == ("Fear", "Sad")
-    assert "The main confusion: Fear is mistaken for Sad and Surprise about equally" in findings.answer()
+    # Neutral -> Sad also has 60 faces: named as a tie, and the ranked table starts with the same pair
+    assert ("The main confusion (the most faces) is Fear -> Sad: 60 faces, 16% of Fear, about as many as "
+            "Neutral -> Sad (60 faces)") in findings.answer()
+    assert findings.pairs_table().iloc[0][["rank", "true", "predicted", "faces"]].tolist() == [1, "Fear", "Sad", 60]
 
 
 def test_a_clear_top_confusion_is_not_a_tie():
@@ -131,7 +141,7 @@ def test_rare_class_is_lowest_overall_but_the_claim_is_checked_among_classes_wit
     assert "Disgust 20%" in claim.evidence and "10 faces" in claim.evidence
     answer = findings.answer()
     assert "Fear is the hardest class with enough faces" in answer and "only 10 faces" in answer
-    assert findings.main_pair == ("Sad", "Neutral")  # Disgust -> Angry (40%) is rare, so not the main pair
+    assert findings.main_pair == ("Sad", "Neutral")  # the most faces (80); Disgust -> Angry has the top rate (40%)
     assert "Disgust (10 faces)" in findings.rare_sentence()
 
 
@@ -205,7 +215,7 @@ def test_history_still_improving():
     f = history_findings(history([0.40, 0.50, 0.55, 0.58, 0.60, 0.62, 0.64, 0.66, 0.68, 0.70]), N_VAL)
     assert f.window == 2 and f.trend == "still improving"
     assert f.recent_best == pytest.approx(0.70) and f.earlier_best == pytest.approx(0.66)
-    assert "still improving when the schedule ended" in f.answer()
+    assert "still improving while the learning rate was high" in f.answer()
     assert f.verdict == "fits well"
 
 
@@ -241,10 +251,10 @@ def test_old_history_without_new_columns_is_handled():
 
     old = history([0.3, 0.4, 0.45], train_ce=False, tta=False)
     f = history_findings(old, N_VAL)
-    assert f.missing == ["train_ce", "val_acc_tta"] and f.train_loss_column == "train_loss"
-    assert f.best_val_acc_tta is None and "label-smoothed" in f.loss_sentence()
-    assert ("does not record plain training cross-entropy or validation accuracy with flip test-time augmentation"
-            in " ".join(f.sentences()))
+    assert f.missing == ["train_ce", "train_eval_acc", "val_acc_raw"] and f.train_loss_column == "train_loss"
+    assert f.train_column == "train_acc" and "augmented batches" in f.verdict_sentence()
+    assert "label-smoothed" in f.loss_sentence() and f.average_sentence() == ""
+    assert "does not record plain training cross-entropy or training accuracy scored like validation" in f.sentence()
     assert plot_history(old) is not None and plot_history(history([0.3, 0.4])) is not None
 
 
@@ -256,14 +266,49 @@ def test_one_epoch_is_too_short_to_tell():
 # --------------------------------------------------------------------------------------------- device
 
 
+class DeviceSpy(torch.nn.Module):
+    """A stand-in model whose parameter lives on ``device`` and which records where its inputs arrive (the
+    "meta" device has no data, so this runs on any machine and still tells the devices apart)."""
+
+    def __init__(self, device):
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.zeros(1, device=device))
+        self.seen = []
+
+    def forward(self, x):
+        self.seen.append(x.device.type)
+        return torch.zeros(len(x), 7)
+
+
 def test_predict_logits_takes_the_device_from_the_model():
-    torch.manual_seed(0)
-    model, _ = build_model("random")
     faces = np.random.default_rng(0).integers(0, 256, (5, 48, 48), dtype=np.uint8)
-    torch.testing.assert_close(predict_logits(model, faces), predict_logits(model, faces, device="cpu"))
+    spy = DeviceSpy("meta")
+    assert predict_logits(spy, faces).shape == (5, 7)
+    assert spy.seen == ["meta"], "the batch goes where the model's parameters are"
+    spy.seen.clear()
+    predict_logits(spy, faces, device="cpu")
+    assert spy.seen == ["cpu"], "an explicit device wins"
     if torch.cuda.is_available():
+        torch.manual_seed(0)
+        model, _ = build_model("random")
         torch.testing.assert_close(predict_logits(model.cuda(), faces), predict_logits(model.cpu(), faces),
                                    atol=1e-3, rtol=1e-3)
+
+
+def test_test_time_views_are_the_face_its_mirror_and_small_shifts():
+    from fer_lib.inference import tta_views
+
+    x = torch.arange(2 * 3 * 72 * 72, dtype=torch.float32).reshape(2, 3, 72, 72)
+    assert len(tta_views(x, "none")) == 1 and len(tta_views(x, "flip")) == 2
+    views = tta_views(x, "flip+shift")
+    assert len(views) == 6 and all(v.shape == x.shape for v in views)
+    torch.testing.assert_close(views[1], x.flip(3))
+    # 2 pixels of 48 are 3 of 72: the face moved down by 3, its top row repeated where the shift uncovers it
+    torch.testing.assert_close(views[2][..., 3:, :], x[..., :-3, :])
+    torch.testing.assert_close(views[2][..., :3, :], x[..., :1, :].expand(-1, -1, 3, -1))
+    torch.testing.assert_close(views[5][..., :, :-3], x[..., :, 3:])
+    with pytest.raises(ValueError, match="tta must be one of"):
+        tta_views(x, "crop")
 
 
 # --------------------------------------------------------------------------------------------- FER+ votes
@@ -323,7 +368,8 @@ def test_pair_evidence_counts_crowd_support_among_errors_and_correct_faces():
     from fer_lib.votes import crowd_pairs_table
 
     row = crowd_pairs_table([e]).iloc[0]
-    assert (row["errors"], row["correct faces"], row["errors 95% CI"]) == (4, 5, "{:.0%}-{:.0%}".format(*wilson_by_hand(3, 4)))
+    assert ((row["errors"], row["correct faces"], row["errors 95% CI"])
+            == (4, 5, "{:.0%}-{:.0%}".format(*wilson_by_hand(3, 4))))
 
 
 def test_crowd_summary_on_known_votes():
@@ -369,9 +415,21 @@ def test_crowd_evidence_uses_the_faces_ids_as_rows_and_is_optional(tmp_path):
     assert "No FER+" in crowd_answer(None, ("Fear", "Sad"))
 
 
-def test_top_pairs_put_the_main_pair_first():
+def test_main_confusion_is_the_cell_with_the_most_faces_and_heads_the_ranked_table():
     findings = confusion_findings(*labels_from_matrix(TIE_MATRIX))
-    assert findings.top_pairs(3) == [("Sad", "Neutral"), ("Disgust", "Angry"), ("Disgust", "Neutral")]
+    # by faces: Sad -> Neutral 80, then Fear -> Sad 60 and Neutral -> Sad 60 (ties broken by rate)
+    assert findings.top_pairs(3) == [("Sad", "Neutral"), ("Fear", "Sad"), ("Neutral", "Sad")]
+    table = findings.pairs_table()
+    assert list(table["faces"]) == sorted(table["faces"], reverse=True) and list(table["rank"]) == [1, 2, 3, 4, 5, 6]
+    assert tuple(table.iloc[0][["true", "predicted"]]) == findings.main_pair
+    assert "The main confusion (the most faces) is Sad -> Neutral: 80 faces" in findings.answer()
+    # 80 vs 60 faces: the Wilson interval of 80/140 (49%-65%) contains one half, so the runner-up is named
+    assert findings.runner_up_ties() and "about as many as Fear -> Sad (60 faces)" in findings.answer()
+    assert "Largest off-diagonal cell: Sad predicted as Neutral, 80 faces" in findings.figure_alt()
+    matrix = [row[:] for row in TIE_MATRIX]
+    matrix[SA] = [30, 0, 40, 15, 240, 5, 120]  # 120 vs 60: a clear main confusion
+    clear = confusion_findings(*labels_from_matrix(matrix))
+    assert not clear.runner_up_ties() and "about as many" not in clear.answer()
 
 
 def test_frequency_plot_survives_recalls_of_0_and_100_percent():
@@ -381,3 +439,186 @@ def test_frequency_plot_survives_recalls_of_0_and_100_percent():
     r = findings.report
     assert plot_recall_vs_frequency(findings.train_share, r["recall"], r["recall_low"], r["recall_high"],
                                     findings.support) is not None
+
+
+# --------------------------------------------------------------------------------------------- Q2, like for like
+
+
+def one_cycle(n, peak=0.05):
+    """A one-cycle-like schedule: warm-up to the peak at 30% of the run, then a cosine down to near zero."""
+    up = max(1, int(0.3 * n))
+    return np.r_[np.linspace(peak / 25, peak, up), peak / 2 * (1 + np.cos(np.linspace(0, np.pi, n - up)))] + 1e-6
+
+
+def test_overfitting_is_judged_on_training_faces_scored_like_validation():
+    acc = [0.40, 0.50, 0.56, 0.60, 0.62, 0.63, 0.64, 0.645, 0.648, 0.65]
+    # augmented batches: below validation, as heavy augmentation makes them
+    h = history(acc, train_acc=np.asarray(acc) - 0.03)
+    f = history_findings(h, N_VAL)
+    assert f.train_column == "train_acc" and f.verdict == "fits well"
+    h["train_eval_acc"] = np.asarray(acc) + np.linspace(0.01, 0.22, len(acc))  # the clean view: 22 points above
+    f = history_findings(h, N_VAL, train_faces=1000)
+    assert f.train_column == "train_eval_acc" and f.verdict == "overfits"
+    assert f.gap_at_best == pytest.approx(0.22) and f.train_faces == 1000
+    # the gap's standard error combines both samples: 1,000 training faces and the validation faces
+    assert f.gap_se == pytest.approx(math.sqrt(0.87 * 0.13 / 1000 + 0.65 * 0.35 / N_VAL))
+    sentence = f.verdict_sentence()
+    assert "1,000 training faces, scored exactly as validation is" in sentence and "22.0 points above" in sentence
+    assert "not yet cost validation accuracy" in sentence  # no decline, no rising loss
+
+
+def test_a_late_rise_while_the_rate_anneals_is_not_evidence_for_more_epochs():
+    acc = [0.40, 0.50, 0.55, 0.58, 0.60, 0.61, 0.62, 0.62, 0.625, 0.63, 0.64, 0.655, 0.67, 0.68, 0.685]
+    h = history(acc)
+    h["lr"] = one_cycle(len(acc))
+    f = history_findings(h, N_VAL)
+    assert f.trend == "rising as the rate anneals" and f.window == 3
+    assert f.lr_window[1] < 0.25 * f.lr_peak
+    text = f.trend_sentence()
+    assert "not evidence that more epochs would help" in text and "learning rate went from" in text
+    # the same rise at a constant rate is still improvement
+    assert history_findings(history(acc), N_VAL).trend == "still improving"
+
+
+def test_the_averaged_and_the_stepped_weights_are_both_reported():
+    acc = [0.40, 0.50, 0.55, 0.60]
+    h = history(acc)
+    h["val_acc_raw"] = [0.42, 0.49, 0.57, 0.58]
+    f = history_findings(h, N_VAL)
+    assert f.raw_at_best == pytest.approx(0.58) and f.raw_best == pytest.approx(0.58)
+    assert "the average scores 60.0% and the weights the optimiser steps 58.0%" in f.average_sentence()
+    h["train_eval_acc"] = [0.41, 0.52, 0.58, 0.66]
+    assert "stepped weights' validation accuracy ends at 58.0%" in history_findings(h, N_VAL).figure_alt(h)
+    table = history_table(h)
+    assert "validation accuracy, stepped weights" in table.columns and "seconds" not in table.columns
+
+
+# --------------------------------------------------------------------------------------------- copies across the split
+
+
+def faces_with_copies(n=400, copies=60, seed=0):
+    """``n`` random faces whose first ``copies`` are repeated once more (pixel-identical) at the end."""
+    rng = np.random.default_rng(seed)
+    images = rng.integers(0, 256, (n, 48, 48), dtype=np.uint8)
+    labels = rng.integers(0, 7, n)
+    images = np.concatenate([images, images[:copies]])
+    labels = np.concatenate([labels, labels[:copies]])
+    group = np.concatenate([np.arange(n), np.arange(copies)])  # copy k joins face k's group
+    return FaceSet(images, labels, np.arange(len(images))), group
+
+
+def test_split_copies_counts_validation_faces_with_a_training_copy():
+    from fer_lib.data import train_val_split
+
+    faces, group = faces_with_copies()
+    c = split_copies(faces, group, group, val_fraction=0.2, seed=3)
+    train, val = train_val_split(faces, 0.2, 3)  # the random split, recounted by hand
+    by_hand = sum(int(any(group[j] == group[i] for j in train.ids)) for i in val.ids)
+    assert c.random_exact == c.random_near == by_hand > 0 and c.val_faces_random == len(val)
+    assert c.grouped_exact == c.grouped_near == 0  # grouping keeps each copy with its original
+    assert f"{by_hand:,} of its {len(val):,} validation faces" in c.sentence("grouped")
+    assert "0 of its" in c.sentence("grouped") and "inflated" in c.sentence("random")
+
+
+def test_accuracy_with_and_without_a_copy():
+    y = np.array([0, 1, 2, 3, 4, 5])
+    pred = np.array([0, 1, 2, 0, 0, 5])
+    a = accuracy_by_copy(y, pred, np.array([1, 1, 1, 0, 0, 0]))
+    assert (a.with_copy, a.with_copy_correct, a.without_copy, a.without_copy_correct) == (3, 3, 3, 1)
+    assert "100.0% of 3" in a.sentence() and "33.3% of 3" in a.sentence() and "within noise" not in a.sentence()
+    assert "within noise" in accuracy_by_copy(y, np.array([0, 1, 0, 3, 0, 0]), np.array([1, 1, 1, 0, 0, 0])).sentence()
+
+
+# --------------------------------------------------------------------------------------------- calibration
+
+
+def test_temperature_scaling_undoes_a_known_overconfidence():
+    rng = np.random.default_rng(0)
+    n = 4000
+    labels = rng.integers(0, 7, n)
+    base = rng.normal(0, 1, (n, 7))
+    base[np.arange(n), labels] += 1.5
+    # draw the labels from softmax(base): base is then calibrated, and base * 3 over-confident with T = 3
+    p = np.exp(base) / np.exp(base).sum(1, keepdims=True)
+    labels = np.array([rng.choice(7, p=row) for row in p])
+    c = calibration_findings(torch.tensor(base * 3), labels)
+    assert c.temperature == pytest.approx(3, rel=0.1)
+    assert c.ece_before > 0.1 and c.ece_after < 0.03 and c.ece_after_held_out < 0.04
+    assert c.mean_confidence > c.accuracy and "over-confident" in c.sentence()
+    assert c.before["faces"].sum() == c.after["faces"].sum() == n
+    from fer_lib.calibration import expected_calibration_error
+
+    bins = reliability_bins(p, labels)
+    ece = (bins["faces"] * (bins["accuracy"] - bins["confidence"]).abs()).sum() / n
+    assert ece == pytest.approx(expected_calibration_error(p, labels))  # the diagram's bins are the ECE's
+
+
+# --------------------------------------------------------------------------------------------- one set of numbers
+
+
+def test_every_page_quotes_the_runs_recorded_accuracy():
+    run = {"val_acc_by_tta": {"none": 0.671, "flip": 0.676, "flip+shift": 0.679}, "tta": "flip+shift",
+           "val_faces": 2856, "best_val_acc": 0.6725, "best_val_acc_tta": 0.6781}
+    a = run_accuracy(run)
+    assert (a.plain, a.flip, a.views, a.with_views) == (0.671, 0.676, "flip+shift", 0.679)
+    assert "67.1% on 2,856 validation faces, 67.9% with the face, its mirror image and four" in a.sentence()
+    old = run_accuracy({"best_val_acc": 0.669, "best_val_acc_tta": 0.673, "val_faces": 2856})
+    assert (old.plain, old.with_views, old.views) == (0.669, 0.673, "flip")
+    assert run_accuracy({}) is None
+
+
+def test_the_recipe_table_has_no_nan_and_no_test_set_claim():
+    table = pd.DataFrame({"choice": ["input size", "optimizer"], "compared with": [np.nan, "AdamW"],
+                          "result": ["68.1% vs 69.9% validation; the 96 px run scored lower on the hidden test",
+                                     "43% vs 28%"]})
+    shown, dropped = recipe_table(table)
+    assert dropped == 1 and shown.loc[0, "result"] == "68.1% vs 69.9% validation"
+    assert shown.loc[0, "compared with"] == "—" and not shown.isna().any().any()
+    assert ">nan<" not in shown.to_html().lower()
+
+
+# --------------------------------------------------------------------------------------------- figures on the page
+
+
+def test_show_figure_embeds_alt_text_and_refuses_text_too_small_for_the_page(monkeypatch):
+    import IPython.display
+    import matplotlib.pyplot as plt
+
+    from fer_lib.plots import PAGE_WIDTH_PX, show_figure
+
+    shown = []
+    monkeypatch.setattr(IPython.display, "display", lambda obj, **kw: shown.append((obj, kw)))
+    fig, ax = plt.subplots(figsize=(6, 3))
+    ax.plot([0, 1], [0, 1])
+    show_figure(fig, 'A rising line from 0 to 1 "quoted"')
+    bundle, kw = shown[0]
+    assert 'alt="A rising line from 0 to 1 &quot;quoted&quot;"' in bundle["text/html"]
+    assert (bundle["text/html"].startswith('<img src="data:image/png;base64,')
+            and "max-width:100%" in bundle["text/html"])
+    assert kw["metadata"]["image/png"]["alt"].startswith("A rising line") and bundle["image/png"]
+    with pytest.raises(ValueError, match="alt text"):
+        show_figure(plt.subplots()[0], " ")
+    # 6 points on a figure 15 inches wide: shown at PAGE_WIDTH_PX the text would be about 5 px
+    wide, ax = plt.subplots(figsize=(15, 3))
+    ax.set_title("tiny", fontsize=6)
+    with pytest.raises(ValueError, match="'tiny' would show at"):
+        show_figure(wide, "a wide figure")
+    assert PAGE_WIDTH_PX <= 960
+
+
+def test_the_reports_figures_keep_their_text_readable():
+    import io
+
+    from PIL import Image
+
+    from fer_lib.plots import figure_png, plot_confusion, plot_history, plot_reliability, smallest_text_px
+
+    f = confusion_findings(*labels_from_matrix(TIE_MATRIX))
+    h = history([0.4, 0.5, 0.55, 0.6])
+    h["val_acc_raw"], h["train_eval_acc"] = [0.42, 0.49, 0.57, 0.58], [0.41, 0.52, 0.58, 0.66]
+    c = calibration_findings(torch.randn(300, 7), np.random.default_rng(0).integers(0, 7, 300))
+    for fig in (plot_confusion(f.counts, f.rates), plot_history(h),
+                plot_reliability(c.before, c.after, c.ece_before, c.ece_after, c.temperature)):
+        # the on-page size does not depend on the dpi (a PNG drawn at 40 dpi is just shown larger): cheap to test
+        width = Image.open(io.BytesIO(figure_png(fig, dpi=40))).size[0]
+        assert smallest_text_px(fig, width, dpi=40)[0] >= 9

@@ -1,66 +1,219 @@
-"""Q3-Q4 computations: findings from a known matrix, saliency on known cues, regions and agreement on crafted maps,
-the sanity check, every analysis on every device, no side effects."""
+"""Q4 computations: attributions of the grey face on known cues, landmark regions on hand-placed points, region
+findings against their controls on crafted maps, deletion and insertion on a model whose cues are known, the
+sanity check, every method on every device, no side effects."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
 import torch
 
-from fer_lib.evaluate import confusion_findings, misclassified
+from fer_lib import CLASS_NAMES
 from fer_lib.explain import (
     METHODS,
-    attribution_findings,
+    GreyInput,
+    answer,
     cascading_randomization,
     explainable_copy,
-    face_regions,
+    explained_faces,
+    faithfulness,
     method_notes,
+    pixel_ranks,
+    randomised_copy,
     rank_correlation,
-    region_shares,
+    region_findings,
     saliency,
-    top_region,
 )
-from fer_lib.filters import filter_maps, filter_responses, gradient_ascent
+from fer_lib.landmarks import JAW, LEFT_BROW, LEFT_EYE, MOUTH, NOSE, RIGHT_BROW, RIGHT_EYE
 from fer_lib.model import build_model, preprocess
+from fer_lib.regions import LANDMARK_REGIONS, landmark_regions, region_area, region_shares, top_region
 from fer_lib.synthetic import make_faces
 
-
-def labels_from_matrix(matrix):
-    y_true, y_pred = [], []
-    for t, row in enumerate(matrix):
-        for p, n in enumerate(row):
-            y_true += [t] * n
-            y_pred += [p] * n
-    return np.array(y_true), np.array(y_pred)
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+HAPPY, ANGRY, SAD = (CLASS_NAMES.index(c) for c in ("Happy", "Angry", "Sad"))
 
 
-def test_findings_from_a_hand_built_confusion_matrix():
-    #          An Di Fe Ha Sa Su Ne
-    matrix = [[60, 5, 10, 5, 10, 0, 10],  # Angry
-              [10, 70, 5, 0, 5, 0, 10],  # Disgust
-              [5, 0, 40, 5, 30, 15, 5],  # Fear: 30% to Sad
-              [0, 0, 2, 95, 1, 1, 1],  # Happy
-              [5, 0, 10, 2, 65, 0, 18],  # Sad
-              [0, 0, 6, 2, 0, 90, 2],  # Surprise
-              [5, 0, 5, 5, 20, 0, 65]]  # Neutral
-    findings = confusion_findings(*labels_from_matrix(matrix))
-    assert findings.easiest[:2] == ["Happy", "Surprise"] and findings.hardest[0] == "Fear"
-    assert findings.confused_pairs[0][:2] == ("Fear", "Sad") and findings.confused_pairs[0][2] == pytest.approx(0.30)
-    assert findings.confused_pairs[1][:2] == ("Neutral", "Sad")
-    assert all(ok for _, ok, _ in findings.seed_claims())
-    text = " ".join(findings.sentences())
-    assert "Fear -> Sad (30% of Fear, 30 faces)" in text
-    assert findings.report.loc["Happy", "recall"] == pytest.approx(0.95)
+def frontal_points(cx: float = 23.5, cy: float = 24.0, scale: float = 1.0, angle_deg: float = 0.0) -> np.ndarray:
+    """(68, 2) landmarks of a frontal face drawn by hand in the iBUG scheme, centred at (cx, cy)."""
+    p = np.zeros((68, 2))
+    t = np.linspace(np.pi, 0, 17)
+    p[JAW] = np.c_[16 * np.cos(t), 2 + 20 * np.sin(t)]  # ear to ear under the chin (y grows downwards)
+    p[RIGHT_BROW] = np.c_[np.linspace(-13, -3, 5), -11 - 1.5 * np.sin(np.linspace(0, np.pi, 5))]
+    p[LEFT_BROW] = np.c_[np.linspace(3, 13, 5), -11 - 1.5 * np.sin(np.linspace(0, np.pi, 5))]
+    eye = np.c_[3 * np.cos(np.linspace(np.pi, -np.pi, 7)[:6]), 1.2 * np.sin(np.linspace(np.pi, -np.pi, 7)[:6])]
+    p[RIGHT_EYE], p[LEFT_EYE] = eye + [-8.5, -6], eye + [8.5, -6]
+    p[NOSE] = np.r_[np.c_[np.zeros(4), np.linspace(-6, 3, 4)], np.c_[np.linspace(-3, 3, 5), np.full(5, 5)]]
+    outer = np.c_[7 * np.cos(np.linspace(np.pi, -np.pi, 13)[:12]), 13 + 3 * np.sin(np.linspace(np.pi, -np.pi, 13)[:12])]
+    inner = np.c_[4 * np.cos(np.linspace(np.pi, -np.pi, 9)[:8]), 13 + 1 * np.sin(np.linspace(np.pi, -np.pi, 9)[:8])]
+    p[MOUTH] = np.r_[outer, inner]
+    a = np.deg2rad(angle_deg)
+    rotation = np.array([[np.cos(a), -np.sin(a)], [np.sin(a), np.cos(a)]])
+    return (p * scale) @ rotation.T + [cx, cy]
 
 
-def test_findings_say_when_a_seed_claim_fails():
-    matrix = np.eye(7, dtype=int) * 50
-    matrix[2, 2], matrix[2, 0] = 20, 30  # Fear -> Angry, not Sad
-    matrix[1, 1], matrix[1, 6] = 10, 40  # Disgust hardest
-    claims = {c: ok for c, ok, _ in confusion_findings(*labels_from_matrix(matrix)).seed_claims()}
-    assert claims["Fear is most often mistaken for Sad"] is False
-    assert claims["Fear is the most misclassified class"] is False
-    y_true, y_pred = labels_from_matrix(matrix)
-    assert (y_pred[misclassified(y_true, y_pred, "Fear", "Angry", 100)] == 0).all()
+def _pixel(points: np.ndarray, size: int = 48) -> tuple[np.ndarray, np.ndarray]:
+    """Row and column of the pixel under each point (frame pixel i has its centre at coordinate i)."""
+    ij = np.clip(np.round((points + 0.5) * size / 48 - 0.5).astype(int), 0, size - 1)
+    return ij[:, 1], ij[:, 0]
+
+
+# ------------------------------------------------------------------ landmark regions
+
+
+@pytest.mark.parametrize("size", [48, 72])
+def test_landmark_regions_partition_the_frame_and_cover_their_points(size):
+    points = np.stack([frontal_points(), frontal_points(angle_deg=25, scale=0.8, cx=26)])
+    regions = landmark_regions(points, size)
+    assert set(regions) == set(LANDMARK_REGIONS)
+    assert (sum(m.astype(int) for m in regions.values()) == 1).all()  # every pixel of every face in exactly one
+    for i, p in enumerate(points):
+        for name, part in (("eyes", np.r_[p[RIGHT_EYE], p[LEFT_EYE]]), ("brows", np.r_[p[RIGHT_BROW], p[LEFT_BROW]]),
+                           ("mouth", p[MOUTH]), ("nose", p[NOSE][3:])):
+            rows, cols = _pixel(part, size)
+            assert regions[name][i, rows, cols].all(), (i, name)
+        # the face's middle is face, the frame's corners are not
+        assert not regions["outside_face"][i, size // 2, size // 2]
+        assert regions["outside_face"][i, 0, 0] and regions["outside_face"][i, 0, -1]
+
+
+def test_regions_follow_a_tilted_and_a_smaller_face():
+    upright, tilted, small = frontal_points(), frontal_points(angle_deg=30), frontal_points(scale=0.6)
+    regions = landmark_regions(np.stack([upright, tilted, small]))
+    # the tilted face's eye region sits on its own (rotated) eyes, not where the upright face's eyes were
+    rows, cols = _pixel(tilted[LEFT_EYE])
+    assert regions["eyes"][1, rows, cols].all()
+    rows, cols = _pixel(upright[LEFT_EYE])
+    assert not regions["eyes"][1, rows, cols].all()
+    # a face 0.6 times the size has features of about 0.36 times the area (margins scale with the face)
+    area = region_area(regions)
+    for name in ("eyes", "mouth", "nose"):
+        assert 0.2 < area[name][2] / area[name][0] < 0.55, name
+    assert area["outside_face"][2] > area["outside_face"][0]
+
+
+def test_region_shares_and_top_region_on_a_map_that_is_all_mouth():
+    regions = landmark_regions(frontal_points()[None])
+    maps = np.stack([regions["mouth"][0].astype(np.float32), np.zeros((48, 48), np.float32)])
+    shares = region_shares(maps, {r: np.repeat(m, 2, 0) for r, m in regions.items()})
+    assert shares["mouth"][0] == pytest.approx(1.0) and shares["outside_face"][0] == 0
+    assert all(np.isnan(v[1]) for v in shares.values())  # an empty map has no distribution
+    area = {r: float(a[0]) for r, a in region_area(regions).items()}
+    assert top_region({r: v[0] for r, v in shares.items()}, area) == "mouth"
+    assert top_region({r: v[1] for r, v in shares.items()}, area) is None
+
+
+# ------------------------------------------------------------------ region findings on crafted maps, known answers
+
+
+def _crafted(n_per_class: int = 20, seed: int = 0):
+    """Faces of three classes whose trained maps put mass on a known region (Happy: mouth, Angry: brows, Sad: the
+    same as the all-class mean), and randomised maps spread over the whole frame."""
+    rng = np.random.default_rng(seed)
+    labels = np.repeat([HAPPY, ANGRY, SAD], n_per_class)
+    points = np.stack([frontal_points(cx=23.5 + rng.normal(0, 1), cy=24 + rng.normal(0, 1)) for _ in labels])
+    regions = landmark_regions(points)
+    base = 0.2 * regions["eyes"] + 0.2 * regions["nose"] + 0.05 * (regions["rest_of_face"] | regions["mouth"])
+    extra = {HAPPY: regions["mouth"], ANGRY: regions["brows"], SAD: 0.5 * (regions["mouth"] | regions["brows"])}
+    trained = np.stack([base[i] + 0.3 * extra[c][i] for i, c in enumerate(labels)])
+    trained = trained + rng.random(trained.shape) * 0.02
+    randomised = rng.random(trained.shape)  # no region preferred
+    return labels, regions, trained.astype(np.float32), randomised.astype(np.float32)
+
+
+def test_region_findings_against_both_controls():
+    labels, regions, trained, randomised = _crafted()
+    rng = np.random.default_rng(1)
+    maps = {"A": trained, "B": trained + rng.random(trained.shape) * 0.02, "C": randomised.copy(),
+            "edges": 1 - trained}  # C is as random as the control; "edges" says the opposite and is flagged
+    random_maps = {m: randomised for m in maps}
+    findings = region_findings(maps, random_maps, regions, labels, flagged=["edges"], n_boot=500)
+    v = findings.vs_random["verdict"]
+    assert v[("A", "eyes")] == v[("A", "nose")] == "more" and v[("A", "outside_face")] == "less"
+    assert findings.vs_random.loc[("C", "eyes"), "verdict"] == "no clear difference"
+    assert findings.voters == ["A", "B", "C"]
+    consensus = findings.random_consensus()  # A and B agree, C does not object, the flagged method does not count
+    assert consensus["eyes"] == "more" and consensus["outside_face"] == "less"
+    c = findings.vs_classes["verdict"]
+    assert c[("Happy", "A", "mouth")] == "more" and c[("Angry", "A", "brows")] == "more"
+    assert c[("Happy", "A", "brows")] == "less"
+    assert c[("Happy", "C", "mouth")] == "no clear difference"
+    by_class = findings.class_consensus()
+    assert by_class["Happy"]["mouth"] == "more" and by_class["Angry"]["brows"] == "more"
+    sad, happy = (findings.vs_classes.loc[(c, "A", "mouth"), "excess"] for c in ("Sad", "Happy"))
+    assert abs(sad) < happy / 3  # Sad's mouth gets the all-class mean's extra weight, about
+    excess = findings.vs_classes.loc[("Happy", "A", "mouth")]
+    assert excess["low"] < excess["excess"] < excess["high"]
+    text = findings.class_sentence()
+    assert "Happy's maps hold more on the mouth" in text and "Angry's maps hold more on the brows" in text
+    assert "Disgust" in text  # a class with no faces is named, not silently dropped
+    sentence = findings.random_sentence()
+    assert "more of their mass on" in sentence and "most of the 3 methods" in sentence
+
+
+def test_no_clear_difference_when_the_maps_are_the_control():
+    labels, regions, _, randomised = _crafted()
+    findings = region_findings({"A": randomised}, {"A": np.random.default_rng(5).random(randomised.shape)},
+                               regions, labels, n_boot=500)
+    assert (findings.vs_random["verdict"] == "no clear difference").all()
+    assert (findings.vs_classes["verdict"] == "no clear difference").mean() > 0.8
+    assert "no region clearly" in findings.random_sentence()
+
+
+# ------------------------------------------------------------------ faithfulness
+
+
+def test_pixel_ranks_follow_the_map_and_break_ties_at_random():
+    maps = np.zeros((2, 4, 4))
+    maps[0, 1, 2], maps[0, 3, 3] = 1.0, 0.5
+    first = pixel_ranks(maps, np.random.default_rng(0))
+    assert first[0, 1 * 4 + 2] == 0 and first[0, 3 * 4 + 3] == 1
+    assert sorted(first[1]) == list(range(16))
+    assert not np.array_equal(first[1], pixel_ranks(maps, np.random.default_rng(1))[1])  # all ties: random
+
+
+def test_deletion_in_cue_order_lowers_the_probability_faster_than_a_random_order(trained_synthetic):
+    """On synthetic faces the cues are known: removing the drawn features first must hurt more than random removal,
+    and an order that leaves them for last must hurt less; saliency of the trained model must beat random too."""
+    model, _, _ = trained_synthetic
+    images, labels, masks = make_faces(48, seed=77, with_masks=True)
+    cues = (masks["eyes_brows"] | masks["mouth"] | masks["nose"]).astype(np.float32)
+    maps = {"cues": cues, "anti-cues": 1 - cues, "saliency": saliency(model, images, labels)}
+    result = faithfulness(model, images, labels, maps, n_boot=500)
+    t = result.table
+    assert t.loc["cues", "deletion gain low"] > 0 and t.loc["anti-cues", "deletion gain high"] < 0
+    assert t.loc["cues", "insertion gain low"] > 0 and t.loc["anti-cues", "insertion gain high"] < 0
+    assert t.loc["saliency", "deletion gain low"] > 0
+    assert "cues" in result.faithful()["both"] and "anti-cues" in result.faithful()["neither"]
+    # the curves share their ends: nothing removed is the face, everything removed is the blurred face
+    for kind in ("deletion", "insertion"):
+        ends = np.stack([c[:, [0, -1]] for c in result.curves[kind].values()])
+        np.testing.assert_allclose(ends, ends[:1].repeat(len(ends), 0), atol=1e-5)
+    assert result.curves["deletion"]["cues"][:, 0] == pytest.approx(result.curves["insertion"]["cues"][:, -1], abs=1e-5)
+
+
+def test_answer_names_a_flagged_method_that_orders_pixels_well(trained_synthetic):
+    model, _, _ = trained_synthetic
+    images, labels, masks = make_faces(24, seed=78, with_masks=True)
+    cues = (masks["eyes_brows"] | masks["mouth"] | masks["nose"]).astype(np.float32)
+    faith = faithfulness(model, images, labels, {"edges": cues, "plain": np.random.default_rng(0).random(cues.shape)},
+                         n_boot=300)
+    c_labels, regions, trained, randomised = _crafted()
+    found = region_findings({"edges": trained, "plain": trained}, {"edges": randomised, "plain": randomised}, regions,
+                            c_labels, flagged=["edges"], n_boot=300)
+    text = answer(found, faith, ["edges"])
+    assert text.startswith("Edges fails the randomisation sanity check")
+    assert "Edges also orders pixels well" in text
+
+
+# ------------------------------------------------------------------ the maps
+
+
+def test_grey_input_is_the_models_own_preprocessing():
+    torch.manual_seed(0)
+    model = build_model("random")[0].eval()
+    faces = np.random.default_rng(0).integers(0, 256, (3, 48, 48), dtype=np.uint8)
+    grey = torch.from_numpy(faces).float().div(255).unsqueeze(1)
+    for size in (48, 72):
+        torch.testing.assert_close(GreyInput(model, size)(grey), model(preprocess(torch.from_numpy(faces), size)))
 
 
 def test_explainable_copy_computes_the_same_function():
@@ -74,19 +227,61 @@ def test_explainable_copy_computes_the_same_function():
 def test_saliency_falls_on_the_drawn_features(trained_synthetic):
     model, _, _ = trained_synthetic
     images, labels, masks = make_faces(40, seed=99, with_masks=True)
-    maps = saliency(model, preprocess(torch.from_numpy(images)), torch.from_numpy(labels))
+    maps = saliency(model, images, labels)
     features = masks["eyes_brows"] | masks["mouth"] | masks["nose"]
     share = region_shares(maps, {"features": features})["features"]
     area = features.reshape(len(features), -1).mean(1)
     assert np.median(share / area) > 1.5, f"saliency share {share.mean():.2f} vs area {area.mean():.2f}"
 
 
-def test_cascading_randomisation_decorrelates_plain_saliency(trained_synthetic):
+def test_explained_faces_are_correct_capped_per_class_and_seeded():
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 7, 300)
+    probs = rng.random((300, 7))
+    idx = explained_faces(probs, labels, per_class=5)
+    assert (probs[idx].argmax(1) == labels[idx]).all()
+    assert np.bincount(labels[idx], minlength=7).max() <= 5
+    assert (np.diff(labels[idx]) >= 0).all()  # ordered by class
+    np.testing.assert_array_equal(idx, explained_faces(probs, labels, per_class=5))
+    assert not np.array_equal(idx, explained_faces(probs, labels, per_class=5, seed=1))
+
+
+def test_cascading_randomisation_decorrelates_saliency_and_ends_at_the_randomised_copy(trained_synthetic):
     model, val, _ = trained_synthetic
-    x = preprocess(torch.from_numpy(val.images[:6]))
-    table = cascading_randomization(model, x, torch.from_numpy(val.labels[:6]), {"saliency": saliency})
+    faces, target = val.images[:6], val.labels[:6]
+    table = cascading_randomization(model, faces, target, methods={"saliency": saliency}, seed=3)
     assert table.loc["stem", "saliency"] < 0.5
     assert list(table.index) == ["fc", "layer4", "layer3", "layer2", "layer1", "stem"]
+    rho = rank_correlation(saliency(model, faces, target), saliency(randomised_copy(model, seed=3), faces, target))
+    assert float(np.nanmean(rho)) == pytest.approx(table.loc["stem", "saliency"], abs=1e-6)
+
+
+@pytest.mark.parametrize("size,layer3,layer4", [(48, "3x3", "2x2"), (72, "5x5", "3x3")])
+def test_method_notes_give_this_runs_numbers(size, layer3, layer4):
+    from fer_lib.explain import IG_STEPS, SMOOTHGRAD_SAMPLES
+
+    model, _ = build_model("random")
+    notes = method_notes(model, size)
+    assert f"map is {layer3} at this run's {size}x{size} input (the last stage's is {layer4})" in notes
+    assert f"over {SMOOTHGRAD_SAMPLES} copies" in notes and f"in {IG_STEPS} steps" in notes
+
+
+# ------------------------------------------------------------------ devices and side effects
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_every_method_gives_grey_48px_maps_on_the_models_device(device):
+    """Faces are uint8 on the CPU, as in the notebook; the model's device decides where the work runs."""
+    torch.manual_seed(0)
+    model = build_model("random")[0].eval().to(device)
+    faces = np.random.default_rng(0).integers(0, 256, (2, 48, 48), dtype=np.uint8)
+    t = torch.tensor([3, 5])
+    for name, fn in METHODS.items():
+        maps = fn(model, faces, t, 72)
+        assert isinstance(maps, np.ndarray) and maps.shape == (2, 48, 48), name
+        assert np.isfinite(maps).all() and maps.min() >= 0 and maps.max() == pytest.approx(1), name
+    table = cascading_randomization(model, faces, t, 72, {"saliency": saliency, "Grad-CAM": METHODS["Grad-CAM"]})
+    assert table.shape == (6, 2)
 
 
 def _snapshot(model):
@@ -104,13 +299,12 @@ def test_explaining_leaves_the_model_exactly_as_it_was(trained_synthetic, train_
     model.train(train_mode)
     try:
         before = _snapshot(model)
-        x, t = preprocess(torch.from_numpy(val.images[:3])), torch.from_numpy(val.labels[:3])
+        faces, t = val.images[:3], val.labels[:3]
         for fn in METHODS.values():
-            fn(model, x, t)
-        cascading_randomization(model, x, t, {"saliency": saliency})
-        filter_responses(model, val.images[:5])
-        filter_maps(model, val.images[None, :2], [0])
-        gradient_ascent(model, [0, 1], steps=3)
+            fn(model, faces, t)
+        cascading_randomization(model, faces, t, methods={"saliency": saliency})
+        randomised_copy(model)
+        faithfulness(model, faces, t, {"saliency": saliency(model, faces, t)}, n_boot=10)
         after = _snapshot(model)
         for key in before[0]:
             assert torch.equal(before[0][key], after[0][key]), key
@@ -119,126 +313,12 @@ def test_explaining_leaves_the_model_exactly_as_it_was(trained_synthetic, train_
         model.eval()
 
 
-def test_confident_correct_picks_per_class_and_skips_mistakes():
-    from fer_lib.evaluate import confident_correct
-
-    probs = np.full((6, 7), 0.01)
-    probs[[0, 1, 2], 0] = [0.6, 0.9, 0.7]  # three correct Angry faces
-    probs[3, 1] = 0.8  # labelled Disgust but predicted Disgust: correct
-    probs[4, 0] = 0.9  # labelled Happy, predicted Angry: wrong
-    probs[5, 3] = 0.5  # correct Happy
-    labels = np.array([0, 0, 0, 1, 3, 3])
-    np.testing.assert_array_equal(confident_correct(probs, labels, 1), [1, 3, 5])
-    np.testing.assert_array_equal(confident_correct(probs, labels, 2), [1, 2, 3, 5])
-    np.testing.assert_array_equal(confident_correct(probs, labels, 2, most_confident=False), [0, 1, 3, 5])
-
-
-# ------------------------------------------------------------------ Q4 findings on crafted maps, known answers
-
-DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
-
-
-@pytest.mark.parametrize("size", [48, 72])
-def test_face_regions_partition_the_frame_at_any_size(size):
-    regions = face_regions(size)
-    assert sum(m.astype(int) for m in regions.values()).tolist() == np.ones((size, size), int).tolist()
-    assert 0.05 < regions["outside_face"].mean() < 0.4
-    # the same fractions of the frame at every size
-    assert abs(regions["mouth"].mean() - face_regions(48)["mouth"].mean()) < 0.02  # up to pixel rounding
-
-
-@pytest.mark.parametrize("size", [48, 72])
-def test_a_map_whose_mass_is_all_in_the_mouth_box(size):
-    regions = face_regions(size)
-    maps = np.stack([regions["mouth"].astype(np.float32), np.zeros((size, size), np.float32)])
-    shares = region_shares(maps, regions)
-    assert shares["mouth"][0] == pytest.approx(1.0) and shares["outside_face"][0] == 0
-    assert all(np.isnan(v[1]) for v in shares.values())  # an empty map has no distribution
-    area = {r: m.mean() for r, m in regions.items()}
-    assert top_region({r: v[0] for r, v in shares.items()}, area) == "mouth"
-    assert top_region({r: v[1] for r, v in shares.items()}, area) is None
-
-
-def test_rank_correlation_of_identical_reversed_and_constant_maps():
-    from scipy.stats import spearmanr
-
-    rng = np.random.default_rng(0)
-    a = rng.random((3, 12, 12))
-    b = rng.random((3, 12, 12)).round(1)  # with ties
-    np.testing.assert_allclose(rank_correlation(a, a), 1.0)
-    np.testing.assert_allclose(rank_correlation(a, 1 - a), -1.0)
-    np.testing.assert_allclose(rank_correlation(a, b), [spearmanr(x.ravel(), y.ravel())[0] for x, y in zip(a, b)])
-    assert np.isnan(rank_correlation(a[:1], np.zeros((1, 12, 12))))[0]
-
-
-def test_attribution_findings_on_crafted_maps():
-    size = 48
-    regions = face_regions(size)
-    mouth, eyes, out = (regions[r].astype(np.float32) for r in ("mouth", "eyes_brows", "outside_face"))
-    noise = np.random.default_rng(0).random((4, size, size)).astype(np.float32) * 1e-5
-    labels = np.array([3, 3, 0, 0])  # Happy, Happy, Angry, Angry
-    first = np.stack([mouth, mouth, eyes, eyes]) + noise
-    maps = {"A": first, "B": first.copy(), "C": np.stack([out, out, out, eyes]) + noise[::-1]}
-    findings = attribution_findings(maps, labels)
-    tops = findings.top_regions()
-    assert tops.loc["Happy", "A"] == tops.loc["Happy", "B"] == "mouth" and tops.loc["Happy", "C"] == "outside_face"
-    assert tops.loc["Angry", "A"] == "eyes_brows"
-    assert findings.consensus("Happy") == ("mouth", 2)
-    assert findings.agreement.loc["Happy", "A / B"] == pytest.approx(1.0)
-    assert findings.agreement_matrix().loc["B", "A"] == pytest.approx(1.0)
-    assert findings.shares.loc[("Happy", "C"), "outside_face"] == pytest.approx(1.0, abs=0.02)
-    assert findings.outside_all["C"] == pytest.approx(0.75, abs=0.02)
-    answer = findings.answer()
-    assert "the mouth for Happy" in answer and "the eyes/brows for Angry" in answer
-    assert "highest for A / B, 1.00" in answer
-    assert "C puts 75% of its mass outside the face oval, more than the 32% of the image that lies there" in answer
-    text = "\n".join(findings.class_sentences())
-    assert "**Disgust**: no correctly classified validation face" in text
-    assert ("**Happy** (2 faces). Most attribution for its size: the mouth (A, B), the area outside the face (C)."
-            in text)
-    assert "Agreement between methods:" in text and "Mass outside the face (32% of the image)" in text
-
-
-@pytest.mark.parametrize("size,layer3,layer4", [(48, "3x3", "2x2"), (72, "5x5", "3x3")])
-def test_method_notes_give_this_runs_numbers(size, layer3, layer4):
-    from fer_lib.explain import IG_STEPS, SMOOTHGRAD_SAMPLES
-
-    model, _ = build_model("random")
-    notes = method_notes(model, size)
-    assert f"map is {layer3} at this run's {size}x{size} input (`layer4`'s is {layer4})" in notes
-    assert f"over {SMOOTHGRAD_SAMPLES} copies" in notes and f"in {IG_STEPS} steps" in notes
-
-
-# ------------------------------------------------------------------ devices and side effects
-
-
-@pytest.mark.parametrize("device", DEVICES)
-def test_every_analysis_runs_on_the_models_device(device):
-    """Inputs are built on the CPU, as in the notebooks; the model's device decides where the work runs."""
-    torch.manual_seed(0)
-    model = build_model("random")[0].eval().to(device)
-    faces = np.random.default_rng(0).integers(0, 256, (2, 48, 48), dtype=np.uint8)
-    x, t = preprocess(torch.from_numpy(faces), 72), torch.tensor([3, 5])
-    for name, fn in METHODS.items():
-        maps = fn(model, x, t)
-        assert isinstance(maps, np.ndarray) and maps.shape == (2, 72, 72), name
-        assert np.isfinite(maps).all() and maps.min() >= 0 and maps.max() <= 1, name
-    table = cascading_randomization(model, x, t, {"saliency": saliency, "Grad-CAM": METHODS["Grad-CAM"]})
-    assert table.shape == (6, 2)
-    responses = filter_responses(model, faces, 72)
-    assert responses.shape == (2, 512)
-    images, before, after = gradient_ascent(model, [0, 1], 72, steps=2)
-    assert images.shape == (2, 72, 72) and before.shape == after.shape == (2,)
-    maps = filter_maps(model, faces[None], [7], 72)
-    assert maps.shape == (1, 2, 72, 72) and maps.min() >= 0 and maps.max() <= 1
-
-
 def test_importing_changes_no_warning_filter():
     import subprocess
     import sys
 
     code = ("import warnings, torch, scipy.stats, pandas; before = list(warnings.filters); "
-            "import fer_lib.explain, fer_lib.filters; assert warnings.filters == before, 'warning filters changed'")
+            "import fer_lib.explain, fer_lib.regions; assert warnings.filters == before, 'warning filters changed'")
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
@@ -247,12 +327,13 @@ def test_explaining_leaves_the_global_rng_alone_and_is_repeatable():
 
     torch.manual_seed(0)
     model = build_model("random")[0].eval()
-    x, t = preprocess(torch.from_numpy(np.full((2, 48, 48), 128, np.uint8))), torch.tensor([0, 1])
+    faces, t = np.full((2, 48, 48), 128, np.uint8), torch.tensor([0, 1])
     state = torch.get_rng_state()
-    first = smoothgrad(model, x, t, samples=2)
-    table = cascading_randomization(model, x, t, {"SmoothGrad": lambda m, x, t: smoothgrad(m, x, t, samples=2)})
-    gradient_ascent(model, [0], steps=1)
+    first = smoothgrad(model, faces, t, samples=2)
+    two = {"SmoothGrad": lambda m, x, t, s: smoothgrad(m, x, t, s, 2)}
+    table = cascading_randomization(model, faces, t, methods=two)
+    randomised_copy(model)
     assert torch.equal(state, torch.get_rng_state())
-    np.testing.assert_array_equal(first, smoothgrad(model, x, t, samples=2))
-    table_again = cascading_randomization(model, x, t, {"SmoothGrad": lambda m, x, t: smoothgrad(m, x, t, samples=2)})
-    assert table.equals(table_again)
+    np.testing.assert_array_equal(first, smoothgrad(model, faces, t, samples=2))
+    again = cascading_randomization(model, faces, t, methods=two)
+    assert table.equals(again)

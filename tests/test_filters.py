@@ -1,25 +1,34 @@
-"""Q5 computations on crafted inputs whose answer is known: blank faces, top faces, class mix, the region a
-filter's response comes from, the gradient-ascent check, and the findings' sentences."""
+"""Q5 computations on crafted inputs whose answer is known: top faces (blank images and repeated photos left out),
+class selectivity against label shuffles, attribute shifts beyond the class, face attributes from hand-placed
+landmarks, and gradient ascent in a Fourier parameterisation."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
 import torch
-from torch import nn
 
-from fer_lib.explain import face_regions
+from fer_lib import CLASS_NAMES
+from fer_lib.face_attributes import attributes_from_landmarks
 from fer_lib.filters import (
+    answer,
+    attribute_shift,
+    class_count_caption,
     class_mix,
-    filter_findings,
-    filter_maps,
+    class_selectivity,
     filter_notes,
-    filter_responses,
+    fourier_scale,
     gradient_ascent,
+    image_from_spectrum,
     informative_faces,
     mix_caption,
     overview,
     pick_filters,
+    random_view,
+    shown_table,
+    spectrum_from_image,
+    stretch_contrast,
     top_faces,
+    within_class_z,
 )
 from fer_lib.model import build_model
 
@@ -39,6 +48,22 @@ def test_blank_and_near_uniform_faces_are_never_top_faces():
     assert "2 of those faces are blank or near-uniform" in overview(responses, valid)
 
 
+def test_top_faces_hold_one_face_per_duplicate_group():
+    rng = np.random.default_rng(1)
+    responses = rng.normal(size=(60, 4))
+    groups = np.arange(60) // 3  # every photo three times
+    groups[[0, 59]] = 100  # and two far-apart faces of one photo
+    top = top_faces(responses, np.arange(4), k=12, groups=groups)
+    assert top.shape == (4, 12)
+    for f, row in enumerate(top):
+        assert len(set(groups[row])) == 12  # no photo twice
+        # and each is the strongest face of its photo, taken in order of response
+        assert (np.diff(responses[row, f]) <= 0).all()
+        for i in row:
+            assert responses[i, f] == responses[groups == groups[i], f].max()
+    assert "further copies" in overview(responses, np.ones(60, bool), groups)
+
+
 def test_top_faces_are_the_strongest_responders():
     responses = np.array([[0.1, 5.0], [3.0, 0.2], [2.0, 4.0]])
     np.testing.assert_array_equal(top_faces(responses, np.array([0, 1]), k=2), [[1, 2], [0, 2]])
@@ -49,85 +74,166 @@ def test_class_mix_and_caption():
     mix = class_mix(labels, np.array([[0, 1, 2], [2, 3, 4]]))
     np.testing.assert_allclose(mix[0, 5], 1.0)
     np.testing.assert_allclose(mix[1, [2, 3, 5]], [1 / 3, 1 / 3, 1 / 3])
-    assert mix_caption(np.array([0, 0, 1, 0, 0, 8, 0]) / 9) == "Surprise 8, Fear 1"
+    assert mix_caption(np.array([0, 0, 1, 0, 0, 8, 0]) / 9, k=9) == "Surprise 8, Fear 1"
 
 
-def test_pick_filters_spreads_over_classes_and_skips_inactive():
+def selective_responses(rng, labels, n_filters=40, n_selective=14):
+    """Responses where filter f < n_selective fires for class f % 7 and the others are noise."""
+    responses = rng.normal(0, 1, (len(labels), n_filters))
+    for f in range(n_selective):
+        responses[labels == f % 7, f] += 4
+    return responses
+
+
+def test_label_shuffle_baseline_finds_the_selective_filters_and_none_when_labels_are_shuffled():
     rng = np.random.default_rng(0)
-    labels = np.repeat(np.arange(7), 10)
-    responses = rng.normal(0, 0.1, (70, 20))
-    for c in range(7):
-        responses[labels == c, c] += 3  # filter c fires for class c
-    responses[:, 19] = -1  # never fires
-    assert sorted(pick_filters(responses, labels, 7).tolist()) == list(range(7))
-    chosen = pick_filters(responses, labels, 32)  # fewer than asked: only 19 are active
-    assert len(chosen) == 19 and 19 not in chosen
+    labels = rng.choice(7, 700, p=[0.14, 0.02, 0.14, 0.25, 0.17, 0.11, 0.17])  # FER2013-like, Disgust rare
+    responses = selective_responses(rng, labels)
+    top = top_faces(responses, np.arange(40), k=16)
+    sel = class_selectivity(labels, top, n_permutations=300)
+    assert sel.selective[:14].all() and sel.discoveries[:14].all()
+    assert sel.top_class[:14].tolist() == [f % 7 for f in range(14)]  # Disgust's filters included
+    assert sel.discoveries[14:].sum() <= 1 and sel.beyond_chance
+    mean, lo, hi = sel.chance()
+    assert 0.5 < mean < 5 and lo <= mean <= hi  # about 5% of 40 filters pass by chance
+    # the same faces with shuffled labels: nothing beyond chance, nothing survives the false-discovery rate
+    shuffled = class_selectivity(rng.permutation(labels), top, n_permutations=300)
+    assert not shuffled.beyond_chance and shuffled.discoveries.sum() == 0
+    assert "no more than chance" in " ".join(shuffled.sentences())
+    assert class_count_caption(sel, labels, top, [1])[0] == f"Disgust {int((labels[top[1]] == 1).sum())}/16"
 
 
-class Crafted(nn.Module):
-    """feat = the red input channel (1x1 conv); out = [feat, -feat]; logits = mean of out. Filter 0's response
-    therefore grows with every bright pixel alike, so its Grad-CAM on ``feat`` is the (positive) input itself."""
+def test_class_selectivity_ignores_blank_faces_in_the_shuffles():
+    labels = np.repeat(np.arange(7), 20)
+    valid = np.ones(140, bool)
+    valid[:20] = False  # class 0 faces are all blank: never top faces, never shuffled in
+    responses = np.zeros((140, 1))
+    responses[20:40, 0] = 1  # filter 0 fires on class 1
+    top = top_faces(responses, np.array([0]), k=10, valid=valid)
+    sel = class_selectivity(labels, top, valid, n_permutations=200)
+    assert sel.top_class[0] == 1 and sel.selective[0]
 
-    def __init__(self):
-        super().__init__()
-        self.feat = nn.Conv2d(3, 1, 1, bias=False)
-        self.out = nn.Conv2d(1, 2, 1, bias=False)
-        with torch.no_grad():
-            self.feat.weight.copy_(torch.tensor([1.0, 0, 0]).view(1, 3, 1, 1))
-            self.out.weight.copy_(torch.tensor([1.0, -1.0]).view(2, 1, 1, 1))
 
-    def forward(self, x):
-        return self.out(self.feat(x)).mean((2, 3))
+def test_within_class_z_and_attribute_shift_beyond_the_class():
+    rng = np.random.default_rng(3)
+    labels = np.repeat([0, 3], 300)
+    values = rng.normal(size=(600, 2))
+    values[labels == 3, 0] += 5  # class 3 has wide-open mouths: not a finding about any filter
+    z = within_class_z(values, labels)
+    for c in (0, 3):
+        np.testing.assert_allclose(z[labels == c].mean(0), 0, atol=1e-9)
+        np.testing.assert_allclose(z[labels == c].std(0), 1, atol=1e-9)
+    responses = rng.normal(size=(600, 3))
+    responses[:, 0] += 3 * values[:, 0]  # filter 0 follows attribute 0 (and so prefers class 3 faces)
+    responses[:, 1] = np.where(labels == 3, 10, 0) + rng.normal(size=600)  # filter 1 follows the class only
+    top = top_faces(responses, np.arange(3), k=16)
+    shift = attribute_shift(values, labels, top, names=("mouth_open", "eye_open"), n_permutations=300)
+    assert shift.shift[0, 0] > 1 and shift.p[0, 0] <= 0.01  # beyond its class: higher
+    assert shift.p[1, 0] > 0.05  # class 3's open mouths alone are not a shift
+    up, down = shift.counts()
+    assert up[0] >= 1 and down[0] == 0
+    table = shift.table()
+    assert table.columns.tolist() == ["attribute", "top faces", "filters", "by chance (mean)", "by chance (95% up to)",
+                                      "beyond chance"]
+    assert table.iloc[0]["attribute"] == "mouth opening"
+
+
+def test_attributes_from_hand_placed_landmarks():
+    pts = np.zeros((2, 68, 2))
+    pts[:, 0], pts[:, 16] = (4, 20), (44, 20)  # jaw ends: face 40 px wide
+    pts[:, 30] = (24, 26)  # nose tip midway: frontal
+    pts[1, 30] = (14, 26)  # face 1: nose near the jaw's point 0 end
+    for eye in (slice(36, 42), slice(42, 48)):  # corners 10 px apart, lids 3 px apart: aspect ratio 0.3
+        pts[:, eye] = [(0, 0), (3, -1.5), (7, -1.5), (10, 0), (7, 1.5), (3, 1.5)]
+    pts[:, 60:68] = [(18, 34), (21, 34), (24, 34), (27, 34), (30, 34), (27, 34), (24, 34), (21, 34)]
+    pts[1, 65:68, 1] = 38  # face 1: lower inner lip 4 px below the upper one
+    faces = np.stack([np.full((48, 48), 51), np.tile([0, 255], (48, 24))]).astype(np.uint8)
+    a = attributes_from_landmarks(pts, faces)
+    np.testing.assert_allclose(a["mouth_open"], [0, 4 / 40], atol=1e-6)
+    np.testing.assert_allclose(a["eye_open"], [0.3, 0.3], atol=1e-6)
+    assert a["yaw"][0] == pytest.approx(0, abs=1e-6) and a["yaw"][1] < -0.3
+    assert a["head_turn"][1] == pytest.approx(-a["yaw"][1])
+    np.testing.assert_allclose(a["brightness"], [0.2, 0.5], atol=1e-6)
+    np.testing.assert_allclose(a["contrast"], [0, 0.5], atol=1e-6)
+
+
+def test_pick_filters_takes_the_clearest_per_class_then_random_active_ones():
+    rng = np.random.default_rng(0)
+    labels = rng.choice(7, 700)
+    responses = selective_responses(rng, labels)
+    responses[:, 39] = -1  # never fires
+    top = top_faces(responses, np.arange(40), k=16)
+    sel = class_selectivity(labels, top, n_permutations=100)
+    chosen = pick_filters(sel, responses, 12)
+    assert len(chosen) == len(set(chosen.tolist())) == 12
+    assert sorted(sel.top_class[chosen[:7]].tolist()) == list(range(7))  # one per class first
+    assert 39 not in chosen
+
+
+def test_fourier_parameterisation_reproduces_an_image_and_has_a_natural_spectrum():
+    scale = fourier_scale(32)
+    image = torch.rand(2, 1, 32, 32)
+    np.testing.assert_allclose(image_from_spectrum(spectrum_from_image(image, scale), scale), image, atol=1e-5)
+    # equal-variance parameters give an amplitude spectrum falling as 1 / frequency, like a natural image's
+    g = torch.Generator().manual_seed(0)
+    noise = image_from_spectrum(torch.randn(400, 1, 32, 17, 2, generator=g), scale)
+    amplitude = torch.fft.rfft2(noise, norm="ortho").abs().mean((0, 1))  # (32, 17)
+    freq = 1 / scale
+    keep = (freq > 2 / 32) & (freq < 0.4)
+    slope = np.polyfit(np.log(freq[keep].numpy()), np.log(amplitude[keep].numpy()), 1)[0]
+    assert slope == pytest.approx(-1, abs=0.1)
+
+
+def test_random_view_is_the_identity_without_motion_and_fills_with_gray():
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(3, 1, 16, 16)
+    torch.testing.assert_close(random_view(x, g, 0, 0, 0), x, atol=1e-5, rtol=0)
+    moved = random_view(torch.zeros(3, 1, 16, 16), g, shift=8, scale=0.3, degrees=30)
+    assert moved.max() <= 0.5 + 1e-6  # black image, gray moved in from outside
+
+
+def test_stretch_contrast_maps_percentiles_to_black_and_white():
+    ramp = np.linspace(0.4, 0.6, 100).reshape(1, 10, 10)
+    out = stretch_contrast(ramp, 0, 100)
+    assert out.min() == pytest.approx(0) and out.max() == pytest.approx(1)
+    assert stretch_contrast(np.full((1, 4, 4), 0.5)).max() == 0  # flat image: no division by zero
 
 
 @pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("size", [48, 72])
-def test_filter_map_of_a_face_bright_only_in_the_mouth_box(device, size):
-    mouth48 = face_regions(48)["mouth"]
-    faces = np.where(mouth48, 255, 0).astype(np.uint8)[None, None]  # (1 filter, 1 face, 48, 48)
-    maps = filter_maps(Crafted().to(device), faces, [0], input_size=size, layer="feat", response_layer="out")
-    assert maps.shape == (1, 1, size, size) and maps.min() >= 0 and maps.max() == pytest.approx(1)
-    mass = maps[0, 0]
-    inside = (mass * face_regions(size)["mouth"]).sum() / mass.sum()
-    assert inside > 0.9
-    findings = filter_findings([0], np.eye(7)[[3]], maps, np.array([2.0]), np.array([1.0]), k=1)
-    assert findings.regions == ["mouth"]
-
-
-def test_filter_findings_flag_a_weak_ascent_image_and_count_selective_filters():
-    regions = face_regions(48)
-    maps = np.stack([np.stack([regions["mouth"]] * 3), np.stack([regions["eyes_brows"]] * 3),
-                     np.stack([regions["mouth"]] * 3)]).astype(np.float32)  # (3 filters, 3 faces, 48, 48)
-    mix = np.array([[0, 0, 0, 1, 0, 0, 0], [1 / 3, 0, 1 / 3, 0, 0, 1 / 3, 0], [0, 0, 0, 0, 0, 2 / 3, 1 / 3]])
-    findings = filter_findings([10, 20, 30], mix, maps, ascent_response=np.array([5.0, 0.5, 3.0]),
-                               best_face_response=np.array([4.0, 1.0, 3.5]), k=3)
-    assert findings.regions == ["mouth", "eyes_brows", "mouth"]
-    assert findings.weak_ascent.tolist() == [False, True, True]
-    assert findings.selective.tolist() == [True, False, True]
-    assert findings.short_captions()[0] == "Happy 3/3, mouth"
-    assert findings.map_captions()[1].startswith("20: eyes/brows ")
-    answer = findings.answer()
-    assert answer.startswith("2 of the 3 filters shown respond to one expression (at least 2 of their 3 top faces "
-                             "share a class: Happy 1, Surprise 1). Their responses come mostly from the mouth (2 of "
-                             "the 3 filters; next the eyes/brows, 1).")
-    assert "excites 2 of the 3 filters less than their best real face" in answer
-    assert "(filters 20, 30)" in " ".join(findings.sentences())
-    table = findings.table()
-    assert table["ascent below best face"].tolist() == ["", "yes", "yes"]
-    findings.styled_table().to_html()
-
-
-@pytest.mark.parametrize("size,response,detail", [(48, "2x2", "6x6"), (72, "3x3", "9x9")])
-def test_filter_notes_measure_the_maps(size, response, detail):
-    notes = filter_notes(build_model("random")[0], size, 5)
-    assert (notes["response_map"], notes["detail_map"], notes["n_filters"], notes["n_shown"]) == (response, detail,
-                                                                                                  "512", "5")
-
-
-def test_gradient_ascent_raises_each_target_filter(trained_synthetic):
-    model, val, _ = trained_synthetic
-    responses = filter_responses(model, val.images)
-    chosen = np.argsort(-responses.max(0))[:8]
-    images, before, after = gradient_ascent(model, chosen, steps=40)
-    assert images.shape == (8, 48, 48) and images.min() >= 0 and images.max() <= 1
+def test_gradient_ascent_raises_each_target_filter_and_leaves_model_and_rng_alone(device):
+    torch.manual_seed(0)
+    model = build_model("random")[0].to(device).eval()
+    weights = {k: v.clone() for k, v in model.state_dict().items()}
+    state = torch.get_rng_state()
+    filters = [3, 100, 400]
+    images, before, after = gradient_ascent(model, filters, steps=20)
+    assert images.shape == (3, 48, 48) and images.min() >= 0 and images.max() <= 1
     assert (after > before).all(), list(zip(before, after))
+    assert torch.equal(state, torch.get_rng_state())
+    assert all(torch.equal(weights[k], v) for k, v in model.state_dict().items())
+    again, _, _ = gradient_ascent(model, filters, steps=20)
+    np.testing.assert_allclose(images, again, atol=1e-5)  # seeded
+
+
+@pytest.mark.parametrize("size,response", [(48, "2x2"), (72, "3x3")])
+def test_filter_notes_measure_the_map(size, response):
+    notes = filter_notes(build_model("random")[0], size, 5)
+    assert (notes["response_map"], notes["n_filters"], notes["n_shown"]) == (response, "512", "5")
+    assert notes["stretch_low"] == "1st" and notes["stretch_high"] == "99th"
+
+
+def test_shown_table_and_answer_state_the_computed_numbers():
+    rng = np.random.default_rng(0)
+    labels = rng.choice(7, 700)
+    responses = selective_responses(rng, labels)
+    top = top_faces(responses, np.arange(40), k=16)
+    sel = class_selectivity(labels, top, n_permutations=100)
+    values = rng.normal(size=(700, 5))
+    shift = attribute_shift(values, labels, top, n_permutations=100)
+    chosen = np.array([0, 20])
+    table = shown_table(chosen, labels, top, sel, shift, np.array([2.0, 1.0]), np.array([1.0, 1.5]))
+    assert table["filter"].tolist() == [0, 20] and table["class-selective"][0].startswith("yes")
+    assert table["top 16 faces"][0].startswith(f"{CLASS_NAMES[0]} ")
+    text = answer(sel, shift, np.array([2.0, 1.0]), np.array([1.0, 1.5]))
+    assert f"{int(sel.selective.sum())} of the 40" in text or f"for {int(sel.selective.sum())} of its 40" in text
+    assert "1 of the 2 filters shown" in text

@@ -21,12 +21,7 @@ from fer_lib.predict import score_predictions
 from fer_lib.runs import TrainConfig, cache_key, read_history, run_key
 from fer_lib.train import ensure_run, train
 
-from .conftest import TINY, pixel_row, write_csv
-
-
-def cli(*args, **kwargs):
-    return subprocess.run([sys.executable, "-m", "fer_lib", *args], capture_output=True, text=True, **kwargs)
-
+from .conftest import TINY, pixel_row, run_cli, write_csv
 
 # ------------------------------------------------------------------------- the course's image layout
 
@@ -166,7 +161,7 @@ def test_a_partial_run_in_the_cache_is_resumed_not_restarted(tiny, tmp_path):
     pd.testing.assert_series_equal(history.iloc[0].drop("seconds"), first_epoch)
 
 
-def test_a_killed_training_process_resumes_through_the_cli(tiny_dataset, tmp_path):
+def test_a_killed_training_process_resumes_through_the_cli(tiny_dataset, tmp_path, capsys):
     args = ["train", "--data", str(tiny_dataset), "--out", str(tmp_path / "run"), "--epochs", "3",
             "--max-train", "200", "--batch-size", "16", "--weights", "random", "--profile", "smoke"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -180,9 +175,9 @@ def test_a_killed_training_process_resumes_through_the_cli(tiny_dataset, tmp_pat
     proc.wait()
     done = len(read_history(tmp_path / "run"))
     assert done < 3 and not (tmp_path / "run" / "run.json").exists()
-    result = cli(*args, env=env)
-    assert result.returncode == 0, result.stderr
-    assert f"resuming {tmp_path / 'run'} at epoch {done + 1}/3" in result.stdout
+    code, out, err = run_cli(capsys, *args)  # the resume itself runs in this process
+    assert code == 0, err
+    assert f"resuming {tmp_path / 'run'} at epoch {done + 1}/3" in out
     assert read_history(tmp_path / "run")["epoch"].tolist() == [1, 2, 3]
 
 
@@ -195,14 +190,15 @@ def test_a_killed_training_process_resumes_through_the_cli(tiny_dataset, tmp_pat
     (["predict", "--run", "RUN", "--data", "DATA"], "has no test split"),
     (["train", "--data", "DATA", "--weights", "missing.pth", "--profile", "smoke"], "weights file not found"),
 ])
-def test_cli_errors_exit_2_with_one_line(tiny_dataset, tmp_path, args, message):
+def test_cli_errors_exit_2_with_one_line(tiny_dataset, tmp_path, args, message, capsys):
     no_test = tmp_path / "only_train"
     no_test.mkdir()
     (no_test / "train.csv").write_bytes((tiny_dataset / "train.csv").read_bytes())
     args = [str(no_test) if a == "DATA" else str(tmp_path) if a == "RUN" else a for a in args]
-    result = cli(*args, "--data", str(tiny_dataset)) if args[0] == "report" else cli(*args)
-    assert result.returncode == 2, result.stderr
-    assert message in result.stderr and "Traceback" not in result.stderr
+    extra = ["--data", str(tiny_dataset)] if args[0] == "report" else []
+    code, _, err = run_cli(capsys, *args, *extra)
+    assert code == 2, err
+    assert message in err and "Traceback" not in err
 
 
 def test_a_bug_keeps_its_traceback(monkeypatch):

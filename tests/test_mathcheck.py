@@ -30,7 +30,7 @@ def test_a_wrong_shape_formula_is_caught(monkeypatch):
     monkeypatch.setattr(mathcheck, "conv2d_output_shape", without_floor)
     check = mathcheck.verify_conv_shapes(300)
     assert not check.passed and check.max_error > 0
-    with pytest.raises(AssertionError, match="Conv2D output shape"):
+    with pytest.raises(AssertionError, match="convolution output shape"):
         check.require()
 
 
@@ -61,3 +61,26 @@ def test_offline_math_converts_latex_and_drops_cdn_scripts():
     assert "https://" not in out and "MathJax" not in out
     assert out.count("<math") == 2 and 'display="block"' in out
     assert "<pre>cost: $5 and $6</pre>" in out  # code blocks are left alone
+
+
+@pytest.mark.parametrize("size, sides", [(72, [36, 18, 9, 5, 3]), (48, [24, 12, 6, 3, 2])])
+def test_the_formula_reproduces_every_convolution_of_the_model(size, sides):
+    from fer_lib.model import build_model
+
+    table = mathcheck.conv_shape_table(build_model("random")[0], size)
+    assert len(table) == 21 and (table["kind"] == "convolution").sum() == 20  # 20 convolutions and the max-pool
+    assert table["matches"].all()
+    by_layer = dict(zip(table["layer"], table["output (C, H, W)"]))
+    # worked by hand: stem floor((72 + 6 - 7) / 2) + 1 = 36, max-pool 18, then the stride-2 blocks 9, 5, 3
+    assert [by_layer[n].split("x")[-1] for n in ("conv1", "maxpool", "layer2.0.conv1", "layer3.0.conv1",
+                                                 "layer4.0.conv1")] == [str(s) for s in sides]
+    assert by_layer["layer2.0.downsample.0"] == f"128x{sides[2]}x{sides[2]}"
+    assert table.loc[0, "formula"] == f"\u230a({size} + 2\u00b73 \u2212 7) / 2\u230b + 1 = {sides[0]}"
+
+
+def test_the_answer_names_the_model_check():
+    from fer_lib.model import build_model
+
+    table = mathcheck.conv_shape_table(build_model("random")[0], 72)
+    answer = mathcheck.checks_answer([mathcheck.verify_conv_shapes(20)], table, 72)
+    assert "all 20 convolutions of the model at 72x72" in answer and "reproduces every output shape" in answer

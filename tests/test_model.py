@@ -110,7 +110,8 @@ def test_preprocess_shapes_and_normalisation(size):
     x = preprocess(faces, size)
     assert x.shape == (4, 3, size, size)
     # white maps to (1 - mean) / std per channel
-    torch.testing.assert_close(x[0, :, 0, 0], (1 - torch.tensor([0.485, 0.456, 0.406])) / torch.tensor([0.229, 0.224, 0.225]))
+    torch.testing.assert_close(x[0, :, 0, 0],
+                               (1 - torch.tensor([0.485, 0.456, 0.406])) / torch.tensor([0.229, 0.224, 0.225]))
 
 
 def test_residual_structure_makes_skips_explicit():

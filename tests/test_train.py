@@ -14,7 +14,7 @@ from fer_lib.augment import AugmentConfig, augment
 from fer_lib.runs import HISTORY_COLUMNS, TrainConfig, load_trained, read_history
 from fer_lib.train import ensure_run, train
 
-from .conftest import TINY
+from .conftest import TINY, run_cli
 
 
 def test_overfits_a_small_batch(tiny):
@@ -96,11 +96,13 @@ def test_augmentation_is_seeded_and_keeps_shape():
     torch.testing.assert_close(augment(x, off, torch.Generator().manual_seed(1)), x, atol=1e-5, rtol=0)
 
 
-def test_cli_synth_train_predict_score_chain(tmp_path):
+
+
+def test_cli_synth_train_predict_score_chain(tmp_path, capsys):
     def cli(*args):
-        result = subprocess.run([sys.executable, "-m", "fer_lib", *args], capture_output=True, text=True)
-        assert result.returncode == 0, result.stderr
-        return result.stdout
+        code, out, err = run_cli(capsys, *args)
+        assert code == 0, err
+        return out
 
     cli("synth", "--out", str(tmp_path / "d"), "--n-train", "200", "--n-test", "40")
     cli("train", "--data", str(tmp_path / "d"), "--out", str(tmp_path / "run"), "--epochs", "1",
@@ -114,27 +116,26 @@ def test_cli_synth_train_predict_score_chain(tmp_path):
     assert "on 40 faces" in out
 
 
-def test_cli_reports_bad_data_clearly(tmp_path):
+def test_cli_reports_bad_data_clearly(tmp_path, capsys):
     (tmp_path / "train.csv").write_text("label,feature\n3,1 2 3\n")
-    result = subprocess.run([sys.executable, "-m", "fer_lib", "train", "--data", str(tmp_path), "--epochs", "1"],
-                            capture_output=True, text=True)
-    assert result.returncode == 2
-    assert "line 2: expected 2304 pixel values" in result.stderr and "Traceback" not in result.stderr
+    code, _, err = run_cli(capsys, "train", "--data", tmp_path, "--epochs", "1")
+    assert code == 2
+    assert "line 2: expected 2304 pixel values" in err and "Traceback" not in err
 
 
-def test_every_command_and_profile_is_documented():
+def test_every_command_and_profile_is_documented(capsys):
     """The help names every profile the code defines, and the README every command the parser accepts."""
     from pathlib import Path
 
     from fer_lib.runs import PROFILES
 
+    # the real entry point once, as a user types it
     top = subprocess.run([sys.executable, "-m", "fer_lib", "--help"], capture_output=True, text=True)
     commands = re.search(r"\{([a-z,]+)\}", top.stdout).group(1).split(",")
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
     for command in commands:
         assert f"python -m fer_lib {command}" in readme, f"README does not show `{command}`"
-    train_help = subprocess.run([sys.executable, "-m", "fer_lib", "train", "--help"], capture_output=True, text=True)
-    help_text = " ".join(train_help.stdout.split())
+    help_text = " ".join(run_cli(capsys, "train", "--help")[1].split())
     for profile in PROFILES:
         assert profile in help_text, f"train --help does not explain the {profile!r} profile"
 
@@ -159,13 +160,24 @@ def test_long_profile_runs_a_few_steps_on_the_cpu(tiny, tmp_path):
 
 @pytest.mark.parametrize("has_bf16, expected", [(True, "bf16"), (False, "fp32")])
 def test_precision_auto_follows_the_cpu(monkeypatch, has_bf16, expected):
-    import fer_lib.train as train_mod
+    import fer_lib.runs as runs_mod
 
-    monkeypatch.setattr(train_mod, "cpu_has_fast_bf16", lambda: has_bf16)
-    assert train_mod.resolve_precision("auto", torch.device("cpu")) == expected
-    assert train_mod.resolve_precision("fp32", torch.device("cpu")) == "fp32"
+    monkeypatch.setattr(runs_mod, "cpu_has_fast_bf16", lambda: has_bf16)
+    assert runs_mod.resolve_precision("auto", torch.device("cpu")) == expected
+    assert runs_mod.resolve_precision("fp32", torch.device("cpu")) == "fp32"
     with pytest.raises(ValueError, match="precision must be one of"):
-        train_mod.resolve_precision("fp16", torch.device("cpu"))
+        runs_mod.resolve_precision("fp16", torch.device("cpu"))
+
+
+@pytest.mark.parametrize("flags, native", [("fpu sse2 avx2 fma", False), ("avx2 avx512f avx512_bf16", True),
+                                           ("avx2 amx_bf16 amx_tile", True)])
+def test_cpu_description_says_whether_bf16_is_native(monkeypatch, flags, native):
+    import fer_lib.io as io_mod
+
+    cpuinfo = f"processor\t: 0\nmodel name\t: Test CPU 9000\nflags\t\t: {flags}\n"
+    monkeypatch.setattr(io_mod, "_cpuinfo", lambda: cpuinfo)
+    assert io_mod.cpu_has_fast_bf16() is native
+    assert io_mod.cpu_model() == f"Test CPU 9000 ({'native bf16' if native else 'no native bf16'})"
 
 
 def test_bf16_run_records_its_precision_and_ships_float16_weights(tiny, tmp_path):
@@ -173,7 +185,9 @@ def test_bf16_run_records_its_precision_and_ships_float16_weights(tiny, tmp_path
 
     run = train(tiny, TrainConfig(**{**TINY, "epochs": 1, "precision": "bf16"}), tmp_path / "run", progress=False)
     provenance = json.loads((run / "run.json").read_text())
-    assert provenance["precision"] == "bf16" and "bf16" in provenance["cpu"]
+    from fer_lib.io import cpu_model
+
+    assert provenance["precision"] == "bf16" and provenance["cpu"] == cpu_model()
     shipped = torch.load(run / "weights.pt", weights_only=True)
     best = torch.load(run / "best.pt", weights_only=True)
     assert all(v.dtype == torch.float16 for v in shipped.values() if v.is_floating_point())
