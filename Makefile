@@ -31,8 +31,10 @@ $(VENV)/.installed: requirements.txt pyproject.toml
 report: $(VENV)/.installed ## render report/<dataset>/ (from the shipped model, or trains once and caches the run)
 	$(PY) -m fer_lib report $(if $(DATA),--data $(DATA)) $(if $(PROFILE),--profile $(PROFILE)) --device $(DEVICE) $(if $(NOTEBOOKS),--notebooks $(NOTEBOOKS))
 
-test: $(VENV)/.installed ## run the test suite (pytest, a few minutes on 2 cores)
-	$(PY) -m pytest -q tests
+# one worker per core, each with one thread (two-thread torch ops in two workers contend for the cores and run
+# slower than one worker); whole files per worker, in the order conftest.py gives (slowest first)
+test: $(VENV)/.installed ## run the test suite (pytest, about 3 minutes on 2 cores)
+	OMP_NUM_THREADS=1 $(PY) -m pytest -q -n auto --dist loadfile --no-loadscope-reorder tests
 
 lint: $(VENV)/.installed ## check the code and notebooks with ruff (settings in pyproject.toml)
 	$(VENV)/bin/ruff check fer_lib tests notebooks

@@ -11,8 +11,9 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
     from .runs import PROFILES
 
     p.add_argument("--profile", choices=sorted(PROFILES), default=None,
-                   help="a named recipe: quick (minutes, a subset), full (the real-data recipe: 45 epochs at 72 px, "
-                        "about 100 min on 2 CPU cores with native bf16), long (300 epochs at 96 px, for a GPU), "
+                   help="a named recipe: quick (minutes, a subset), full (the real-data recipe: 60 epochs at 72 px "
+                        "with an average of the weights, about 100 min on 2 CPU cores with native bf16), "
+                        "long (300 epochs at 96 px, for a GPU), "
                         "synthetic (the demo data), smoke (seconds, tests) "
                         "(default: full for real data, synthetic for the embedded dataset)")
     p.add_argument("--epochs", type=int, help="number of epochs (overrides the profile)")
@@ -20,7 +21,7 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lr", type=float, help="peak learning rate of the one-cycle schedule")
     p.add_argument("--optimizer", choices=["adamw", "sgd"])
     p.add_argument("--input-size", type=int, help="faces are upsampled to this side before the network "
-                                                  "(full profile: 64; 48 is the faces' own size)")
+                                                  "(full profile: 72; 48 is the faces' own size)")
     p.add_argument("--max-train", type=int, help="train on at most this many faces (0 = all)")
     p.add_argument("--weights", help="'imagenet' (torch cache; default), 'random', or a ResNet18 .pth path")
     p.add_argument("--seed", type=int)

@@ -131,10 +131,17 @@ def ablation_table():
     return pd.read_csv(path) if path.exists() else None
 
 
+# the data notice names a dataset's layout (data.detect_layout) in words
+LAYOUT_WORDS = {"homework-csv": "the homework's CSV files", "fer2013.csv": "the original Kaggle CSV file",
+                "image-ids": "image files listed by id", "class-folders": "one image folder per class"}
+
+
 def data_notice_html(ctx: "Context") -> str:
     """The line under each page's title saying what data it was computed on (a loud box for the demo)."""
     if not ctx.is_synthetic:
-        return (f"<p><b>Data:</b> {html.escape(ctx.dataset.name)} ({html.escape(ctx.dataset.layout)}), "
-                f"{len(ctx.dataset.train):,} training faces; profile <code>{html.escape(ctx.profile)}</code>.</p>")
+        files = LAYOUT_WORDS.get(ctx.dataset.layout, ctx.dataset.layout)
+        return (f"<p><b>Data:</b> {html.escape(ctx.dataset.name)} ({html.escape(files)}), "
+                f"{len(ctx.dataset.train):,} training faces; training recipe: {html.escape(ctx.profile)} "
+                "(see the appendix).</p>")
     return ('<div style="background:#fff3cd;border:2px solid #d39e00;padding:10px 14px;'
             f'font-size:1.05em;margin:8px 0"><b>&#9888; {html.escape(SYNTHETIC_NOTICE)}</b></div>')

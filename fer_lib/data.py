@@ -10,6 +10,7 @@ Every image comes back as uint8 (N, 48, 48); labels are int64 in 0..6, or None f
 """
 from __future__ import annotations
 
+import json
 import warnings
 import zlib
 from dataclasses import dataclass, field
@@ -19,7 +20,7 @@ import numpy as np
 
 from . import CLASS_NAMES, IMAGE_SIZE
 from .fastcsv import parse_key_pixel_rows
-from .io import IMAGE_SUFFIXES, atomic_write, default_cache_dir, file_sha256  # noqa: F401 (re-exported)
+from .io import IMAGE_SUFFIXES, array_sha256, atomic_savez, default_cache_dir, file_sha256
 
 N_PIXELS = IMAGE_SIZE * IMAGE_SIZE
 _CACHE_FORMAT = 1  # bump when the parsed-array layout changes, so old cache entries are ignored
@@ -87,11 +88,7 @@ def _cached(path: Path, cache_dir: Path | None, parse) -> dict[str, np.ndarray]:
         with np.load(entry) as npz:
             return {k: npz[k] for k in npz.files}
     arrays = parse(path)
-    def write(tmp: Path) -> None:
-        with open(tmp, "wb") as f:  # a file object: np.savez would append ".npz" to a bare name
-            np.savez(f, **arrays)
-
-    atomic_write(entry, write)
+    atomic_savez(entry, **arrays)
     return arrays
 
 
@@ -517,35 +514,57 @@ def load_test_faces(path: str | Path, cache_dir: Path | None = None) -> FaceSet:
 # split
 
 
-def train_val_split(faces: FaceSet, val_fraction: float = 0.1, seed: int = 0,
-                    groups: np.ndarray | None = None) -> tuple[FaceSet, FaceSet]:
+_SPLIT_FORMAT = 1  # bump when the split's algorithm changes: cached splits are then recomputed
+
+
+def train_val_split(faces: FaceSet, val_fraction: float = 0.1, seed: int = 0, groups: np.ndarray | None = None,
+                    cache_dir: Path | None = None) -> tuple[FaceSet, FaceSet]:
     """Deterministic split stratified by class: every class keeps its share in both parts.
 
     ``groups`` (one id per face, e.g. copies of the same photo) keeps every group on one side, so no
-    validation face has a copy in the training part.
+    validation face has a copy in the training part. The split depends only on the labels, the groups, the
+    fraction and the seed; with ``cache_dir`` it is stored there under a hash of those (every notebook of a
+    report asks for the same split, and computing it imports scikit-learn, seconds per process).
     """
-    from sklearn.model_selection import StratifiedGroupKFold, train_test_split
-
     if not 0 < val_fraction < 1:
         raise DataError(f"val_fraction must be in (0, 1), got {val_fraction}")
-    index = np.arange(len(faces))
-    counts = np.bincount(faces.labels, minlength=len(CLASS_NAMES))
+    if groups is not None and len(groups) != len(faces):
+        raise DataError(f"{len(groups)} group ids for {len(faces)} faces")
+    entry = None
+    if cache_dir is not None:
+        settings = np.frombuffer(json.dumps([val_fraction, seed, _SPLIT_FORMAT]).encode(), dtype=np.uint8)
+        parts = [faces.labels.astype(np.int64), np.asarray([] if groups is None else groups, dtype=np.int64)]
+        entry = Path(cache_dir) / f"split-{array_sha256(*parts, settings)[:16]}.npz"
+        if entry.exists():
+            with np.load(entry) as z:
+                return faces.subset(z["train"]), faces.subset(z["val"])
+    train_idx, val_idx = _split_indices(faces.labels, val_fraction, seed, groups)
+    if entry is not None:
+        atomic_savez(entry, train=train_idx, val=val_idx)
+    return faces.subset(train_idx), faces.subset(val_idx)
+
+
+def _split_indices(labels: np.ndarray, val_fraction: float, seed: int,
+                   groups: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    """Sorted (training, validation) indices: the split itself, with scikit-learn."""
+    from sklearn.model_selection import StratifiedGroupKFold, train_test_split
+
+    index = np.arange(len(labels))
+    counts = np.bincount(labels, minlength=len(CLASS_NAMES))
     n_folds = max(2, round(1 / val_fraction))
     # stratification needs two examples of a class; tiny sets fall back to a seeded plain split
-    stratifiable = counts[counts > 0].min() >= n_folds and len(faces) * val_fraction >= (counts > 0).sum()
+    stratifiable = counts[counts > 0].min() >= n_folds and len(labels) * val_fraction >= (counts > 0).sum()
     if groups is not None:
-        if len(groups) != len(faces):
-            raise DataError(f"{len(groups)} group ids for {len(faces)} faces")
         if stratifiable:
             folds = StratifiedGroupKFold(n_splits=n_folds, shuffle=True, random_state=seed)
-            train_idx, val_idx = next(folds.split(index, faces.labels, groups))
+            train_idx, val_idx = next(folds.split(index, labels, groups))
         else:
             from sklearn.model_selection import GroupShuffleSplit
 
             folds = GroupShuffleSplit(n_splits=1, test_size=val_fraction, random_state=seed)
-            train_idx, val_idx = next(folds.split(index, faces.labels, groups))
+            train_idx, val_idx = next(folds.split(index, labels, groups))
     else:
-        stratify = faces.labels if counts[counts > 0].min() >= 2 and len(faces) * val_fraction >= (counts > 0).sum() \
+        stratify = labels if counts[counts > 0].min() >= 2 and len(labels) * val_fraction >= (counts > 0).sum() \
             else None
         train_idx, val_idx = train_test_split(index, test_size=val_fraction, random_state=seed, stratify=stratify)
-    return faces.subset(np.sort(train_idx)), faces.subset(np.sort(val_idx))
+    return np.sort(train_idx), np.sort(val_idx)

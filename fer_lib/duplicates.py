@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .io import array_sha256, atomic_write
+from .io import array_sha256, atomic_savez
 
 THUMB = 12  # thumbnail side: 48 / 4, each thumbnail pixel the mean of a 4x4 block
 NEAR_KEY_MIN = 0.97  # thumbnail correlation that makes a pair a candidate
@@ -171,11 +171,7 @@ def cached_duplicates(train_images: np.ndarray, test_images: np.ndarray | None =
                               z["test_match"] if has_test else None)
     dup = find_duplicates(train_images, test_images)
 
-    def write(tmp: Path) -> None:
-        with open(tmp, "wb") as f:
-            np.savez(f, exact_group=dup.exact_group, group=dup.group, has_test=dup.test_copy is not None,
-                     test_copy=dup.test_copy if dup.test_copy is not None else np.zeros(0, dtype=str),
-                     test_match=dup.test_match if dup.test_match is not None else np.zeros(0, dtype=np.int64))
-
-    atomic_write(entry, write)
+    atomic_savez(entry, exact_group=dup.exact_group, group=dup.group, has_test=dup.test_copy is not None,
+                 test_copy=dup.test_copy if dup.test_copy is not None else np.zeros(0, dtype=str),
+                 test_match=dup.test_match if dup.test_match is not None else np.zeros(0, dtype=np.int64))
     return dup

@@ -106,14 +106,20 @@ def run_accuracy(run: dict) -> RunAccuracy | None:
 @dataclass
 class HistoryFindings:
     epochs: int  # epochs in the history
-    best_epoch: int  # first epoch with the best validation accuracy (the weights that are kept)
+    kept_epoch: int  # the epoch whose weights are shipped (run.json's selected_epoch; older runs: the best one)
+    kept_val_acc: float
+    best_epoch: int  # first epoch with the highest validation accuracy (plain, no test-time views)
     best_val_acc: float
+    kept_val_acc_tta: float | None  # with flip views, where the history records them
+    best_val_acc_tta: float | None
+    top_tta_epoch: int | None  # the epoch with the highest flip-view accuracy, and that accuracy
+    top_tta: float | None
     n_val: int  # validation faces
-    val_se: float  # standard error of the best validation accuracy, sqrt(p(1-p)/n)
+    val_se: float  # standard error of the kept weights' validation accuracy, sqrt(p(1-p)/n)
     train_column: str  # "train_eval_acc" (eval mode, clean faces: like for like) or "train_acc" (older runs)
     train_faces: int  # training faces behind the training accuracy of train_column (the fixed sample)
-    train_acc_at_best: float
-    gap_at_best: float  # training - validation accuracy at the best epoch (the kept weights)
+    train_acc_at_kept: float
+    gap_at_kept: float  # training - validation accuracy of the kept weights
     gap_se: float  # standard error of that difference
     final_train_acc: float
     final_val_acc: float
@@ -129,7 +135,9 @@ class HistoryFindings:
     final_val_loss: float
     val_loss_falling_at_end: bool
     val_loss_rising_since: int | None  # first epoch after which validation loss only went up, if it did
-    raw_at_best: float | None  # the stepped (not averaged) weights at the best epoch, when an average is kept
+    val_loss_rise: float  # the last epoch's validation loss over its minimum, minus 1 (0.034: 3.4% above)
+    val_loss_min_epoch: int
+    raw_at_kept: float | None  # the stepped (not averaged) weights at the kept epoch, when an average is kept
     raw_best: float | None  # the stepped weights' best epoch
     missing: list[str]  # columns this (older) history does not record
     verdict: str  # "overfits", "underfits" or "fits well"
@@ -149,9 +157,9 @@ class HistoryFindings:
         return "training accuracy (augmented batches, dropout on: this older run records nothing cleaner)"
 
     def verdict_sentence(self) -> str:
-        gap = (f"{self._train_words()} is {abs(self.gap_at_best) * 100:.1f} points "
-               f"{'above' if self.gap_at_best >= 0 else 'below'} validation accuracy at the best epoch "
-               f"({self.train_acc_at_best:.1%} vs {self.best_val_acc:.1%}, one standard error "
+        gap = (f"{self._train_words()} is {abs(self.gap_at_kept) * 100:.1f} points "
+               f"{'above' if self.gap_at_kept >= 0 else 'below'} validation accuracy for the kept weights "
+               f"({self.train_acc_at_kept:.1%} vs {self.kept_val_acc:.1%}, one standard error "
                f"{self.gap_se * 100:.1f} points)")
         if self.verdict == "overfits":
             harm = []
@@ -160,12 +168,19 @@ class HistoryFindings:
             if self.trend == "declining":
                 harm.append("validation accuracy fell from its best")
             tail = ("; " + " and ".join(harm)) if harm else (
-                "; validation accuracy did not fall and validation loss did not rise, so the memorised part has "
-                "not yet cost validation accuracy")
+                "; the best validation accuracy of the last epochs is within one standard error of the earlier "
+                f"best and validation loss {self._loss_end_words()}, so the memorised part has not clearly cost "
+                "validation accuracy yet")
             return f"The model overfits: {gap}{tail}."
         if self.verdict == "underfits":
             return f"The model underfits: {gap}, and it does not yet fit even the training faces well."
-        return f"No strong over- or underfitting: {gap}, and validation loss did not rise."
+        return f"No strong over- or underfitting: {gap}, and validation loss {self._loss_end_words()}."
+
+    def _loss_end_words(self) -> str:
+        if self.val_loss_rise <= 0.001:
+            return "ended at its minimum"
+        return (f"ended {self.val_loss_rise:.1%} above its minimum (epoch {self.val_loss_min_epoch}), under the 5% "
+                "taken as noise")
 
     def trend_sentence(self) -> str:
         if self.earlier_best is None:
@@ -204,15 +219,32 @@ class HistoryFindings:
                 f"cross-entropy ({self.final_val_loss:.3f}, {direction}).")
 
     def average_sentence(self) -> str:
-        if self.raw_at_best is None:
+        if self.raw_at_kept is None:
             return ""
-        return (f"The kept weights are a running average of the weights over the training steps; at the best epoch "
-                f"the average scores {self.best_val_acc:.1%} and the weights the optimiser steps "
-                f"{self.raw_at_best:.1%} (their own best: {self.raw_best:.1%}).")
+        return (f"The kept weights are a running average of the weights over the training steps; at epoch "
+                f"{self.kept_epoch} the average scores {self.kept_val_acc:.1%} and the weights the optimiser steps "
+                f"{self.raw_at_kept:.1%} (their own best: {self.raw_best:.1%}).")
+
+    def kept_sentence(self) -> str:
+        if self.kept_epoch == self.best_epoch:
+            return (f"The kept weights are those of epoch {self.kept_epoch} of {self.epochs}, the best: "
+                    f"{self.kept_val_acc:.1%} validation accuracy.")
+        drop = (self.best_val_acc - self.kept_val_acc) * 100
+        text = (f"The kept weights are those of epoch {self.kept_epoch} of {self.epochs}, by the rule that ships the "
+                f"final average rather than a maximum over noisy epochs (which would flatter it): "
+                f"{self.kept_val_acc:.1%} validation accuracy without test-time views, {drop:.1f} points below the "
+                f"plain peak of {self.best_val_acc:.1%} at epoch {self.best_epoch}")
+        if self.kept_val_acc_tta is None or self.best_val_acc_tta is None:
+            return text + "."
+        text += (f"; with flip views, as predictions are made, {self.kept_val_acc_tta:.1%} against "
+                 f"{self.best_val_acc_tta:.1%} at epoch {self.best_epoch}")
+        if self.top_tta_epoch not in (None, self.kept_epoch):
+            text += f" (the run's highest flip figure, {self.top_tta:.1%} at epoch {self.top_tta_epoch}, not picked)"
+        return text + "."
 
     def sentences(self) -> list[str]:
-        lines = [f"Best validation accuracy {self.best_val_acc:.1%} at epoch {self.best_epoch} of {self.epochs}.",
-                 self.verdict_sentence(), self.trend_sentence(), self.average_sentence(), self.loss_sentence()]
+        lines = [self.kept_sentence(), self.verdict_sentence(), self.trend_sentence(), self.average_sentence(),
+                 self.loss_sentence()]
         if self.missing:
             names = {"train_ce": "plain training cross-entropy",
                      "train_eval_acc": "training accuracy scored like validation",
@@ -231,19 +263,27 @@ class HistoryFindings:
                 f"to {last[self.train_loss_column]:.2f}, validation from {first['val_loss']:.2f} "
                 f"to {last['val_loss']:.2f}. "
                 f"Accuracy: training faces scored like validation end at {self.final_train_acc:.1%}, validation at "
-                f"{self.final_val_acc:.1%}, best {self.best_val_acc:.1%} at epoch {self.best_epoch} (dashed line)"
+                f"{self.final_val_acc:.1%}, kept weights {self.kept_val_acc:.1%} at epoch {self.kept_epoch} "
+                "(dashed line)"
                 + (f"; the stepped weights' validation accuracy ends at {last['val_acc_raw']:.1%}"
-                   if self.raw_at_best is not None else "")
+                   if self.raw_at_kept is not None else "")
                 + f". Learning rate: from {lr[0]:.2g} up to {lr.max():.2g} at epoch {peak}, then down to {lr[-1]:.2g}.")
 
     def sentence(self) -> str:
         return " ".join(self.sentences())
 
     def answer(self) -> str:
-        """The short answer to Q2: the verdict, the best epoch and what the end of the curve shows."""
-        return " ".join([self.verdict_sentence(),
-                         f"Validation accuracy peaks at {self.best_val_acc:.1%} (epoch {self.best_epoch} of "
-                         f"{self.epochs}).", self.trend_sentence()])
+        """The short answer to Q2: the verdict, the kept epoch and what the end of the curve shows."""
+        kept = (f"The weights kept are epoch {self.kept_epoch}'s of {self.epochs}: {self.kept_val_acc:.1%} validation "
+                "accuracy" + (f", {self.kept_val_acc_tta:.1%} with flip views." if self.kept_val_acc_tta is not None
+                              else "."))
+        return " ".join([self.verdict_sentence(), kept, self.trend_sentence()])
+
+
+def _value(row, column: str) -> float | None:
+    """A history cell as a float, None where it is absent or NaN (not recorded: NaN is unequal to itself)."""
+    value = row.get(column)
+    return None if value is None or value != value else float(value)
 
 
 def _recorded(history, column: str) -> bool:
@@ -252,27 +292,36 @@ def _recorded(history, column: str) -> bool:
 
 def history_findings(history, n_val: int, train_faces: int = 1000, gap_overfit: float = 0.10,
                      underfit_train_acc: float = 0.6, window: int | None = None,
-                     anneal_fraction: float = 0.25) -> HistoryFindings:
+                     anneal_fraction: float = 0.25, kept_epoch: int | None = None) -> HistoryFindings:
     """Findings computed from a history table (pandas DataFrame with the runs.HISTORY_COLUMNS).
 
     Over- and underfitting compare like with like: ``train_eval_acc`` (the kept weights on a fixed sample of
-    ``train_faces`` training faces, eval mode, no augmentation) against validation accuracy, at the best epoch;
+    ``train_faces`` training faces, eval mode, no augmentation) against validation accuracy, at ``kept_epoch``
+    (the shipped weights' epoch, run.json's selected_epoch; default: the first best, as older runs kept);
     older histories fall back to the augmented ``train_acc`` and say so. ``n_val`` sets the noise level: one
-    standard error sqrt(p(1-p)/n) of the best validation accuracy is the tolerance when the best of the last
+    standard error sqrt(p(1-p)/n) of the kept weights' validation accuracy is the tolerance when the best of the last
     ``window`` epochs (default a fifth of the run, at least one) is compared with the best before them. A rise
     over epochs whose learning rate ends below ``anneal_fraction`` of its peak is "rising as the rate anneals":
     the schedule's own doing, not evidence that more epochs would help. Thresholds are rules of thumb.
     """
     epochs = len(history)
-    best_i = int(history["val_acc"].to_numpy(dtype=float).argmax())  # the first best epoch, as kept
+    best_i = int(history["val_acc"].to_numpy(dtype=float).argmax())  # the first best epoch
+    kept_rows = history.index[history["epoch"] == kept_epoch] if kept_epoch is not None else []
+    if kept_epoch is not None and not len(kept_rows):
+        raise ValueError(f"kept epoch {kept_epoch} is not in the history (epochs 1-{epochs})")
     best, last = history.iloc[best_i], history.iloc[-1]
+    kept = history.loc[kept_rows[0]] if len(kept_rows) else best
+    top_tta = (None, None)
+    if _recorded(history, "val_acc_tta"):
+        top = history.loc[history["val_acc_tta"].astype(float).idxmax()]
+        top_tta = (int(top["epoch"]), float(top["val_acc_tta"]))
     train_column = "train_eval_acc" if _recorded(history, "train_eval_acc") else "train_acc"
     faces = train_faces if train_column == "train_eval_acc" else 0
-    p = float(best["val_acc"])
+    p = float(kept["val_acc"])
     se = float(np.sqrt(p * (1 - p) / max(n_val, 1)))
-    q = float(best[train_column])
+    q = float(kept[train_column])
     gap_se = float(np.sqrt(se ** 2 + q * (1 - q) / max(faces or n_val, 1)))
-    gap_best = q - p
+    gap_kept = q - p
     final_gap = float(last[train_column] - last["val_acc"])
 
     val_acc = history["val_acc"].to_numpy(dtype=float)
@@ -301,20 +350,24 @@ def history_findings(history, n_val: int, train_faces: int = 1000, gap_overfit: 
     train_loss_column = "train_ce" if _recorded(history, "train_ce") else "train_loss"
     missing = [c for c in ("train_ce", "train_eval_acc", "val_acc_raw") if not _recorded(history, c)]
     raw = _recorded(history, "val_acc_raw") and not np.allclose(history["val_acc_raw"], history["val_acc"])
-    if gap_best > gap_overfit or rising or trend == "declining":
+    if gap_kept > gap_overfit or rising or trend == "declining":
         verdict = "overfits"
-    elif q < underfit_train_acc and gap_best < gap_overfit / 2:
+    elif q < underfit_train_acc and gap_kept < gap_overfit / 2:
         verdict = "underfits"
     else:
         verdict = "fits well"
     return HistoryFindings(
-        epochs=epochs, best_epoch=int(best["epoch"]), best_val_acc=p, n_val=n_val, val_se=se,
-        train_column=train_column, train_faces=faces, train_acc_at_best=q, gap_at_best=gap_best, gap_se=gap_se,
+        epochs=epochs, kept_epoch=int(kept["epoch"]), kept_val_acc=p, best_epoch=int(best["epoch"]),
+        best_val_acc=float(best["val_acc"]), kept_val_acc_tta=_value(kept, "val_acc_tta"),
+        best_val_acc_tta=_value(best, "val_acc_tta"), top_tta_epoch=top_tta[0], top_tta=top_tta[1],
+        n_val=n_val, val_se=se,
+        train_column=train_column, train_faces=faces, train_acc_at_kept=q, gap_at_kept=gap_kept, gap_se=gap_se,
         final_train_acc=float(last[train_column]), final_val_acc=float(last["val_acc"]), final_gap=final_gap,
         window=window, recent_best=recent, earlier_best=earlier, trend=trend, lr_peak=float(lr.max()),
         lr_window=lr_window, train_loss_column=train_loss_column, final_train_loss=float(last[train_loss_column]),
         final_val_loss=float(val_loss[-1]), val_loss_falling_at_end=bool(epochs > 1 and val_loss[-1] < val_loss[-2]),
-        val_loss_rising_since=rising, raw_at_best=float(best["val_acc_raw"]) if raw else None,
+        val_loss_rising_since=rising, val_loss_rise=float(val_loss[-1] / val_loss[low] - 1),
+        val_loss_min_epoch=int(history["epoch"].iloc[low]), raw_at_kept=float(kept["val_acc_raw"]) if raw else None,
         raw_best=float(history["val_acc_raw"].max()) if raw else None, missing=missing, verdict=verdict)
 
 
@@ -379,6 +432,17 @@ def split_copies(faces, exact_group: np.ndarray, group: np.ndarray, val_fraction
 
 
 # --------------------------------------------------------------------------------------------- Q3: confusion
+
+
+def test_copies_sentence(summary: dict, file_name: str = "test_duplicates.csv") -> str:
+    """What the report's list of test faces with a training copy holds (from Duplicates.summary()); no labels."""
+    n, exact, near = summary["test_faces"], summary["test_exact_copies"], summary["test_near_copies"]
+    listed = exact + near
+    return (f"Of the {n:,} test faces, **{listed:,}** ({listed / max(n, 1):.1%}) have a copy in the training file: "
+            f"{exact:,} exact and {near:,} near copies. [{file_name}]({file_name}) beside this report lists their "
+            "ids and the kind of copy, so that whoever holds the test labels can also score the model on the "
+            f"{n - listed:,} test faces it has never seen in any form. The test labels are hidden here, and no "
+            "page states a test-set result.")
 
 
 @dataclass
@@ -468,7 +532,10 @@ class ConfusionFindings:
             return f"{p} ({n} faces, {n / self.support[self._row(name)]:.0%} of {name})"
         names = [p for p, _ in tops]
         joined = ", ".join(names[:-1]) + " and " + names[-1]
-        return f"{joined} about equally ({' vs '.join(str(n) for _, n in tops)} faces)"
+        counted = " vs ".join(str(n) for _, n in tops)
+        if tops[0][1] < 20:  # a difference like 11 vs 5 is within noise, but "about equally" would read as false
+            return f"{joined}, too few faces to tell which more often ({counted} faces)"
+        return f"{joined} about equally ({counted} faces)"
 
     @property
     def main_pair(self) -> tuple[str, str] | None:
@@ -621,10 +688,16 @@ class ConfusionFindings:
         if common and common[0] != "Fear":
             evidence += f"; Fear: {self.recall_text('Fear')}"
         evidence += f"; most misclassified faces: {most_errors} ({self.errors[most_errors]})"
-        if worst == "Fear":
-            holds, verdict = True, "reproduced"
-        elif common and common[0] == "Fear":
-            holds, verdict = True, f"reproduced among classes with enough faces ({', '.join(self.rare)} too few)"
+        if worst == "Fear" or (common and common[0] == "Fear"):
+            holds, verdict = True, "reproduced by rate (recall)"
+            if worst != "Fear":
+                verdict += f" among classes with enough faces ({', '.join(self.rare)} too few)"
+            if most_errors != "Fear":
+                alike = counts_tie(self.errors[most_errors], self.errors["Fear"])
+                larger = self.support[self._row(most_errors)] > self.support[self._row("Fear")]
+                verdict += (f"; by count {most_errors} has {'about as many' if alike else 'more'} misclassified faces "
+                            f"({self.errors[most_errors]} vs {self.errors['Fear']})"
+                            + (f", {most_errors} being the larger class" if larger else ""))
         else:
             holds = False
             ref = common[0] if common else worst
@@ -688,23 +761,6 @@ def misclassified(y_true: np.ndarray, y_pred: np.ndarray, true_name: str, pred_n
     return np.flatnonzero((np.asarray(y_true) == t) & (np.asarray(y_pred) == p))[:limit]
 
 
-def confident_correct(probs: np.ndarray, labels: np.ndarray, per_class: int = 1,
-                      most_confident: bool = True) -> np.ndarray:
-    """Indices of correctly classified faces, up to ``per_class`` per class, ordered by class.
-
-    Within a class: the faces the model is surest of first, or (``most_confident=False``) in data order.
-    Classes with no correct face are skipped.
-    """
-    correct = probs.argmax(1) == labels
-    chosen = []
-    for c in range(probs.shape[1]):
-        idx = np.flatnonzero(correct & (labels == c))
-        if most_confident:
-            idx = idx[np.argsort(-probs[idx, c], kind="stable")]
-        chosen.extend(idx[:per_class])
-    return np.array(chosen, dtype=np.int64)
-
-
 # --------------------------------------------------------------------------------------------- Q3: calibration
 
 
@@ -744,7 +800,16 @@ class CalibrationFindings:
                 f"calibration error (ECE, {RELIABILITY_BINS} equal-width bins) is {self.ece_before:.1%}. Dividing the "
                 f"logits by one temperature, T = {self.temperature:.2f}, fitted on validation, brings it to "
                 f"{self.ece_after:.1%}; fitted on one half of the faces and measured on the other (so the faces that "
-                f"set T do not grade it) it is {self.ece_after_held_out:.1%}. Scaling changes no prediction.")
+                f"set T do not grade it) it is {self.ece_after_held_out:.1%}. Scaling changes no prediction. "
+                + self._verdict())
+
+    def _verdict(self) -> str:
+        gain = self.ece_before - self.ece_after_held_out
+        if abs(self.temperature - 1) < 0.05 or gain < 0.005:
+            return (f"With T this close to 1 the scaling makes no real difference (held out: {gain * 100:+.1f} "
+                    "points of ECE): the trained model's probabilities are already about as calibrated as one "
+                    "temperature can make them.")
+        return f"The scaling is a real improvement: {gain * 100:.1f} points less ECE on faces that did not set T."
 
 
 def calibration_findings(logits, labels, seed: int = 0) -> CalibrationFindings:
@@ -803,7 +868,8 @@ def accuracy_by_copy(y_true: np.ndarray, y_pred: np.ndarray, has_copy: np.ndarra
 
 # --------------------------------------------------------------------------------------------- appendix: recipe
 
-_TEST_CLAUSE = re.compile(r"\b(hidden )?test(-set| set)?\b", re.I)
+# a clause about the test set ("on the hidden test", "test-set accuracy"); "test-time views" are not about it
+_TEST_CLAUSE = re.compile(r"\b(hidden )?test(?!-time)(-set| set)?\b", re.I)
 
 
 def recipe_table(table):

@@ -372,9 +372,10 @@ class RegionFindings:
                     bits.append(f"the {REGION_LABELS[r]} ({_spread(values)})")
                 parts.append(f"{word} of their mass on {_names(bits)}")
         unclear = [REGION_LABELS[r] for r, v in found.items() if v is None]
+        voters = f"the {len(self.voters)} methods that pass the sanity check"
         text = ("Against the same method on a randomly initialised network, which carries the same centre bias, "
-                f"most of the {len(self.voters)} methods that pass the sanity check, and none against, put "
-                + ("; ".join(parts) if parts else "no region clearly more or less of their mass"))
+                + (f"most of {voters} (and none of them the other way) put " + "; ".join(parts) if parts else
+                   f"{voters} put no region clearly more or less of their mass"))
         if parts and unclear:
             text += f" (no clear difference for the {_names(unclear)})"
         return text + "."

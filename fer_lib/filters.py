@@ -336,8 +336,8 @@ class AttributeShift:
         if beyond.empty:
             return [(f"For no attribute do more of the {n_filters} filters have top faces that differ from faces "
                      "of the same classes than within-class shuffles give.")]
-        parts = [f"{r.attribute} {r['top faces']} for {r.filters} filters (chance: "
-                 f"{r['by chance (mean)']:.0f}, up to {r['by chance (95% up to)']})" for _, r in beyond.iterrows()]
+        parts = [f"{r.attribute} {r['top faces']} for {r.filters} filters (shuffles: {r['by chance (mean)']:.0f} on "
+                 f"average, at most {r['by chance (95% up to)']} in 95%)" for _, r in beyond.iterrows()]
         return ["Beyond their class, the top faces differ from faces of the same classes more often than chance "
                 "gives in: " + "; ".join(parts) + "."]
 
@@ -548,8 +548,9 @@ def answer(selectivity: Selectivity, shift: AttributeShift, ascent: np.ndarray, 
     if selectivity.beyond_chance:
         share = "Most" if sel > n / 2 else f"{sel} of {n}"
         first = (f"{share} of the last layer's filters respond to one expression: for {sel} of its {n} filters the "
-                 f"strongest validation faces share a class more than under shuffled labels (chance: {mean:.0f}, "
-                 f"up to {hi})" + (f", most often {' and '.join(f'{c} ({m})' for c, m in top2)}." if top2 else "."))
+                 f"strongest validation faces share a class more than under shuffled labels (with shuffled labels "
+                 f"{mean:.0f} filters pass on average, {hi} at most in 95% of shuffles)"
+                 + (f", most often {' and '.join(f'{c} ({m})' for c, m in top2)}." if top2 else "."))
     else:
         first = (f"The last layer's filters are not class-selective beyond chance: {sel} of {n} filters pass where "
                  f"shuffled labels give {mean:.0f} (up to {hi}).")
@@ -563,6 +564,7 @@ def answer(selectivity: Selectivity, shift: AttributeShift, ascent: np.ndarray, 
     else:
         second = " Beyond the class, their top faces share no measured trait more than chance gives."
     above = int((ascent > best_face).sum())
-    third = (f" The gradient-ascent images of {above} of the {len(ascent)} filters shown excite their filter more "
-             "than its strongest real face does.")
+    which = (f"all {len(ascent)}" if above == len(ascent) else f"{above} of the {len(ascent)}")
+    third = (f" For {which} filters shown, the gradient-ascent image excites the filter more than its strongest "
+             "real face does.")
     return first + second + third

@@ -34,6 +34,18 @@ def atomic_write(path: Path, write) -> None:
         raise
 
 
+def atomic_savez(path: Path, **arrays) -> None:
+    """``np.savez`` through atomic_write (a file object: np.savez would append ".npz" to a bare name): the
+    caches of parsed arrays, duplicate groups and splits."""
+    import numpy as np
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as f:
+            np.savez(f, **arrays)
+
+    atomic_write(path, write)
+
+
 def file_sha256(path: Path) -> str:
     """Hex sha256 of a file's bytes (the one hash helper: data files, weights, shipped models)."""
     with open(path, "rb") as f:

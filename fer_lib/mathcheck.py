@@ -180,16 +180,21 @@ def verify_softmax_cross_entropy(cases: int = 200, seed: int = 0, tolerance: flo
                  tolerance)
 
 
+def error_words(max_error: float) -> str:
+    """'no mismatch' for an exact match (integer shapes), else 'largest error 3e-14'."""
+    return "no mismatch" if max_error == 0 else f"largest error {max_error:.0e}"
+
+
 def checks_answer(checks: list[Check], shapes=None, input_size: int | None = None) -> str:
     """The page's short answer: whether every closed form matched PyTorch, how closely, and (given Q1's
     ``conv_shape_table``) that the convolution formula reproduces every shape of the model at ``input_size``."""
     failed = [c.name for c in checks if not c.passed]
     if failed:
         return "**Not verified:** " + "; ".join(failed) + " disagreed with PyTorch."
-    parts = [f"{c.name} ({c.cases} random cases, largest error {c.max_error:.0e})" for c in checks]
-    text = ("The three derivations (convolution output shape, batch-norm gradients, softmax + cross-entropy "
-            "gradient softmax(z) minus the one-hot target) are worked step by step, and each closed form matches "
-            "PyTorch: " + "; ".join(parts) + ".")
+    parts = [f"{c.name} ({c.cases} random cases, {error_words(c.max_error)})" for c in checks]
+    text = ("The three derivations (the convolution output shape, the batch-norm gradients, and the gradient of "
+            "softmax followed by cross-entropy, which is the softmax output minus the one-hot target) are worked "
+            "step by step, and each closed form matches PyTorch: " + "; ".join(parts) + ".")
     if shapes is not None and len(shapes):
         convs = int((shapes["kind"] == "convolution").sum())
         verdict = "reproduces" if bool(shapes["matches"].all()) else "does NOT reproduce"

@@ -243,10 +243,6 @@ def reading_order_index(boxes: np.ndarray) -> np.ndarray:
     return np.lexsort((boxes[:, 0], rows))
 
 
-def reading_order(boxes: np.ndarray) -> np.ndarray:
-    """Boxes sorted in reading order (see reading_order_index)."""
-    return boxes[reading_order_index(boxes)]
-
 # ---------------------------------------------------------------------------------------------
 # the landmark check: does a box hold a face?
 
@@ -390,6 +386,16 @@ def face_text(face: Face, number: int | None = None) -> str:
     return f"{f'{number} ' if number else ''}{face.label}{mark} {face.prob:.0%}"
 
 
+def annotated_alt(faces: list[Face], source: str) -> str:
+    """Alt text of an annotated copy: what it shows and each box's label, as drawn."""
+    if not faces:
+        return f"{source[0].upper()}{source[1:]} with no face box: the detector found no face."
+    labels = "; ".join(face_text(f, i) for i, f in enumerate(faces, 1))
+    return (f"{source[0].upper()}{source[1:]} with {len(faces)} detector box{'es' if len(faces) != 1 else ''}, "
+            f"each labelled with its number, the model's class and its probability ('?': uncertain): {labels}. "
+            "Faint dots mark each face's 68 landmarks.")
+
+
 def annotate(image, faces: list[Face]):
     """An RGB copy of ``image`` with each face's box and "label probability" in its class colour (an uncertain face:
     "label? probability" and a thinner box) and its 68 landmarks as faint dots."""
@@ -414,7 +420,8 @@ def annotate(image, faces: list[Face]):
         draw.rectangle([x, y, x + w - 1, y + h - 1], outline=colour,
                        width=max(1, width // 2) if face.uncertain else width)
         text = face_text(face, i if len(faces) > 1 else None)
-        font = ImageFont.load_default(size=int(np.clip(w / 6, 11, 120)))
+        # at least 1/70 of the long side: about 13 px on the page when the copy is shown 900 px wide
+        font = ImageFont.load_default(size=int(np.clip(max(w / 6, long_side / 70), 11, 120)))
         left, top, right, bottom = draw.textbbox((0, 0), text, font=font)
         tw, th, m = right - left, bottom - top, max(2, (bottom - top) // 4)
         ty = y - th - 2 * m if y - th - 2 * m >= 0 else y  # above the box, or inside it at the top edge

@@ -54,11 +54,8 @@ def show_figure(fig, alt: str, dpi: int = FIGURE_DPI, min_text_px: float = MIN_T
     figure's smallest text would be under ``min_text_px`` CSS pixels at the page's width: enlarge that text or
     narrow the figure.
     """
-    import base64
-    import html
     import io
 
-    from IPython.display import display
     from PIL import Image
 
     if not alt or not alt.strip():
@@ -70,21 +67,43 @@ def show_figure(fig, alt: str, dpi: int = FIGURE_DPI, min_text_px: float = MIN_T
         plt.close(fig)
         raise ValueError(f"the text {text[:40]!r} would show at {size:.1f} px on the page (at least {min_text_px} "
                          f"px): enlarge it or narrow the figure ({fig.get_figwidth():.1f} inches wide)")
+    plt.close(fig)
+    _display_png(png, round(width * 96 / dpi), alt)
+
+
+def show_image(image, alt: str, width_px: int = PAGE_WIDTH_PX):
+    """Display a PIL image (a photo, an annotated copy) as an <img> with ``alt`` text, at most ``width_px``
+    CSS pixels wide; text drawn on it should be sized for that width (photos.annotate does so)."""
+    import io
+
+    if not alt or not alt.strip():
+        raise ValueError("show_image needs an alt text that says what the image shows")
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    _display_png(buffer.getvalue(), min(width_px, image.size[0]), alt)
+
+
+def _display_png(png: bytes, css_width: int, alt: str) -> None:
+    """An <img> for the rendered page (with its alt text) and the plain PNG (the index's thumbnail)."""
+    import base64
+    import html
+
+    from IPython.display import display
+
     data = base64.b64encode(png).decode()
-    css_width = round(width * 96 / dpi)
     img = (f'<img src="data:image/png;base64,{data}" alt="{html.escape(alt.strip())}" '
            f'style="width:{css_width}px;max-width:100%;height:auto">')
     display({"text/html": img, "image/png": data, "text/plain": alt.strip()}, raw=True,
             metadata={"image/png": {"alt": alt.strip()}})
-    plt.close(fig)
 
 
 def _recorded(history, column: str) -> bool:
     return column in history.columns and bool(history[column].notna().all())
 
 
-def plot_history(history, title: str = "Training history"):
-    """Loss, accuracy and learning rate per epoch, with the best validation epoch (the kept weights) marked.
+def plot_history(history, title: str = "Training history", kept_epoch: int | None = None):
+    """Loss, accuracy and learning rate per epoch, with the kept weights' epoch marked (``kept_epoch``; default
+    the best validation epoch, as older runs kept).
 
     Accuracy compares like with like when the history records ``train_eval_acc`` (a fixed sample of training
     faces scored as validation is: eval mode, no augmentation); the augmented training accuracy is drawn faint.
@@ -95,7 +114,8 @@ def plot_history(history, title: str = "Training history"):
     fig, (ax_loss, ax_acc, ax_lr) = plt.subplots(1, 3, figsize=(10, 3.9), width_ratios=[1, 1.35, 0.75],
                                                  layout="constrained")
     epochs = history["epoch"]
-    best = history.loc[history["val_acc"].idxmax()]
+    kept = history.loc[history["val_acc"].idxmax()] if kept_epoch is None else (
+        history.loc[history["epoch"] == kept_epoch].iloc[0])
     if _recorded(history, "train_ce"):
         ax_loss.plot(epochs, history["train_ce"], "-", color="C0", label="training (augmented)")
     else:
@@ -115,13 +135,13 @@ def plot_history(history, title: str = "Training history"):
         ax_acc.plot(epochs, history["val_acc_raw"], "--", color="C2", label="validation (stepped weights)")
     ax_acc.set_ylabel("accuracy")
     ax_acc.yaxis.set_major_formatter(PercentFormatter(1.0))
-    ax_acc.annotate(f"best {best['val_acc']:.1%}\nepoch {int(best['epoch'])}", (best["epoch"], best["val_acc"]),
+    ax_acc.annotate(f"kept {kept['val_acc']:.1%}\nepoch {int(kept['epoch'])}", (kept["epoch"], kept["val_acc"]),
                     textcoords="offset points", xytext=(-62, -38), fontsize=9, arrowprops={"arrowstyle": "->"})
     ax_lr.plot(epochs, history["lr"], "-", color="0.3")
     ax_lr.set_ylabel("learning rate")
     ax_lr.set_ylim(bottom=0)
     for ax in (ax_loss, ax_acc, ax_lr):
-        ax.axvline(best["epoch"], color="grey", ls="--", lw=1)
+        ax.axvline(kept["epoch"], color="grey", ls="--", lw=1)
         ax.set_xlabel("epoch")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
@@ -129,23 +149,6 @@ def plot_history(history, title: str = "Training history"):
     ax_loss.legend(fontsize=9)
     ax_acc.legend(fontsize=9, loc="lower right")
     fig.suptitle(title, fontsize=11)
-    return fig
-
-
-def plot_face_grid(images: np.ndarray, labels: np.ndarray, per_class: int = 8, title: str = ""):
-    """A grid of faces, one row per class present."""
-    classes = [c for c in range(len(CLASS_NAMES)) if (labels == c).any()]
-    fig, axes = plt.subplots(len(classes), per_class, figsize=(per_class * 1.1, len(classes) * 1.2), squeeze=False)
-    for row, c in zip(axes, classes):
-        idx = np.flatnonzero(labels == c)[:per_class]
-        for j, ax in enumerate(row):
-            ax.axis("off")
-            if j < len(idx):
-                ax.imshow(images[idx[j]], cmap="gray", vmin=0, vmax=255)
-        row[0].set_title(CLASS_NAMES[c], fontsize=9, loc="left")
-    if title:
-        fig.suptitle(title)
-    fig.tight_layout()
     return fig
 
 
@@ -205,7 +208,7 @@ def plot_gallery(images: np.ndarray, titles: list[str], ncols: int = 8, title: s
         ax.axis("off")
         if i < len(images):
             ax.imshow(images[i], cmap="gray", vmin=0, vmax=255)
-            ax.set_title(titles[i], fontsize=8)
+            ax.set_title(titles[i], fontsize=9)
     if title:
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()
@@ -273,96 +276,6 @@ def plot_recall_vs_frequency(train_share: np.ndarray, recall: np.ndarray, low: n
     ax.grid(alpha=0.3)
     ax.set_title("Recall against training frequency (validation faces per class in brackets)", fontsize=9)
     fig.tight_layout()
-    return fig
-
-
-def _face_extent(face: np.ndarray) -> tuple[float, float, float, float]:
-    """imshow extent of a face, so that a map of any resolution drawn with it covers the same square."""
-    h, w = face.shape[-2:]
-    return (-0.5, w - 0.5, h - 0.5, -0.5)
-
-
-def plot_attributions(images: np.ndarray, maps: dict[str, np.ndarray], row_titles: list[str],
-                      regions: dict[str, np.ndarray] | None = None, outside: dict[str, np.ndarray] | None = None):
-    """One row per face: the face (with the region outlines), its first method's map, then every method as an
-    overlay, with a colour bar per colour scale; ``outside`` (per method, per face) is printed on each overlay.
-
-    Maps may have another resolution than the faces (input size 72 for 48 px faces): both fill the same tile.
-    """
-    names = list(maps)
-    cols = ["face", f"{names[0]} (map)"] + names
-    tile = 2.0
-    fig, axes = plt.subplots(len(images), len(cols), figsize=(len(cols) * tile + 1.6, len(images) * tile + 0.5),
-                             squeeze=False, layout="constrained")
-    raw = overlay = None
-    for r, face in enumerate(images):
-        extent = _face_extent(face)
-        axes[r, 0].imshow(face, cmap="gray", vmin=0, vmax=255, extent=extent)
-        if regions:
-            for mask in regions.values():
-                axes[r, 0].contour(mask.astype(float), levels=[0.5], colors="cyan", linewidths=0.7,
-                                   extent=(extent[0], extent[1], extent[3], extent[2]), origin="upper")
-        raw = axes[r, 1].imshow(maps[names[0]][r], cmap="hot", vmin=0, vmax=1, extent=extent)
-        for c, name in enumerate(names, start=2):
-            ax = axes[r, c]
-            ax.imshow(face, cmap="gray", vmin=0, vmax=255, extent=extent)
-            overlay = ax.imshow(maps[name][r], cmap="jet", alpha=0.5, vmin=0, vmax=1, extent=extent)
-            if outside is not None and np.isfinite(outside[name][r]):
-                ax.text(0.03, 0.03, f"outside face {outside[name][r]:.0%}", transform=ax.transAxes, fontsize=7,
-                        color="white", bbox={"facecolor": "black", "alpha": 0.6, "pad": 1.5, "lw": 0})
-        for c, ax in enumerate(axes[r]):
-            ax.set_xticks([])
-            ax.set_yticks([])
-            if r == 0:
-                ax.set_title(cols[c], fontsize=10)
-        axes[r, 0].set_ylabel(row_titles[r], fontsize=10, rotation=0, ha="right", va="center")
-    if raw is not None:
-        fig.colorbar(raw, ax=axes[:, 1], shrink=0.5, location="bottom",
-                     label=f"{names[0]} (share of the map's maximum)")
-        fig.colorbar(overlay, ax=axes[:, 2:], shrink=0.3, location="bottom",
-                     label="attribution (share of the map's maximum)")
-    return fig
-
-
-def plot_region_shares(shares, area: dict[str, float], labels: dict[str, str] | None = None):
-    """One heat map per method: rows classes, columns face regions; each cell prints the share of the maps'
-    mass in the region and is coloured by that share divided by the region's share of the image."""
-    from matplotlib.colors import LogNorm
-
-    labels = labels or {}
-    methods = list(dict.fromkeys(shares.index.get_level_values(1)))
-    regions = list(shares.columns)
-    n_classes = len(set(shares.index.get_level_values(0)))
-    fig, axes = plt.subplots(1, len(methods), figsize=(3.0 * len(methods) + 1.2, 0.42 * n_classes + 2.2),
-                             squeeze=False, sharey=True, layout="constrained")
-    norm = LogNorm(vmin=0.25, vmax=4)
-    im = None
-    for ax, method in zip(axes[0], methods):
-        table = shares.xs(method, level=1)
-        ratio = table / np.array([area[r] for r in regions])
-        im = ax.imshow(ratio.to_numpy(dtype=float), cmap="RdBu_r", norm=norm, aspect="auto")
-        for (i, j), v in np.ndenumerate(table.to_numpy(dtype=float)):
-            if np.isfinite(v):
-                ax.text(j, i, f"{v:.0%}", ha="center", va="center", fontsize=8)
-        ax.set_xticks(range(len(regions)), [f"{labels.get(r, r)}\n({area[r]:.0%})" for r in regions], rotation=90,
-                      fontsize=8)
-        ax.set_yticks(range(len(table)), table.index)
-        ax.set_title(method, fontsize=10)
-    bar = fig.colorbar(im, ax=axes[0, :], shrink=0.8, label="share of the mass / share of the image")
-    bar.set_ticks([0.25, 0.5, 1, 2, 4], labels=["0.25x", "0.5x", "1x", "2x", "4x"])
-    bar.minorticks_off()
-    return fig
-
-
-def plot_method_agreement(matrix):
-    """Methods x methods: mean Spearman rank correlation between their maps of the same face."""
-    fig, ax = plt.subplots(figsize=(6.2, 5), layout="constrained")
-    im = ax.imshow(matrix.to_numpy(dtype=float), cmap="viridis", vmin=-0.2, vmax=1)
-    for (i, j), v in np.ndenumerate(matrix.to_numpy(dtype=float)):
-        ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=9, color="black" if v > 0.6 else "white")
-    ax.set_xticks(range(len(matrix)), matrix.columns, rotation=30, ha="right")
-    ax.set_yticks(range(len(matrix)), matrix.index)
-    fig.colorbar(im, ax=ax, label="mean Spearman rank correlation")
     return fig
 
 
@@ -491,7 +404,7 @@ def plot_stage_maps(sides_by_input: dict[int, dict[str, int]]):
         ax.plot(stages, [sides[s] for s in stages], marker="o", label=f"input {size}x{size}")
         for stage in stages:
             ax.annotate(f"{sides[stage]}x{sides[stage]}", (stage, sides[stage]), textcoords="offset points",
-                        xytext=(0, 6), ha="center", fontsize=8)
+                        xytext=(0, 6), ha="center", fontsize=10)
     ax.set_yscale("log", base=2)
     ax.set_yticks(sorted({v for sides in sides_by_input.values() for v in sides.values()}))
     ax.yaxis.set_major_formatter(ScalarFormatter())

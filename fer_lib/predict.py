@@ -7,8 +7,9 @@ import numpy as np
 import pandas as pd
 
 from . import CLASS_NAMES
-from .data import DataError, FaceSet, atomic_write
+from .data import DataError, FaceSet
 from .inference import predict_logits
+from .io import atomic_write
 from .runs import load_trained, prediction_tta, resolve_device
 
 

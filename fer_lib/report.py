@@ -30,7 +30,7 @@ from .context import (
     Context,
     load_context,
 )
-from .io import exclusive_lock, recover_directory, replace_directory
+from .io import exclusive_lock, file_sha256, recover_directory, replace_directory
 
 NOTEBOOK_DIR = PROJECT_ROOT / "notebooks"
 LIBRARIES = ("torch", "torchvision", "numpy", "pandas", "scikit-learn", "matplotlib", "seaborn", "captum",
@@ -205,6 +205,12 @@ def write_index(folder: Path, ctx: Context, pages: list[tuple[str, str]], answer
     size_text = f"faces upsampled from 48x48 to {size}x{size}" if size != 48 else "faces at their own 48x48"
     extra = ('<li><a href="predictions.csv">predictions.csv</a> (test set, id,label)</li>'
              if metrics.get("predictions") else "")
+    copies = metrics.get("duplicates")
+    if copies:
+        extra += (f'<li><a href="{copies["file"]}">{copies["file"]}</a>: the {copies["rows"]:,} of '
+                  f'{copies["test_faces"]:,} test faces with a copy in the training file '
+                  f'({copies["test_exact_copies"]:,} exact, {copies["test_near_copies"]:,} near; id and kind of copy, '
+                  'no labels), to score the model on unseen faces</li>')
     page = f"""<!doctype html><html><head><meta charset="utf-8">
 <title>FER report: {html.escape(ctx.dataset.name)}</title>
 <style>body{{font:16px/1.5 sans-serif;max-width:960px;margin:0 auto;padding:0 16px 40px}} \
@@ -298,7 +304,8 @@ TEST_DUPLICATES_FILE = "test_duplicates.csv"
 
 def calibrate_on_validation(ctx: Context, model_dir: Path) -> dict:
     """Fit the temperature and the "uncertain" threshold on the validation faces, with the test-time views the
-    predictions use, and store them beside the shipped weights (``classify`` reads them from there)."""
+    predictions use, and store them beside the run's weights (``classify`` reads them from there; identical
+    weights give identical files, so two builds writing one run's calibration agree)."""
     from .calibration import calibrate, write_calibration
     from .inference import predict_logits
     from .runs import load_trained, prediction_tta
@@ -355,21 +362,27 @@ def _alive(pid: int) -> bool:
 
 def build_report(data: str | None = None, profile: str | None = None, out_root: Path = Path("report"),
                  runs_root: Path | str = "", device: str = "auto", notebooks: list[str] | None = None,
-                 wait: bool = True) -> int:
+                 wait: bool = True, notebook_params: dict | None = None) -> int:
     """Build report/<dataset>/; returns a process exit code (0 on success).
+
+    ``notebook_params`` overrides notebooks' own parameters (such as 05's ``ascent_steps``), e.g. to make a
+    test build cheaper; the dataset, profile, run cache and device are set by the other arguments.
 
     Two builds of the same report may run at once: the run they need is trained once (the second waits for
     the first), each stages its pages in its own folder, and each swaps its result in under the report's lock.
     ``wait=False`` refuses instead of waiting."""
     import papermill as pm
 
-    from .data import file_sha256
+    from .calibration import CALIBRATION_FILE
     from .predict import write_predictions
     from .runs import RUN_FILES, prediction_tta
 
     started = time.perf_counter()
     timings: dict[str, float] = {}
     selected = notebook_paths(notebooks)  # an unknown name stops here, before any training
+    clash = sorted(set(notebook_params or {}) & {"data", "profile", "runs", "device"})
+    if clash:
+        raise ConfigError(f"notebook_params cannot set {', '.join(clash)}: use the build's own arguments")
     t = time.perf_counter()
     ctx = load_context(data or "", profile or "", str(runs_root or ""), device, wait=wait)
     timings["load data"] = time.perf_counter() - t
@@ -377,6 +390,10 @@ def build_report(data: str | None = None, profile: str | None = None, out_root: 
     run_dir = ctx.run_dir  # train once here; the notebooks then find the run in the cache
     timings["train (or load cached run)"] = time.perf_counter() - t
     run_key = json.loads((run_dir / "config.json").read_text())["run_key"]
+    t = time.perf_counter()
+    # before the pages: the photo page and `classify` read the calibration from the run folder
+    calibration = calibrate_on_validation(ctx, run_dir)
+    timings["calibrate on validation"] = time.perf_counter() - t
 
     out_root = Path(out_root).resolve()
     final = out_root / ctx.report_name
@@ -395,7 +412,9 @@ def build_report(data: str | None = None, profile: str | None = None, out_root: 
             executed = staging / "_build" / nb.name
             print(f"executing {nb.name} ...", flush=True)
             try:
-                pm.execute_notebook(str(nb), str(executed), parameters=params, cwd=str(NOTEBOOK_DIR),
+                own = set(pm.inspect_notebook(str(nb))) if notebook_params else set()
+                overrides = {k: v for k, v in (notebook_params or {}).items() if k in own}  # quiet: only its own
+                pm.execute_notebook(str(nb), str(executed), parameters={**params, **overrides}, cwd=str(NOTEBOOK_DIR),
                                     kernel_name="python3", progress_bar=False,
                                     kernel_manager_class=ipc_kernel_manager(Path(kernel_dir.name)))
             except Exception:
@@ -408,9 +427,8 @@ def build_report(data: str | None = None, profile: str | None = None, out_root: 
             timings[nb.stem] = time.perf_counter() - t
         # the model the pages were computed from travels with them
         (staging / MODEL_FOLDER).mkdir()
-        for name in RUN_FILES:
+        for name in (*RUN_FILES, CALIBRATION_FILE):
             shutil.copy2(run_dir / name, staging / MODEL_FOLDER / name)
-        calibration = calibrate_on_validation(ctx, staging / MODEL_FOLDER)
         metrics = {"dataset": ctx.dataset.name, "layout": ctx.dataset.layout, "profile": ctx.profile,
                    "synthetic": ctx.is_synthetic, "git_commit": git_commit(), "run_key": run_key,
                    "built": time.strftime("%Y-%m-%d %H:%M:%S %Z"),

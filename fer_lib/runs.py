@@ -3,8 +3,8 @@
 A run directory holds
   config.json      the TrainConfig, the data fingerprint and the initial weights (what the run's cache key hashes)
   history.csv      one row per epoch: train/val loss and accuracy, learning rate, seconds
-  checkpoint.pt    latest state (model, EMA, optimizer, scheduler, epoch, best_val_acc, history), every epoch
-  best.pt          the weights of the epoch with the best validation accuracy (model selection)
+  checkpoint.pt    latest state (model, EMA, optimizer, scheduler, epoch, history), every epoch
+  best.pt          the weights of the selected epoch (runs.selected_row: the last one with an EMA)
   weights.pt       the shipped float16 copy of best.pt
   run.json         written last: provenance (weights origin, device, CPU, library versions, timings, chosen TTA)
 Training itself (the loop) is in train.py, which builds on this module.
@@ -138,9 +138,21 @@ def read_history(run_dir: Path):
     return pd.read_csv(Path(run_dir) / "history.csv")
 
 
-def best_row(history: list[dict]) -> dict:
-    """The epoch whose weights best.pt holds: the first with the highest validation accuracy."""
-    return max(history, key=lambda r: r["val_acc"])
+def selected_row(history: list[dict], averaged: bool) -> dict:
+    """The epoch whose weights are shipped (best.pt). With an average of the weights (``averaged``): the last
+    epoch, because the one-cycle schedule anneals the rate to zero and the average smooths the end, so taking
+    the maximum over noisy epochs would only add selection bias. Without one: the first epoch with the highest
+    validation accuracy with flip views, as predictions are made (plain accuracy where flip was not scored)."""
+    if averaged:
+        return history[-1]
+    return max(history, key=lambda r: r["val_acc_tta"] if r.get("val_acc_tta") is not None else r["val_acc"])
+
+
+def selection_rule(averaged: bool) -> str:
+    """The words run.json records for selected_row's choice."""
+    if averaged:
+        return "the final epoch's averaged weights (the schedule anneals to zero; no selection over epochs)"
+    return "the epoch with the highest validation accuracy with flip views"
 
 
 def split_for(dataset: Dataset, config: TrainConfig) -> tuple[FaceSet, FaceSet]:
@@ -151,7 +163,8 @@ def split_for(dataset: Dataset, config: TrainConfig) -> tuple[FaceSet, FaceSet]:
     groups = None
     if config.split == "grouped":
         groups = cached_duplicates(dataset.train.images, cache_dir=default_cache_dir()).group
-    train_set, val_set = train_val_split(dataset.train, config.val_fraction, config.seed, groups=groups)
+    train_set, val_set = train_val_split(dataset.train, config.val_fraction, config.seed, groups=groups,
+                                         cache_dir=default_cache_dir())
     if config.max_train and config.max_train < len(train_set):
         train_set = train_set.subset(np.random.default_rng(config.seed).permutation(len(train_set))[:config.max_train])
     return train_set, val_set

@@ -150,7 +150,8 @@ def _pixel_rows(images: np.ndarray) -> list[str]:
 def write_synthetic_dataset(out: Path, n_train: int = 3500, n_test: int = 700, seed: int = 0) -> list[Path]:
     """Write ``out``/train.csv (label,feature), test.csv (id,feature), test_labels.csv (id,label) and the
     SYNTHETIC.txt marker, by which the loader and every report page know this is not FER2013."""
-    from .data import SYNTHETIC_MARKER, atomic_write
+    from .data import SYNTHETIC_MARKER
+    from .io import atomic_write
 
     if n_train < 1 or n_test < 0:
         raise ValueError("need n_train >= 1 and n_test >= 0")  # a caller's bug, not user input

@@ -29,7 +29,6 @@ from .runs import (
     WEIGHTS_FILE,
     RunIdentity,
     TrainConfig,
-    best_row,
     default_threads,
     is_complete,
     load_trained_weights,
@@ -38,6 +37,8 @@ from .runs import (
     resolve_precision,
     run_identity,
     run_lock,
+    selected_row,
+    selection_rule,
     split_for,
 )
 
@@ -200,14 +201,14 @@ def _train_locked(dataset: Dataset, config: TrainConfig, run_dir: Path, device: 
     loss_weight = class_weights(train_set.labels, config.class_weighting)
     loss_weight = None if loss_weight is None else loss_weight.to(dev)
     ema = make_ema(model, config.ema_decay)
-    start_epoch, best_val_acc, history = 0, -1.0, []
+    start_epoch, history = 0, []
     if ckpt is not None:
         model.load_state_dict(ckpt["model"])
         if ema is not None:
             ema.load_state_dict(ckpt["ema"])
         optimizer.load_state_dict(ckpt["optimizer"])
         scheduler.load_state_dict(ckpt["scheduler"])
-        start_epoch, best_val_acc, history = ckpt["epoch"], ckpt["best_val_acc"], ckpt["history"]
+        start_epoch, history = ckpt["epoch"], ckpt["history"]
         weights_origin = ckpt.get("weights_origin", weights_origin)
         if progress and start_epoch < config.epochs:
             print(f"resuming {run_dir} at epoch {start_epoch + 1}/{config.epochs}")
@@ -257,12 +258,11 @@ def _train_locked(dataset: Dataset, config: TrainConfig, run_dir: Path, device: 
                "lr": lr, "seconds": time.perf_counter() - t0}
         history.append(row)
         # -- checkpoint (atomically: an interrupted write never corrupts the run)
-        if row["val_acc"] > best_val_acc:
-            best_val_acc = row["val_acc"]
+        if selected_row(history, averaged=ema is not None) is row:
             atomic_write(run_dir / "best.pt", lambda tmp: torch.save(shipped_model.state_dict(), tmp))
         state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                 "scheduler": scheduler.state_dict(), "epoch": epoch + 1, "best_val_acc": best_val_acc,
-                 "history": history, "config": asdict(config), "weights_origin": weights_origin,
+                 "scheduler": scheduler.state_dict(), "epoch": epoch + 1, "history": history,
+                 "config": asdict(config), "weights_origin": weights_origin,
                  "data_fingerprint": identity.fingerprint, "weights_used": identity.weights_used}
         if ema is not None:
             state["ema"] = ema.state_dict()
@@ -272,15 +272,17 @@ def _train_locked(dataset: Dataset, config: TrainConfig, run_dir: Path, device: 
             print(f"epoch {epoch + 1}/{config.epochs}: train loss {row['train_loss']:.3f} (CE {row['train_ce']:.3f}) "
                   f"acc {row['train_acc']:.3f} | val loss {row['val_loss']:.3f} acc {row['val_acc']:.3f} "
                   f"(flip TTA {row['val_acc_tta']:.3f}) | {row['seconds']:.0f}s", flush=True)
-    _finish(run_dir, config, identity, weights_origin, dev, precision, history, best_val_acc, len(train_set), val_set)
+    _finish(run_dir, config, identity, weights_origin, dev, precision, history, len(train_set), val_set)
     return run_dir
 
 
 def _finish(run_dir: Path, config: TrainConfig, identity: RunIdentity, weights_origin: str, dev: torch.device,
-            precision: str, history: list[dict], best_val_acc: float, n_train: int, val_set) -> None:
+            precision: str, history: list[dict], n_train: int, val_set) -> None:
     """Write the shipped float16 weights, choose the prediction views on validation, and write run.json last."""
     best_state = torch.load(run_dir / "best.pt", map_location="cpu", weights_only=True)
-    # the deliverable: best-validation weights in float16 (half the size; every page and prediction is made
+    averaged = bool(config.ema_decay)
+    selected = selected_row(history, averaged)
+    # the deliverable: the selected epoch's weights in float16 (half the size; every page and prediction is made
     # from these, so a copy of the run folder reproduces the report exactly)
     shipped = {k: v.half() if v.is_floating_point() else v for k, v in best_state.items()}
     atomic_write(run_dir / WEIGHTS_FILE, lambda tmp: torch.save(shipped, tmp))
@@ -290,8 +292,10 @@ def _finish(run_dir: Path, config: TrainConfig, identity: RunIdentity, weights_o
     provenance = {"weights_origin": weights_origin, "weights_used": identity.weights_used, "device": str(dev),
                   "precision": precision, "cpu": cpu_model(), "threads": torch.get_num_threads(),
                   "torch": torch.__version__, "python": platform.python_version(), "epochs": len(history),
-                  "train_faces": n_train, "val_faces": len(val_set), "best_val_acc": best_val_acc,
-                  "best_val_acc_tta": best_row(history).get("val_acc_tta") if history else None,
+                  "train_faces": n_train, "val_faces": len(val_set),
+                  # "best_" names kept for older readers: the selected epoch's validation accuracy
+                  "best_val_acc": selected["val_acc"], "best_val_acc_tta": selected.get("val_acc_tta"),
+                  "selected_epoch": selected["epoch"], "selection": selection_rule(averaged),
                   "train_seconds": sum(r["seconds"] for r in history),
                   "weights_sha256": file_sha256(run_dir / WEIGHTS_FILE),
                   # the test-time views predictions use, chosen on validation with the shipped float16 weights

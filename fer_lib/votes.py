@@ -264,7 +264,7 @@ class CrowdSummary:
         total, agree = int(self.faces.sum()), int(self.plurality_agrees.sum())
         return (f"As a human reference: the FER+ crowd's most-voted class is the FER2013 label on {self.agreement:.0%} "
                 f"of these {total:,} validation faces ({_interval_text(agree, total)}; a tie for the top counts as "
-                f"agreement), and the model's prediction is on {model_accuracy:.1%}.")
+                f"agreement), and the model's prediction matches the FER2013 label on {model_accuracy:.1%}.")
 
     def sentences(self) -> list[str]:
         total, agree = int(self.faces.sum()), int(self.plurality_agrees.sum())

@@ -13,6 +13,16 @@ from fer_lib.synthetic import write_synthetic_dataset
 warnings.filterwarnings("ignore", message=".*ImageNet weights not found.*")
 
 
+# the slowest files (a full report build, a trained model's explanations, two-process runs), run first so that
+# parallel workers (`make test`: one per core, whole files each) finish together
+SLOWEST_FIRST = ("test_report.py", "test_explain.py", "test_concurrency.py", "test_integrity.py", "test_train.py")
+
+
+def pytest_collection_modifyitems(items):
+    rank = {name: i for i, name in enumerate(SLOWEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: each file's own order is kept
+
+
 @pytest.fixture(scope="session")
 def tiny_dataset(tmp_path_factory) -> Path:
     """300 training and 60 test faces of the embedded dataset (seeded)."""

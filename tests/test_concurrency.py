@@ -170,7 +170,7 @@ def test_two_builds_started_together_end_with_one_complete_report(tiny_dataset, 
     from fer_lib.report import notebook_paths
 
     args = [sys.executable, "-m", "fer_lib", "report", "--data", str(tiny_dataset), "--profile", "smoke",
-            "--out", str(tmp_path / "report"), "--runs", str(tmp_path / "runs"), "--notebooks", "06",
+            "--out", str(tmp_path / "report"), "--runs", str(tmp_path / "runs"), "--notebooks", "08",
             "--device", "cpu"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     procs = [subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
@@ -182,8 +182,8 @@ def test_two_builds_started_together_end_with_one_complete_report(tiny_dataset, 
     assert len(read_history(runs[0])) == TrainConfig.from_dict(
         json.loads((runs[0] / "config.json").read_text())["config"]).epochs, "trained once"
     folder = tmp_path / "report" / "synthetic-smoke"
-    assert (folder / "index.html").exists() and (folder / "06_math.html").exists()
+    assert (folder / "index.html").exists() and (folder / "08_appendix_recipe.html").exists()
     assert (folder / "model" / "weights.pt").exists() and (folder / "predictions.csv").exists()
     leftovers = [p.name for p in (tmp_path / "report").iterdir() if "staging" in p.name or "previous" in p.name]
     assert not leftovers, "no staging folder or backup left behind"
-    assert len(notebook_paths(["06"])) == 1
+    assert len(notebook_paths(["08"])) == 1

@@ -180,6 +180,21 @@ def test_split_is_deterministic_stratified_and_disjoint(tiny_dataset):
     assert set(c_val.ids) != set(a_val.ids)
 
 
+def test_a_cached_split_is_the_computed_one_and_keyed_by_what_it_depends_on(tiny_dataset, tmp_path):
+    train = load_dataset(tiny_dataset).train
+    groups = np.arange(len(train)) // 2  # pairs of faces that must stay together
+    plain_train, plain_val = train_val_split(train, 0.2, seed=3, groups=groups)
+    first = train_val_split(train, 0.2, seed=3, groups=groups, cache_dir=tmp_path)
+    assert len(list(tmp_path.glob("split-*.npz"))) == 1
+    again = train_val_split(train, 0.2, seed=3, groups=groups, cache_dir=tmp_path)  # read from the cache
+    for part, expected in zip((*first, *again), (plain_train, plain_val) * 2):
+        np.testing.assert_array_equal(part.ids, expected.ids)
+        np.testing.assert_array_equal(part.images, expected.images)
+    train_val_split(train, 0.2, seed=4, groups=groups, cache_dir=tmp_path)  # another seed: another entry
+    train_val_split(train, 0.2, seed=3, cache_dir=tmp_path)  # no groups: another entry
+    assert len(list(tmp_path.glob("split-*.npz"))) == 3
+
+
 # ----------------------------------------------------------------------------------------- bad input
 
 

@@ -313,15 +313,6 @@ def test_explaining_leaves_the_model_exactly_as_it_was(trained_synthetic, train_
         model.eval()
 
 
-def test_importing_changes_no_warning_filter():
-    import subprocess
-    import sys
-
-    code = ("import warnings, torch, scipy.stats, pandas; before = list(warnings.filters); "
-            "import fer_lib.explain, fer_lib.regions; assert warnings.filters == before, 'warning filters changed'")
-    subprocess.run([sys.executable, "-c", code], check=True)
-
-
 def test_explaining_leaves_the_global_rng_alone_and_is_repeatable():
     from fer_lib.explain import smoothgrad
 

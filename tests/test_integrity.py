@@ -16,7 +16,8 @@ import torch
 from PIL import Image
 
 from fer_lib import ConfigError
-from fer_lib.data import DataError, atomic_write, load_dataset
+from fer_lib.data import DataError, load_dataset
+from fer_lib.io import atomic_write
 from fer_lib.predict import score_predictions
 from fer_lib.runs import TrainConfig, cache_key, read_history, run_key
 from fer_lib.train import ensure_run, train
@@ -163,7 +164,7 @@ def test_a_partial_run_in_the_cache_is_resumed_not_restarted(tiny, tmp_path):
 
 def test_a_killed_training_process_resumes_through_the_cli(tiny_dataset, tmp_path, capsys):
     args = ["train", "--data", str(tiny_dataset), "--out", str(tmp_path / "run"), "--epochs", "3",
-            "--max-train", "200", "--batch-size", "16", "--weights", "random", "--profile", "smoke"]
+            "--max-train", "64", "--batch-size", "16", "--weights", "random", "--profile", "smoke"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen([sys.executable, "-m", "fer_lib", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             env=env)
@@ -215,10 +216,13 @@ def test_a_bug_keeps_its_traceback(monkeypatch):
 # ------------------------------------------------------------------------- no global side effects
 
 
-def test_importing_the_library_leaves_the_umask_alone():
-    code = "import os; os.umask(0o077); import fer_lib.data, fer_lib.train, fer_lib.report; print(oct(os.umask(0)))"
+def test_importing_the_library_leaves_the_umask_and_the_warning_filters_alone():
+    """A fresh interpreter (this one has imported everything already): no process-wide state changes on import."""
+    code = ("import os, warnings, torch, scipy.stats, pandas; os.umask(0o077); before = list(warnings.filters); "
+            "import fer_lib.data, fer_lib.train, fer_lib.report, fer_lib.explain, fer_lib.regions; "
+            "assert warnings.filters == before, 'warning filters changed'; print(oct(os.umask(0)))")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
-    assert result.stdout.strip() == "0o77", result.stderr
+    assert result.returncode == 0 and result.stdout.strip() == "0o77", result.stderr
 
 
 def test_training_leaves_the_global_rng_alone(tiny, tmp_path):

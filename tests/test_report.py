@@ -19,11 +19,16 @@ def synthetic_small(tmp_path_factory):
     return folder
 
 
+# every code path of 04 and 05 at a fraction of their default sizes (a test build, not a report to read)
+CHEAP = {"ascent_steps": 8, "n_shown": 4, "faithfulness_faces": 8}
+
+
 @pytest.fixture(scope="module")
 def built(synthetic_small, tmp_path_factory):
     out = tmp_path_factory.mktemp("report")
     runs = tmp_path_factory.mktemp("runs")
-    code = build_report(data=str(synthetic_small), profile="smoke", out_root=out, runs_root=runs, device="cpu")
+    code = build_report(data=str(synthetic_small), profile="smoke", out_root=out, runs_root=runs, device="cpu",
+                        notebook_params=CHEAP)
     return code, out / "synthetic-smoke", runs  # a non-default profile gets its own folder
 
 
@@ -141,19 +146,22 @@ def test_rebuilding_some_notebooks_keeps_the_other_pages(built, synthetic_small,
 
     monkeypatch.setattr(papermill, "execute_notebook", counting)
     code = build_report(data=str(synthetic_small), profile="smoke", out_root=folder.parent, runs_root=runs,
-                        device="cpu", notebooks=["06"])
+                        device="cpu", notebooks=["08"])
     assert code == 0
-    assert [p.rsplit("/", 1)[-1] for p in executed] == ["06_math.ipynb"], "only the selected notebook ran"
+    assert [p.rsplit("/", 1)[-1] for p in executed] == ["08_appendix_recipe.ipynb"], "only the selected notebook ran"
     assert sorted(p.name for p in folder.glob("*.html")) == before, "every page is still there"
     index = (folder / "index.html").read_text()
     for nb in notebook_paths():
         assert f'href="{nb.stem}.html"' in index
 
 
-def test_an_unknown_notebook_is_refused_before_anything_runs(synthetic_small, tmp_path):
+def test_an_unknown_notebook_or_a_clashing_parameter_is_refused_before_anything_runs(synthetic_small, tmp_path):
     from fer_lib import ConfigError
 
     with pytest.raises(ConfigError, match="no notebook matches 99"):
         build_report(data=str(synthetic_small), profile="smoke", out_root=tmp_path, runs_root=tmp_path,
                      notebooks=["99"])
+    with pytest.raises(ConfigError, match="cannot set profile"):
+        build_report(data=str(synthetic_small), profile="smoke", out_root=tmp_path, runs_root=tmp_path,
+                     notebook_params={"profile": "full", "ascent_steps": 4})
     assert not list(tmp_path.iterdir()), "nothing trained or written"

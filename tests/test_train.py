@@ -1,6 +1,7 @@
 """Training: it learns, resumes exactly, caches runs, and the CLI chains synth -> train -> predict -> score."""
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import sys
@@ -11,7 +12,7 @@ import pytest
 import torch
 
 from fer_lib.augment import AugmentConfig, augment
-from fer_lib.runs import HISTORY_COLUMNS, TrainConfig, load_trained, read_history
+from fer_lib.runs import HISTORY_COLUMNS, WEIGHTS_FILE, TrainConfig, load_trained, read_history, selected_row
 from fer_lib.train import ensure_run, train
 
 from .conftest import TINY, run_cli
@@ -43,11 +44,31 @@ def test_history_checkpoint_and_provenance(tiny, tmp_path):
     assert list(history.columns) == HISTORY_COLUMNS and history["epoch"].tolist() == [1, 2]
     assert history[["train_acc", "val_acc"]].stack().between(0, 1).all()
     ckpt = torch.load(run / "checkpoint.pt", weights_only=True)  # loads without pickled code
-    assert ckpt["epoch"] == 2 and set(ckpt) >= {"model", "optimizer", "scheduler", "best_val_acc", "config"}
+    assert ckpt["epoch"] == 2 and set(ckpt) >= {"model", "optimizer", "scheduler", "history", "config"}
     model, cfg = load_trained(run)
     assert not model.training and cfg == TrainConfig(**TINY)
     assert (run / "run.json").exists()
     assert not list(run.glob("*.tmp")), "atomic writes leave no temporary files"
+
+
+def test_selection_keeps_the_last_average_or_the_best_flip_epoch():
+    rows = [{"epoch": 1, "val_acc": 0.50, "val_acc_tta": 0.52}, {"epoch": 2, "val_acc": 0.60, "val_acc_tta": 0.58},
+            {"epoch": 3, "val_acc": 0.55, "val_acc_tta": 0.61}, {"epoch": 4, "val_acc": 0.57, "val_acc_tta": 0.61}]
+    assert selected_row(rows, averaged=True)["epoch"] == 4  # an average of the weights: the final epoch
+    assert selected_row(rows, averaged=False)["epoch"] == 3  # else the first best with flip views, not plain
+    assert selected_row([{**r, "val_acc_tta": None} for r in rows], averaged=False)["epoch"] == 2
+
+
+def test_an_averaged_run_ships_its_final_average(tiny, tmp_path):
+    cfg = TrainConfig(**{**TINY, "ema_decay": 0.9})
+    run = train(tiny, cfg, tmp_path / "run", progress=False)
+    info = json.loads((run / "run.json").read_text())
+    assert info["selected_epoch"] == 2 and "final epoch" in info["selection"]
+    ema = torch.load(run / "checkpoint.pt", weights_only=True)["ema"]
+    shipped = torch.load(run / WEIGHTS_FILE, weights_only=True)
+    for name, value in shipped.items():  # the averaged model's state, prefixed "module." inside AveragedModel
+        if value.is_floating_point():
+            assert torch.equal(value, ema[f"module.{name}"].half()), name
 
 
 def test_resume_after_interruption_matches_an_uninterrupted_run(tiny, tmp_path):
