@@ -509,7 +509,7 @@ def test_the_kept_epoch_is_judged_and_a_higher_earlier_peak_is_named():
     h.loc[3, "val_acc_tta"] = 0.64
     text = history_findings(h, N_VAL, train_faces=1000, kept_epoch=5).kept_sentence()
     assert "the run's highest flip figure, 64.0% at epoch 4, not picked" in text
-    assert "epoch 5's of 5: 61.0% validation accuracy, 63.0% with flip views" in f.answer()
+    assert "from epoch 5 of 5: 61.0% validation accuracy, 63.0% with flip views" in f.answer()
     assert "kept weights 61.0% at epoch 5" in f.figure_alt(h)
     # without a kept epoch (older runs) the best epoch is the kept one
     assert history_findings(h, N_VAL).kept_epoch == 3
