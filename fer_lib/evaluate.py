@@ -274,9 +274,9 @@ class HistoryFindings:
 
     def answer(self) -> str:
         """The short answer to Q2: the verdict, the kept epoch and what the end of the curve shows."""
-        kept = (f"The kept weights are from epoch {self.kept_epoch} of {self.epochs}: {self.kept_val_acc:.1%} validation "
-                "accuracy" + (f", {self.kept_val_acc_tta:.1%} with flip views." if self.kept_val_acc_tta is not None
-                              else "."))
+        kept = (f"The kept weights are from epoch {self.kept_epoch} of {self.epochs}: {self.kept_val_acc:.1%} "
+                "validation accuracy")
+        kept += f", {self.kept_val_acc_tta:.1%} with flip views." if self.kept_val_acc_tta is not None else "."
         return " ".join([self.verdict_sentence(), kept, self.trend_sentence()])
 
 
