@@ -306,11 +306,13 @@ def history_findings(history, n_val: int, train_faces: int = 1000, gap_overfit: 
     """
     epochs = len(history)
     best_i = int(history["val_acc"].to_numpy(dtype=float).argmax())  # the first best epoch
-    kept_rows = history.index[history["epoch"] == kept_epoch] if kept_epoch is not None else []
-    if kept_epoch is not None and not len(kept_rows):
-        raise ValueError(f"kept epoch {kept_epoch} is not in the history (epochs 1-{epochs})")
     best, last = history.iloc[best_i], history.iloc[-1]
-    kept = history.loc[kept_rows[0]] if len(kept_rows) else best
+    kept = best
+    if kept_epoch is not None:
+        rows = history[history["epoch"] == kept_epoch]
+        if rows.empty:
+            raise ValueError(f"kept epoch {kept_epoch} is not in the history (epochs 1-{epochs})")
+        kept = rows.iloc[0]
     top_tta = (None, None)
     if _recorded(history, "val_acc_tta"):
         top = history.loc[history["val_acc_tta"].astype(float).idxmax()]
@@ -414,10 +416,11 @@ def copies_across(train_groups: np.ndarray, val_groups: np.ndarray) -> int:
 
 
 def split_copies(faces, exact_group: np.ndarray, group: np.ndarray, val_fraction: float = 0.1,
-                 seed: int = 0) -> SplitCopies:
+                 seed: int = 0, cache_dir=None) -> SplitCopies:
     """Copies across the random split and across the grouped split of the same faces (a FaceSet with labels).
 
-    ``exact_group`` / ``group``: one id per face (duplicates.Duplicates), indexed like ``faces``.
+    ``exact_group`` / ``group``: one id per face (duplicates.Duplicates), indexed like ``faces``. With
+    ``cache_dir`` the splits come from the split cache (the grouped one is the run's own split).
     """
     from .data import train_val_split
 
@@ -425,13 +428,10 @@ def split_copies(faces, exact_group: np.ndarray, group: np.ndarray, val_fraction
     indexed = type(faces)(faces.images, faces.labels, index)  # ids = positions, to look the groups up
     out = []
     for groups in (None, group):
-        train, val = train_val_split(indexed, val_fraction, seed, groups=groups)
+        train, val = train_val_split(indexed, val_fraction, seed, groups=groups, cache_dir=cache_dir)
         out += [len(val), copies_across(exact_group[train.ids], exact_group[val.ids]),
                 copies_across(group[train.ids], group[val.ids])]
     return SplitCopies(*out)
-
-
-# --------------------------------------------------------------------------------------------- Q3: confusion
 
 
 def test_copies_sentence(summary: dict, file_name: str = "test_duplicates.csv") -> str:
@@ -443,6 +443,9 @@ def test_copies_sentence(summary: dict, file_name: str = "test_duplicates.csv") 
             "ids and the kind of copy, so that whoever holds the test labels can also score the model on the "
             f"{n - listed:,} test faces it has never seen in any form. The test labels are hidden here, and no "
             "page states a test-set result.")
+
+
+# --------------------------------------------------------------------------------------------- Q3: confusion
 
 
 @dataclass

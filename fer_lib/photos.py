@@ -388,10 +388,11 @@ def face_text(face: Face, number: int | None = None) -> str:
 
 def annotated_alt(faces: list[Face], source: str) -> str:
     """Alt text of an annotated copy: what it shows and each box's label, as drawn."""
+    shown = source[:1].upper() + source[1:]
     if not faces:
-        return f"{source[0].upper()}{source[1:]} with no face box: the detector found no face."
+        return f"{shown} with no face box: the detector found no face."
     labels = "; ".join(face_text(f, i) for i, f in enumerate(faces, 1))
-    return (f"{source[0].upper()}{source[1:]} with {len(faces)} detector box{'es' if len(faces) != 1 else ''}, "
+    return (f"{shown} with {len(faces)} detector box{'es' if len(faces) != 1 else ''}, "
             f"each labelled with its number, the model's class and its probability ('?': uncertain): {labels}. "
             "Faint dots mark each face's 68 landmarks.")
 

@@ -63,11 +63,11 @@ def show_figure(fig, alt: str, dpi: int = FIGURE_DPI, min_text_px: float = MIN_T
     png = figure_png(fig, dpi)
     width = Image.open(io.BytesIO(png)).size[0]
     size, text = smallest_text_px(fig, width, dpi)
-    if size < min_text_px:
-        plt.close(fig)
-        raise ValueError(f"the text {text[:40]!r} would show at {size:.1f} px on the page (at least {min_text_px} "
-                         f"px): enlarge it or narrow the figure ({fig.get_figwidth():.1f} inches wide)")
+    inches = fig.get_figwidth()
     plt.close(fig)
+    if size < min_text_px:
+        raise ValueError(f"the text {text[:40]!r} would show at {size:.1f} px on the page (at least {min_text_px} "
+                         f"px): enlarge it or narrow the figure ({inches:.1f} inches wide)")
     _display_png(png, round(width * 96 / dpi), alt)
 
 
