@@ -24,7 +24,9 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
                                                   "(full profile: 72; 48 is the faces' own size)")
     p.add_argument("--max-train", type=int, help="train on at most this many faces (0 = all)")
     p.add_argument("--weights", help="'imagenet' (torch cache; default), 'random', or a ResNet18 .pth path")
-    p.add_argument("--seed", type=int)
+    p.add_argument("--seed", type=int, help="seeds the validation split, the initial weights and the shuffling")
+    p.add_argument("--cutmix", type=float, metavar="P",
+                   help="CutMix a batch with probability P (0 = off; paste a rectangle of another face, mix labels)")
     p.add_argument("--precision", choices=["auto", "fp32", "bf16"],
                    help="auto (default): bf16 autocast on CUDA and on CPUs with AMX or AVX-512 BF16, float32 "
                         "elsewhere (bf16 is emulated and ~13x slower on other CPUs)")
@@ -35,7 +37,8 @@ def config_from_args(args, dataset):
     from .context import default_profile
     from .runs import config_for
 
-    names = ("epochs", "batch_size", "lr", "optimizer", "input_size", "max_train", "weights", "seed", "precision")
+    names = ("epochs", "batch_size", "lr", "optimizer", "input_size", "max_train", "weights", "seed", "precision",
+             "cutmix")
     overrides = {n: getattr(args, n) for n in names if getattr(args, n, None) is not None}
     return config_for(args.profile or default_profile(dataset), **overrides)
 

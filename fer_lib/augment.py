@@ -1,4 +1,4 @@
-"""Batched augmentation on tensors: one affine grid (flip, shift, rotation, scale) and random erasing.
+"""Batched augmentation on tensors: one affine grid (flip, shift, rotation, scale), random erasing, and CutMix.
 
 Running on the whole (B, 1, H, W) batch at once keeps both cores on vectorised kernels; the
 conventional per-image PIL pipeline spends its time in Python and worker processes instead.
@@ -57,3 +57,26 @@ def random_erase(x: torch.Tensor, p: float, max_area: float, generator: torch.Ge
     mask = ((rows >= top.view(b, 1, 1)) & (rows < (top + eh).view(b, 1, 1))
             & (cols >= left.view(b, 1, 1)) & (cols < (left + ew).view(b, 1, 1)) & chosen.view(b, 1, 1))
     return x.masked_fill(mask.unsqueeze(1).to(x.device), 0.0)
+
+
+def cutmix(x: torch.Tensor, labels: torch.Tensor, p: float, generator: torch.Generator | None = None
+           ) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """CutMix (Yun et al., 2019) on a batch, with probability ``p``: one rectangle of each face is replaced by
+    the same rectangle of another face of the batch, and the label is mixed by area. Returns (images, the
+    pasted faces' labels, lam): the loss is lam * CE(labels) + (1 - lam) * CE(pasted labels). Without a cut
+    (probability 1 - p) lam is 1. No random number is drawn when ``p`` is 0, so runs without it are unchanged."""
+    if p <= 0 or torch.rand(1, generator=generator).item() >= p:
+        return x, labels, 1.0
+    b, _, h, w = x.shape
+    partner = torch.randperm(b, generator=generator)
+    # lam ~ Beta(1, 1) = uniform: the rectangle covers 1 - lam of the face, clipped at the border
+    cut = math.sqrt(1 - torch.rand(1, generator=generator).item())
+    ch, cw = round(h * cut), round(w * cut)
+    cy = int(torch.randint(h, (1,), generator=generator))
+    cx = int(torch.randint(w, (1,), generator=generator))
+    top, bottom = max(cy - ch // 2, 0), min(cy + (ch + 1) // 2, h)
+    left, right = max(cx - cw // 2, 0), min(cx + (cw + 1) // 2, w)
+    mixed = x.clone()
+    mixed[:, :, top:bottom, left:right] = x[partner, :, top:bottom, left:right]
+    lam = 1 - (bottom - top) * (right - left) / (h * w)  # the area actually pasted
+    return mixed, labels[partner], lam

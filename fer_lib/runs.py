@@ -57,6 +57,7 @@ class TrainConfig:
     val_fraction: float = 0.1
     split: str = "grouped"  # "grouped": copies of a face (exact or near) stay on one side; "random": the old split
     ema_decay: float = 0.0  # exponential moving average of the weights per step (0 = off); evaluated and shipped
+    cutmix: float = 0.0  # probability that a batch is CutMixed (augment.cutmix; 0 = off)
     seed: int = 0
     weights: str = "imagenet"  # "imagenet" (from torch's cache when present), "random", or a path
     max_train: int = 0  # use only this many training faces (0 = all): smoke tests and quick runs
@@ -102,10 +103,18 @@ def data_fingerprint(faces: FaceSet) -> str:
     return array_sha256(faces.images, faces.labels.astype(np.int64))
 
 
+# settings added after a model was shipped, with the value that means "off": left out of the run key when off,
+# so the runs made before them keep their keys (and the shipped model stays valid)
+LATER_SETTINGS = {"cutmix": 0.0}
+
+
 def run_key(config: TrainConfig, fingerprint: str, weights_used: str) -> str:
     """The run cache key: the settings, the training faces and the initial weights actually used (a file's
     sha256 or "random"), so a run that fell back to random init is not reused once the real weights appear."""
     settings = {**asdict(config), "weights": weights_used}
+    for name, off in LATER_SETTINGS.items():  # settings added after runs were shipped count only when set
+        if settings[name] == off:
+            del settings[name]
     blob = json.dumps({"config": settings, "data": fingerprint}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
 

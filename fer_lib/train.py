@@ -19,13 +19,14 @@ import torch
 import torch.nn.functional as F
 
 from . import CLASS_NAMES, ConfigError
-from .augment import augment
+from .augment import augment, cutmix
 from .data import Dataset
 from .inference import TTA_MODES, accuracy, predict_logits
 from .io import atomic_write, cpu_model, exclusive_lock, file_sha256
 from .model import build_model, imagenet_weights_path, preprocess, resolve_weights
 from .runs import (
     HISTORY_COLUMNS,
+    LATER_SETTINGS,
     WEIGHTS_FILE,
     RunIdentity,
     TrainConfig,
@@ -72,9 +73,12 @@ def make_optimizer(model, config: TrainConfig, steps_per_epoch: int):
 def train_step(model, optimizer, scheduler, images: torch.Tensor, labels: torch.Tensor, config: TrainConfig,
                loss_weight: torch.Tensor | None, generator: torch.Generator, device: torch.device,
                precision: str = "fp32") -> tuple[float, float, int]:
-    """One optimisation step on a uint8 batch (B, 48, 48); returns (summed loss, summed plain CE, number correct)."""
+    """One optimisation step on a uint8 batch (B, 48, 48); returns (summed loss, summed plain CE, number correct).
+    The plain CE and the count are against each face's own label (on CutMix batches, part of the face is another's)."""
     x = preprocess(images, config.input_size)  # (B, 3, S, S) normalised
-    x = augment(x, config.augment, generator).to(device)
+    x = augment(x, config.augment, generator)
+    x, pasted_labels, lam = cutmix(x, labels, config.cutmix, generator)
+    x = x.to(device)
     if config.channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
     y = labels.to(device)
@@ -83,6 +87,9 @@ def train_step(model, optimizer, scheduler, images: torch.Tensor, labels: torch.
         logits = model(x)
     logits = logits.float()
     loss = F.cross_entropy(logits, y, weight=loss_weight, label_smoothing=config.label_smoothing)
+    if lam < 1:  # a CutMix batch: the pasted faces' labels carry the pasted share of the loss
+        loss = lam * loss + (1 - lam) * F.cross_entropy(logits, pasted_labels.to(device), weight=loss_weight,
+                                                        label_smoothing=config.label_smoothing)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()
@@ -126,8 +133,9 @@ def _write_history(path: Path, history: list[dict]) -> None:
 def _check_resumable(ckpt: dict, ckpt_path: Path, config: TrainConfig, identity: RunIdentity) -> None:
     """Refuse to resume a checkpoint of other settings, other training faces or other initial weights: resuming
     would silently mix two runs. Checkpoints that predate the last two fields are checked against config.json."""
-    if ckpt["config"] != asdict(config):
-        changed = sorted(k for k in ckpt["config"] if ckpt["config"][k] != asdict(config).get(k))
+    recorded_config = {**LATER_SETTINGS, **ckpt["config"]}  # a checkpoint from before a setting existed had it off
+    if recorded_config != asdict(config):
+        changed = sorted(k for k in recorded_config if recorded_config[k] != asdict(config).get(k))
         raise ConfigError(f"{ckpt_path}: checkpoint of a different configuration (differs in {changed}); "
                           "use another run directory, or --no-resume to start over")
     try:
@@ -179,6 +187,8 @@ def _train_locked(dataset: Dataset, config: TrainConfig, run_dir: Path, device: 
                   stop_after: int | None, progress: bool, identity: RunIdentity) -> Path:
     dev = resolve_device(device)
     precision = resolve_precision(config.precision, dev)
+    if not 0 <= config.cutmix <= 1:
+        raise ConfigError(f"cutmix is a probability (0 = off), got {config.cutmix}")
     torch.set_num_threads(default_threads())
     train_set, val_set = split_for(dataset, config)
     ckpt_path = run_dir / "checkpoint.pt"

@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 import torch
 
-from fer_lib.augment import AugmentConfig, augment
+from fer_lib.augment import AugmentConfig, augment, cutmix
 from fer_lib.runs import HISTORY_COLUMNS, WEIGHTS_FILE, TrainConfig, load_trained, read_history, selected_row
 from fer_lib.train import ensure_run, train
 
@@ -115,6 +115,32 @@ def test_augmentation_is_seeded_and_keeps_shape():
     # with every transform off, augmentation is the identity
     off = AugmentConfig(flip=False, shift=0, rotate_deg=0, scale=0, erase_p=0)
     torch.testing.assert_close(augment(x, off, torch.Generator().manual_seed(1)), x, atol=1e-5, rtol=0)
+
+
+def test_cutmix_pastes_one_rectangle_and_mixes_labels_by_its_area():
+    x = torch.arange(8, dtype=torch.float32).view(8, 1, 1, 1).expand(8, 3, 48, 48).contiguous()  # face i is all i
+    labels = torch.arange(8) % 7
+    mixed, pasted, lam = cutmix(x, labels, p=1.0, generator=torch.Generator().manual_seed(3))
+    changed = (mixed != x).any(1)  # (B, H, W): where another face was pasted
+    rows, cols = changed.any(0).any(1).sum().item(), changed.any(0).any(0).sum().item()
+    assert 0 < lam < 1 and abs((1 - lam) - rows * cols / 48 ** 2) < 1e-9, "lam is the share left of the face"
+    for i in range(8):  # face i's pasted pixels all come from one partner j, and the pasted label is j's
+        values = mixed[i][:, changed[i]].unique()
+        partner = int(values.item()) if changed[i].any() else i  # a face drawn as its own partner stays whole
+        assert pasted[i] == labels[partner]
+    same, same_labels, one = cutmix(x, labels, p=0.0, generator=torch.Generator().manual_seed(3))
+    assert one == 1.0 and same is x and same_labels is labels
+    g = torch.Generator().manual_seed(5)
+    cutmix(x, labels, p=0.0, generator=g)
+    assert torch.equal(g.get_state(), torch.Generator().manual_seed(5).get_state()), "off draws nothing: old runs repeat"
+
+
+def test_settings_added_later_keep_the_earlier_run_keys_while_off():
+    from fer_lib.runs import run_key
+
+    base = TrainConfig()
+    assert run_key(base, "abc", "random") == run_key(TrainConfig(cutmix=0.0), "abc", "random")
+    assert run_key(TrainConfig(cutmix=0.5), "abc", "random") != run_key(base, "abc", "random")
 
 
 
