@@ -132,7 +132,7 @@ def test_cutmix_pastes_one_rectangle_and_mixes_labels_by_its_area():
     assert one == 1.0 and same is x and same_labels is labels
     g = torch.Generator().manual_seed(5)
     cutmix(x, labels, p=0.0, generator=g)
-    assert torch.equal(g.get_state(), torch.Generator().manual_seed(5).get_state()), "off draws nothing: old runs repeat"
+    assert torch.equal(g.get_state(), torch.Generator().manual_seed(5).get_state()), "off draws nothing"
 
 
 def test_settings_added_later_keep_the_earlier_run_keys_while_off():
