@@ -8,7 +8,7 @@ from pathlib import Path
 
 
 def _add_train_options(p: argparse.ArgumentParser) -> None:
-    from .runs import PROFILES
+    from fer_lib.training.runs import PROFILES
 
     p.add_argument("--profile", choices=sorted(PROFILES), default=None,
                    help="a named recipe: quick (minutes, a subset), full (the real-data recipe: 60 epochs at 72 px "
@@ -34,8 +34,8 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
 
 
 def config_from_args(args, dataset):
-    from .context import default_profile
-    from .runs import config_for
+    from fer_lib.report.context import default_profile
+    from fer_lib.training.runs import config_for
 
     names = ("epochs", "batch_size", "lr", "optimizer", "input_size", "max_train", "weights", "seed", "precision",
              "cutmix")
@@ -44,15 +44,15 @@ def config_from_args(args, dataset):
 
 
 def cmd_synth(args) -> None:
-    from .synthetic import write_synthetic_dataset
+    from fer_lib.data.synthetic import write_synthetic_dataset
 
     paths = write_synthetic_dataset(Path(args.out), args.n_train, args.n_test, args.seed)
     print("wrote " + ", ".join(str(p) for p in paths))
 
 
 def cmd_train(args) -> None:
-    from .data import load_dataset
-    from .train import ensure_run, train
+    from fer_lib.data.layouts import load_dataset
+    from fer_lib.training.train import ensure_run, train
 
     dataset = load_dataset(args.data)
     config = config_from_args(args, dataset)
@@ -65,8 +65,8 @@ def cmd_train(args) -> None:
 
 
 def cmd_predict(args) -> None:
-    from .data import load_test_faces
-    from .predict import write_predictions
+    from fer_lib.data.layouts import load_test_faces
+    from fer_lib.training.predict import write_predictions
 
     faces = load_test_faces(args.data)
     counts = write_predictions(Path(args.run), faces, Path(args.out), tta="none" if args.no_tta else "",
@@ -75,28 +75,28 @@ def cmd_predict(args) -> None:
 
 
 def cmd_classify(args) -> None:
-    from .photos import run_classify
+    from fer_lib.photos.classify import run_classify
 
     sys.exit(run_classify(args.paths, Path(args.run), Path(args.out), device=args.device, fps=args.fps,
                           frames=args.frames))
 
 
 def cmd_score(args) -> None:
-    from .predict import score_predictions
+    from fer_lib.training.predict import score_predictions
 
     acc, n = score_predictions(Path(args.pred), Path(args.labels))
     print(f"accuracy {acc:.4f} on {n} faces")
 
 
 def cmd_report(args) -> None:
-    from .report import build_report
+    from fer_lib.report.build import build_report
 
     sys.exit(build_report(data=args.data, profile=args.profile, out_root=Path(args.out), runs_root=Path(args.runs),
                           device=args.device, notebooks=args.notebooks, wait=not args.no_wait))
 
 
 def cmd_bench(args) -> None:
-    from .bench import run_bench
+    from fer_lib.training.bench import run_bench
 
     run_bench(data=args.data, batch_size=args.batch_size, steps=args.steps)
 
@@ -205,8 +205,8 @@ def main(argv: list[str] | None = None) -> None:
 
     args = parser.parse_args(argv)
     warnings.simplefilter("default")
-    from . import ConfigError
-    from .data import DataError
+    from fer_lib import ConfigError
+    from fer_lib.data.layouts import DataError
 
     try:
         args.func(args)

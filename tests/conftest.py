@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fer_lib.synthetic import write_synthetic_dataset
+from fer_lib.data.synthetic import write_synthetic_dataset
 
 warnings.filterwarnings("ignore", message=".*ImageNet weights not found.*")
 
@@ -38,7 +38,7 @@ TINY = dict(epochs=2, max_train=96, batch_size=32, weights="random", val_fractio
 @pytest.fixture(scope="module")
 def tiny(tiny_dataset):
     """The tiny synthetic dataset, loaded."""
-    from fer_lib.data import load_dataset
+    from fer_lib.data.layouts import load_dataset
 
     return load_dataset(tiny_dataset)
 
@@ -65,9 +65,9 @@ def write_csv(path: Path, header: str, rows: list[str]) -> Path:
 @pytest.fixture(scope="session")
 def trained_synthetic(tmp_path_factory):
     """A model trained briefly on synthetic faces (whose cue regions are known), with validation faces."""
-    from fer_lib.data import load_dataset
-    from fer_lib.runs import TrainConfig, load_trained, split_for
-    from fer_lib.train import train
+    from fer_lib.data.layouts import load_dataset
+    from fer_lib.training.runs import TrainConfig, load_trained, split_for
+    from fer_lib.training.train import train
 
     folder = tmp_path_factory.mktemp("synthetic-train")
     write_synthetic_dataset(folder, n_train=1500, n_test=10, seed=5)

@@ -3,7 +3,7 @@ crops, test-time views, calibrated probabilities and the uncertain mark, EXIF, h
 videos and folders of frames, and the `classify` command's outputs, progress and exit status.
 
 The faces are tests/data/fer2013_test_faces/: the first 16 faces of FER2013's test file (ids 0-15), written once
-as 48x48 PNG with the project's loader (``fer_lib.data.read_homework_csv`` on test.csv.gz), so these tests run on a
+as 48x48 PNG with the project's loader (``read_homework_csv`` on test.csv.gz), so these tests run on a
 fresh clone. Drawn synthetic faces would not do: a photo face detector does not see them.
 """
 from __future__ import annotations
@@ -21,7 +21,7 @@ import torch
 from PIL import Image
 
 from fer_lib import CLASS_NAMES
-from fer_lib.photos import (
+from fer_lib.photos.classify import (
     CROP_SCALE,
     CROP_SHIFT_UP,
     CSV_COLUMNS,
@@ -63,8 +63,8 @@ def fer_faces() -> np.ndarray:
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory) -> Path:
     """A run folder as `train` ships it (config.json + float16 weights.pt) holding a seeded random ResNet18."""
-    from fer_lib.model import build_model
-    from fer_lib.runs import WEIGHTS_FILE, TrainConfig
+    from fer_lib.model.network import build_model
+    from fer_lib.training.runs import WEIGHTS_FILE, TrainConfig
 
     run = tmp_path_factory.mktemp("run")
     torch.manual_seed(0)
@@ -77,7 +77,7 @@ def tiny_run(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def calibrated_run(tiny_run, tmp_path_factory) -> Path:
     """The tiny run with a calibration.json: temperature 2, uncertain below 35%."""
-    from fer_lib.calibration import write_calibration
+    from fer_lib.model.calibration import write_calibration
 
     run = tmp_path_factory.mktemp("calibrated") / "run"
     shutil.copytree(tiny_run, run)
@@ -87,7 +87,7 @@ def calibrated_run(tiny_run, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_model(tiny_run):
-    from fer_lib.runs import load_trained
+    from fer_lib.training.runs import load_trained
 
     return load_trained(tiny_run)
 
@@ -200,7 +200,7 @@ def test_landmark_check_rejects_a_box_on_a_blank_region_and_keeps_faces(fer_face
 
 
 def test_boxes_failing_the_check_are_dropped_and_counted(fer_faces, tiny_model, monkeypatch):
-    from fer_lib import photos
+    import fer_lib.photos.classify as photos
 
     model, config = tiny_model
     face = _face_picture(fer_faces[1], 160)

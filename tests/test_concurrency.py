@@ -10,9 +10,9 @@ import sys
 import pytest
 
 from fer_lib import ConfigError
-from fer_lib.io import LockBusy, exclusive_lock, recover_directory, replace_directory
-from fer_lib.runs import TrainConfig, is_complete, read_history, run_lock
-from fer_lib.train import train
+from fer_lib.core.io import LockBusy, exclusive_lock, recover_directory, replace_directory
+from fer_lib.training.runs import TrainConfig, is_complete, read_history, run_lock
+from fer_lib.training.train import train
 
 from .conftest import TINY, run_cli
 
@@ -79,7 +79,7 @@ def test_no_resume_into_a_finished_run_removes_the_old_run_first(tiny, tmp_path)
 
 
 def test_resume_refuses_a_checkpoint_of_other_training_faces(tiny, tmp_path):
-    from fer_lib.data import Dataset
+    from fer_lib.data.layouts import Dataset
 
     run = train(tiny, TrainConfig(**TINY), tmp_path / "run", stop_after=1, progress=False)
     before = {p.name: p.read_bytes() for p in run.iterdir()}
@@ -92,7 +92,7 @@ def test_resume_refuses_a_checkpoint_of_other_training_faces(tiny, tmp_path):
 def test_resume_refuses_a_checkpoint_of_other_initial_weights(tiny, tmp_path):
     import torch
 
-    from fer_lib.model import build_model
+    from fer_lib.model.network import build_model
 
     weights = tmp_path / "init.pth"
     torch.save(build_model("random")[0].state_dict(), weights)
@@ -120,7 +120,7 @@ def make_report_folder(path, marker: str):
 
 
 def test_the_swap_leaves_a_complete_report_at_every_moment(tmp_path, monkeypatch):
-    import fer_lib.io as io_mod
+    import fer_lib.core.io as io_mod
 
     final = make_report_folder(tmp_path / "fer2013", "old")
     new = make_report_folder(tmp_path / ".fer2013.staging-1", "new")
@@ -141,7 +141,7 @@ def test_the_swap_leaves_a_complete_report_at_every_moment(tmp_path, monkeypatch
 
 
 def test_a_build_killed_between_the_fallback_renames_is_recovered(tmp_path, monkeypatch):
-    import fer_lib.io as io_mod
+    import fer_lib.core.io as io_mod
 
     final = make_report_folder(tmp_path / "fer2013", "old")
     new = make_report_folder(tmp_path / ".fer2013.staging-1", "new")
@@ -167,7 +167,7 @@ def test_a_build_killed_between_the_fallback_renames_is_recovered(tmp_path, monk
 
 def test_two_builds_started_together_end_with_one_complete_report(tiny_dataset, tmp_path):
     """Two `report` processes for the same data: the run is trained once, both finish, one report remains."""
-    from fer_lib.report import notebook_paths
+    from fer_lib.report.build import notebook_paths
 
     args = [sys.executable, "-m", "fer_lib", "report", "--data", str(tiny_dataset), "--profile", "smoke",
             "--out", str(tmp_path / "report"), "--runs", str(tmp_path / "runs"), "--notebooks", "08",

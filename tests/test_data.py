@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from fer_lib import data as data_mod
-from fer_lib.data import (
+import fer_lib.data.layouts as data_mod
+from fer_lib.data.fastcsv import parse_key_pixel_rows
+from fer_lib.data.layouts import (
     DataError,
     DataWarning,
     FaceSet,
@@ -18,7 +19,6 @@ from fer_lib.data import (
     read_homework_csv,
     train_val_split,
 )
-from fer_lib.fastcsv import parse_key_pixel_rows
 
 from .conftest import pixel_row, write_csv
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from fer_lib.data import FaceSet, train_val_split
-from fer_lib.duplicates import cached_duplicates, find_duplicates, near_pairs
+from fer_lib.data.duplicates import cached_duplicates, find_duplicates, near_pairs
+from fer_lib.data.layouts import FaceSet, train_val_split
 
 
 def smooth_faces(n: int, seed: int) -> np.ndarray:
@@ -80,7 +80,7 @@ def test_the_grouped_split_keeps_every_group_on_one_side():
 
 
 def test_duplicates_are_cached_by_content(tmp_path, monkeypatch):
-    import fer_lib.duplicates as dmod
+    import fer_lib.data.duplicates as dmod
 
     faces = smooth_faces(20, seed=5)
     first = cached_duplicates(faces, cache_dir=tmp_path)

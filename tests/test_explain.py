@@ -8,7 +8,11 @@ import pytest
 import torch
 
 from fer_lib import CLASS_NAMES
-from fer_lib.explain import (
+from fer_lib.data.landmarks import JAW, LEFT_BROW, LEFT_EYE, MOUTH, NOSE, RIGHT_BROW, RIGHT_EYE
+from fer_lib.data.regions import LANDMARK_REGIONS, landmark_regions, region_area, region_shares, top_region
+from fer_lib.data.synthetic import make_faces
+from fer_lib.model.network import build_model, preprocess
+from fer_lib.questions.q4_saliency import (
     METHODS,
     GreyInput,
     answer,
@@ -23,10 +27,6 @@ from fer_lib.explain import (
     region_findings,
     saliency,
 )
-from fer_lib.landmarks import JAW, LEFT_BROW, LEFT_EYE, MOUTH, NOSE, RIGHT_BROW, RIGHT_EYE
-from fer_lib.model import build_model, preprocess
-from fer_lib.regions import LANDMARK_REGIONS, landmark_regions, region_area, region_shares, top_region
-from fer_lib.synthetic import make_faces
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 HAPPY, ANGRY, SAD = (CLASS_NAMES.index(c) for c in ("Happy", "Angry", "Sad"))
@@ -258,7 +258,7 @@ def test_cascading_randomisation_decorrelates_saliency_and_ends_at_the_randomise
 
 @pytest.mark.parametrize("size,layer3,layer4", [(48, "3x3", "2x2"), (72, "5x5", "3x3")])
 def test_method_notes_give_this_runs_numbers(size, layer3, layer4):
-    from fer_lib.explain import IG_STEPS, SMOOTHGRAD_SAMPLES
+    from fer_lib.questions.q4_saliency import IG_STEPS, SMOOTHGRAD_SAMPLES
 
     model, _ = build_model("random")
     notes = method_notes(model, size)
@@ -314,7 +314,7 @@ def test_explaining_leaves_the_model_exactly_as_it_was(trained_synthetic, train_
 
 
 def test_explaining_leaves_the_global_rng_alone_and_is_repeatable():
-    from fer_lib.explain import smoothgrad
+    from fer_lib.questions.q4_saliency import smoothgrad
 
     torch.manual_seed(0)
     model = build_model("random")[0].eval()

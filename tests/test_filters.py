@@ -8,8 +8,9 @@ import pytest
 import torch
 
 from fer_lib import CLASS_NAMES
-from fer_lib.face_attributes import attributes_from_landmarks
-from fer_lib.filters import (
+from fer_lib.data.face_attributes import attributes_from_landmarks
+from fer_lib.model.network import build_model
+from fer_lib.questions.q5_filters import (
     answer,
     attribute_shift,
     class_count_caption,
@@ -30,7 +31,6 @@ from fer_lib.filters import (
     top_faces,
     within_class_z,
 )
-from fer_lib.model import build_model
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 

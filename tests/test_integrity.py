@@ -16,11 +16,11 @@ import torch
 from PIL import Image
 
 from fer_lib import ConfigError
-from fer_lib.data import DataError, load_dataset
-from fer_lib.io import atomic_write
-from fer_lib.predict import score_predictions
-from fer_lib.runs import TrainConfig, cache_key, read_history, run_key
-from fer_lib.train import ensure_run, train
+from fer_lib.core.io import atomic_write
+from fer_lib.data.layouts import DataError, load_dataset
+from fer_lib.training.predict import score_predictions
+from fer_lib.training.runs import TrainConfig, cache_key, read_history, run_key
+from fer_lib.training.train import ensure_run, train
 
 from .conftest import TINY, pixel_row, run_cli, write_csv
 
@@ -109,7 +109,7 @@ def test_atomic_write_interrupted_midway_keeps_the_old_file(tmp_path):
 
 
 def test_run_key_follows_the_weights_actually_used(tiny, tmp_path, monkeypatch):
-    import fer_lib.model as model_mod
+    import fer_lib.model.network as model_mod
 
     monkeypatch.setattr(model_mod, "imagenet_weights_path", lambda: tmp_path / "hub" / "resnet18.pth")
     cfg = TrainConfig(**{**TINY, "weights": "imagenet"})
@@ -219,7 +219,8 @@ def test_a_bug_keeps_its_traceback(monkeypatch):
 def test_importing_the_library_leaves_the_umask_and_the_warning_filters_alone():
     """A fresh interpreter (this one has imported everything already): no process-wide state changes on import."""
     code = ("import os, warnings, torch, scipy.stats, pandas; os.umask(0o077); before = list(warnings.filters); "
-            "import fer_lib.data, fer_lib.train, fer_lib.report, fer_lib.explain, fer_lib.regions; "
+            "import fer_lib.data.layouts, fer_lib.training.train, fer_lib.report.build; "
+            "import fer_lib.questions.q4_saliency, fer_lib.data.regions; "
             "assert warnings.filters == before, 'warning filters changed'; print(oct(os.umask(0)))")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0 and result.stdout.strip() == "0o77", result.stderr
@@ -236,8 +237,8 @@ def test_training_leaves_the_global_rng_alone(tiny, tmp_path):
 def test_a_shipped_model_with_the_same_key_is_used_instead_of_training(tiny, tmp_path, monkeypatch):
     import shutil
 
-    import fer_lib.train as train_mod
-    from fer_lib.runs import RUN_FILES
+    import fer_lib.training.train as train_mod
+    from fer_lib.training.runs import RUN_FILES
 
     cfg = TrainConfig(**{**TINY, "epochs": 1})
     trained = train(tiny, cfg, tmp_path / "trained", progress=False)

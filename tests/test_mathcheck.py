@@ -4,8 +4,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from fer_lib import mathcheck
-from fer_lib.mathrender import offline_math
+import fer_lib.questions.q6_math as mathcheck
+from fer_lib.report.mathrender import offline_math
 
 
 def test_closed_forms_agree_with_pytorch():
@@ -65,7 +65,7 @@ def test_offline_math_converts_latex_and_drops_cdn_scripts():
 
 @pytest.mark.parametrize("size, sides", [(72, [36, 18, 9, 5, 3]), (48, [24, 12, 6, 3, 2])])
 def test_the_formula_reproduces_every_convolution_of_the_model(size, sides):
-    from fer_lib.model import build_model
+    from fer_lib.model.network import build_model
 
     table = mathcheck.conv_shape_table(build_model("random")[0], size)
     assert len(table) == 21 and (table["kind"] == "convolution").sum() == 20  # 20 convolutions and the max-pool
@@ -79,7 +79,7 @@ def test_the_formula_reproduces_every_convolution_of_the_model(size, sides):
 
 
 def test_the_answer_names_the_model_check():
-    from fer_lib.model import build_model
+    from fer_lib.model.network import build_model
 
     table = mathcheck.conv_shape_table(build_model("random")[0], 72)
     answer = mathcheck.checks_answer([mathcheck.verify_conv_shapes(20)], table, 72)

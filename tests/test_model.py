@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from fer_lib.model import (
+from fer_lib.model.network import (
     IMAGENET_FILE,
     WeightsWarning,
     build_model,

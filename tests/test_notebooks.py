@@ -7,7 +7,7 @@ from pathlib import Path
 
 import nbformat
 
-from fer_lib.report import notebook_paths
+from fer_lib.report.build import notebook_paths
 
 
 def parameter_defaults(path: Path) -> dict:
@@ -26,7 +26,7 @@ def test_every_notebook_has_the_same_defaults_for_the_shared_parameters():
 
 
 def test_empty_defaults_resolve_to_the_project_folders_from_any_directory(tmp_path, monkeypatch):
-    from fer_lib import context
+    import fer_lib.report.context as context
 
     seen = []
     monkeypatch.setattr(context, "load_dataset", lambda path: seen.append(path) or _FakeDataset())

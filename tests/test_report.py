@@ -7,9 +7,9 @@ import re
 import nbformat
 import pytest
 
-from fer_lib import report as report_mod
-from fer_lib.report import build_report, notebook_paths
-from fer_lib.synthetic import write_synthetic_dataset
+import fer_lib.report.build as report_mod
+from fer_lib.data.synthetic import write_synthetic_dataset
+from fer_lib.report.build import build_report, notebook_paths
 
 
 @pytest.fixture(scope="module")

@@ -11,9 +11,9 @@ import pandas as pd
 import pytest
 import torch
 
-from fer_lib.augment import AugmentConfig, augment, cutmix
-from fer_lib.runs import HISTORY_COLUMNS, WEIGHTS_FILE, TrainConfig, load_trained, read_history, selected_row
-from fer_lib.train import ensure_run, train
+from fer_lib.training.augment import AugmentConfig, augment, cutmix
+from fer_lib.training.runs import HISTORY_COLUMNS, WEIGHTS_FILE, TrainConfig, load_trained, read_history, selected_row
+from fer_lib.training.train import ensure_run, train
 
 from .conftest import TINY, run_cli
 
@@ -23,9 +23,9 @@ def test_overfits_a_small_batch(tiny):
     torch.manual_seed(0)
     cfg = TrainConfig(epochs=30, max_train=32, batch_size=32, lr=2e-3, weight_decay=0, label_smoothing=0,
                       weights="random", augment=AugmentConfig(flip=False, shift=0, rotate_deg=0, scale=0, erase_p=0))
-    from fer_lib.model import build_model
-    from fer_lib.runs import split_for
-    from fer_lib.train import make_optimizer, train_step
+    from fer_lib.model.network import build_model
+    from fer_lib.training.runs import split_for
+    from fer_lib.training.train import make_optimizer, train_step
 
     model, _ = build_model("random", dropout=0.0)
     model.to(memory_format=torch.channels_last)
@@ -94,7 +94,7 @@ def test_resume_refuses_a_checkpoint_of_another_config(tiny, tmp_path):
 def test_run_cache_trains_once(tiny, tmp_path, monkeypatch):
     cfg = TrainConfig(**{**TINY, "epochs": 1})
     first = ensure_run(tiny, cfg, tmp_path, progress=False)
-    import fer_lib.train as train_mod
+    import fer_lib.training.train as train_mod
 
     monkeypatch.setattr(train_mod, "train", lambda *a, **k: pytest.fail("trained again despite the cache"))
     assert ensure_run(tiny, cfg, tmp_path, progress=False) == first
@@ -136,7 +136,7 @@ def test_cutmix_pastes_one_rectangle_and_mixes_labels_by_its_area():
 
 
 def test_settings_added_later_keep_the_earlier_run_keys_while_off():
-    from fer_lib.runs import run_key
+    from fer_lib.training.runs import run_key
 
     base = TrainConfig()
     assert run_key(base, "abc", "random") == run_key(TrainConfig(cutmix=0.0), "abc", "random")
@@ -174,7 +174,7 @@ def test_every_command_and_profile_is_documented(capsys):
     """The help names every profile the code defines, and the README every command the parser accepts."""
     from pathlib import Path
 
-    from fer_lib.runs import PROFILES
+    from fer_lib.training.runs import PROFILES
 
     # the real entry point once, as a user types it
     top = subprocess.run([sys.executable, "-m", "fer_lib", "--help"], capture_output=True, text=True)
@@ -188,7 +188,7 @@ def test_every_command_and_profile_is_documented(capsys):
 
 
 def test_class_weights_lift_rare_classes():
-    from fer_lib.train import class_weights
+    from fer_lib.training.train import class_weights
 
     labels = np.array([0] * 100 + [1] * 4 + list(range(2, 7)) * 10)
     w = class_weights(labels, "sqrt")
@@ -196,7 +196,7 @@ def test_class_weights_lift_rare_classes():
 
 
 def test_long_profile_runs_a_few_steps_on_the_cpu(tiny, tmp_path):
-    from fer_lib.runs import config_for
+    from fer_lib.training.runs import config_for
 
     cfg = config_for("long", max_train=48, batch_size=16, weights="random")
     assert cfg.epochs >= 200 and cfg.input_size > 48, "the published kind of schedule"
@@ -207,7 +207,7 @@ def test_long_profile_runs_a_few_steps_on_the_cpu(tiny, tmp_path):
 
 @pytest.mark.parametrize("has_bf16, expected", [(True, "bf16"), (False, "fp32")])
 def test_precision_auto_follows_the_cpu(monkeypatch, has_bf16, expected):
-    import fer_lib.runs as runs_mod
+    import fer_lib.training.runs as runs_mod
 
     monkeypatch.setattr(runs_mod, "cpu_has_fast_bf16", lambda: has_bf16)
     assert runs_mod.resolve_precision("auto", torch.device("cpu")) == expected
@@ -219,7 +219,7 @@ def test_precision_auto_follows_the_cpu(monkeypatch, has_bf16, expected):
 @pytest.mark.parametrize("flags, native", [("fpu sse2 avx2 fma", False), ("avx2 avx512f avx512_bf16", True),
                                            ("avx2 amx_bf16 amx_tile", True)])
 def test_cpu_description_says_whether_bf16_is_native(monkeypatch, flags, native):
-    import fer_lib.io as io_mod
+    import fer_lib.core.io as io_mod
 
     cpuinfo = f"processor\t: 0\nmodel name\t: Test CPU 9000\nflags\t\t: {flags}\n"
     monkeypatch.setattr(io_mod, "_cpuinfo", lambda: cpuinfo)
@@ -232,7 +232,7 @@ def test_bf16_run_records_its_precision_and_ships_float16_weights(tiny, tmp_path
 
     run = train(tiny, TrainConfig(**{**TINY, "epochs": 1, "precision": "bf16"}), tmp_path / "run", progress=False)
     provenance = json.loads((run / "run.json").read_text())
-    from fer_lib.io import cpu_model
+    from fer_lib.core.io import cpu_model
 
     assert provenance["precision"] == "bf16" and provenance["cpu"] == cpu_model()
     shipped = torch.load(run / "weights.pt", weights_only=True)

@@ -1,0 +1,176 @@
+"""Core I/O: atomic writes, file hashes, locks, the cache folder and the CPU's description. Imports nothing of fer_lib's
+beyond the package constants, so every other module can use it."""
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import os
+import platform
+import sys
+import tempfile
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+from fer_lib import ConfigError
+
+# image files read from folders: FER2013 layouts of one image per face, and photos to classify (Pillow reads all)
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".pgm", ".gif", ".webp", ".tif", ".tiff")
+FILE_MODE = 0o644  # what atomic_write gives its files: mkstemp makes 0600 ones, unreadable to other users
+
+
+def atomic_write(path: Path, write) -> None:
+    """Call ``write(tmp_path)`` then rename, so a crash never leaves a half-written ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        os.chmod(tmp, FILE_MODE)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_savez(path: Path, **arrays) -> None:
+    """``np.savez`` through atomic_write (a file object: np.savez would append ".npz" to a bare name): the
+    caches of parsed arrays, duplicate groups and splits."""
+    import numpy as np
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as f:
+            np.savez(f, **arrays)
+
+    atomic_write(path, write)
+
+
+def file_sha256(path: Path) -> str:
+    """Hex sha256 of a file's bytes (the one hash helper: data files, weights, shipped models)."""
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def array_sha256(*arrays) -> str:
+    """Hex sha256 of arrays' bytes, one after the other (C order): the fingerprint of faces held in memory."""
+    import numpy as np
+
+    h = hashlib.sha256()
+    for a in arrays:
+        h.update(np.ascontiguousarray(a).tobytes())
+    return h.hexdigest()
+
+
+def default_cache_dir() -> Path:
+    """Parsed arrays and duplicate tables live outside the repository: $FER_CACHE or ~/.cache/fer-report."""
+    return Path(os.environ.get("FER_CACHE", Path.home() / ".cache" / "fer-report"))
+
+
+def _cpuinfo() -> str:
+    try:
+        return Path("/proc/cpuinfo").read_text()
+    except OSError:  # not Linux
+        return ""
+
+
+def cpu_has_fast_bf16() -> bool:
+    """True on CPUs with native bfloat16 instructions (AMX or AVX-512 BF16); elsewhere bf16 is emulated
+    and about 13x slower than float32 (measured on an AVX2-only machine)."""
+    return any(flag in _cpuinfo().split() for flag in ("amx_bf16", "avx512_bf16"))
+
+
+def cpu_model() -> str:
+    """The CPU's model name and whether it has native bf16: the context every timing needs."""
+    name = platform.processor() or platform.machine()
+    for line in _cpuinfo().splitlines():
+        if line.startswith("model name"):
+            name = line.split(":", 1)[1].strip()
+            break
+    return f"{name} ({'native bf16' if cpu_has_fast_bf16() else 'no native bf16'})"
+
+
+class LockBusy(ConfigError):
+    """Another process holds the lock and the caller asked not to wait."""
+
+
+@contextmanager
+def exclusive_lock(lock_path: Path, what: str, wait: bool = True):
+    """Hold an exclusive ``fcntl.flock`` on ``lock_path`` while the block runs.
+
+    When another process holds it, say whom we wait for (its pid, command and start time, which the holder
+    writes into the lock file) and block until it is done, or raise LockBusy when ``wait`` is False. The
+    kernel drops the lock when its holder exits, however it exits, so a crash never leaves a stale lock.
+    """
+    lock_path = Path(lock_path)
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock_path, "a+") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            holder = f.read().strip() or "another process (it did not say what it is doing)"
+            if not wait:
+                raise LockBusy(f"{lock_path}: held by {holder}; try again when it is done "
+                               "(or leave out --no-wait to wait for it)") from None
+            print(f"waiting for {holder} ({lock_path})", file=sys.stderr, flush=True)
+            fcntl.flock(f, fcntl.LOCK_EX)
+        f.seek(0)
+        f.truncate()
+        f.write(f"pid {os.getpid()} ({' '.join(sys.argv)[:200]}, since {time.strftime('%H:%M:%S')}), {what}\n")
+        f.flush()
+        try:
+            yield
+        finally:
+            f.seek(0)
+            f.truncate()
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+_RENAME_EXCHANGE = 2  # linux/fs.h: swap two paths atomically
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Atomically swap two existing paths with renameat2(RENAME_EXCHANGE); False where the system lacks it."""
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        renameat2 = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    at_fdcwd = -100
+    if renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), _RENAME_EXCHANGE) == 0:
+        return True
+    errno = ctypes.get_errno()
+    if errno in (22, 38, 95):  # EINVAL, ENOSYS, EOPNOTSUPP: this file system cannot exchange
+        return False
+    raise OSError(errno, os.strerror(errno), str(a))
+
+
+def replace_directory(new: Path, final: Path, backup: Path) -> None:
+    """Put the folder ``new`` in place of ``final`` so that ``final`` always exists: the two are exchanged in one
+    atomic step where the system allows it (the old folder then sits at ``new`` and is removed). Elsewhere it
+    falls back to two renames through ``backup``, which :func:`recover_directory` undoes after a crash."""
+    import shutil
+
+    new, final, backup = Path(new), Path(final), Path(backup)
+    if not final.exists():
+        os.rename(new, final)
+        return
+    if _exchange(new, final):
+        shutil.rmtree(new)
+        return
+    shutil.rmtree(backup, ignore_errors=True)
+    os.rename(final, backup)
+    os.rename(new, final)
+    shutil.rmtree(backup)
+
+
+def recover_directory(final: Path, backup: Path) -> bool:
+    """After a crash between the two renames of :func:`replace_directory`'s fallback: put ``backup`` back."""
+    final, backup = Path(final), Path(backup)
+    if not final.exists() and backup.is_dir():
+        os.rename(backup, final)
+        return True
+    return False

@@ -1,0 +1,91 @@
+"""dlib's face detector and 68-point landmarks, for FER2013 faces (Q4, Q5) and photos (classify).
+
+The landmark model is the iBUG 300-W shape predictor that ships inside the ``face-recognition-models``
+package (installed from the package registry with the project; nothing is downloaded at run time). Its
+training data (iBUG 300-W) is licensed for non-commercial research only, and so is this model; the README
+says so. The HOG frontal-face detector is built into dlib itself.
+
+Points (0-based, the iBUG 68 scheme): 0-16 jaw line, 17-21 / 22-26 the brows (subject's right / left),
+27-35 the nose, 36-41 / 42-47 the eyes, 48-67 the mouth (60-67 its inner lip).
+"""
+from __future__ import annotations
+
+import importlib.util
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+
+from fer_lib import ConfigError
+
+UPSAMPLE = 4  # FER2013 faces are 48 px: dlib's detector and predictor expect faces of 80 px and more
+JAW, RIGHT_BROW, LEFT_BROW = slice(0, 17), slice(17, 22), slice(22, 27)
+NOSE, RIGHT_EYE, LEFT_EYE, MOUTH, INNER_LIP = slice(27, 36), slice(36, 42), slice(42, 48), slice(48, 68), slice(60, 68)
+
+
+def shape_predictor_path() -> Path:
+    """The 68-point model file inside the installed ``face_recognition_models`` package.
+
+    Found without importing the package: its ``__init__`` needs ``pkg_resources``, which current setuptools
+    no longer provides."""
+    spec = importlib.util.find_spec("face_recognition_models")
+    if spec is None or not spec.submodule_search_locations:
+        raise ConfigError("the face-recognition-models package is not installed (pip install -r requirements.txt)")
+    path = Path(list(spec.submodule_search_locations)[0]) / "models" / "shape_predictor_68_face_landmarks.dat"
+    if not path.is_file():
+        raise ConfigError(f"{path}: landmark model missing from the face-recognition-models package")
+    return path
+
+
+@lru_cache(maxsize=1)
+def face_detector():
+    """dlib's HOG + linear SVM frontal-face detector (no model file)."""
+    import dlib
+
+    return dlib.get_frontal_face_detector()
+
+
+@lru_cache(maxsize=1)
+def shape_predictor():
+    import dlib
+
+    return dlib.shape_predictor(str(shape_predictor_path()))
+
+
+def landmarks_in_box(gray: np.ndarray, box: tuple[int, int, int, int]) -> np.ndarray:
+    """(68, 2) float (x, y) landmarks of the face in ``box`` = (left, top, right, bottom) of a uint8 image."""
+    import dlib
+
+    shape = shape_predictor()(np.ascontiguousarray(gray, dtype=np.uint8), dlib.rectangle(*map(int, box)))
+    return np.array([(p.x, p.y) for p in shape.parts()], dtype=np.float32)
+
+
+def detect_faces(gray: np.ndarray, upsample: int = 0) -> list[tuple[tuple[int, int, int, int], float]]:
+    """Face boxes (left, top, right, bottom) and detector scores in a uint8 grayscale image."""
+    rects, scores, _ = face_detector().run(np.ascontiguousarray(gray, dtype=np.uint8), upsample, 0.0)
+    return [((r.left(), r.top(), r.right(), r.bottom()), float(s)) for r, s in zip(rects, scores)]
+
+
+def face_landmarks(images: np.ndarray, upsample: int = UPSAMPLE) -> tuple[np.ndarray, np.ndarray]:
+    """Landmarks of FER2013 faces: ((N, 68, 2) float in the 48-px frame, (N,) bool "the detector found the face").
+
+    Each face is upsampled ``upsample`` times (bicubic); the box is the detector's best one when it finds a
+    face, else the whole frame (FER2013 crops are face-centred, and the predictor still lands on the eyes,
+    nose and mouth with the frame as its box).
+    """
+    from PIL import Image
+
+    out = np.zeros((len(images), 68, 2), dtype=np.float32)
+    found = np.zeros(len(images), dtype=bool)
+    for i, face in enumerate(np.asarray(images)):
+        side = face.shape[0] * upsample
+        big = np.asarray(Image.fromarray(face).resize((side, side), Image.BICUBIC))
+        boxes = detect_faces(big)
+        if boxes:
+            box = max(boxes, key=lambda b: b[1])[0]
+            found[i] = True
+        else:
+            box = (0, 0, side - 1, side - 1)
+        # pixel centres: a point at x in the big image is at (x + 0.5) / upsample - 0.5 in the 48-px one
+        out[i] = (landmarks_in_box(big, box) + 0.5) / upsample - 0.5
+    return out, found

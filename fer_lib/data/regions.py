@@ -1,0 +1,157 @@
+"""Face regions as pixel masks, and how much of a map falls in each: from each face's own landmarks (Q4, Q5).
+
+Landmarks are dlib's 68 points in the 48-px frame (:func:`fer_lib.data.landmarks.face_landmarks`). Every face gets
+six regions that partition its frame (each pixel in exactly one): the brows, the eyes, the nose, the mouth, the
+rest of the face and the area outside it. Margins around the points scale with the face (a share of the
+distance between the eye centres), so a small or turned face gets small regions where its features are.
+
+The older fixed regions (:func:`face_regions`, boxes on the frame) stay for callers that have no landmarks.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from fer_lib.data.landmarks import JAW, LEFT_BROW, LEFT_EYE, MOUTH, NOSE, RIGHT_BROW, RIGHT_EYE
+
+FRAME = 48  # landmarks are in the 48-px frame of a FER2013 face; masks may be at another size (the input size)
+# margins, as shares of the distance between the eye centres (about 17 px on a frontal FER2013 face)
+EYE_MARGIN = 0.15  # around the hull of each eye's six points: the lids and the lash line
+BROW_HALF_WIDTH = 0.12  # each side of the brow's five points (a brow is a line of points, not an outline)
+NOSE_MARGIN = 0.10  # around the hull of the bridge and nostril points
+MOUTH_MARGIN = 0.10  # around the outer lip outline
+FOREHEAD = 0.5  # the face outline closes above the brows raised by this much (the lower forehead is face)
+
+# the landmark regions, in the order that settles overlaps (an eye pixel near a brow is an eye pixel)
+FEATURES = ("eyes", "brows", "mouth", "nose")
+LANDMARK_REGIONS = ("brows", "eyes", "nose", "mouth", "rest_of_face", "outside_face")  # display order
+
+REGION_LABELS = {"brows": "brows", "eyes": "eyes", "nose": "nose", "mouth": "mouth",
+                 "rest_of_face": "rest of the face", "outside_face": "area outside the face",
+                 "eyes_brows": "eyes/brows"}  # the last: a fixed region of face_regions
+REGION_SHORT = {**REGION_LABELS, "rest_of_face": "rest of face", "outside_face": "outside face"}  # small tiles
+
+
+def pixel_centres(size: int, frame: int = FRAME) -> np.ndarray:
+    """(size * size, 2) (x, y) centres of a size x size grid in the frame's coordinates (pixel i at x = i)."""
+    c = (np.arange(size) + 0.5) * frame / size - 0.5
+    y, x = np.meshgrid(c, c, indexing="ij")
+    return np.stack([x.ravel(), y.ravel()], 1)
+
+
+def _hull(points: np.ndarray) -> np.ndarray:
+    """The convex hull's vertices in order; a degenerate set (all on one line) comes back as given."""
+    from scipy.spatial import ConvexHull, QhullError
+
+    points = np.asarray(points, dtype=np.float64)
+    try:
+        return points[ConvexHull(points).vertices]
+    except QhullError:
+        return points
+
+
+def _distance_to_segments(xy: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """(P,) distance of each point to the nearest of the segments a[k] -> b[k]."""
+    d = b - a  # (K, 2)
+    t = ((xy[:, None, :] - a[None]) * d[None]).sum(-1) / np.maximum((d * d).sum(-1), 1e-12)[None]
+    nearest = a[None] + np.clip(t, 0, 1)[..., None] * d[None]  # (P, K, 2)
+    return np.sqrt(((xy[:, None, :] - nearest) ** 2).sum(-1)).min(1)
+
+
+def _inside(xy: np.ndarray, polygon: np.ndarray) -> np.ndarray:
+    """(P,) whether each point lies inside the closed polygon (even-odd rule)."""
+    x, y = xy[:, :1], xy[:, 1:]
+    x0, y0 = polygon[:, 0], polygon[:, 1]
+    x1, y1 = np.roll(x0, -1), np.roll(y0, -1)
+    crosses = ((y0 > y) != (y1 > y)) & (x < x0 + (y - y0) * (x1 - x0) / np.where(y1 != y0, y1 - y0, 1e-12))
+    return crosses.sum(1) % 2 == 1
+
+
+def _near_hull(xy: np.ndarray, points: np.ndarray, margin: float) -> np.ndarray:
+    hull = _hull(points)
+    edges = np.roll(hull, -1, 0)
+    return _inside(xy, hull) | (_distance_to_segments(xy, hull, edges) <= margin)
+
+
+def _near_line(xy: np.ndarray, points: np.ndarray, margin: float) -> np.ndarray:
+    return _distance_to_segments(xy, points[:-1], points[1:]) <= margin
+
+
+def eye_distance(points: np.ndarray) -> np.ndarray:
+    """(N,) distance between the two eye centres, in frame pixels, of landmarks (N, 68, 2)."""
+    points = np.asarray(points, dtype=np.float64)
+    return np.linalg.norm(points[:, LEFT_EYE].mean(1) - points[:, RIGHT_EYE].mean(1), axis=-1)
+
+
+def face_outline(points: np.ndarray) -> np.ndarray:
+    """(K, 2) the face's outline for one face's landmarks (68, 2): the hull of the jaw line and of the brows
+    raised along the face's own vertical (perpendicular to the line through the eyes) by ``FOREHEAD``."""
+    points = np.asarray(points, dtype=np.float64)
+    across = points[LEFT_EYE].mean(0) - points[RIGHT_EYE].mean(0)  # towards the image's right on a frontal face
+    d = max(float(np.linalg.norm(across)), 1e-6)
+    up = np.array([across[1], -across[0]]) / d  # rotated a quarter turn: towards the top of the head
+    brows = np.concatenate([points[RIGHT_BROW], points[LEFT_BROW]]) + FOREHEAD * d * up
+    return _hull(np.concatenate([points[JAW], brows]))
+
+
+def landmark_regions(points: np.ndarray, size: int = FRAME, frame: int = FRAME) -> dict[str, np.ndarray]:
+    """{region: (N, size, size) bool} for landmarks (N, 68, 2) in the ``frame``-px frame; the six regions of
+    ``LANDMARK_REGIONS`` partition every face's grid (each pixel in exactly one)."""
+    points = np.asarray(points, dtype=np.float64)
+    xy = pixel_centres(size, frame)
+    out = {r: np.zeros((len(points), size, size), bool) for r in LANDMARK_REGIONS}
+    for i, (p, d) in enumerate(zip(points, eye_distance(points))):
+        masks = {
+            "eyes": _near_hull(xy, p[RIGHT_EYE], EYE_MARGIN * d) | _near_hull(xy, p[LEFT_EYE], EYE_MARGIN * d),
+            "brows": (_near_line(xy, p[RIGHT_BROW], BROW_HALF_WIDTH * d)
+                      | _near_line(xy, p[LEFT_BROW], BROW_HALF_WIDTH * d)),
+            "mouth": _near_hull(xy, p[MOUTH][:12], MOUTH_MARGIN * d),  # 48-59: the outer lip
+            "nose": _near_hull(xy, p[NOSE], NOSE_MARGIN * d),
+        }
+        taken = np.zeros(len(xy), bool)
+        for name in FEATURES:
+            masks[name] &= ~taken
+            taken |= masks[name]
+        face = _inside(xy, face_outline(p)) | taken
+        masks["rest_of_face"] = face & ~taken
+        masks["outside_face"] = ~face
+        for name, mask in masks.items():
+            out[name][i] = mask.reshape(size, size)
+    return out
+
+
+def region_area(regions: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """{region: share of the frame it covers}: a float for one (H, W) mask, (N,) for per-face masks."""
+    return {r: m.reshape(-1, m.shape[-2] * m.shape[-1]).mean(1) if m.ndim == 3 else float(m.mean())
+            for r, m in regions.items()}
+
+
+def region_shares(maps: np.ndarray, regions: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Per map (B, H, W), the share of its total attribution inside each region (masks (H, W) or (B, H, W)).
+
+    An all-zero map has no distribution over the face: its shares are nan.
+    """
+    total = maps.reshape(len(maps), -1).sum(1)
+    total = np.where(total > 0, total, np.nan)
+    return {name: (maps * mask).reshape(len(maps), -1).sum(1) / total for name, mask in regions.items()}
+
+
+def top_region(shares: dict[str, float], area: dict[str, float]) -> str | None:
+    """The region with the most attribution for its size (share / area), or None without any attribution."""
+    ratio = {r: shares[r] / area[r] for r in shares if area[r] > 0 and np.isfinite(shares[r])}
+    return max(ratio, key=ratio.get) if ratio else None
+
+
+def face_regions(size: int = 48) -> dict[str, np.ndarray]:
+    """Fixed boolean (size, size) masks that partition the frame (every pixel in exactly one): the eyes-and-brows
+    band, the nose, the mouth box, the rest of the face oval, and outside the oval.
+
+    The same boxes on every face, for callers without landmarks: FER2013 faces are only roughly registered (eyes
+    near rows 17-22 of 48, mouth near 33-40), so on a tilted or turned face a box misses its feature.
+    """
+    y, x = (np.mgrid[0:size, 0:size] + 0.5) / size
+    face = ((x - 0.5) / 0.44) ** 2 + ((y - 0.52) / 0.5) ** 2 <= 1
+    eyes = face & (y >= 0.2) & (y < 0.5) & (x >= 0.1) & (x < 0.9)
+    nose = face & (y >= 0.5) & (y < 0.64) & (x >= 0.34) & (x < 0.66)
+    mouth = face & (y >= 0.64) & (y < 0.92) & (x >= 0.24) & (x < 0.76)
+    return {"eyes_brows": eyes, "nose": nose, "mouth": mouth, "rest_of_face": face & ~(eyes | nose | mouth),
+            "outside_face": ~face}

@@ -1,0 +1,1 @@
+"""Model: the network, preprocessing, inference with test-time views, calibration."""

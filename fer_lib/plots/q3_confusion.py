@@ -1,0 +1,141 @@
+"""Q3's figures: confusion matrix, reliability, galleries, recall vs frequency."""
+from __future__ import annotations
+
+import matplotlib.pyplot as plt
+import numpy as np
+from matplotlib.ticker import (
+    PercentFormatter,
+)
+
+from fer_lib import CLASS_NAMES
+
+# The report's pages show figures at most this wide (CSS pixels; report.py's page style caps the content at
+# 960 px, less padding). A figure wider than this is scaled down to it, and its text with it.
+
+def plot_confusion(counts: np.ndarray, rates: np.ndarray, title: str = "Confusion matrix (validation)"):
+    """Counts and row-normalised rates side by side; rows are the true class."""
+    import seaborn as sns
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.9), layout="constrained")
+    sns.heatmap(counts, annot=True, fmt="d", cmap="Blues", cbar=False, ax=axes[0], annot_kws={"fontsize": 10},
+                xticklabels=CLASS_NAMES, yticklabels=CLASS_NAMES)
+    sns.heatmap(rates * 100, annot=True, fmt=".0f", cmap="Blues", vmin=0, vmax=100, ax=axes[1],
+                annot_kws={"fontsize": 10}, xticklabels=CLASS_NAMES, yticklabels=CLASS_NAMES,
+                cbar_kws={"label": "% of the true class"})
+    for ax, sub in zip(axes, ("counts", "row-normalised, % (diagonal = recall)")):
+        ax.set_xlabel("predicted")
+        ax.set_ylabel("true")
+        ax.set_title(sub)
+        ax.tick_params(axis="y", rotation=0)
+    fig.suptitle(title)
+    return fig
+
+
+def plot_reliability(before, after, ece_before: float, ece_after: float, temperature: float):
+    """Reliability diagrams before and after temperature scaling: accuracy against mean confidence per bin
+    (``before`` / ``after``: evaluate.reliability_bins tables), the diagonal being perfect calibration; the
+    bars below count the faces per bin."""
+    fig, axes = plt.subplots(2, 2, figsize=(9, 5.6), height_ratios=[3, 1], sharex=True, layout="constrained")
+    for col, (table, title) in enumerate(((before, f"before scaling: ECE {ece_before:.1%}"),
+                                          (after, f"after, T = {temperature:.2f}: ECE {ece_after:.1%}"))):
+        ax, count = axes[0, col], axes[1, col]
+        width = (table["high"] - table["low"]).to_numpy()
+        centre = ((table["high"] + table["low"]) / 2).to_numpy()
+        ax.bar(centre, table["accuracy"], width=width * 0.95, color="C0", alpha=0.75, label="accuracy in the bin")
+        ax.plot(table["confidence"], table["accuracy"], "o", color="C1", ms=4, label="at the bin's mean confidence")
+        ax.plot([0, 1], [0, 1], "--", color="grey", lw=1, label="perfect calibration")
+        ax.set_xlim(0, 1)
+        ax.set_ylim(0, 1)
+        ax.set_title(title, fontsize=11)
+        ax.set_ylabel("accuracy")
+        ax.grid(alpha=0.3)
+        count.bar(centre, table["faces"], width=width * 0.95, color="0.5")
+        count.set_ylabel("faces")
+        count.set_xlabel("top probability (confidence)")
+        for a in (ax, count):
+            a.xaxis.set_major_formatter(PercentFormatter(1.0))
+        ax.yaxis.set_major_formatter(PercentFormatter(1.0))
+    axes[0, 0].legend(fontsize=9, loc="upper left", framealpha=0.95)
+    return fig
+
+
+def plot_gallery(images: np.ndarray, titles: list[str], ncols: int = 8, title: str = ""):
+    """A row-wrapped gallery of faces with a caption each."""
+    n = max(len(images), 1)
+    nrows = (n + ncols - 1) // ncols
+    fig, axes = plt.subplots(nrows, ncols, figsize=(ncols * 1.25, nrows * 1.45), squeeze=False)
+    for i, ax in enumerate(axes.flat):
+        ax.axis("off")
+        if i < len(images):
+            ax.imshow(images[i], cmap="gray", vmin=0, vmax=255)
+            ax.set_title(titles[i], fontsize=9)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def plot_vote_gallery(images: np.ndarray, votes: np.ndarray, titles: list[str], true: str, predicted: str,
+                      min_votes: int = 3, ncols: int = 8, title: str = ""):
+    """Faces, each above its FER+ vote bars: the 7 classes and one 'other' bar (contempt, unknown, not a face).
+
+    ``votes``: (N, 10) in q3_votes.VOTE_NAMES order. The true class's bar is green, the predicted one red;
+    the dashed line marks ``min_votes``.
+    """
+    n = max(len(images), 1)
+    nrows = (n + ncols - 1) // ncols
+    # laid out in inches: per column 1.25 wide; per row a caption, a 1-inch face, its bars and their labels
+    col_w, face_h, bar_h, caption_h, labels_h, header_h, left = 1.25, 1.0, 0.5, 0.22, 0.4, 0.6, 0.3
+    row_h = caption_h + face_h + 0.06 + bar_h + labels_h
+    width, height = left + ncols * col_w, header_h + nrows * row_h
+    fig = plt.figure(figsize=(width, height))
+
+    def axes_at(x: float, y: float, w: float, h: float):  # inches from the bottom left
+        return fig.add_axes((x / width, y / height, w / width, h / height))
+
+    short = [c[:2] for c in CLASS_NAMES] + ["oth"]
+    colours = ["0.65"] * len(short)
+    colours[CLASS_NAMES.index(true)], colours[CLASS_NAMES.index(predicted)] = "tab:green", "tab:red"
+    top = max(int(np.asarray(votes).sum(1).max()) if len(votes) else 10, 1)
+    for i in range(len(images)):
+        r, c = divmod(i, ncols)
+        x = left + c * col_w
+        face_bottom = height - header_h - r * row_h - caption_h - face_h
+        face = axes_at(x + (col_w - face_h) / 2, face_bottom, face_h, face_h)
+        face.imshow(images[i], cmap="gray", vmin=0, vmax=255)
+        face.set_title(titles[i], fontsize=8, pad=2)
+        face.axis("off")
+        bars = axes_at(x + 0.1, face_bottom - 0.06 - bar_h, col_w - 0.2, bar_h)
+        v = np.asarray(votes[i])
+        bars.bar(range(len(short)), np.r_[v[:len(CLASS_NAMES)], v[len(CLASS_NAMES):].sum()], color=colours)
+        bars.axhline(min_votes, color="k", ls="--", lw=0.7)
+        bars.set_ylim(0, top)
+        bars.set_xticks(range(len(short)), short, fontsize=7.5, rotation=90)
+        bars.set_yticks([0, min_votes, top], [0, min_votes, top] if c == 0 else [], fontsize=7.5)
+        bars.tick_params(length=2, pad=1)
+    fig.suptitle((title + "\n" if title else "") + f"FER+ votes: green = true class ({true}), "
+                 f"red = predicted ({predicted}), dashed = {min_votes} votes", fontsize=9,
+                 y=1 - 0.05 / height, va="top")
+    return fig
+
+
+def plot_recall_vs_frequency(train_share: np.ndarray, recall: np.ndarray, low: np.ndarray, high: np.ndarray,
+                             support: np.ndarray):
+    """Each class's validation recall (with its 95% interval) against its share of the training faces."""
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    present = np.asarray(support) > 0
+    x, y = np.asarray(train_share) * 100, np.asarray(recall) * 100
+    err = np.vstack([y - np.asarray(low) * 100, np.asarray(high) * 100 - y]).clip(min=0)  # rounding at 0% / 100%
+    ax.errorbar(x[present], y[present], yerr=err[:, present], fmt="o", capsize=3)
+    for i in np.flatnonzero(present):
+        ax.annotate(f"{CLASS_NAMES[i]} ({support[i]})", (x[i], y[i]), textcoords="offset points", xytext=(5, 4),
+                    fontsize=8)
+    ax.set_xlabel("share of the training faces (%)")
+    ax.set_ylabel("validation recall (%), 95% interval")
+    ax.set_ylim(0, 100)
+    ax.grid(alpha=0.3)
+    ax.set_title("Recall against training frequency (validation faces per class in brackets)", fontsize=9)
+    fig.tight_layout()
+    return fig
+
+

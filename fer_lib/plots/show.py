@@ -1,0 +1,152 @@
+"""Showing a figure on a page: PNG at the page's width, alt text, a floor on text size."""
+from __future__ import annotations
+
+import base64
+import html
+import io
+import re
+
+import matplotlib.pyplot as plt
+
+# The report's pages show figures at most this wide (CSS pixels; report.py's page style caps the content at
+# 960 px, less padding). A figure wider than this is scaled down to it, and its text with it.
+PAGE_WIDTH_PX = 900
+MIN_TEXT_PX = 10  # the smallest text a page may show, at PAGE_WIDTH_PX
+FIGURE_DPI = 120
+
+
+def figure_png(fig, dpi: int = FIGURE_DPI) -> bytes:
+    """The figure as PNG bytes, cropped to its content (as Jupyter's inline backend does)."""
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=dpi, bbox_inches="tight", facecolor="white")
+    return buffer.getvalue()
+
+
+def smallest_text_px(fig, png_width_px: int, dpi: int = FIGURE_DPI, page_width_px: int = PAGE_WIDTH_PX):
+    """(size in CSS pixels, the text) of the figure's smallest visible text once the PNG is shown on a page.
+
+    The PNG is shown at its natural CSS width (``png_width_px * 96 / dpi``), scaled down to ``page_width_px``
+    when wider; a text of ``s`` points is ``s * dpi / 72`` PNG pixels. Returns (inf, "") without text.
+    """
+    from matplotlib.text import Text
+
+    natural = png_width_px * 96 / dpi
+    scale = min(1.0, page_width_px / natural) * natural / png_width_px  # CSS px per PNG px
+    texts = [t for t in fig.findobj(Text) if t.get_visible() and t.get_text().strip()
+             and (t.axes is None or t.axes.get_visible())]
+    if not texts:
+        return float("inf"), ""
+    smallest = min(texts, key=lambda t: t.get_fontsize())
+    return smallest.get_fontsize() * dpi / 72 * scale, smallest.get_text()
+
+
+def figure_html(fig, alt: str, dpi: int = FIGURE_DPI, min_text_px: float = MIN_TEXT_PX) -> "Html":
+    """``fig`` as an <img> with ``alt`` text (what the figure shows), for a page or a ``details`` block; closes it.
+
+    Raises ValueError when ``alt`` is empty or when the figure's smallest text would be under ``min_text_px`` CSS
+    pixels at the page's width: enlarge that text or narrow the figure.
+    """
+    png, css_width = _checked_png(fig, alt, dpi, min_text_px)
+    return Html(_img_tag(base64.b64encode(png).decode(), css_width, alt))
+
+
+def show_figure(fig, alt: str, dpi: int = FIGURE_DPI, min_text_px: float = MIN_TEXT_PX):
+    """Display ``fig`` in the notebook as an <img> with ``alt`` text, then close it (checks as ``figure_html``).
+
+    The output carries both an HTML <img> (what the rendered page shows, with its alt text) and the plain PNG
+    (what the index takes as the page's thumbnail).
+    """
+    png, css_width = _checked_png(fig, alt, dpi, min_text_px)
+    _display_png(png, css_width, alt)
+
+
+def _checked_png(fig, alt: str, dpi: int, min_text_px: float) -> tuple[bytes, int]:
+    from PIL import Image
+
+    if not alt or not alt.strip():
+        raise ValueError("a figure needs an alt text that says what it shows")
+    png = figure_png(fig, dpi)
+    width = Image.open(io.BytesIO(png)).size[0]
+    size, text = smallest_text_px(fig, width, dpi)
+    inches = fig.get_figwidth()
+    plt.close(fig)
+    if size < min_text_px:
+        raise ValueError(f"the text {text[:40]!r} would show at {size:.1f} px on the page (at least {min_text_px} "
+                         f"px): enlarge it or narrow the figure ({inches:.1f} inches wide)")
+    return png, round(width * 96 / dpi)
+
+
+def show_image(image, alt: str, width_px: int = PAGE_WIDTH_PX):
+    """Display a PIL image (a photo, an annotated copy) as an <img> with ``alt`` text, at most ``width_px``
+    CSS pixels wide; text drawn on it should be sized for that width (photos.annotate does so)."""
+    if not alt or not alt.strip():
+        raise ValueError("show_image needs an alt text that says what the image shows")
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    _display_png(buffer.getvalue(), min(width_px, image.size[0]), alt)
+
+
+def _img_tag(png_base64: str, css_width: int, alt: str) -> str:
+    return (f'<img src="data:image/png;base64,{png_base64}" alt="{html.escape(alt.strip())}" '
+            f'style="width:{css_width}px;max-width:100%;height:auto">')
+
+
+def _display_png(png: bytes, css_width: int, alt: str) -> None:
+    """An <img> for the rendered page (with its alt text) and the plain PNG (the index's thumbnail)."""
+    from IPython.display import display
+
+    data = base64.b64encode(png).decode()
+    display({"text/html": _img_tag(data, css_width, alt), "image/png": data, "text/plain": alt.strip()}, raw=True,
+            metadata={"image/png": {"alt": alt.strip()}})
+
+
+# --------------------------------------------------------------------------------------------- page structure
+
+
+class Html(str):
+    """Text that is HTML already (a figure's <img>, a table): ``details`` puts it in as it is."""
+
+
+def markdown_html(text: str) -> Html:
+    """Markdown (tables and ``$...$`` formulas included) as HTML; formulas stay ``$...$`` so that the report
+    builder turns them into MathML with the rest of the page."""
+    import mistune
+
+    rendered = mistune.create_markdown(plugins=["math", "table"])(text)
+    rendered = re.sub(r'<span class="math">\\\((.+?)\\\)</span>', lambda m: "$" + m.group(1) + "$", rendered,
+                      flags=re.S)
+    rendered = re.sub(r'<div class="math">\$\$(.+?)\$\$</div>', lambda m: "$$" + m.group(1).strip() + "$$", rendered,
+                      flags=re.S)
+    return Html(rendered)
+
+
+def details(summary: str, *parts) -> Html:
+    """One collapsed ``<details>`` block: ``summary`` is its one-line title; each part is Markdown text, ``Html``
+    (``figure_html``), or a table (a DataFrame or a Styler). Returns the HTML; ``show_details`` displays it."""
+    body = []
+    for part in parts:
+        if isinstance(part, Html):
+            body.append(part)
+        elif isinstance(part, str):
+            body.append(markdown_html(part))
+        elif hasattr(part, "to_html"):  # a DataFrame or a pandas Styler
+            body.append(part.to_html(**({"index": False} if hasattr(part, "columns") else {})))
+        else:
+            raise TypeError(f"details() takes Markdown text, Html or a table, not {type(part).__name__}")
+    return Html(f'<details class="fer-evidence"><summary>{html.escape(summary)}</summary>'
+                f'<div class="fer-evidence-body">{"".join(body)}</div></details>')
+
+
+def show_details(summary: str, *parts) -> None:
+    """Display a collapsed block of evidence (methods, controls, intervals, tables) under the page's answer."""
+    from IPython.display import HTML, display
+
+    display(HTML(details(summary, *parts)))
+
+
+def show_caption(text: str) -> None:
+    """The one-line caption under a figure: what to look at."""
+    from IPython.display import HTML, display
+
+    inner = markdown_html(text).strip().removeprefix("<p>").removesuffix("</p>")
+    display(HTML(f'<p class="fer-caption">{inner}</p>'))

@@ -1,0 +1,1 @@
+"""One module per report question: each computes its findings as data (numbers, labels, flags)."""

@@ -1,0 +1,33 @@
+"""Appendix: the recipe's measurements (docs/ablation.csv) as a table."""
+from __future__ import annotations
+
+import re
+
+# --------------------------------------------------------------------------------------------- uncertainty
+
+
+
+# --------------------------------------------------------------------------------------------- appendix: recipe
+
+# a clause about the test set ("on the hidden test", "test-set accuracy"); "test-time views" are not about it
+_TEST_CLAUSE = re.compile(r"\b(hidden )?test(?!-time)(-set| set)?\b", re.I)
+
+
+def recipe_table(table):
+    """The recipe's measurements (docs/ablation.csv) for the appendix page: missing values shown as "—", and any
+    clause about test-set results left out (choices rest on validation only). Returns (table, clauses left out)."""
+    import pandas as pd
+
+    table = table.copy()
+    dropped = 0
+    for column in table.columns:
+        cleaned = []
+        for value in table[column]:
+            if isinstance(value, str) and _TEST_CLAUSE.search(value):
+                parts = re.split(r";\s*", value)
+                kept = [p for p in parts if not _TEST_CLAUSE.search(p)]
+                dropped += len(parts) - len(kept)
+                value = "; ".join(kept)
+            cleaned.append(value)
+        table[column] = pd.Series(cleaned, index=table.index, dtype=object)
+    return table.astype(object).where(table.notna(), "—").replace("", "—"), dropped

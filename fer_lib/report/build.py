@@ -1,0 +1,472 @@
+"""`make report`: train once, execute the notebooks with papermill, render HTML, write index and provenance.
+
+Everything is built in a staging folder next to ``report/<dataset>/`` and swapped in only when every
+notebook succeeded, so a failure leaves the previous report untouched (the failed notebook, with its
+traceback, is kept in ``report/.failed/``). A rebuild of some notebooks keeps the other pages of the same run.
+Each notebook hands the index its answer through two cell tags: ``answer`` (a short computed Markdown
+answer) and ``key-figure`` (the cell whose first image is the page's key figure).
+"""
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+import os
+import platform
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from importlib import metadata
+from pathlib import Path
+
+from fer_lib import ConfigError
+from fer_lib.core.io import exclusive_lock, file_sha256, recover_directory, replace_directory
+from fer_lib.report.context import PROJECT_ROOT, SYNTHETIC_NOTICE, Context, load_context
+
+NOTEBOOK_DIR = PROJECT_ROOT / "notebooks"
+LIBRARIES = ("torch", "torchvision", "numpy", "pandas", "scikit-learn", "matplotlib", "seaborn", "captum",
+             "torchinfo", "papermill", "nbconvert")
+ANSWERS_FILE = "answers.json"  # per page: title, computed answer, thumbnail (kept across partial rebuilds)
+MODEL_FOLDER = "model"  # the run the pages were rendered from, shipped inside the report
+# The pages' own style: navigation and provenance lines; the notebook content capped at 960 px (figures are drawn
+# for plots.PAGE_WIDTH_PX, so no figure text falls under 9 px); formulas at body size (MathML's default math font
+# runs small beside the sans-serif text); tables and images never wider than the page; no text under 11 px.
+PAGE_STYLE = ("<style>.fer-nav{font:14px sans-serif;display:flex;gap:18px;padding:8px 16px;background:#f4f4f4;"
+              "border-bottom:1px solid #ddd}.fer-prov{font:12px sans-serif;color:#555;padding:4px 16px}"
+              "main,.jp-Notebook{max-width:960px;margin-left:auto;margin-right:auto}"
+              ".jp-RenderedHTMLCommon{font-size:15px}.jp-RenderedHTMLCommon table{font-size:13px}"
+              ".jp-OutputArea-output pre{font-size:13px}"
+              "math{font-size:1.15em;font-family:'STIX Two Math','Latin Modern Math','Cambria Math',math,serif}"
+              "math[display=block]{margin:0.6em 0;overflow-x:auto}"
+              ".jp-RenderedHTML img,.jp-RenderedImage img{max-width:100%;height:auto}"
+              ".jp-RenderedHTMLCommon{overflow-x:auto}"
+              # the evidence under each answer, folded (plots.show.details), and figure captions
+              "details.fer-evidence{border:1px solid #ddd;border-radius:4px;padding:4px 12px;margin:10px 0}"
+              "details.fer-evidence>summary{cursor:pointer;font-weight:600;padding:4px 0}"
+              ".fer-caption{color:#444;font-size:14px;margin:2px 0 16px}</style>")
+
+
+def _selects(path: Path, name: str) -> bool:
+    """Whether ``name`` (a number like "02", a stem, or a file name) picks the notebook at ``path``."""
+    return path.stem.startswith(name) or path.name == name
+
+
+def notebook_paths(only: list[str] | None = None) -> list[Path]:
+    """The report's notebooks in order; ``only`` picks by number ("01") or name."""
+    paths = sorted(NOTEBOOK_DIR.glob("[0-9][0-9]_*.ipynb"))
+    if only:
+        unknown = [o for o in only if not any(_selects(p, o) for p in paths)]
+        if unknown:
+            raise ConfigError(f"no notebook matches {', '.join(unknown)}; the notebooks are "
+                              + ", ".join(p.stem for p in paths))
+        paths = [p for p in paths if any(_selects(p, o) for o in only)]
+    return paths
+
+
+def title_of(notebook: Path) -> str:
+    import nbformat
+
+    nb = nbformat.read(notebook, as_version=4)
+    for cell in nb.cells:
+        if cell.cell_type == "markdown":
+            for line in cell.source.splitlines():
+                if line.startswith("# "):
+                    return line[2:].strip()
+    return notebook.stem
+
+
+# ---------------------------------------------------------------------------------------------
+# what a page says about itself: its answer and key figure
+
+
+def _tagged_outputs(nb, tag: str) -> list[dict]:
+    return [out for cell in nb.cells if tag in cell.get("metadata", {}).get("tags", [])
+            for out in cell.get("outputs", [])]
+
+
+def page_answer(executed: Path) -> dict:
+    """{"answer": Markdown text, "thumbnail": PNG data URI or ""} from an executed notebook's tagged cells."""
+    import nbformat
+
+    nb = nbformat.read(executed, as_version=4)
+    answer = " ".join(out["data"]["text/markdown"] for out in _tagged_outputs(nb, "answer")
+                      if "text/markdown" in out.get("data", {}))
+    figure = next((out for out in _tagged_outputs(nb, "key-figure") if "image/png" in out.get("data", {})), None)
+    if figure is None:
+        return {"answer": answer.strip(), "thumbnail": "", "thumbnail_alt": ""}
+    # plots.show_figure puts the figure's alt text in the PNG's metadata (and as its plain-text form)
+    alt = figure.get("metadata", {}).get("image/png", {}).get("alt") or ""
+    # the index shows the key figure at the size the page does (a shrunken copy would make its text unreadable)
+    png = figure["data"]["image/png"]
+    return {"answer": answer.strip(), "thumbnail": "data:image/png;base64," + png, "thumbnail_alt": alt,
+            "thumbnail_width": _css_width(png)}
+
+
+def _css_width(png_base64: str) -> int:
+    """The width in CSS pixels at which plots.show_figure shows a PNG (its dpi maps to 96 CSS px per inch)."""
+    from PIL import Image
+
+    from fer_lib.plots.show import FIGURE_DPI
+
+    return round(Image.open(io.BytesIO(base64.b64decode(png_base64))).size[0] * 96 / FIGURE_DPI)
+
+
+# ---------------------------------------------------------------------------------------------
+# HTML
+
+
+def banner_html(ctx: Context) -> str:
+    if not ctx.is_synthetic:
+        return ""
+    return ('<div style="position:sticky;top:0;z-index:10;background:#fff3cd;border-bottom:3px solid #d39e00;'
+            f'padding:10px 16px;font:600 15px sans-serif">&#9888; {html.escape(SYNTHETIC_NOTICE)}</div>')
+
+
+def provenance_line(metrics: dict) -> str:
+    train_hash = next(iter(metrics["data_files"].values()), "")[:12]
+    return (f"commit {metrics['git_commit'][:12]}"
+            f"{' (uncommitted changes)' if 'uncommitted' in metrics['git_commit'] else ''}"
+            f" · data sha256 {train_hash} · profile {metrics['profile']} · run {metrics['run_key']}"
+            f" · built {metrics['built']}")
+
+
+def render_html(executed: Path, out: Path) -> None:
+    """Executed notebook -> self-contained HTML without code cells (images are embedded as data URIs)."""
+    import nbformat
+    from nbconvert import HTMLExporter
+
+    from fer_lib.report.mathrender import offline_math
+
+    exporter = HTMLExporter(exclude_input=True, exclude_input_prompt=True, exclude_output_prompt=True)
+    body, _ = exporter.from_notebook_node(nbformat.read(executed, as_version=4))
+    out.write_text(offline_math(body), encoding="utf-8")
+
+
+def _decorate_page(page: Path, title: str, nav: str, banner: str, provenance: str) -> None:
+    """Give a rendered page its <title>, navigation links, banner and provenance line (replacing old ones)."""
+    text = page.read_text(encoding="utf-8")
+    text = re.sub(r"<!--fer-top-->.*?<!--/fer-top-->", "", text, flags=re.S)
+    text = re.sub(r"<!--fer-bottom-->.*?<!--/fer-bottom-->", "", text, flags=re.S)
+    text = re.sub(r"<title>.*?</title>", f"<title>{html.escape(title, quote=False)}</title>", text, count=1, flags=re.S)
+    top = f"<!--fer-top-->{PAGE_STYLE}{banner}{nav}<div class='fer-prov'>{html.escape(provenance)}</div><!--/fer-top-->"
+    i = text.index(">", text.index("<body")) + 1
+    text = text[:i] + top + text[i:]
+    j = text.rindex("</body>")
+    text = text[:j] + f"<!--fer-bottom-->{nav}<!--/fer-bottom-->" + text[j:]
+    page.write_text(text, encoding="utf-8")
+
+
+def _nav(pages: list[tuple[str, str]], i: int) -> str:
+    links = ['<a href="index.html">&#8962; index</a>']
+    if i > 0:
+        links.append(f'<a href="{pages[i - 1][0]}">&#8592; {html.escape(pages[i - 1][1])}</a>')
+    if i + 1 < len(pages):
+        links.append(f'<a href="{pages[i + 1][0]}">{html.escape(pages[i + 1][1])} &#8594;</a>')
+    return f'<nav class="fer-nav">{"".join(links)}</nav>'
+
+
+def initialisation_sentence(run: dict) -> str:
+    origin = run.get("weights_origin", "")
+    if origin.startswith("ImageNet"):
+        return "The backbone started from ImageNet-pretrained weights, as the seed report's did."
+    return ("This model was trained from random initialisation: torchvision's ImageNet weights were not "
+            "available offline here, whereas the seed report's ResNet18 started from ImageNet-pretrained weights.")
+
+
+def write_index(folder: Path, ctx: Context, pages: list[tuple[str, str]], answers: dict, metrics: dict) -> None:
+    import mistune
+
+    from fer_lib.questions.q2_history import run_accuracy
+
+    run = metrics.get("run", {})
+    items = []
+    for href, title in pages:
+        entry = answers.get(Path(href).stem, {})
+        alt = entry.get("thumbnail_alt") or f"the key figure of {title}"
+        width = entry.get("thumbnail_width") or 900
+        thumb = (f'<a href="{href}"><img src="{entry["thumbnail"]}" alt="{html.escape(alt)}" '
+                 f'style="width:{width}px;max-width:100%;height:auto;border:1px solid #ccc"></a>'
+                 ) if entry.get("thumbnail") else ""
+        answer = mistune.html(entry["answer"]) if entry.get("answer") else ""
+        items.append(f'<section style="margin:22px 0"><h2 style="margin:0 0 6px;font-size:1.15em">'
+                     f'<a href="{href}">{html.escape(title)}</a></h2>{answer}{thumb}</section>')
+    figures = run_accuracy(run)  # the same figures every page quotes, from the run's record
+    grouped = metrics["config"]["config"].get("split") == "grouped"
+    accuracy = (figures.sentence() + " The validation faces are held-out training faces"
+                + ("; no copy of any of them (exact or near) is in the training part. " if grouped else ". ")
+                ) if figures else ""
+    cfg = metrics["config"]["config"]
+    size = cfg["input_size"]
+    size_text = f"faces upsampled from 48x48 to {size}x{size}" if size != 48 else "faces at their own 48x48"
+    extra = ('<li><a href="predictions.csv">predictions.csv</a> (test set, id,label)</li>'
+             if metrics.get("predictions") else "")
+    copies = metrics.get("duplicates")
+    if copies:
+        extra += (f'<li><a href="{copies["file"]}">{copies["file"]}</a>: the {copies["rows"]:,} of '
+                  f'{copies["test_faces"]:,} test faces with a copy in the training file '
+                  f'({copies["test_exact_copies"]:,} exact, {copies["test_near_copies"]:,} near; id and kind of copy, '
+                  'no labels), to score the model on unseen faces</li>')
+    page = f"""<!doctype html><html><head><meta charset="utf-8">
+<title>FER report: {html.escape(ctx.dataset.name)}</title>
+<style>body{{font:16px/1.5 sans-serif;max-width:960px;margin:0 auto;padding:0 16px 40px}} \
+code{{background:#eee;padding:1px 4px}}
+section p{{margin:4px 0}}</style></head><body>{banner_html(ctx)}
+<h1>Facial expression recognition: {html.escape(ctx.dataset.name)}</h1>
+<p>The seed report's ResNet18, its last layer replaced by Dropout(0.5) + Linear(512, 7), trained for
+{cfg['epochs']} epochs on {size_text}.
+{accuracy}{html.escape(initialisation_sentence(run))}</p>
+{''.join(items)}
+<ul><li><a href="metrics.json">metrics.json</a> (provenance: data hashes, config, versions, timings)</li>{extra}
+<li><a href="{MODEL_FOLDER}/">{MODEL_FOLDER}/</a>: the weights every page was computed from (float16 state dict,
+sha256 {html.escape(str(run.get('weights_sha256', ''))[:16])}...), with the run's config and history</li></ul>
+<p class="fer-prov" style="color:#555;font-size:12px">{html.escape(provenance_line(metrics))}</p>
+</body></html>"""
+    (folder / "index.html").write_text(page, encoding="utf-8")
+
+
+# ---------------------------------------------------------------------------------------------
+# provenance
+
+
+def git_commit() -> str:
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=PROJECT_ROOT, capture_output=True, text=True,
+                                check=True).stdout.strip()
+        # report/ is this command's own output: a previous render there does not make the code uncommitted
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".", ":!report"],
+                               cwd=PROJECT_ROOT, capture_output=True, text=True).stdout.strip()
+        return commit + ("+uncommitted changes" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown (not a git checkout)"
+
+
+def library_versions() -> dict[str, str]:
+    versions = {"python": platform.python_version()}
+    for name in LIBRARIES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = "not installed"
+    return versions
+
+
+# ---------------------------------------------------------------------------------------------
+# the build
+
+
+def _previous_pages(final: Path, staging: Path, run_key: str) -> dict:
+    """Copy the pages of ``final`` into ``staging`` when they come from the same run; returns their answers."""
+    try:
+        old = json.loads((final / "metrics.json").read_text())
+        answers = json.loads((final / ANSWERS_FILE).read_text())
+    except (OSError, ValueError):
+        return {}
+    if old.get("run_key") != run_key:
+        print(f"note: the pages in {final} come from another run ({old.get('run_key')}); only the rebuilt "
+              "pages are kept", file=sys.stderr)
+        return {}
+    for stem in answers:
+        if (final / f"{stem}.html").exists():
+            shutil.copy2(final / f"{stem}.html", staging / f"{stem}.html")
+    return {stem: a for stem, a in answers.items() if (staging / f"{stem}.html").exists()}
+
+
+def _keep_failed(executed: Path, out_root: Path, report_name: str) -> Path:
+    failed_dir = out_root / ".failed" / report_name
+    failed_dir.mkdir(parents=True, exist_ok=True)
+    kept = failed_dir / executed.name
+    shutil.copy2(executed, kept)
+    return kept
+
+
+def ipc_kernel_manager(socket_dir: Path):
+    """A Jupyter kernel manager that talks to its kernel over Unix sockets in ``socket_dir`` instead of local TCP
+    ports: nothing listens on the network, two builds never compete for ports, and the kernel has no reason to
+    print its "running over TCP without encryption" warning once per notebook."""
+    from jupyter_client.manager import KernelManager
+
+    class IPCKernelManager(KernelManager):
+        def __init__(self, **kwargs):
+            kwargs.setdefault("transport", "ipc")
+            kwargs.setdefault("ip", str(socket_dir / "kernel"))
+            super().__init__(**kwargs)
+
+    return IPCKernelManager
+
+
+TEST_DUPLICATES_FILE = "test_duplicates.csv"
+
+
+def calibrate_on_validation(ctx: Context, model_dir: Path) -> dict:
+    """Fit the temperature and the "uncertain" threshold on the validation faces, with the test-time views the
+    predictions use, and store them beside the run's weights (``classify`` reads them from there; identical
+    weights give identical files, so two builds writing one run's calibration agree)."""
+    from fer_lib.model.calibration import calibrate, write_calibration
+    from fer_lib.model.inference import predict_logits
+    from fer_lib.training.runs import load_trained, prediction_tta
+
+    tta = prediction_tta(model_dir)
+    model, config = load_trained(model_dir, device=ctx.device_obj)
+    logits = predict_logits(model, ctx.val.images, config.input_size, tta=tta)
+    calibration = {**calibrate(logits, ctx.val.labels), "tta": tta}
+    write_calibration(model_dir, calibration)
+    return calibration
+
+
+def write_test_duplicates(ctx: Context, out: Path) -> dict:
+    """``test_duplicates.csv``: the ids of test faces with an exact or near copy among the training faces, and
+    which kind (no labels), so that whoever holds the test labels can score the model on unseen faces too.
+    Returns the duplicate counts for metrics.json."""
+    import pandas as pd
+
+    from fer_lib.core.io import atomic_write, default_cache_dir
+    from fer_lib.data.duplicates import cached_duplicates
+
+    dup = cached_duplicates(ctx.dataset.train.images, ctx.dataset.test.images, cache_dir=default_cache_dir())
+    has_copy = dup.test_copy != ""
+    table = pd.DataFrame({"id": ctx.dataset.test.ids[has_copy], "copy": dup.test_copy[has_copy]})
+    atomic_write(out, lambda tmp: table.to_csv(tmp, index=False))
+    return {"file": out.name, "rows": int(has_copy.sum()), **dup.summary(ctx.dataset.train.labels)}
+
+
+def report_lock(out_root: Path, report_name: str) -> Path:
+    return Path(out_root) / f".{report_name}.lock"
+
+
+def _recover(out_root: Path, report_name: str) -> None:
+    """Undo what a killed build left behind: a report moved aside but not replaced is put back, and staging
+    folders whose build process is gone are removed."""
+    if recover_directory(out_root / report_name, out_root / f".{report_name}.previous"):
+        print(f"note: restored {out_root / report_name} from a build that was interrupted", file=sys.stderr)
+    prefix = f".{report_name}.staging-"
+    for staging in out_root.glob(f"{prefix}*"):
+        pid = staging.name[len(prefix):].split("-")[0]
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(staging, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def build_report(data: str | None = None, profile: str | None = None, out_root: Path = Path("report"),
+                 runs_root: Path | str = "", device: str = "auto", notebooks: list[str] | None = None,
+                 wait: bool = True, notebook_params: dict | None = None) -> int:
+    """Build report/<dataset>/; returns a process exit code (0 on success).
+
+    ``notebook_params`` overrides notebooks' own parameters (such as 05's ``ascent_steps``), e.g. to make a
+    test build cheaper; the dataset, profile, run cache and device are set by the other arguments.
+
+    Two builds of the same report may run at once: the run they need is trained once (the second waits for
+    the first), each stages its pages in its own folder, and each swaps its result in under the report's lock.
+    ``wait=False`` refuses instead of waiting."""
+    import papermill as pm
+
+    from fer_lib.model.calibration import CALIBRATION_FILE
+    from fer_lib.training.predict import write_predictions
+    from fer_lib.training.runs import RUN_FILES, prediction_tta
+
+    started = time.perf_counter()
+    timings: dict[str, float] = {}
+    selected = notebook_paths(notebooks)  # an unknown name stops here, before any training
+    clash = sorted(set(notebook_params or {}) & {"data", "profile", "runs", "device"})
+    if clash:
+        raise ConfigError(f"notebook_params cannot set {', '.join(clash)}: use the build's own arguments")
+    t = time.perf_counter()
+    ctx = load_context(data or "", profile or "", str(runs_root or ""), device, wait=wait)
+    timings["load data"] = time.perf_counter() - t
+    t = time.perf_counter()
+    run_dir = ctx.run_dir  # train once here; the notebooks then find the run in the cache
+    timings["train (or load cached run)"] = time.perf_counter() - t
+    run_key = json.loads((run_dir / "config.json").read_text())["run_key"]
+    t = time.perf_counter()
+    # before the pages: the photo page and `classify` read the calibration from the run folder
+    calibration = calibrate_on_validation(ctx, run_dir)
+    timings["calibrate on validation"] = time.perf_counter() - t
+
+    out_root = Path(out_root).resolve()
+    final = out_root / ctx.report_name
+    with exclusive_lock(report_lock(out_root, ctx.report_name), f"updating {final}", wait=wait):
+        _recover(out_root, ctx.report_name)
+    # each build stages in a folder of its own, named after its process: two builds never share one
+    out_root.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=out_root, prefix=f".{ctx.report_name}.staging-{os.getpid()}-"))
+    (staging / "_build").mkdir()
+    answers = _previous_pages(final, staging, run_key) if notebooks else {}
+    params = {"data": str(ctx.data_path), "profile": ctx.profile, "runs": str(ctx.runs_root), "device": device}
+    kernel_dir = tempfile.TemporaryDirectory(prefix="fer-kernel-")  # short paths: a socket path has 107 bytes
+    try:
+        for nb in selected:
+            t = time.perf_counter()
+            executed = staging / "_build" / nb.name
+            print(f"executing {nb.name} ...", flush=True)
+            try:
+                own = set(pm.inspect_notebook(str(nb))) if notebook_params else set()
+                overrides = {k: v for k, v in (notebook_params or {}).items() if k in own}  # quiet: only its own
+                pm.execute_notebook(str(nb), str(executed), parameters={**params, **overrides}, cwd=str(NOTEBOOK_DIR),
+                                    kernel_name="python3", progress_bar=False,
+                                    kernel_manager_class=ipc_kernel_manager(Path(kernel_dir.name)))
+            except Exception:
+                if executed.exists():
+                    print("the failed notebook, with its traceback: "
+                          f"{_keep_failed(executed, out_root, ctx.report_name)}", file=sys.stderr)
+                raise
+            render_html(executed, staging / f"{nb.stem}.html")
+            answers[nb.stem] = {"title": title_of(nb), **page_answer(executed)}
+            timings[nb.stem] = time.perf_counter() - t
+        # the model the pages were computed from travels with them
+        (staging / MODEL_FOLDER).mkdir()
+        for name in (*RUN_FILES, CALIBRATION_FILE):
+            shutil.copy2(run_dir / name, staging / MODEL_FOLDER / name)
+        metrics = {"dataset": ctx.dataset.name, "layout": ctx.dataset.layout, "profile": ctx.profile,
+                   "synthetic": ctx.is_synthetic, "git_commit": git_commit(), "run_key": run_key,
+                   "built": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+                   "data_files": {str(p.name): file_sha256(p) for p in ctx.dataset.files},
+                   "config": json.loads((run_dir / "config.json").read_text()),
+                   "run": json.loads((run_dir / "run.json").read_text()),
+                   "libraries": library_versions(), "platform": platform.platform()}
+        metrics["calibration"] = calibration
+        if ctx.dataset.test is not None:
+            t = time.perf_counter()
+            metrics["duplicates"] = write_test_duplicates(ctx, staging / TEST_DUPLICATES_FILE)
+            timings["duplicates"] = time.perf_counter() - t
+            t = time.perf_counter()
+            tta = prediction_tta(staging / MODEL_FOLDER)
+            counts = write_predictions(staging / MODEL_FOLDER, ctx.dataset.test, staging / "predictions.csv", tta=tta,
+                                       device=device)
+            metrics["predictions"] = {"file": "predictions.csv", "rows": len(ctx.dataset.test), "tta": tta,
+                                      "predicted_class_counts": counts}
+            timings["predict test set"] = time.perf_counter() - t
+        timings["total"] = time.perf_counter() - started
+        metrics["wall_seconds"] = {k: round(v, 2) for k, v in timings.items()}
+        (staging / "metrics.json").write_text(json.dumps(metrics, indent=2))
+        order = [p.stem for p in notebook_paths()]
+        pages = [(f"{stem}.html", answers[stem]["title"]) for stem in order if stem in answers]
+        for i, (href, title) in enumerate(pages):
+            _decorate_page(staging / href, f"{title} | FER report: {ctx.dataset.name}", _nav(pages, i),
+                           banner_html(ctx), provenance_line(metrics))
+        (staging / ANSWERS_FILE).write_text(json.dumps(answers, indent=1))
+        write_index(staging, ctx, pages, answers, metrics)
+    except Exception as err:  # noqa: BLE001 - any failure must leave the old report in place
+        print(f"error: report not updated ({err.__class__.__name__}: {str(err)[:2000]}); previous {final} "
+              "left as it was", file=sys.stderr)
+        shutil.rmtree(staging, ignore_errors=True)
+        return 1
+    finally:
+        kernel_dir.cleanup()
+    shutil.rmtree(staging / "_build")
+    # swap in under the report's lock, in one atomic exchange: report/<name> exists at every moment
+    with exclusive_lock(report_lock(out_root, ctx.report_name), f"updating {final}", wait=wait):
+        replace_directory(staging, final, out_root / f".{ctx.report_name}.previous")
+    print(f"report: {final / 'index.html'} ({timings['total']:.0f} s)")
+    return 0
