@@ -15,7 +15,7 @@ warnings.filterwarnings("ignore", message=".*ImageNet weights not found.*")
 
 # the slowest files (a full report build, a trained model's explanations, two-process runs), run first so that
 # parallel workers (`make test`: one per core, whole files each) finish together
-SLOWEST_FIRST = ("test_report.py", "test_explain.py", "test_concurrency.py", "test_integrity.py", "test_train.py")
+SLOWEST_FIRST = ("test_report.py", "test_q4_saliency.py", "test_train.py", "test_concurrency.py", "test_integrity.py")
 
 
 def pytest_collection_modifyitems(items):

@@ -21,13 +21,12 @@ import torch
 from PIL import Image
 
 from fer_lib import CLASS_NAMES
-from fer_lib.photos.classify import (
+from fer_lib.photos.classify import CSV_COLUMNS, annotate, format_table, run_classify, show_progress
+from fer_lib.photos.faces import (
     CROP_SCALE,
     CROP_SHIFT_UP,
-    CSV_COLUMNS,
     PhotoError,
     PhotoResult,
-    annotate,
     check_face,
     classify_faces,
     classify_photo,
@@ -36,11 +35,8 @@ from fer_lib.photos.classify import (
     crop_face,
     detect_faces,
     find_faces,
-    format_table,
     match_faces,
     open_photo,
-    run_classify,
-    show_progress,
     to_gray,
 )
 
@@ -200,7 +196,7 @@ def test_landmark_check_rejects_a_box_on_a_blank_region_and_keeps_faces(fer_face
 
 
 def test_boxes_failing_the_check_are_dropped_and_counted(fer_faces, tiny_model, monkeypatch):
-    import fer_lib.photos.classify as photos
+    import fer_lib.photos.faces as photos
 
     model, config = tiny_model
     face = _face_picture(fer_faces[1], 160)

@@ -164,7 +164,8 @@ def test_a_partial_run_in_the_cache_is_resumed_not_restarted(tiny, tmp_path):
 
 def test_a_killed_training_process_resumes_through_the_cli(tiny_dataset, tmp_path, capsys):
     args = ["train", "--data", str(tiny_dataset), "--out", str(tmp_path / "run"), "--epochs", "3",
-            "--max-train", "64", "--batch-size", "16", "--weights", "random", "--profile", "smoke"]
+            "--max-train", "64", "--batch-size", "16", "--weights", "random", "--profile", "smoke",
+            "--no-wait"]  # the resume is refused if the killed process's lock were still held
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen([sys.executable, "-m", "fer_lib", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             env=env)

@@ -1,18 +1,13 @@
 """Q3: the confusion matrix findings, calibration and accuracy by copy, as numbers."""
 from __future__ import annotations
 
-import matplotlib
-
-matplotlib.use("Agg")
-
 import numpy as np
 import pytest
 import torch
 
-from fer_lib.questions.q3_confusion import calibration_findings, confusion_findings, reliability_bins
+from fer_lib.questions.q3_confusion import accuracy_by_copy, calibration_findings, confusion_findings
 
 AN, DI, FE, HA, SA, SU, NE = range(7)
-VOTE_HEADER = "Usage,Image name,neutral,happiness,surprise,sadness,anger,disgust,fear,contempt,unknown,NF"
 from tests.test_stats import wilson_by_hand  # noqa: E402
 
 
@@ -25,126 +20,136 @@ def labels_from_matrix(matrix):
     return np.array(y_true), np.array(y_pred)
 
 
-
-# --------------------------------------------------------------------------------------------- Q3
+def overlap(a, b):
+    return a[0] <= b[1] and b[0] <= a[1]
 
 
 #            An  Di  Fe  Ha  Sa  Su  Ne
 TIE_MATRIX = [[300, 5, 40, 10, 30, 5, 30],  # Angry
-              [4, 2, 1, 0, 1, 0, 2],  # Disgust: 10 faces, 20% recall (lowest, but rare)
+              [4, 2, 1, 0, 1, 0, 2],  # Disgust: 10 faces, 20% recall (lowest, but rare); 40% go to Angry
               [30, 0, 200, 10, 60, 58, 22],  # Fear: Sad 60 vs Surprise 58, a near-tie
               [5, 0, 10, 400, 10, 10, 15],  # Happy
-              [30, 0, 40, 15, 280, 5, 80],  # Sad
+              [30, 0, 40, 15, 280, 5, 80],  # Sad: Sad -> Neutral, 80 faces, the most of any cell
               [5, 0, 20, 10, 5, 300, 10],  # Surprise
               [20, 0, 20, 15, 60, 5, 330]]  # Neutral
 
 
-def test_a_near_tie_is_named_as_a_tie():
-    findings = confusion_findings(*labels_from_matrix(TIE_MATRIX))
-    assert findings.top_confusions("Fear") == [("Sad", 60), ("Surprise", 58)]
-    assert findings.confusion_text("Fear") == "Sad and Surprise about equally (60 vs 58 faces)"
-    claims = {c.claim: c for c in findings.seed_claims()}
-    fear_to_sad = claims["Fear is most often mistaken for Sad"]
-    assert fear_to_sad.holds and fear_to_sad.verdict == "reproduced, as a near-tie"
-    assert "Sad and Surprise about equally (60 vs 58 faces)" in fear_to_sad.evidence
-    assert "Near-ties" in " ".join(findings.sentences())
+def test_confusions_are_ranked_by_faces_and_by_rate_with_tie_flags():
+    f = confusion_findings(*labels_from_matrix(TIE_MATRIX))
+    n = int(np.sum(TIE_MATRIX))
+    by_faces, by_rate = f.ranked("faces"), f.ranked("rate")
+    assert list(by_faces["faces"]) == sorted(by_faces["faces"], reverse=True)
+    assert list(by_rate["rate"]) == sorted(by_rate["rate"], reverse=True)
+    assert list(by_faces["rank"][:3]) == [1, 2, 3] and len(by_faces) == len(by_rate) == 35
+    # by faces: Sad -> Neutral (80), then Fear -> Sad and Neutral -> Sad (60 each, ordered by rate)
+    assert f.top_pairs(3) == [("Sad", "Neutral"), ("Fear", "Sad"), ("Neutral", "Sad")]
+    assert f.main_pair == ("Sad", "Neutral")
+    # by rate: Disgust -> Angry, 4 of Disgust's 10 faces (40%), a pair the count ranking puts far down
+    top = by_rate.iloc[0]
+    assert (top["true"], top["predicted"], top["faces"]) == ("Disgust", "Angry", 4)
+    assert top["rate"] == pytest.approx(0.4) and (top["low"], top["high"]) == pytest.approx(wilson_by_hand(4, 10))
+    assert f.top_pairs(1, by="rate") == [("Disgust", "Angry")]
+    # ties with the top: overlapping 95% intervals (counts as shares of all faces)
+    second = by_faces.iloc[1]
+    assert second["ties_top"] == overlap(wilson_by_hand(60, n), wilson_by_hand(80, n))
+    assert not by_faces.iloc[-1]["ties_top"] and by_faces.iloc[0]["ties_top"]
+    sad_neutral = by_rate[(by_rate["true"] == "Sad") & (by_rate["predicted"] == "Neutral")].iloc[0]
+    assert sad_neutral["ties_top"]  # 80 of 450 (18%) is within the wide interval of 4 of 10
+    clear = [row[:] for row in TIE_MATRIX]
+    clear[DI] = [400, 100, 0, 0, 0, 0, 0]  # Disgust -> Angry 80% of 500 faces: nothing else comes near
+    assert not confusion_findings(*labels_from_matrix(clear)).ranked("rate").iloc[1]["ties_top"]
+
+
+def test_a_class_top_confusions_list_only_real_ties():
+    f = confusion_findings(*labels_from_matrix(TIE_MATRIX))
+    assert f.top_confusions("Fear") == [("Sad", 60), ("Surprise", 58)]
+    fear_to_sad = {c.claim: c for c in f.seed_claims()}["fear_to_sad"]
+    assert (fear_to_sad.holds, fear_to_sad.rival, fear_to_sad.tie) == (True, "Surprise", True)
     matrix = [row[:] for row in TIE_MATRIX]
-    matrix[SA] = [30, 0, 40, 15, 320, 5, 40]  # Sad -> Neutral (40) no longer the top cell: Fear -> Sad (60) is
-    findings = confusion_findings(*labels_from_matrix(matrix))
-    assert findings.main_pair == ("Fear", "Sad")
-    # Neutral -> Sad also has 60 faces: named as a tie, and the ranked table starts with the same pair
-    assert ("The main confusion (the most faces) is Fear -> Sad: 60 faces, 16% of Fear, about as many as "
-            "Neutral -> Sad (60 faces)") in findings.answer()
-    assert findings.pairs_table().iloc[0][["rank", "true", "predicted", "faces"]].tolist() == [1, "Fear", "Sad", 60]
+    matrix[FE][SU] = 20  # 60 vs 20 of 380: intervals apart
+    f = confusion_findings(*labels_from_matrix(matrix))
+    assert f.top_confusions("Fear") == [("Sad", 60)]
+    fear_to_sad = {c.claim: c for c in f.seed_claims()}["fear_to_sad"]
+    assert (fear_to_sad.holds, fear_to_sad.rival, fear_to_sad.tie) == (True, None, False)
+    matrix[FE][SU] = 120  # now Surprise leads, clearly
+    fear_to_sad = {c.claim: c for c in confusion_findings(*labels_from_matrix(matrix)).seed_claims()}["fear_to_sad"]
+    assert (fear_to_sad.holds, fear_to_sad.rival, fear_to_sad.tie) == (False, "Surprise", False)
 
 
-def test_hardest_by_rate_says_when_another_class_has_more_errors_by_count():
+def test_per_class_metrics_and_macro_f1_match_scikit_learn_with_intervals():
+    from sklearn.metrics import f1_score, precision_recall_fscore_support
+
+    y_true, y_pred = labels_from_matrix(TIE_MATRIX)
+    f = confusion_findings(y_true, y_pred)
+    precision, recall, f1, support = precision_recall_fscore_support(y_true, y_pred)
+    r = f.report
+    assert np.allclose(r["precision"], precision) and np.allclose(r["recall"], recall) and np.allclose(r["F1"], f1)
+    assert r["support"].tolist() == support.tolist()
+    assert f.macro_f1 == pytest.approx(f1_score(y_true, y_pred, average="macro"))
+    assert f.accuracy == pytest.approx(np.mean(y_true == y_pred))
+    assert f.accuracy_interval == pytest.approx(wilson_by_hand(int(np.trace(TIE_MATRIX)), len(y_true)))
+    assert (r.loc["Disgust", "recall_low"], r.loc["Disgust", "recall_high"]) == pytest.approx(wilson_by_hand(2, 10))
+    assert (r.loc["Disgust", "precision_low"], r.loc["Disgust", "precision_high"]) == pytest.approx(
+        wilson_by_hand(2, 7))  # 7 faces predicted Disgust
+    for col in ("precision", "recall", "F1"):
+        assert (r[f"{col}_low"] <= r[col] + 1e-9).all() and (r[col] <= r[f"{col}_high"] + 1e-9).all()
+    low, high = f.macro_f1_interval
+    assert low < f.macro_f1 < high and high - low < 0.1
+    assert confusion_findings(y_true, y_pred).macro_f1_interval == f.macro_f1_interval  # seeded bootstrap
+
+
+def test_rare_class_is_lowest_but_the_hardest_claim_is_checked_among_classes_with_enough_faces():
+    f = confusion_findings(*labels_from_matrix(TIE_MATRIX))
+    assert f.rare == ["Disgust"]
+    assert f.hardest[0] == "Disgust" and f.common_hardest[:2] == ["Fear", "Sad"] and f.easiest[0] == "Happy"
+    claim = {c.claim: c for c in f.seed_claims()}["fear_hardest"]
+    fear, sad = wilson_by_hand(200, 380), wilson_by_hand(280, 450)
+    assert (claim.holds, claim.rival, claim.tie) == (True, "Sad", overlap(fear, sad))
     matrix = [row[:] for row in TIE_MATRIX]
-    matrix[4][6] = 120  # Sad -> Neutral: Sad now has 210 errors to Fear's 180, at a higher recall (57% vs 53%)
-    claim = {c.claim: c for c in confusion_findings(*labels_from_matrix(matrix)).seed_claims()}[
-        "Fear is the most misclassified class"]
-    assert claim.holds and "by count Sad has" in claim.verdict and "(210 vs 180)" in claim.verdict
-    assert "Sad being the larger class" in claim.verdict
+    matrix[SA] = [30, 0, 40, 15, 200, 5, 160]  # Sad 44%: now the hardest, clearly
+    claim = {c.claim: c for c in confusion_findings(*labels_from_matrix(matrix)).seed_claims()}["fear_hardest"]
+    assert (claim.holds, claim.rival) == (False, "Sad")
+    assert f.errors["Fear"] == 180 and f.errors["Disgust"] == 8
 
 
-def test_small_counts_are_not_called_about_equal():
-    findings = confusion_findings(*labels_from_matrix(TIE_MATRIX))
-    text = findings.confusion_text("Disgust")  # 4 vs 2 vs 2 faces: within noise, and too few to say "equally"
-    assert "too few faces to tell which more often" in text and "about equally" not in text
-
-
-def test_a_clear_top_confusion_is_not_a_tie():
-    matrix = [row[:] for row in TIE_MATRIX]
-    matrix[FE][SU] = 20
-    findings = confusion_findings(*labels_from_matrix(matrix))
-    assert findings.top_confusions("Fear") == [("Sad", 60)]
-    claims = {c.claim: c for c in findings.seed_claims()}
-    assert claims["Fear is most often mistaken for Sad"].verdict == "reproduced"
-
-
-def test_rare_class_is_lowest_overall_but_the_claim_is_checked_among_classes_with_enough_faces():
-    findings = confusion_findings(*labels_from_matrix(TIE_MATRIX))
-    assert findings.rare == ["Disgust"]
-    assert findings.hardest[0] == "Disgust" and findings.common_hardest[0] == "Fear"
-    claim = {c.claim: c for c in findings.seed_claims()}["Fear is the most misclassified class"]
-    assert claim.holds and claim.verdict.startswith("reproduced by rate (recall) among classes with enough faces")
-    assert "Disgust 20%" in claim.evidence and "10 faces" in claim.evidence
-    answer = findings.answer()
-    assert "Fear is the hardest class with enough faces" in answer and "only 10 faces" in answer
-    assert findings.main_pair == ("Sad", "Neutral")  # the most faces (80); Disgust -> Angry has the top rate (40%)
-    assert "Disgust (10 faces)" in findings.rare_sentence()
-
-
-def test_recall_intervals_and_pair_intervals_are_wilson():
-    findings = confusion_findings(*labels_from_matrix(TIE_MATRIX))
-    low, high = wilson_by_hand(2, 10)
-    assert (findings.report.loc["Disgust", "recall_low"], findings.report.loc["Disgust", "recall_high"]) == \
-        pytest.approx((low, high))
-    assert findings.pair_interval("Fear", "Sad") == pytest.approx(wilson_by_hand(60, 380))  # Fear has 380 faces
-    assert "Fear -> Sad (16% of Fear, 60 faces), 95% CI" in findings.pair_text("Fear", "Sad")
-    table = findings.class_table()
-    assert table.loc["Fear", "most often mistaken for"] == "Sad and Surprise about equally (60 vs 58 faces)"
-    assert table.loc["Disgust", "recall 95% CI"] == f"{low:.0%}-{high:.0%}"
-
-
-def test_easiest_claim_says_when_the_runner_up_is_within_noise():
+def test_easiest_claim_flags_a_runner_up_within_noise():
     matrix = np.eye(7, dtype=int) * 100
     for c, correct in ((HA, 90), (SU, 80), (NE, 78), (AN, 50), (DI, 50), (FE, 40), (SA, 50)):
         matrix[c, c], matrix[c, (c + 1) % 7] = correct, 100 - correct
     claim = confusion_findings(*labels_from_matrix(matrix)).seed_claims()[0]
-    assert claim.holds and claim.verdict == "reproduced, but Neutral is within noise of Surprise"
+    assert (claim.claim, claim.holds, claim.rival, claim.tie) == ("happy_surprise_easiest", True, "Neutral", True)
     matrix[NE, NE], matrix[NE, AN] = 81, 19
     claim = confusion_findings(*labels_from_matrix(matrix)).seed_claims()[0]
-    assert not claim.holds and claim.verdict == "not reproduced, but within noise"
+    assert (claim.holds, claim.rival, claim.tie) == (False, "Neutral", True)
+    matrix[NE, NE], matrix[NE, AN] = 40, 60
+    claim = confusion_findings(*labels_from_matrix(matrix)).seed_claims()[0]
+    assert (claim.holds, claim.rival, claim.tie) == (True, "Angry", False)
 
 
 def test_training_frequency_evidence():
     y_true, y_pred = labels_from_matrix(TIE_MATRIX)
     train = np.repeat(np.arange(7), [400, 40, 410, 700, 480, 320, 490])
-    findings = confusion_findings(y_true, y_pred, train_labels=train)
-    assert findings.train_share[DI] == pytest.approx(40 / train.size)
-    assert findings.class_table().loc["Happy", "share of training faces"] == pytest.approx(700 / train.size)
-    text = " ".join(findings.sentences())
-    assert "the rarest class in training, Disgust" in text and "recall 20%" in text
-    assert -1 <= findings.frequency_correlation() <= 1
-
-
-def test_claims_still_unpack_as_triples():
-    for claim, ok, evidence in confusion_findings(*labels_from_matrix(TIE_MATRIX)).seed_claims():
-        assert isinstance(claim, str) and isinstance(ok, bool) and evidence
+    f = confusion_findings(y_true, y_pred, train_labels=train)
+    assert f.train_share[DI] == pytest.approx(40 / train.size)
+    assert -1 <= f.frequency_correlation() <= 1
+    assert confusion_findings(y_true, y_pred).frequency_correlation() is None
 
 
 def test_findings_survive_a_split_without_some_classes():
-    findings = confusion_findings(np.array([HA, HA, SA]), np.array([HA, SA, SA]))
-    assert findings.easiest == ["Sad", "Happy"]
-    assert [c.verdict for c in findings.seed_claims()][1:] == ["cannot be checked", "cannot be checked"]
-    assert findings.sentences() and findings.answer() and len(findings.class_table()) == 7
+    f = confusion_findings(np.array([HA, HA, SA]), np.array([HA, SA, SA]))
+    assert f.easiest == ["Sad", "Happy"] and len(f.report) == 7 and f.report.loc["Fear", "support"] == 0
+    assert [(c.holds, c.rival) for c in f.seed_claims()] == [(None, None)] * 3
+    assert f.macro_f1 == pytest.approx(np.mean([2 / 3, 2 / 3]))
+    assert f.ranked("rate")[["true", "predicted", "faces"]].values.tolist() == [["Happy", "Sad", 1]]
 
 
 # --------------------------------------------------------------------------------------------- calibration
 
 
-def test_temperature_scaling_undoes_a_known_overconfidence():
+def test_temperature_scaling_undoes_a_known_overconfidence_and_one_binning_serves_ece_and_diagram():
+    from fer_lib.model.calibration import expected_calibration_error, reliability_table
+    from fer_lib.questions import q3_confusion
+
     rng = np.random.default_rng(0)
     n = 4000
     labels = rng.integers(0, 7, n)
@@ -156,12 +161,25 @@ def test_temperature_scaling_undoes_a_known_overconfidence():
     c = calibration_findings(torch.tensor(base * 3), labels)
     assert c.temperature == pytest.approx(3, rel=0.1)
     assert c.ece_before > 0.1 and c.ece_after < 0.03 and c.ece_after_held_out < 0.04
-    assert c.mean_confidence > c.accuracy and "over-confident" in c.sentence()
-    assert c.before["faces"].sum() == c.after["faces"].sum() == n
-    from fer_lib.model.calibration import expected_calibration_error
+    assert c.over_confident and c.scaling_helps
+    assert c.before["faces"].sum() == c.after["faces"].sum() == n and len(c.before) <= c.bins
+    # the ECE is the face-weighted gap of the diagram's own bins
+    for table, ece in ((c.before, c.ece_before), (c.after, c.ece_after)):
+        assert (table["faces"] * (table["accuracy"] - table["confidence"]).abs()).sum() / n == pytest.approx(ece)
+    bins = reliability_table(p, labels)
+    assert (bins["faces"] * (bins["accuracy"] - bins["confidence"]).abs()).sum() / n == pytest.approx(
+        expected_calibration_error(p, labels))
+    assert not hasattr(q3_confusion, "reliability_bins")  # no second binning
+    calibrated = calibration_findings(torch.tensor(base), labels)
+    assert calibrated.temperature == pytest.approx(1, abs=0.1) and not calibrated.scaling_helps
 
-    bins = reliability_bins(p, labels)
-    ece = (bins["faces"] * (bins["accuracy"] - bins["confidence"]).abs()).sum() / n
-    assert ece == pytest.approx(expected_calibration_error(p, labels))  # the diagram's bins are the ECE's
 
-
+def test_accuracy_by_copy_counts_and_flags_a_tie():
+    y = np.array([0, 1, 2, 3, 4, 5])
+    a = accuracy_by_copy(y, np.array([0, 1, 2, 3, 0, 0]), np.array([1, 1, 1, 0, 0, 0]))
+    assert (a.with_copy, a.with_copy_correct, a.without_copy, a.without_copy_correct) == (3, 3, 3, 1)
+    assert a.accuracy_with == 1 and a.accuracy_without == pytest.approx(1 / 3)
+    assert a.interval_without == pytest.approx(wilson_by_hand(1, 3)) and a.tie  # 3 faces each: within noise
+    big = accuracy_by_copy(np.zeros(400, int), np.r_[np.zeros(290, int), np.ones(110, int)],
+                           np.r_[np.ones(200), np.zeros(200)])  # 100% vs 45%
+    assert not big.tie

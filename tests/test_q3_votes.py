@@ -82,13 +82,15 @@ def test_pair_evidence_counts_crowd_support_among_errors_and_correct_faces():
     e = pair_evidence(votes, y_true, y_pred, "Fear", "Sad")
     assert (e.errors, e.errors_backed, e.correct, e.correct_backed) == (4, 3, 5, 1)
     assert e.share_errors == pytest.approx(0.75) and e.share_correct == pytest.approx(0.2)
-    assert "Of the 4 Fear faces predicted as Sad, 3 (75%" in e.sentence()
-    assert e.short().startswith("On 75% of those 4 faces at least 3 of 10 FER+ annotators also chose Sad")
+    assert not e.clearly_more  # 3 of 4 against 1 of 5: the intervals overlap
     from fer_lib.questions.q3_votes import crowd_pairs_table
 
     row = crowd_pairs_table([e]).iloc[0]
-    assert ((row["errors"], row["correct faces"], row["errors 95% CI"])
-            == (4, 5, "{:.0%}-{:.0%}".format(*wilson_by_hand(3, 4))))
+    assert (row["errors"], row["correct"], row["clearly_more"]) == (4, 5, False)
+    assert (row["errors_backed_low"], row["errors_backed_high"]) == pytest.approx(wilson_by_hand(3, 4))
+    assert (row["correct_backed_low"], row["correct_backed_high"]) == pytest.approx(wilson_by_hand(1, 5))
+    many = pair_evidence(np.repeat(votes, 20, axis=0), np.repeat(y_true, 20), np.repeat(y_pred, 20), "Fear", "Sad")
+    assert many.clearly_more  # the same shares on 20 times the faces: 75% vs 20% beyond noise
 
 
 def test_crowd_summary_on_known_votes():
@@ -102,9 +104,17 @@ def test_crowd_summary_on_known_votes():
     s = crowd_summary(votes, y_true, y_pred)
     assert s.faces[[HA, SA, FE]].tolist() == [2, 1, 1] and s.plurality_agrees[[HA, SA, FE]].tolist() == [2, 0, 1]
     assert (s.errors, s.errors_backed, s.correct, s.correct_split) == (2, 1, 2, 1)
-    assert "3 of 4 validation faces (75%" in s.sentences()[0]
-    assert "lowest for Sad (0% of 1 faces)" in s.sentences()[0]
-    assert s.agreement_table().loc["Happy", "crowd's top choice = label"] == 1.0
+    assert s.agreement == pytest.approx(0.75) and s.agreement_interval == pytest.approx(wilson_by_hand(3, 4))
+    table = s.agreement_table()
+    assert table.loc["Happy", "agreement"] == 1.0 and table.loc["Sad", "agreement"] == 0.0
+    assert (table.loc["Sad", "low"], table.loc["Sad", "high"]) == pytest.approx(wilson_by_hand(0, 1))
+    # a crowd majority (more than half of the annotators on one class) on faces 0 (Happy 10), 1 (Happy 6) and
+    # 2 (Neutral 6), not on face 3 (Fear 3 of 10): the label is that majority on 2, the model's answer on 1
+    assert (s.majority_faces, s.majority_label_agrees, s.majority_model_agrees) == (3, 2, 1)
+    assert s.majority_accuracy == pytest.approx(1 / 3) and s.majority_label_share == pytest.approx(2 / 3)
+    assert s.majority_accuracy_interval == pytest.approx(wilson_by_hand(1, 3))
+    votes[1, [HA, SA]] = [5, 5]  # exactly half is not a majority
+    assert crowd_summary(votes, y_true, y_pred).majority_faces == 2
 
 
 def test_vote_gallery_and_frequency_plot_draw():
@@ -113,6 +123,15 @@ def test_vote_gallery_and_frequency_plot_draw():
     votes = np.tile(np.arange(10), (3, 1))
     fig = plot_vote_gallery(np.zeros((3, 48, 48), np.uint8), votes, ["a", "b", "c"], "Fear", "Sad", ncols=2)
     assert len(fig.axes) == 6
+    import io
+
+    from PIL import Image
+
+    from fer_lib.plots.show import MIN_TEXT_PX, figure_png, smallest_text_px
+
+    fig = plot_vote_gallery(np.zeros((8, 48, 48), np.uint8), np.tile(np.arange(10), (8, 1)), ["#1"] * 8, "Fear", "Sad")
+    width = Image.open(io.BytesIO(figure_png(fig, dpi=40))).size[0]
+    assert smallest_text_px(fig, width, dpi=40)[0] >= MIN_TEXT_PX  # the vote-bar ticks included
     findings = confusion_findings(*labels_from_matrix(TIE_MATRIX), train_labels=np.arange(7).repeat(10))
     r = findings.report
     assert plot_recall_vs_frequency(findings.train_share, r["recall"], r["recall_low"], r["recall_high"],
@@ -120,7 +139,7 @@ def test_vote_gallery_and_frequency_plot_draw():
 
 
 def test_crowd_evidence_uses_the_faces_ids_as_rows_and_is_optional(tmp_path):
-    from fer_lib.questions.q3_votes import Votes, crowd_answer, crowd_evidence
+    from fer_lib.questions.q3_votes import Votes, crowd_evidence
 
     counts = np.zeros((6, 10), int)
     counts[:, NE] = 10
@@ -129,26 +148,8 @@ def test_crowd_evidence_uses_the_faces_ids_as_rows_and_is_optional(tmp_path):
     crowd = crowd_evidence(Votes(counts, tmp_path / "train_ferplus.csv"), faces, np.array([SA, NE]), [("Fear", "Sad")])
     assert crowd.votes.tolist() == counts[[4, 1]].tolist() and crowd.source == "train_ferplus.csv"
     assert (crowd.pair("Fear", "Sad").errors, crowd.pair("Fear", "Sad").errors_backed) == (1, 1)
-    assert crowd_answer(crowd, ("Fear", "Sad")).startswith("On 100% of those 1 faces")
+    assert crowd.summary.majority_faces == 1 and crowd.summary.majority_accuracy == 1.0  # row 1: Neutral 10
     assert crowd_evidence(None, faces, np.array([SA, NE]), [("Fear", "Sad")]) is None
-    assert "No FER+" in crowd_answer(None, ("Fear", "Sad"))
-
-
-def test_main_confusion_is_the_cell_with_the_most_faces_and_heads_the_ranked_table():
-    findings = confusion_findings(*labels_from_matrix(TIE_MATRIX))
-    # by faces: Sad -> Neutral 80, then Fear -> Sad 60 and Neutral -> Sad 60 (ties broken by rate)
-    assert findings.top_pairs(3) == [("Sad", "Neutral"), ("Fear", "Sad"), ("Neutral", "Sad")]
-    table = findings.pairs_table()
-    assert list(table["faces"]) == sorted(table["faces"], reverse=True) and list(table["rank"]) == [1, 2, 3, 4, 5, 6]
-    assert tuple(table.iloc[0][["true", "predicted"]]) == findings.main_pair
-    assert "The main confusion (the most faces) is Sad -> Neutral: 80 faces" in findings.answer()
-    # 80 vs 60 faces: the Wilson interval of 80/140 (49%-65%) contains one half, so the runner-up is named
-    assert findings.runner_up_ties() and "about as many as Fear -> Sad (60 faces)" in findings.answer()
-    assert "Largest off-diagonal cell: Sad predicted as Neutral, 80 faces" in findings.figure_alt()
-    matrix = [row[:] for row in TIE_MATRIX]
-    matrix[SA] = [30, 0, 40, 15, 240, 5, 120]  # 120 vs 60: a clear main confusion
-    clear = confusion_findings(*labels_from_matrix(matrix))
-    assert not clear.runner_up_ties() and "about as many" not in clear.answer()
 
 
 def test_frequency_plot_survives_recalls_of_0_and_100_percent():

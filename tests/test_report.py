@@ -165,3 +165,83 @@ def test_an_unknown_notebook_or_a_clashing_parameter_is_refused_before_anything_
         build_report(data=str(synthetic_small), profile="smoke", out_root=tmp_path, runs_root=tmp_path,
                      notebook_params={"profile": "full", "ascent_steps": 4})
     assert not list(tmp_path.iterdir()), "nothing trained or written"
+
+
+# ------------------------------------------------------------------------- what a reader sees
+
+def _visible_text(fragment: str) -> str:
+    """The words a reader sees without unfolding anything: no style, script, folded details, tables, formulas or
+    the builder's navigation and provenance lines."""
+    import html as html_mod
+
+    for pattern in (r"<head\b.*?</head>", r"<!--fer-top-->.*?<!--/fer-top-->",
+                    r"<!--fer-bottom-->.*?<!--/fer-bottom-->", r"<(style|script|details|table|math)\b.*?</\1>"):
+        fragment = re.sub(pattern, " ", fragment, flags=re.S | re.I)
+    return " ".join(html_mod.unescape(re.sub(r"<[^>]+>", " ", fragment)).split())
+
+
+def _words(text: str) -> list[str]:
+    return [w for w in text.split() if re.search(r"\w", w)]
+
+
+def reading_problems(folder) -> list[str]:
+    """What a reader would trip over in a rendered report: each page must show its title (and at most a line on
+    the question), the data notice, then its answer; no "nan"/"None" in its text; an alt text on every image; at
+    most ~650 visible words; each index answer at most 70 words."""
+    import mistune
+
+    from fer_lib.report.context import SYNTHETIC_NOTICE
+
+    problems = []
+    answers = json.loads((folder / report_mod.ANSWERS_FILE).read_text())
+    for name in [f"{nb.stem}.html" for nb in notebook_paths()] + ["index.html"]:
+        page = (folder / name).read_text()
+        for img in re.findall(r"<img\b[^>]*>", page):
+            if not re.search(r'\balt="[^"]*\w[^"]*"', img):
+                problems.append(f"{name}: an image without alt text: {img[:100]}")
+        text = _visible_text(page)
+        for found in re.finditer(r"\b(nan|NaN|None)\b(?! of)", text):  # "None of the 512 filters ..." is English
+            problems.append(f"{name}: {text[max(0, found.start() - 60):found.end() + 60]!r}")
+        if name == "index.html":
+            continue
+        if len(_words(text)) > 650:
+            problems.append(f"{name}: {len(_words(text))} visible words")
+        entry = answers[name[:-5]]
+        formulas = re.compile(r"\$\$.*?\$\$|\$[^$]*\$", re.S)  # one word each; pages show them as MathML
+        words = _words(_visible_text(mistune.html(formulas.sub(" ", entry["answer"]))))
+        count = len(words) + len(formulas.findall(entry["answer"]))
+        if not 0 < count <= 70:
+            problems.append(f"{name}: the index answer has {count} words")
+            continue
+        tokens = _words(text)
+        title = _words(entry["title"])
+        start = next(i for i in range(len(tokens)) if tokens[i:i + len(title)] == title) + len(title)
+        opening = words[:4]
+        at = next((i for i in range(start, len(tokens)) if tokens[i:i + len(opening)] == opening), -1)
+        before = [w for w in tokens[start:at] if w not in _words(SYNTHETIC_NOTICE)]
+        if at < 0:
+            problems.append(f"{name}: answer not found on the page: {' '.join(opening)!r}")
+        elif len(before) > 45:
+            problems.append(f"{name}: {len(before)} words before the answer: {' '.join(before)[:200]!r}")
+    return problems
+
+
+def test_every_page_opens_with_its_answer_and_reads_clean(built):
+    _, folder, _ = built
+    assert reading_problems(folder) == []
+
+
+def test_the_recipe_table_has_no_nan_and_no_test_set_claim():
+    import numpy as np
+    import pandas as pd
+
+    from fer_lib.questions.appendix import recipe_table
+
+    table = pd.DataFrame({"choice": ["input size", "test-time views"], "compared with": [np.nan, "AdamW"],
+                          "result": ["68.1% vs 69.9% validation; the 96 px run scored lower on the hidden test",
+                                     "68.2% with flip test-time augmentation"]})
+    shown, dropped = recipe_table(table)
+    assert dropped == 1 and shown.loc[0, "result"] == "68.1% vs 69.9% validation"
+    assert shown.loc[1].tolist()[::2] == ["test-time views", "68.2% with flip test-time augmentation"], "kept"
+    assert shown.loc[0, "compared with"] == "—" and not shown.isna().any().any()
+    assert ">nan<" not in shown.to_html().lower()

@@ -42,13 +42,46 @@ def test_history_checkpoint_and_provenance(tiny, tmp_path):
     run = train(tiny, TrainConfig(**TINY), tmp_path / "run", progress=False)
     history = read_history(run)
     assert list(history.columns) == HISTORY_COLUMNS and history["epoch"].tolist() == [1, 2]
-    assert history[["train_acc", "val_acc"]].stack().between(0, 1).all()
+    assert history[["train_acc", "val_acc", "train_eval_acc"]].stack().between(0, 1).all()
+    assert (history["train_eval_loss"] > 0).all() and history["train_eval_loss"].notna().all()
     ckpt = torch.load(run / "checkpoint.pt", weights_only=True)  # loads without pickled code
     assert ckpt["epoch"] == 2 and set(ckpt) >= {"model", "optimizer", "scheduler", "history", "config"}
     model, cfg = load_trained(run)
     assert not model.training and cfg == TrainConfig(**TINY)
     assert (run / "run.json").exists()
     assert not list(run.glob("*.tmp")), "atomic writes leave no temporary files"
+    # what the finished run knows about its data, written before run.json: the build only copies it
+    calibration = json.loads((run / "calibration.json").read_text())
+    assert calibration["temperature"] > 0 and calibration["tta"] == json.loads((run / "run.json").read_text())["tta"]
+    outputs = json.loads((run / "test_outputs.json").read_text())
+    predictions = pd.read_csv(run / "predictions.csv")
+    assert list(predictions.columns) == ["id", "label"] and len(predictions) == len(tiny.test)
+    assert sum(outputs["predictions"]["predicted_class_counts"].values()) == len(tiny.test)
+    assert outputs["duplicates"]["rows"] == len(pd.read_csv(run / "test_duplicates.csv"))
+    # train_eval_loss: plain cross-entropy of the shipped weights in eval mode (dropout off, no augmentation) on the
+    # fixed training sample, recomputed here from the final weights (without an average they are the shipped ones)
+    import torch.nn.functional as F
+
+    from fer_lib.model.inference import predict_logits
+    from fer_lib.training.runs import split_for
+    from fer_lib.training.train import TRAIN_EVAL_SAMPLE
+
+    final, _ = load_trained(run, which="last")
+    faces = split_for(tiny, cfg)[0]
+    sample = np.random.default_rng(cfg.seed).permutation(len(faces))[:TRAIN_EVAL_SAMPLE]
+    loss = F.cross_entropy(predict_logits(final, faces.images[sample], cfg.input_size),
+                           torch.from_numpy(faces.labels[sample])).item()
+    assert history["train_eval_loss"].iloc[-1] == pytest.approx(loss, rel=1e-4)
+
+
+def test_a_history_from_before_train_eval_loss_still_loads_and_resumes(tmp_path):
+    """Rows of a checkpoint made before train_eval_loss existed are written with that cell empty, and read back."""
+    from fer_lib.training.train import _write_history
+
+    old_row = dict.fromkeys([c for c in HISTORY_COLUMNS if c != "train_eval_loss"], 0.5) | {"epoch": 1}
+    _write_history(tmp_path / "history.csv", [old_row, {**old_row, "epoch": 2, "train_eval_loss": 0.7}])
+    history = read_history(tmp_path)
+    assert history["epoch"].tolist() == [1, 2] and history["train_eval_loss"].isna().tolist() == [True, False]
 
 
 def test_selection_keeps_the_last_average_or_the_best_flip_epoch():
@@ -242,3 +275,27 @@ def test_bf16_run_records_its_precision_and_ships_float16_weights(tiny, tmp_path
     torch.testing.assert_close(model.conv1.weight, best["conv1.weight"].half().float(), rtol=0, atol=0)
     history = read_history(run)
     assert {"train_ce", "val_acc_tta"} <= set(history.columns)
+
+
+def test_a_run_without_its_outputs_gets_them_once_on_first_use(tiny, tmp_path, monkeypatch):
+    """A run that predates calibration.json and the test outputs (the shipped model, say) gets them computed into
+    its folder on first use; later uses read them; another test set is predicted anew."""
+    import fer_lib.training.predict as predict_mod
+    from fer_lib.data.layouts import FaceSet
+    from fer_lib.training.predict import ensure_run_outputs
+    from fer_lib.training.runs import split_for
+
+    cfg = TrainConfig(**{**TINY, "epochs": 1})
+    run = train(tiny, cfg, tmp_path / "run", progress=False)
+    written = {n: (run / n).read_bytes() for n in ("calibration.json", "predictions.csv", "test_outputs.json")}
+    for name in written:
+        (run / name).unlink()
+    val = split_for(tiny, cfg)[1]
+    calibration, outputs = ensure_run_outputs(run, tiny.train, val, tiny.test, device="cpu")
+    assert {n: (run / n).read_bytes() for n in written} == written, "the same files as at the end of training"
+    monkeypatch.setattr(predict_mod, "write_test_outputs", lambda *a, **k: pytest.fail("computed twice"))
+    monkeypatch.setattr(predict_mod, "write_calibration_for", lambda *a, **k: pytest.fail("computed twice"))
+    assert ensure_run_outputs(run, tiny.train, val, tiny.test) == (calibration, outputs)
+    other = FaceSet(tiny.test.images[:10], None, tiny.test.ids[:10])
+    with pytest.raises(pytest.fail.Exception, match="computed twice"):
+        ensure_run_outputs(run, tiny.train, val, other)

@@ -45,3 +45,19 @@ def counts_tie(k1: int, k2: int, z: float = Z95) -> bool:
     low, high = wilson_interval(k1, k1 + k2, z)
     return bool(low <= 0.5 <= high)
 
+
+
+def wilson_overlap(k1, n1, k2, n2, z: float = Z95) -> bool:
+    """Whether the 95% Wilson intervals of k1/n1 and k2/n2 overlap: the pages' rule for calling two rates a tie."""
+    low1, high1 = wilson_interval(k1, n1, z)
+    low2, high2 = wilson_interval(k2, n2, z)
+    return bool(low1 <= high2 and low2 <= high1)
+
+
+def bootstrap_interval(statistic, n: int, resamples: int = 1000, level: float = 0.95, seed: int = 0):
+    """Percentile bootstrap interval (low, high) of ``statistic(indices)`` over ``n`` items resampled with
+    replacement; the statistic may return an array (intervals elementwise)."""
+    rng = np.random.default_rng(seed)
+    values = np.array([statistic(rng.integers(0, n, n)) for _ in range(resamples)])
+    tail = (1 - level) / 2 * 100
+    return np.percentile(values, tail, axis=0), np.percentile(values, 100 - tail, axis=0)

@@ -1,11 +1,9 @@
-"""Face regions as pixel masks, and how much of a map falls in each: from each face's own landmarks (Q4, Q5).
+"""Face regions as pixel masks, and how much of a map falls in each: from each face's own landmarks (Q4).
 
 Landmarks are dlib's 68 points in the 48-px frame (:func:`fer_lib.data.landmarks.face_landmarks`). Every face gets
 six regions that partition its frame (each pixel in exactly one): the brows, the eyes, the nose, the mouth, the
 rest of the face and the area outside it. Margins around the points scale with the face (a share of the
 distance between the eye centres), so a small or turned face gets small regions where its features are.
-
-The older fixed regions (:func:`face_regions`, boxes on the frame) stay for callers that have no landmarks.
 """
 from __future__ import annotations
 
@@ -26,8 +24,7 @@ FEATURES = ("eyes", "brows", "mouth", "nose")
 LANDMARK_REGIONS = ("brows", "eyes", "nose", "mouth", "rest_of_face", "outside_face")  # display order
 
 REGION_LABELS = {"brows": "brows", "eyes": "eyes", "nose": "nose", "mouth": "mouth",
-                 "rest_of_face": "rest of the face", "outside_face": "area outside the face",
-                 "eyes_brows": "eyes/brows"}  # the last: a fixed region of face_regions
+                 "rest_of_face": "rest of the face", "outside_face": "area outside the face"}
 REGION_SHORT = {**REGION_LABELS, "rest_of_face": "rest of face", "outside_face": "outside face"}  # small tiles
 
 
@@ -133,25 +130,3 @@ def region_shares(maps: np.ndarray, regions: dict[str, np.ndarray]) -> dict[str,
     total = maps.reshape(len(maps), -1).sum(1)
     total = np.where(total > 0, total, np.nan)
     return {name: (maps * mask).reshape(len(maps), -1).sum(1) / total for name, mask in regions.items()}
-
-
-def top_region(shares: dict[str, float], area: dict[str, float]) -> str | None:
-    """The region with the most attribution for its size (share / area), or None without any attribution."""
-    ratio = {r: shares[r] / area[r] for r in shares if area[r] > 0 and np.isfinite(shares[r])}
-    return max(ratio, key=ratio.get) if ratio else None
-
-
-def face_regions(size: int = 48) -> dict[str, np.ndarray]:
-    """Fixed boolean (size, size) masks that partition the frame (every pixel in exactly one): the eyes-and-brows
-    band, the nose, the mouth box, the rest of the face oval, and outside the oval.
-
-    The same boxes on every face, for callers without landmarks: FER2013 faces are only roughly registered (eyes
-    near rows 17-22 of 48, mouth near 33-40), so on a tilted or turned face a box misses its feature.
-    """
-    y, x = (np.mgrid[0:size, 0:size] + 0.5) / size
-    face = ((x - 0.5) / 0.44) ** 2 + ((y - 0.52) / 0.5) ** 2 <= 1
-    eyes = face & (y >= 0.2) & (y < 0.5) & (x >= 0.1) & (x < 0.9)
-    nose = face & (y >= 0.5) & (y < 0.64) & (x >= 0.34) & (x < 0.66)
-    mouth = face & (y >= 0.64) & (y < 0.92) & (x >= 0.24) & (x < 0.76)
-    return {"eyes_brows": eyes, "nose": nose, "mouth": mouth, "rest_of_face": face & ~(eyes | nose | mouth),
-            "outside_face": ~face}

@@ -46,18 +46,32 @@ def uncertain_threshold(probs: np.ndarray, labels) -> float:
     return chosen
 
 
-def expected_calibration_error(probs: np.ndarray, labels, bins: int = 15) -> float:
-    """ECE: the bin-weighted mean |accuracy - confidence| over equal-width confidence bins."""
+ECE_BINS = 15  # equal-width bins of the top probability, for the ECE and the reliability diagram alike
+
+
+def reliability_table(probs: np.ndarray, labels, bins: int = ECE_BINS):
+    """Per equal-width bin of the top probability: faces, mean confidence and accuracy (empty bins left out).
+
+    The one binning of this project: ``expected_calibration_error`` is computed from this table.
+    """
+    import pandas as pd
+
     probs, labels = np.asarray(probs), np.asarray(labels)
     conf, correct = probs.max(1), probs.argmax(1) == labels
     edges = np.linspace(0, 1, bins + 1)
     which = np.clip(np.digitize(conf, edges[1:-1]), 0, bins - 1)
-    ece = 0.0
-    for b in range(bins):
-        m = which == b
-        if m.any():
-            ece += m.mean() * abs(correct[m].mean() - conf[m].mean())
-    return float(ece)
+    rows = [{"low": edges[b], "high": edges[b + 1], "faces": int((which == b).sum()),
+             "confidence": float(conf[which == b].mean()), "accuracy": float(correct[which == b].mean())}
+            for b in range(bins) if (which == b).any()]
+    return pd.DataFrame(rows, columns=["low", "high", "faces", "confidence", "accuracy"])
+
+
+def expected_calibration_error(probs: np.ndarray, labels, bins: int = ECE_BINS) -> float:
+    """ECE: the face-weighted mean |accuracy - confidence| over the bins of ``reliability_table``."""
+    table = reliability_table(probs, labels, bins)
+    if not len(table):
+        return 0.0
+    return float((table["faces"] * (table["accuracy"] - table["confidence"]).abs()).sum() / table["faces"].sum())
 
 
 def calibrate(logits: torch.Tensor, labels) -> dict:

@@ -1,34 +1,104 @@
-"""Q1's figures: feature-map sides per stage."""
+"""Q1's figure: a block diagram of the network at the run's input size."""
 from __future__ import annotations
 
 import matplotlib.pyplot as plt
-from matplotlib.ticker import (
-    NullLocator,
-    ScalarFormatter,
-)
+from matplotlib.patches import Circle, FancyArrowPatch, FancyBboxPatch
 
-# The report's pages show figures at most this wide (CSS pixels; report.py's page style caps the content at
-# 960 px, less padding). A figure wider than this is scaled down to it, and its text with it.
+from fer_lib import IMAGE_SIZE
 
-def plot_stage_maps(sides_by_input: dict[int, dict[str, int]]):
-    """Feature-map side after the stem and each stage, one line per input size (Q1's key figure)."""
-    fig, ax = plt.subplots(figsize=(6, 3.4))
-    for size, sides in sides_by_input.items():
-        stages = list(sides)
-        ax.plot(stages, [sides[s] for s in stages], marker="o", label=f"input {size}x{size}")
-        for stage in stages:
-            ax.annotate(f"{sides[stage]}x{sides[stage]}", (stage, sides[stage]), textcoords="offset points",
-                        xytext=(0, 6), ha="center", fontsize=10)
-    ax.set_yscale("log", base=2)
-    ax.set_yticks(sorted({v for sides in sides_by_input.values() for v in sides.values()}))
-    ax.yaxis.set_major_formatter(ScalarFormatter())
-    ax.yaxis.set_minor_locator(NullLocator())
-    ax.set_ylabel("feature-map side (pixels)")
-    ax.set_title("ResNet18: spatial size of the feature maps per stage")
-    ax.legend()
-    fig.tight_layout()
+FONT = 9  # points; 12 CSS px on the page at this figure's natural width (9 in)
+SKIP = "#d95f02"  # a skip connection that carries a 1x1 convolution
+IDENTITY = "#7f7f7f"
+STAGE_FILL = "#e8eef7"
+
+
+def _side(shape) -> str:
+    return f"{shape[-1]}\u00d7{shape[-1]}"
+
+
+def _box(ax, x, y, w, h, lines, fill="white", bold_first=True):
+    ax.add_patch(FancyBboxPatch((x, y), w, h, boxstyle="round,pad=0.02,rounding_size=0.06", fc=fill, ec="#333333",
+                                lw=1))
+    step = h / (len(lines) + 1)
+    for i, line in enumerate(lines):
+        ax.text(x + w / 2, y + h - step * (i + 1), line, ha="center", va="center", fontsize=FONT,
+                fontweight="bold" if (i == 0 and bold_first) else "normal")
+
+
+def _arrow(ax, start, end, color="#333333", **kw):
+    ax.add_patch(FancyArrowPatch(start, end, arrowstyle="-|>", mutation_scale=10, color=color, lw=1.2,
+                                 shrinkA=0, shrinkB=0, **kw))
+
+
+def plot_architecture(arch):
+    """The network of ``arch`` (:class:`fer_lib.questions.q1_model.Architecture`) as boxes, in two rows: input,
+    stem, the eight residual blocks grouped by stage (skip connections as arcs over each block, the 1x1
+    downsample ones highlighted), the pooling and the head, with shapes at ``arch.input_size``."""
+    w, h, pitch = 1.3, 1.0, 1.5  # box width and height, distance between box starts (inches)
+    rows_y = (3.0, 0.55)  # bottom of the boxes in each row
+    fig = plt.figure(figsize=(9, 5.1))
+    ax = fig.add_axes((0, 0, 1, 1))  # one data unit is one inch
+    ax.set_xlim(0, 9)
+    ax.set_ylim(-0.3, 4.8)
+    ax.set_aspect("equal")
+    ax.axis("off")
+
+    size = arch.input_size
+    face = f"{IMAGE_SIZE}\u00d7{IMAGE_SIZE} gray face"
+    elements = [("input", ["input", face, "on 3 channels", f"\u2192 3\u00d7{size}\u00d7{size}"]),
+                ("stem", ["stem", "7\u00d77 conv /2", "BN, ReLU", "3\u00d73 max-pool /2",
+                          f"\u2192 {arch.stem[0]}\u00d7{_side(arch.stem)}"])]
+    for b in arch.blocks:
+        first = f"3\u00d73 conv /{b.stride}" if b.stride > 1 else "3\u00d73 conv"
+        elements.append((b, [b.name, first, "3\u00d73 conv", f"\u2192 {b.output[0]}\u00d7{_side(b.output)}"]))
+    elements.append(("pool", ["avg pool", "global average", f"\u2192 {arch.pooled[0]}"]))
+    elements.append(("head", ["head", f"Dropout({arch.dropout:g})", f"Linear({arch.pooled[0]}, {arch.classes})",
+                              f"\u2192 {arch.classes} logits"]))
+    per_row = (len(elements) + 1) // 2
+    places = [(0.1 + pitch * (i % per_row), rows_y[i // per_row]) for i in range(len(elements))]
+
+    # the stages' backgrounds and labels, under the boxes
+    for stage in arch.stages:
+        xs = [place for (e, _), place in zip(elements, places)
+              if not isinstance(e, str) and e.name.split(".")[0] == stage]
+        if len({y for _, y in xs}) != 1:
+            raise ValueError(f"{stage} would straddle the two rows of the diagram")
+        (x0, y0), (x1, _) = xs[0], xs[-1]
+        ax.add_patch(FancyBboxPatch((x0 - 0.06, y0 - 0.36), x1 - x0 + w + 0.12, h + 0.82,
+                                    boxstyle="round,pad=0,rounding_size=0.08", fc=STAGE_FILL, ec="none", zorder=-1))
+        out = arch.stage_output(stage)
+        ax.text((x0 + x1 + w) / 2, y0 - 0.2, f"{stage}: {out[0]} channels, {_side(out)}", ha="center", va="center",
+                fontsize=FONT, color="#1f3b73")
+
+    for i, ((element, lines), (x, y)) in enumerate(zip(elements, places)):
+        _box(ax, x, y, w, h, lines, fill="#fff7ec" if element == "head" else "white")
+        if i + 1 < len(elements):
+            nx, ny = places[i + 1]
+            if ny == y:
+                _arrow(ax, (x + w, y + h / 2), (nx, ny + h / 2))
+            else:  # from the end of the first row down to the start of the second
+                turn = (rows_y[0] - 0.45 + rows_y[1] + h + 0.45) / 2
+                ax.plot([x + w, x + w + 0.08, x + w + 0.08, nx - 0.08, nx - 0.08], [y + h / 2, y + h / 2, turn, turn,
+                        ny + h / 2], color="#333333", lw=1.2)
+                _arrow(ax, (nx - 0.08, ny + h / 2), (nx, ny + h / 2))
+        if isinstance(element, str):
+            continue
+        # the skip connection: from the block's input over the box to the sum at its output
+        color = SKIP if element.downsample else IDENTITY
+        plus = (x + w - 0.02, y + h + 0.02)
+        ax.add_patch(FancyArrowPatch((x + 0.02, y + h + 0.02), plus, connectionstyle="arc3,rad=-0.45",
+                                     arrowstyle="-", color=color, lw=2 if element.downsample else 1.2,
+                                     linestyle="-" if element.downsample else "--"))
+        ax.add_patch(Circle(plus, 0.07, fc="white", ec=color, lw=1.2, zorder=3))
+        ax.text(*plus, "+", ha="center", va="center", fontsize=FONT, color=color, zorder=4)
+        if element.downsample:
+            ax.text(x + w / 2, y + h + 0.42, f"1\u00d71 conv /{element.stride} + BN", ha="center", va="center",
+                    fontsize=FONT, color=SKIP, fontweight="bold")
+
+    ax.text(0.1, -0.15, "Each residual block: conv, BN, ReLU, conv, BN; its input comes back at (+), then ReLU.",
+            fontsize=FONT, va="center")
+    ax.plot([6.35, 6.7], [-0.15, -0.15], color=IDENTITY, lw=1.2, linestyle="--")
+    ax.text(6.75, -0.15, "identity skip", fontsize=FONT, va="center")
+    ax.plot([7.75, 8.1], [-0.15, -0.15], color=SKIP, lw=2)
+    ax.text(8.15, -0.15, "1\u00d71 skip", fontsize=FONT, va="center", color=SKIP)
     return fig
-
-
-# ------------------------------------------------------------------------------------------ Q4
-

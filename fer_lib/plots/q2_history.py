@@ -2,40 +2,45 @@
 from __future__ import annotations
 
 import matplotlib.pyplot as plt
-from matplotlib.ticker import (
-    MaxNLocator,
-    PercentFormatter,
-)
+from matplotlib.ticker import MaxNLocator, PercentFormatter
 
-# The report's pages show figures at most this wide (CSS pixels; report.py's page style caps the content at
-# 960 px, less padding). A figure wider than this is scaled down to it, and its text with it.
 
 def _recorded(history, column: str) -> bool:
     return column in history.columns and bool(history[column].notna().all())
 
 
-def plot_history(history, title: str = "Training history", kept_epoch: int | None = None):
+def plot_history(history, title: str = "Training history", kept_epoch: int | None = None,
+                 rise_from_epoch: int | None = None):
     """Loss, accuracy and learning rate per epoch, with the kept weights' epoch marked (``kept_epoch``; default
-    the best validation epoch, as older runs kept).
+    the best validation epoch, as older runs kept) and, from ``rise_from_epoch`` on, the epochs over which
+    validation loss kept rising shaded.
 
-    Accuracy compares like with like when the history records ``train_eval_acc`` (a fixed sample of training
-    faces scored as validation is: eval mode, no augmentation); the augmented training accuracy is drawn faint.
-    With an average of the weights, ``val_acc_raw`` (the stepped weights) is drawn beside the average's
-    ``val_acc``. Loss curves are plain cross-entropy when ``train_ce`` is recorded. An older history without
-    these columns: what it has is drawn, and the panel says what is missing.
+    Training curves compare like with like where the history records them: ``train_eval_loss`` and
+    ``train_eval_acc`` score a fixed sample of training faces as validation is scored (eval mode, no augmentation);
+    the augmented training batches are then drawn dotted. With an average of the weights, ``val_acc_raw`` (the
+    stepped weights) is drawn beside the average's ``val_acc``. An older history without these columns: what it
+    has is drawn, and the loss panel says when its training curve is the label-smoothed loss.
     """
     fig, (ax_loss, ax_acc, ax_lr) = plt.subplots(1, 3, figsize=(10, 3.9), width_ratios=[1, 1.35, 0.75],
                                                  layout="constrained")
     epochs = history["epoch"]
     kept = history.loc[history["val_acc"].idxmax()] if kept_epoch is None else (
         history.loc[history["epoch"] == kept_epoch].iloc[0])
-    if _recorded(history, "train_ce"):
+    if _recorded(history, "train_eval_loss"):
+        ax_loss.plot(epochs, history["train_eval_loss"], "-", color="C0", lw=2, label="training, like validation")
+        if _recorded(history, "train_ce"):
+            ax_loss.plot(epochs, history["train_ce"], ":", color="C0", alpha=0.6, label="training (augmented)")
+    elif _recorded(history, "train_ce"):
         ax_loss.plot(epochs, history["train_ce"], "-", color="C0", label="training (augmented)")
     else:
         ax_loss.plot(epochs, history["train_loss"], "-", color="C0", label="training: label-smoothed loss")
         ax_loss.set_title("not comparable in level:\ntraining curve is the smoothed loss", fontsize=9, color="C3")
     ax_loss.plot(epochs, history["val_loss"], "-", color="C1", label="validation")
     ax_loss.set_ylabel("cross-entropy")
+    if rise_from_epoch is not None and rise_from_epoch < int(epochs.iloc[-1]):
+        for ax in (ax_loss, ax_acc):
+            ax.axvspan(rise_from_epoch, epochs.iloc[-1], color="C3", alpha=0.12, lw=0,
+                       label="validation loss rising" if ax is ax_loss else None)
     if _recorded(history, "train_eval_acc"):
         ax_acc.plot(epochs, history["train_eval_acc"], "-", color="C0", lw=2,
                     label="training faces, scored like validation")
@@ -57,6 +62,8 @@ def plot_history(history, title: str = "Training history", kept_epoch: int | Non
         ax.axvline(kept["epoch"], color="grey", ls="--", lw=1)
         ax.set_xlabel("epoch")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        if len(epochs) == 1:  # a one-epoch run: one tick, not a fractional axis
+            ax.set_xticks(epochs)
         ax.grid(alpha=0.3)
         ax.tick_params(labelsize=9)
     ax_loss.legend(fontsize=9)

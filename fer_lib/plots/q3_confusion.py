@@ -3,14 +3,10 @@ from __future__ import annotations
 
 import matplotlib.pyplot as plt
 import numpy as np
-from matplotlib.ticker import (
-    PercentFormatter,
-)
+from matplotlib.ticker import PercentFormatter
 
 from fer_lib import CLASS_NAMES
 
-# The report's pages show figures at most this wide (CSS pixels; report.py's page style caps the content at
-# 960 px, less padding). A figure wider than this is scaled down to it, and its text with it.
 
 def plot_confusion(counts: np.ndarray, rates: np.ndarray, title: str = "Confusion matrix (validation)"):
     """Counts and row-normalised rates side by side; rows are the true class."""
@@ -33,7 +29,7 @@ def plot_confusion(counts: np.ndarray, rates: np.ndarray, title: str = "Confusio
 
 def plot_reliability(before, after, ece_before: float, ece_after: float, temperature: float):
     """Reliability diagrams before and after temperature scaling: accuracy against mean confidence per bin
-    (``before`` / ``after``: evaluate.reliability_bins tables), the diagonal being perfect calibration; the
+    (``before`` / ``after``: calibration.reliability_table), the diagonal being perfect calibration; the
     bars below count the faces per bin."""
     fig, axes = plt.subplots(2, 2, figsize=(9, 5.6), height_ratios=[3, 1], sharex=True, layout="constrained")
     for col, (table, title) in enumerate(((before, f"before scaling: ECE {ece_before:.1%}"),
@@ -76,24 +72,25 @@ def plot_gallery(images: np.ndarray, titles: list[str], ncols: int = 8, title: s
 
 
 def plot_vote_gallery(images: np.ndarray, votes: np.ndarray, titles: list[str], true: str, predicted: str,
-                      min_votes: int = 3, ncols: int = 8, title: str = ""):
-    """Faces, each above its FER+ vote bars: the 7 classes and one 'other' bar (contempt, unknown, not a face).
+                      min_votes: int = 3, ncols: int = 4, title: str = ""):
+    """Faces, each beside its FER+ vote bars: the 7 classes and one 'other' bar (contempt, unknown, not a face).
 
     ``votes``: (N, 10) in q3_votes.VOTE_NAMES order. The true class's bar is green, the predicted one red;
-    the dashed line marks ``min_votes``.
+    the dashed line marks ``min_votes``. Laid out so that every text is at least 8 points on a figure under
+    9.4 inches wide (10 CSS px on the page).
     """
     n = max(len(images), 1)
     nrows = (n + ncols - 1) // ncols
-    # laid out in inches: per column 1.25 wide; per row a caption, a 1-inch face, its bars and their labels
-    col_w, face_h, bar_h, caption_h, labels_h, header_h, left = 1.25, 1.0, 0.5, 0.22, 0.4, 0.6, 0.3
-    row_h = caption_h + face_h + 0.06 + bar_h + labels_h
+    # laid out in inches: per column a 1-inch face and, right of it, its bars; per row a caption and tick labels
+    col_w, face_w, bar_w, caption_h, face_h, labels_h, header_h, left = 2.3, 0.95, 1.0, 0.25, 0.95, 0.35, 0.55, 0.15
+    row_h = caption_h + face_h + labels_h
     width, height = left + ncols * col_w, header_h + nrows * row_h
     fig = plt.figure(figsize=(width, height))
 
     def axes_at(x: float, y: float, w: float, h: float):  # inches from the bottom left
         return fig.add_axes((x / width, y / height, w / width, h / height))
 
-    short = [c[:2] for c in CLASS_NAMES] + ["oth"]
+    short = [c[:2] for c in CLASS_NAMES] + ["ot"]
     colours = ["0.65"] * len(short)
     colours[CLASS_NAMES.index(true)], colours[CLASS_NAMES.index(predicted)] = "tab:green", "tab:red"
     top = max(int(np.asarray(votes).sum(1).max()) if len(votes) else 10, 1)
@@ -101,20 +98,20 @@ def plot_vote_gallery(images: np.ndarray, votes: np.ndarray, titles: list[str], 
         r, c = divmod(i, ncols)
         x = left + c * col_w
         face_bottom = height - header_h - r * row_h - caption_h - face_h
-        face = axes_at(x + (col_w - face_h) / 2, face_bottom, face_h, face_h)
+        face = axes_at(x, face_bottom, face_w, face_h)
         face.imshow(images[i], cmap="gray", vmin=0, vmax=255)
-        face.set_title(titles[i], fontsize=8, pad=2)
+        face.set_title(titles[i], fontsize=9, pad=2)
         face.axis("off")
-        bars = axes_at(x + 0.1, face_bottom - 0.06 - bar_h, col_w - 0.2, bar_h)
+        bars = axes_at(x + face_w + 0.25, face_bottom, bar_w, face_h)  # room for the tick labels
         v = np.asarray(votes[i])
         bars.bar(range(len(short)), np.r_[v[:len(CLASS_NAMES)], v[len(CLASS_NAMES):].sum()], color=colours)
         bars.axhline(min_votes, color="k", ls="--", lw=0.7)
         bars.set_ylim(0, top)
-        bars.set_xticks(range(len(short)), short, fontsize=7.5, rotation=90)
-        bars.set_yticks([0, min_votes, top], [0, min_votes, top] if c == 0 else [], fontsize=7.5)
+        bars.set_xticks(range(len(short)), short, fontsize=8, rotation=90)
+        bars.set_yticks([0, min_votes, top], [0, min_votes, top], fontsize=8)
         bars.tick_params(length=2, pad=1)
     fig.suptitle((title + "\n" if title else "") + f"FER+ votes: green = true class ({true}), "
-                 f"red = predicted ({predicted}), dashed = {min_votes} votes", fontsize=9,
+                 f"red = predicted ({predicted}), dashed = {min_votes} votes; ot = other", fontsize=10,
                  y=1 - 0.05 / height, va="top")
     return fig
 

@@ -3,12 +3,6 @@ from __future__ import annotations
 
 import re
 
-# --------------------------------------------------------------------------------------------- uncertainty
-
-
-
-# --------------------------------------------------------------------------------------------- appendix: recipe
-
 # a clause about the test set ("on the hidden test", "test-set accuracy"); "test-time views" are not about it
 _TEST_CLAUSE = re.compile(r"\b(hidden )?test(?!-time)(-set| set)?\b", re.I)
 

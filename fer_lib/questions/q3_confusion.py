@@ -1,4 +1,8 @@
-"""Q3: the confusion matrix, per-class metrics, calibration and accuracy by copy."""
+"""Q3: the confusion matrix, per-class metrics, ranked confusions, calibration and accuracy by copy, as numbers.
+
+Ties: two rates are within noise of each other when their 95% Wilson intervals overlap (``wilson_overlap``);
+two counts of faces are compared as shares of all validation faces, the same way.
+"""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -6,70 +10,51 @@ from dataclasses import dataclass
 import numpy as np
 
 from fer_lib import CLASS_NAMES
-from fer_lib.core.stats import counts_tie, proportions_tie, wilson_interval
+from fer_lib.core.stats import bootstrap_interval, wilson_interval, wilson_overlap
 
-
-def _pct_interval(low: float, high: float) -> str:
-    return f"95% CI {low:.0%}-{high:.0%}"
-
-# --------------------------------------------------------------------------------------------- uncertainty
+RARE_FRACTION = 0.25  # a class with fewer validation faces than this share of the median class's is "rare"
 
 
 @dataclass
 class ClaimCheck:
     """One claim of the seed report checked against this run."""
 
-    claim: str
-    holds: bool  # whether the claim is true as stated (the verdict adds whether that is within noise)
-    verdict: str  # e.g. "reproduced", "reproduced, as a near-tie", "not reproduced"
-    evidence: str
-
-    def __iter__(self):  # unpacks as (claim, holds, evidence)
-        return iter((self.claim, self.holds, self.evidence))
+    claim: str  # "happy_surprise_easiest", "fear_hardest" or "fear_to_sad"
+    holds: bool | None  # None: cannot be checked here (no faces of the class, or no error to rank)
+    rival: str | None  # the class that decides: the runner-up, or the one that takes the claimed place
+    tie: bool  # claim and rival within noise of each other (95% intervals overlap)
 
 
 @dataclass
 class ConfusionFindings:
     counts: np.ndarray  # (7, 7): rows true class, columns predicted
     rates: np.ndarray  # row-normalised: rates[i, j] = share of true class i predicted as j
-    report: "object"  # pandas DataFrame: precision, recall (with its 95% Wilson interval), F1, support per class
+    report: "object"  # DataFrame per class: support, precision, recall, F1, each with _low/_high (95% intervals)
     accuracy: float
+    accuracy_interval: tuple[float, float]  # 95% Wilson
+    macro_f1: float  # unweighted mean of the per-class F1 over the classes with validation faces (scikit-learn)
+    macro_f1_interval: tuple[float, float]  # 95% percentile bootstrap over the faces
     easiest: list[str]  # classes by recall, best first
     hardest: list[str]  # classes by recall, worst first
-    confused_pairs: list[tuple[str, str, float, int]]  # (true, predicted, rate, count), most faces first
-    rare: list[str]  # classes with too few validation faces for a firm recall (see confusion_findings)
+    pairs: "object"  # DataFrame, one row per off-diagonal cell with faces: true, predicted, faces, rate, low, high
+    rare: list[str]  # classes with under RARE_FRACTION of the median class's validation faces
     train_share: np.ndarray | None = None  # (7,) share of each class among the training faces, when given
 
-    # ------------------------------------------------------------------ small pieces
     @property
     def support(self) -> np.ndarray:
         return self.counts.sum(1)
 
-    def _row(self, name: str) -> int:
-        return CLASS_NAMES.index(name)
+    @property
+    def faces(self) -> int:
+        return int(self.counts.sum())
 
     def recall_of(self, name: str) -> float:
-        return float(self.rates[self._row(name), self._row(name)])
-
-    def recall_text(self, name: str) -> str:
-        i = self._row(name)
-        low, high = wilson_interval(self.counts[i, i], self.support[i])
-        return (f"{name} {self.recall_of(name):.0%} ({_pct_interval(float(low), float(high))}, "
-                f"{self.support[i]:,} faces)")
-
-    def pair_interval(self, true: str, predicted: str) -> tuple[float, float]:
-        i, j = self._row(true), self._row(predicted)
-        low, high = wilson_interval(self.counts[i, j], self.support[i])
-        return float(low), float(high)
-
-    def pair_text(self, true: str, predicted: str) -> str:
-        i, j = self._row(true), self._row(predicted)
-        return (f"{true} -> {predicted} ({self.rates[i, j]:.0%} of {true}, {self.counts[i, j]} faces), "
-                f"{_pct_interval(*self.pair_interval(true, predicted))}")
+        i = CLASS_NAMES.index(name)
+        return float(self.rates[i, i])
 
     def recalls_tie(self, a: str, b: str) -> bool:
-        i, j = self._row(a), self._row(b)
-        return proportions_tie(self.counts[i, i], self.support[i], self.counts[j, j], self.support[j])
+        i, j = CLASS_NAMES.index(a), CLASS_NAMES.index(b)
+        return wilson_overlap(self.counts[i, i], self.support[i], self.counts[j, j], self.support[j])
 
     @property
     def common_hardest(self) -> list[str]:
@@ -81,45 +66,43 @@ class ConfusionFindings:
         """Misclassified validation faces per class."""
         return {n: int(self.support[i] - self.counts[i, i]) for i, n in enumerate(CLASS_NAMES)}
 
-    def top_confusions(self, name: str) -> list[tuple[str, int]]:
-        """(predicted class, faces) of the class's most frequent confusion and of every other confusion within
-        noise of it (see counts_tie), most faces first; empty when no face of the class was misclassified."""
-        i = self._row(name)
-        order = [j for j in np.argsort(-self.counts[i], kind="stable") if j != i and self.counts[i, j] > 0]
-        if not order:
-            return []
-        top = self.counts[i, order[0]]
-        return [(CLASS_NAMES[j], int(self.counts[i, j])) for j in order
-                if j == order[0] or counts_tie(int(top), int(self.counts[i, j]))]
+    def ranked(self, by: str = "faces"):
+        """The confusions ranked by ``faces`` (most faces first) or by ``rate`` (share of the true class), with
+        ``rank`` from 1 and ``ties_top``: within noise of rank 1 (overlapping 95% intervals; counts compared as
+        shares of all validation faces)."""
+        key = {"faces": ["faces", "rate"], "rate": ["rate", "faces"]}[by]
+        table = self.pairs.sort_values(key, ascending=False, kind="stable").reset_index(drop=True)
+        table.insert(0, "rank", np.arange(1, len(table) + 1))
+        if len(table):
+            top = table.iloc[0]
+            if by == "faces":
+                table["ties_top"] = [wilson_overlap(k, self.faces, top["faces"], self.faces) for k in table["faces"]]
+            else:
+                n_top = self.support[CLASS_NAMES.index(top["true"])]
+                table["ties_top"] = [wilson_overlap(k, self.support[CLASS_NAMES.index(t)], top["faces"], n_top)
+                                     for t, k in zip(table["true"], table["faces"])]
+        else:
+            table["ties_top"] = []
+        return table
 
-    def confusion_text(self, name: str) -> str:
-        """How a class is mostly mistaken, naming near-ties: "Sad and Surprise about equally (60 vs 58 faces)"."""
-        tops = self.top_confusions(name)
-        if not tops:
-            return "nothing (no errors)"
-        if len(tops) == 1:
-            p, n = tops[0]
-            return f"{p} ({n} faces, {n / self.support[self._row(name)]:.0%} of {name})"
-        names = [p for p, _ in tops]
-        joined = ", ".join(names[:-1]) + " and " + names[-1]
-        counted = " vs ".join(str(n) for _, n in tops)
-        if tops[0][1] < 20:  # a difference like 11 vs 5 is within noise, but "about equally" would read as false
-            return f"{joined}, too few faces to tell which more often ({counted} faces)"
-        return f"{joined} about equally ({counted} faces)"
+    def top_pairs(self, k: int = 3, by: str = "faces") -> list[tuple[str, str]]:
+        """The ``k`` first (true, predicted) pairs of ``ranked(by)``."""
+        return list(zip(*(self.ranked(by)[c][:k] for c in ("true", "predicted"))))
 
     @property
     def main_pair(self) -> tuple[str, str] | None:
-        """The main confusion: the off-diagonal cell with the most faces (``confused_pairs`` is ranked the same
-        way, so it heads the ranked table), or None without errors."""
-        return (self.confused_pairs[0][0], self.confused_pairs[0][1]) if self.confused_pairs else None
+        """The main confusion: the off-diagonal cell with the most faces, or None without errors."""
+        pairs = self.top_pairs(1)
+        return pairs[0] if pairs else None
 
-    def runner_up_ties(self) -> bool:
-        """Whether the second-ranked confusion is within noise of the main one (see counts_tie)."""
-        return len(self.confused_pairs) > 1 and counts_tie(self.confused_pairs[0][3], self.confused_pairs[1][3])
-
-    def top_pairs(self, k: int = 3) -> list[tuple[str, str]]:
-        """The ``k`` most confused (true, predicted) pairs by faces, the main one first."""
-        return [(t, p) for t, p, _, _ in self.confused_pairs[:k]]
+    def top_confusions(self, name: str) -> list[tuple[str, int]]:
+        """(predicted class, faces) of the class's most frequent confusion and of every other confusion within
+        noise of it (overlapping intervals), most faces first; empty when no face of the class was misclassified."""
+        i = CLASS_NAMES.index(name)
+        order = [j for j in np.argsort(-self.counts[i], kind="stable") if j != i and self.counts[i, j] > 0]
+        n, top = self.support[i], self.counts[i, order[0]] if order else 0
+        return [(CLASS_NAMES[j], int(self.counts[i, j])) for j in order
+                if wilson_overlap(self.counts[i, j], n, top, n)]
 
     def frequency_correlation(self) -> float | None:
         """Spearman rank correlation between training frequency and validation recall over the classes present."""
@@ -133,196 +116,94 @@ class ConfusionFindings:
         rho = spearmanr(self.train_share[present], np.diag(self.rates)[present]).statistic
         return None if np.isnan(rho) else float(rho)
 
-    # ------------------------------------------------------------------ tables and sentences
-    def class_table(self):
-        """Per class: faces, training share, precision, recall with its 95% interval, F1, main confusion."""
-        import pandas as pd
-
-        table = pd.DataFrame({
-            "validation faces": self.support.astype(int),
-            "precision": self.report["precision"], "recall": self.report["recall"],
-            "recall 95% CI": [f"{lo:.0%}-{hi:.0%}"
-                              for lo, hi in zip(self.report["recall_low"], self.report["recall_high"])],
-            "F1": self.report["F1"],
-            "most often mistaken for": [self.confusion_text(n) if self.support[i] else "no faces"
-                                        for i, n in enumerate(CLASS_NAMES)],
-        }, index=list(CLASS_NAMES))
-        if self.train_share is not None:
-            table.insert(1, "share of training faces", self.train_share)
-        return table
-
-    def pairs_table(self, limit: int = 6):
-        import pandas as pd
-
-        rows = [{"rank": k + 1, "true": t, "predicted": p, "faces": n, "share of true class": r,
-                 "95% CI": "{:.0%}-{:.0%}".format(*self.pair_interval(t, p))}
-                for k, (t, p, r, n) in enumerate(self.confused_pairs[:limit])]
-        return pd.DataFrame(rows, columns=["rank", "true", "predicted", "faces", "share of true class", "95% CI"])
-
-    def figure_alt(self) -> str:
-        """Alt text of the confusion-matrix figure: what it shows and its main numbers."""
-        n = int(self.support.sum())
-        recalls = ", ".join(f"{c} {self.rates[i, i]:.0%}" for i, c in enumerate(CLASS_NAMES) if self.support[i])
-        text = (f"Two heat maps of the 7 by 7 confusion matrix on {n:,} validation faces, rows the true class and "
-                f"columns the predicted one: counts on the left, percentages of each true class on the right. "
-                f"Diagonal (recall): {recalls}.")
-        if self.main_pair:
-            t, p, rate, k = self.confused_pairs[0]
-            text += f" Largest off-diagonal cell: {t} predicted as {p}, {k} faces ({rate:.0%} of {t})."
-        return text
-
-    def rare_sentence(self) -> str:
-        if not self.rare:
-            return ""
-        median = int(np.median(self.support[self.support > 0]))
-        names = " and ".join(f"{n} ({self.support[self._row(n)]} faces)" for n in self.rare)
-        return (f"{names} {'has' if len(self.rare) == 1 else 'have'} under a quarter of the median class's "
-                f"{median} validation faces, so {'its' if len(self.rare) == 1 else 'their'} recall is the least "
-                "certain; it is ranked, but claims about the hardest class are also checked without it.")
-
-    def sentences(self) -> list[str]:
-        n = int(self.support.sum())
-        low, high = wilson_interval(np.trace(self.counts), n)
-        lines = [f"Validation accuracy {self.accuracy:.1%} (95% CI {low:.1%}-{high:.1%}, {n:,} faces).",
-                 f"Easiest classes (highest recall): {'; '.join(self.recall_text(c) for c in self.easiest[:2])}. "
-                 f"Hardest: {'; '.join(self.recall_text(c) for c in self.hardest[:2])}."]
-        if self.rare:
-            lines.append(self.rare_sentence())
-        if self.confused_pairs:
-            pairs = "; ".join(self.pair_text(t, p) for t, p, _, _ in self.confused_pairs[:3])
-            lines.append(f"Most confused pairs, by the number of faces: {pairs}.")
-        ties = [f"{n} is mistaken for {self.confusion_text(n)}" for n in CLASS_NAMES
-                if len(self.top_confusions(n)) > 1]
-        if ties:
-            lines.append("Near-ties (the top confusions of a class within noise of each other): "
-                         + "; ".join(ties) + ".")
-        rho = self.frequency_correlation()
-        if rho is not None:
-            present = [i for i in range(len(CLASS_NAMES)) if self.support[i] > 0]
-            rarest = CLASS_NAMES[min(present, key=lambda i: self.train_share[i])]
-            lines.append(f"Recall against training frequency: Spearman rank correlation {rho:+.2f} over "
-                         f"{len(present)} classes; the rarest class in training, {rarest} "
-                         f"({self.train_share[self._row(rarest)]:.1%} of the training faces), has recall "
-                         f"{self.recall_of(rarest):.0%}.")
-        return lines
-
-    def answer(self, evidence: str = "") -> str:
-        """The short answer to Q3: easiest and hardest classes, the main confusion, then ``evidence`` (FER+)."""
-        if not self.easiest:
-            return "No labeled validation faces: nothing to analyse."
-        easy = " and ".join(f"{c} ({self.recall_of(c):.0%})" for c in self.easiest[:2])
-        parts = [f"{easy} are recognised best (recall)"]
-        common = self.common_hardest
-        if common:
-            parts.append(f"{common[0]} is the hardest class{' with enough faces' if self.rare else ''} "
-                         f"({self.recall_of(common[0]):.0%})")
-        for r in self.rare:
-            parts.append(f"{r}'s {self.recall_of(r):.0%} rests on only {self.support[self._row(r)]} faces")
-        text = "; ".join(parts) + "."
-        if self.main_pair:
-            t, p, rate, n = self.confused_pairs[0]
-            text += f" The main confusion (the most faces) is {t} -> {p}: {n} faces, {rate:.0%} of {t}"
-            if self.runner_up_ties():
-                t2, p2, _, n2 = self.confused_pairs[1]
-                text += f", about as many as {t2} -> {p2} ({n2} faces)"
-            text += "."
-        return text + (f" {evidence}" if evidence else "")
-
+    # ------------------------------------------------------------------ the seed report's claims
     def seed_claims(self) -> list[ClaimCheck]:
-        """The seed report's claims, each with whether this run reproduces it, the nuance, and the evidence."""
+        """The seed report's three claims: Happy and Surprise easiest, Fear hardest, Fear mostly taken for Sad."""
         return [self._claim_easiest(), self._claim_fear_hardest(), self._claim_fear_to_sad()]
 
     def _claim_easiest(self) -> ClaimCheck:
-        claim = "Happy and Surprise are the easiest classes"
-        top = self.easiest[:3]
-        holds = set(top[:2]) == {"Happy", "Surprise"}
-        evidence = "the highest recalls are " + ", ".join(self.recall_text(c) for c in top)
-        if holds:
-            near = len(top) > 2 and self.recalls_tie(top[1], top[2])
-            verdict = f"reproduced, but {top[2]} is within noise of {top[1]}" if near else "reproduced"
-        else:
-            second = top[1] if len(top) > 1 else top[0]
-            within = all(c in top[:2] or self.recalls_tie(c, second) for c in ("Happy", "Surprise"))
-            verdict = "not reproduced, but within noise" if within else "not reproduced"
-        return ClaimCheck(claim, holds, verdict, evidence)
+        top, claimed = self.easiest, ("Happy", "Surprise")
+        if len(top) < 3 or not set(claimed) <= set(top):
+            return ClaimCheck("happy_surprise_easiest", None, None, False)
+        if set(top[:2]) == set(claimed):  # the rival: the third class, within noise of the second or not
+            return ClaimCheck("happy_surprise_easiest", True, top[2], self.recalls_tie(top[1], top[2]))
+        rival = next(c for c in top if c not in claimed)  # the class that took a claimed place
+        loser = max(claimed, key=top.index)
+        return ClaimCheck("happy_surprise_easiest", False, rival, self.recalls_tie(loser, rival))
 
     def _claim_fear_hardest(self) -> ClaimCheck:
-        claim = "Fear is the most misclassified class"
-        if self.support[self._row("Fear")] == 0:
-            return ClaimCheck(claim, False, "cannot be checked", "no Fear faces in the validation split")
-        worst, common = self.hardest[0], self.common_hardest
-        most_errors = max(self.errors, key=self.errors.get)
-        evidence = f"lowest recall: {self.recall_text(worst)}"
-        if worst != "Fear" and common and worst in self.rare:
-            evidence += f"; among classes with enough faces: {self.recall_text(common[0])}"
-        if common and common[0] != "Fear":
-            evidence += f"; Fear: {self.recall_text('Fear')}"
-        evidence += f"; most misclassified faces: {most_errors} ({self.errors[most_errors]})"
-        if worst == "Fear" or (common and common[0] == "Fear"):
-            holds, verdict = True, "reproduced by rate (recall)"
-            if worst != "Fear":
-                verdict += f" among classes with enough faces ({', '.join(self.rare)} too few)"
-            if most_errors != "Fear":
-                alike = counts_tie(self.errors[most_errors], self.errors["Fear"])
-                larger = self.support[self._row(most_errors)] > self.support[self._row("Fear")]
-                verdict += (f"; by count {most_errors} has {'about as many' if alike else 'more'} misclassified faces "
-                            f"({self.errors[most_errors]} vs {self.errors['Fear']})"
-                            + (f", {most_errors} being the larger class" if larger else ""))
-        else:
-            holds = False
-            ref = common[0] if common else worst
-            verdict = "not reproduced, but within noise" if self.recalls_tie("Fear", ref) else "not reproduced"
-        return ClaimCheck(claim, holds, verdict, evidence)
+        common = self.common_hardest
+        if "Fear" not in common or len(common) < 2:
+            return ClaimCheck("fear_hardest", None, None, False)
+        if common[0] == "Fear":
+            return ClaimCheck("fear_hardest", True, common[1], self.recalls_tie("Fear", common[1]))
+        return ClaimCheck("fear_hardest", False, common[0], self.recalls_tie("Fear", common[0]))
 
     def _claim_fear_to_sad(self) -> ClaimCheck:
-        claim = "Fear is most often mistaken for Sad"
         tops = self.top_confusions("Fear")
         if not tops:
-            return ClaimCheck(claim, False, "cannot be checked", "no misclassified Fear faces")
+            return ClaimCheck("fear_to_sad", None, None, False)
         names = [p for p, _ in tops]
-        evidence = f"Fear faces are most often predicted as {self.confusion_text('Fear')}"
         if names[0] == "Sad":
-            holds, verdict = True, "reproduced" if len(tops) == 1 else "reproduced, as a near-tie"
-        else:
-            holds = False
-            verdict = "not reproduced (a near-tie)" if "Sad" in names else "not reproduced"
-            if "Sad" not in names:
-                sad = self.counts[self._row("Fear"), self._row("Sad")]
-                evidence += f"; Sad: {sad} faces"
-        return ClaimCheck(claim, holds, verdict, evidence)
+            return ClaimCheck("fear_to_sad", True, names[1] if len(names) > 1 else None, len(names) > 1)
+        return ClaimCheck("fear_to_sad", False, names[0], "Sad" in names)
+
+
+def _f1_per_class(counts: np.ndarray) -> np.ndarray:
+    tp = np.diag(counts)
+    denominator = counts.sum(0) + counts.sum(1)
+    return np.divide(2 * tp, denominator, out=np.zeros(len(tp)), where=denominator > 0)
 
 
 def confusion_findings(y_true: np.ndarray, y_pred: np.ndarray, train_labels: np.ndarray | None = None,
-                       rare_fraction: float = 0.25) -> ConfusionFindings:
-    """Confusion matrix, per-class precision/recall/F1 (scikit-learn) with Wilson intervals, and the Q3 findings.
+                       rare_fraction: float = RARE_FRACTION, resamples: int = 1000) -> ConfusionFindings:
+    """Confusion matrix, per-class precision/recall/F1 (scikit-learn) with 95% intervals (Wilson for precision and
+    recall, a bootstrap over the faces for F1 and macro-F1), the confusions and the Q3 findings.
 
     A class is *rare* when it has fewer than ``rare_fraction`` of the median class's validation faces (FER2013's
-    Disgust): its recall is reported but too uncertain to carry "the hardest class" alone. ``train_labels`` (the
-    run's training faces) adds each class's training frequency.
+    Disgust): its recall is ranked, but the hardest-class claim is checked without it. ``train_labels`` (the run's
+    training faces) adds each class's training frequency.
     """
     import pandas as pd
-    from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
+    from sklearn.metrics import confusion_matrix, f1_score, precision_recall_fscore_support
 
-    labels = list(range(len(CLASS_NAMES)))
+    y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
+    k = len(CLASS_NAMES)
+    labels = list(range(k))
     counts = confusion_matrix(y_true, y_pred, labels=labels)
-    rates = counts / counts.sum(1, keepdims=True).clip(min=1)
-    precision, recall, f1, support = precision_recall_fscore_support(y_true, y_pred, labels=labels, zero_division=0)
-    low, high = wilson_interval(np.diag(counts), support)
-    report = pd.DataFrame({"precision": precision, "recall": recall, "recall_low": low, "recall_high": high,
-                           "F1": f1, "support": support}, index=CLASS_NAMES)
+    support = counts.sum(1)
+    rates = counts / support[:, None].clip(min=1)
+    precision, recall, f1, _ = precision_recall_fscore_support(y_true, y_pred, labels=labels, zero_division=0)
     present = [i for i in labels if support[i] > 0]
+    macro = float(f1_score(y_true, y_pred, labels=present, average="macro", zero_division=0)) if present else 0.0
+
+    def boot(idx):  # per-class F1 and macro-F1 of a resample
+        f = _f1_per_class(np.bincount(y_true[idx] * k + y_pred[idx], minlength=k * k).reshape(k, k))
+        return np.r_[f, f[present].mean() if present else 0.0]
+
+    f_low, f_high = bootstrap_interval(boot, len(y_true), resamples) if len(y_true) else (np.zeros(k + 1),) * 2
+    p_low, p_high = wilson_interval(np.diag(counts), counts.sum(0))
+    r_low, r_high = wilson_interval(np.diag(counts), support)
+    report = pd.DataFrame({"support": support, "precision": precision, "precision_low": p_low,
+                           "precision_high": p_high, "recall": recall, "recall_low": r_low, "recall_high": r_high,
+                           "F1": f1, "F1_low": f_low[:k], "F1_high": f_high[:k]}, index=list(CLASS_NAMES))
     by_recall = sorted(present, key=lambda i: -recall[i])
-    pairs = [(CLASS_NAMES[i], CLASS_NAMES[j], float(rates[i, j]), int(counts[i, j]))
-             for i in present for j in labels if i != j and counts[i, j] > 0]
-    pairs.sort(key=lambda p: (-p[3], -p[2]))  # by faces: the ranking that defines the main confusion
+    cells = [(i, j) for i in present for j in labels if i != j and counts[i, j] > 0]
+    low, high = wilson_interval([counts[c] for c in cells], [support[i] for i, _ in cells])
+    pairs = pd.DataFrame({"true": [CLASS_NAMES[i] for i, _ in cells], "predicted": [CLASS_NAMES[j] for _, j in cells],
+                          "faces": [int(counts[c]) for c in cells], "rate": [float(rates[c]) for c in cells],
+                          "low": low, "high": high}).sort_values(["faces", "rate"], ascending=False, kind="stable")
     median = np.median(support[present]) if present else 0
-    rare = [CLASS_NAMES[i] for i in present if support[i] < rare_fraction * median]
     share = None
     if train_labels is not None and len(train_labels):
-        share = np.bincount(np.asarray(train_labels), minlength=len(CLASS_NAMES)) / len(train_labels)
-    return ConfusionFindings(counts, rates, report, float(np.mean(np.asarray(y_true) == np.asarray(y_pred))),
-                             [CLASS_NAMES[i] for i in by_recall], [CLASS_NAMES[i] for i in by_recall[::-1]], pairs,
-                             rare, share)
+        share = np.bincount(np.asarray(train_labels), minlength=k) / len(train_labels)
+    n, correct = int(support.sum()), int(np.trace(counts))
+    a_low, a_high = wilson_interval(correct, n)
+    return ConfusionFindings(
+        counts, rates, report, correct / max(n, 1), (float(a_low), float(a_high)), macro,
+        (float(f_low[k]), float(f_high[k])), [CLASS_NAMES[i] for i in by_recall],
+        [CLASS_NAMES[i] for i in by_recall[::-1]], pairs.reset_index(drop=True),
+        [CLASS_NAMES[i] for i in present if support[i] < rare_fraction * median], share)
 
 
 def misclassified(y_true: np.ndarray, y_pred: np.ndarray, true_name: str, pred_name: str, limit: int = 8) -> np.ndarray:
@@ -331,24 +212,7 @@ def misclassified(y_true: np.ndarray, y_pred: np.ndarray, true_name: str, pred_n
     return np.flatnonzero((np.asarray(y_true) == t) & (np.asarray(y_pred) == p))[:limit]
 
 
-# --------------------------------------------------------------------------------------------- Q3: calibration
-
-
-RELIABILITY_BINS = 15  # equal-width confidence bins, as calibration.expected_calibration_error uses
-
-
-def reliability_bins(probs: np.ndarray, labels: np.ndarray, bins: int = RELIABILITY_BINS):
-    """Per equal-width bin of the top probability: faces, mean confidence and accuracy (empty bins left out)."""
-    import pandas as pd
-
-    probs, labels = np.asarray(probs), np.asarray(labels)
-    conf, correct = probs.max(1), probs.argmax(1) == labels
-    edges = np.linspace(0, 1, bins + 1)
-    which = np.clip(np.digitize(conf, edges[1:-1]), 0, bins - 1)
-    rows = [{"low": edges[b], "high": edges[b + 1], "faces": int((which == b).sum()),
-             "confidence": float(conf[which == b].mean()), "accuracy": float(correct[which == b].mean())}
-            for b in range(bins) if (which == b).any()]
-    return pd.DataFrame(rows, columns=["low", "high", "faces", "confidence", "accuracy"])
+# --------------------------------------------------------------------------------------------- calibration
 
 
 @dataclass
@@ -360,33 +224,32 @@ class CalibrationFindings:
     mean_confidence: float  # before scaling
     accuracy: float
     faces: int
-    before: "object"  # reliability_bins before scaling
+    before: "object"  # calibration.reliability_table before scaling
     after: "object"  # ... after
+    bins: int  # equal-width confidence bins of the ECE and of the tables
 
-    def sentence(self) -> str:
-        direction = "over-confident" if self.mean_confidence > self.accuracy else "under-confident"
-        return (f"Before scaling, the model is {direction}: its mean top probability is {self.mean_confidence:.1%} "
-                f"against an accuracy of {self.accuracy:.1%} on {self.faces:,} validation faces, and the expected "
-                f"calibration error (ECE, {RELIABILITY_BINS} equal-width bins) is {self.ece_before:.1%}. Dividing the "
-                f"logits by one temperature, T = {self.temperature:.2f}, fitted on validation, brings it to "
-                f"{self.ece_after:.1%}; fitted on one half of the faces and measured on the other (so the faces that "
-                f"set T do not grade it) it is {self.ece_after_held_out:.1%}. Scaling changes no prediction. "
-                + self._verdict())
+    @property
+    def over_confident(self) -> bool:
+        return self.mean_confidence > self.accuracy
 
-    def _verdict(self) -> str:
-        gain = self.ece_before - self.ece_after_held_out
-        if abs(self.temperature - 1) < 0.05 or gain < 0.005:
-            return (f"With T this close to 1 the scaling makes no real difference (held out: {gain * 100:+.1f} "
-                    "points of ECE): the trained model's probabilities are already about as calibrated as one "
-                    "temperature can make them.")
-        return f"The scaling is a real improvement: {gain * 100:.1f} points less ECE on faces that did not set T."
+    @property
+    def scaling_helps(self) -> bool:
+        """Whether scaling is a real improvement: T not within 0.05 of 1 and at least half a point less ECE on
+        faces that did not set T."""
+        return abs(self.temperature - 1) >= 0.05 and self.ece_before - self.ece_after_held_out >= 0.005
 
 
 def calibration_findings(logits, labels, seed: int = 0) -> CalibrationFindings:
     """Temperature scaling on validation logits: ECE before, after, and after with T fitted on the other half."""
     import torch
 
-    from fer_lib.model.calibration import calibrate, expected_calibration_error, fit_temperature
+    from fer_lib.model.calibration import (
+        ECE_BINS,
+        calibrate,
+        expected_calibration_error,
+        fit_temperature,
+        reliability_table,
+    )
 
     logits = torch.as_tensor(logits, dtype=torch.float32)
     labels = np.asarray(labels)
@@ -396,18 +259,17 @@ def calibration_findings(logits, labels, seed: int = 0) -> CalibrationFindings:
     after = torch.softmax(logits / t, 1).numpy()
     halves = np.array_split(np.random.default_rng(seed).permutation(len(labels)), 2)
     held_out = []
-    for a, b in ((0, 1), (1, 0)):
-        fit, test = halves[a], halves[b]
+    for fit, test in ((halves[0], halves[1]), (halves[1], halves[0])):
         if len(fit) and len(test):
             t_half = fit_temperature(logits[fit], labels[fit])
             held_out.append(expected_calibration_error(torch.softmax(logits[test] / t_half, 1).numpy(), labels[test]))
     return CalibrationFindings(t, fitted["ece_before"], fitted["ece_after"],
                                float(np.mean(held_out)) if held_out else float("nan"),
                                float(before.max(1).mean()), float((before.argmax(1) == labels).mean()), len(labels),
-                               reliability_bins(before, labels), reliability_bins(after, labels))
+                               reliability_table(before, labels), reliability_table(after, labels), ECE_BINS)
 
 
-# --------------------------------------------------------------------------------------------- Q3: copies
+# --------------------------------------------------------------------------------------------- copies
 
 
 @dataclass
@@ -419,19 +281,29 @@ class CopyAccuracy:
     without_copy: int
     without_copy_correct: int
 
-    def sentence(self) -> str:
-        def part(k, n):
-            low, high = wilson_interval(k, n)
-            return f"{k / max(n, 1):.1%} of {n:,} (95% CI {float(low):.1%}-{float(high):.1%})"
+    @property
+    def accuracy_with(self) -> float:
+        return self.with_copy_correct / max(self.with_copy, 1)
 
-        tie = proportions_tie(self.with_copy_correct, self.with_copy, self.without_copy_correct, self.without_copy)
-        return (f"the model is right on {part(self.with_copy_correct, self.with_copy)} validation faces that have a "
-                f"copy in its training part, and on {part(self.without_copy_correct, self.without_copy)} without one"
-                + (": within noise of each other." if tie else "."))
+    @property
+    def accuracy_without(self) -> float:
+        return self.without_copy_correct / max(self.without_copy, 1)
+
+    @property
+    def interval_with(self) -> tuple[float, float]:
+        return tuple(float(x) for x in wilson_interval(self.with_copy_correct, self.with_copy))
+
+    @property
+    def interval_without(self) -> tuple[float, float]:
+        return tuple(float(x) for x in wilson_interval(self.without_copy_correct, self.without_copy))
+
+    @property
+    def tie(self) -> bool:
+        """Whether the two accuracies are within noise of each other (overlapping 95% intervals)."""
+        return wilson_overlap(self.with_copy_correct, self.with_copy, self.without_copy_correct, self.without_copy)
 
 
 def accuracy_by_copy(y_true: np.ndarray, y_pred: np.ndarray, has_copy: np.ndarray) -> CopyAccuracy:
     right, has_copy = np.asarray(y_true) == np.asarray(y_pred), np.asarray(has_copy, dtype=bool)
     return CopyAccuracy(int(has_copy.sum()), int((right & has_copy).sum()), int((~has_copy).sum()),
                         int((right & ~has_copy).sum()))
-

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from fer_lib import CLASS_NAMES
-from fer_lib.core.stats import proportions_tie, wilson_interval
+from fer_lib.core.stats import wilson_interval, wilson_overlap
 from fer_lib.data.layouts import DataError, Dataset, FaceSet
 
 # FER+ column for each of the 7 classes, by name
@@ -27,13 +27,7 @@ FERPLUS_COLUMNS = {"Angry": "anger", "Disgust": "disgust", "Fear": "fear", "Happ
 EXTRA_COLUMNS = ("contempt", "unknown", "NF")  # FER+ categories outside the 7 classes
 VOTE_NAMES = CLASS_NAMES + ("contempt", "unknown", "not a face")  # the columns of Votes.counts, in order
 MIN_VOTES = 3  # "at least 3 of 10 annotators chose it": a minority view too common to be a slip
-EXTRA_TREATMENT = ("FER+ also lets annotators answer contempt, unknown or NF (not a face). Those votes match none "
-                   "of the 7 classes: they are kept as annotators who chose none of them, so a face still needs "
-                   f"{MIN_VOTES} of all its annotators for a class, and the vote bars draw them as one 'other' bar.")
-
-
-NO_VOTES = ("No FER+ crowd votes for this dataset (they exist for FER2013's training faces only, read from a "
-            "`<training file>_ferplus.csv[.gz]` beside the training file), so the crowd evidence is left out.")
+MAJORITY = 0.5  # a face has a crowd majority label when more than this share of its annotators chose one class
 
 
 class VotesError(DataError):
@@ -143,15 +137,9 @@ def _share(k: int, n: int) -> float:
     return k / n if n else float("nan")
 
 
-def _interval(k: int, n: int) -> str:
-    if not n:
-        return "-"
+def _interval(k, n) -> tuple[float, float]:
     low, high = wilson_interval(k, n)
-    return f"{float(low):.0%}-{float(high):.0%}"
-
-
-def _interval_text(k: int, n: int) -> str:
-    return f"95% CI {_interval(k, n)}"
+    return float(low), float(high)
 
 
 @dataclass
@@ -177,35 +165,12 @@ class PairEvidence:
 
     @property
     def clearly_more(self) -> bool:
-        """Whether the crowd backs the error more often than it doubts correct answers, beyond noise."""
+        """Whether the crowd backs the error more often than it doubts correct answers, beyond noise (the 95%
+        intervals do not overlap)."""
         if not self.errors or not self.correct:
             return False
-        return self.share_errors > self.share_correct and not proportions_tie(
+        return self.share_errors > self.share_correct and not wilson_overlap(
             self.errors_backed, self.errors, self.correct_backed, self.correct)
-
-    def sentence(self) -> str:
-        if not self.errors:
-            return f"No {self.true} face was predicted as {self.predicted}."
-        text = (f"Of the {self.errors} {self.true} faces predicted as {self.predicted}, {self.errors_backed} "
-                f"({self.share_errors:.0%}, {_interval_text(self.errors_backed, self.errors)}) had at least "
-                f"{self.min_votes} of {self.annotators} FER+ annotators choosing {self.predicted}")
-        if not self.correct:
-            return text + f"; no {self.true} face was classified correctly to compare with."
-        text += (f", against {self.correct_backed} of the {self.correct} correctly classified {self.true} faces "
-                 f"({self.share_correct:.0%}, {_interval_text(self.correct_backed, self.correct)})")
-        if self.clearly_more:
-            return text + ": many of these errors are a disagreement people have too."
-        return text + ": not clearly more often, so the crowd does not explain these errors."
-
-    def short(self) -> str:
-        """One sentence for the answer."""
-        if not self.errors:
-            return ""
-        text = (f"On {self.share_errors:.0%} of those {self.errors} faces at least {self.min_votes} of "
-                f"{self.annotators} FER+ annotators also chose {self.predicted}")
-        if not self.correct:
-            return text + "."
-        return text + f", against {self.share_correct:.0%} of the correctly classified {self.true} faces."
 
 
 def pair_evidence(votes: np.ndarray, y_true: np.ndarray, y_pred: np.ndarray, true: str, predicted: str,
@@ -221,13 +186,17 @@ def pair_evidence(votes: np.ndarray, y_true: np.ndarray, y_pred: np.ndarray, tru
 
 
 def crowd_pairs_table(evidence: list[PairEvidence]):
-    """One row per confused pair: the crowd's support among the errors and among the correct faces."""
+    """One row per confused pair: the crowd's support among the errors and among the correct faces, with 95%
+    Wilson intervals (``_low``/``_high``) and ``clearly_more``."""
     import pandas as pd
 
-    rows = [{"true": e.true, "predicted": e.predicted, "errors": e.errors,
-             "errors with crowd support": e.share_errors, "errors 95% CI": _interval(e.errors_backed, e.errors),
-             "correct faces": e.correct, "correct with the same votes": e.share_correct,
-             "correct 95% CI": _interval(e.correct_backed, e.correct)} for e in evidence]
+    rows = []
+    for e in evidence:
+        (el, eh), (cl, ch) = _interval(e.errors_backed, e.errors), _interval(e.correct_backed, e.correct)
+        rows.append({"true": e.true, "predicted": e.predicted, "errors": e.errors, "errors_backed": e.share_errors,
+                     "errors_backed_low": el, "errors_backed_high": eh, "correct": e.correct,
+                     "correct_backed": e.share_correct, "correct_backed_low": cl, "correct_backed_high": ch,
+                     "clearly_more": e.clearly_more})
     return pd.DataFrame(rows)
 
 
@@ -241,6 +210,9 @@ class CrowdSummary:
     errors_backed: int  # errors on which at least `min_votes` annotators chose the model's answer
     correct: int
     correct_split: int  # correct faces on which at least `min_votes` annotators chose one other class
+    majority_faces: int  # faces on which more than half of the annotators chose one of the 7 classes
+    majority_label_agrees: int  # ... whose FER2013 label is that majority class
+    majority_model_agrees: int  # ... on which the model predicts that majority class
     min_votes: int = MIN_VOTES
     annotators: int = 10
 
@@ -249,41 +221,43 @@ class CrowdSummary:
         import pandas as pd
 
         low, high = wilson_interval(self.plurality_agrees, self.faces)
-        return pd.DataFrame({"validation faces": self.faces,
-                             "crowd's top choice = label": self.plurality_agrees / np.maximum(self.faces, 1),
-                             "95% CI": [_interval(k, n) for k, n in zip(self.plurality_agrees, self.faces)]},
-                            index=list(CLASS_NAMES))
+        return pd.DataFrame({"faces": self.faces, "agreement": self.plurality_agrees / np.maximum(self.faces, 1),
+                             "low": low, "high": high}, index=list(CLASS_NAMES))
 
     @property
     def agreement(self) -> float:
         """Share of the faces whose FER2013 label is (one of) the crowd's most-voted of the 7 classes."""
         return _share(int(self.plurality_agrees.sum()), int(self.faces.sum()))
 
-    def human_reference(self, model_accuracy: float) -> str:
-        """The crowd's agreement with the FER2013 label set beside the model's accuracy on the same faces."""
-        total, agree = int(self.faces.sum()), int(self.plurality_agrees.sum())
-        return (f"As a human reference: the FER+ crowd's most-voted class is the FER2013 label on {self.agreement:.0%} "
-                f"of these {total:,} validation faces ({_interval_text(agree, total)}; a tie for the top counts as "
-                f"agreement), and the model's prediction matches the FER2013 label on {model_accuracy:.1%}.")
+    @property
+    def agreement_interval(self) -> tuple[float, float]:
+        return _interval(int(self.plurality_agrees.sum()), int(self.faces.sum()))
 
-    def sentences(self) -> list[str]:
-        total, agree = int(self.faces.sum()), int(self.plurality_agrees.sum())
-        share = self.plurality_agrees / np.maximum(self.faces, 1)
-        present = [i for i in range(len(CLASS_NAMES)) if self.faces[i]]
-        low_i, high_i = min(present, key=lambda i: share[i]), max(present, key=lambda i: share[i])
-        lines = [f"The crowd's most-voted class (of the 7) is the FER2013 label on {agree:,} of {total:,} validation "
-                 f"faces ({_share(agree, total):.0%}, {_interval_text(agree, total)}); on the rest more annotators "
-                 f"chose another class than the label. Agreement is lowest for {CLASS_NAMES[low_i]} "
-                 f"({share[low_i]:.0%} of {self.faces[low_i]} faces) and highest for {CLASS_NAMES[high_i]} "
-                 f"({share[high_i]:.0%})."]
-        if self.errors:
-            lines.append(
-                f"Across all {self.errors:,} misclassified faces, {self.errors_backed:,} "
-                f"({_share(self.errors_backed, self.errors):.0%}, {_interval_text(self.errors_backed, self.errors)}) "
-                f"had at least {self.min_votes} of {self.annotators} annotators choosing the model's answer; among "
-                f"the {self.correct:,} correctly classified faces, {_share(self.correct_split, self.correct):.0%} had "
-                f"at least {self.min_votes} annotators choosing one other class.")
-        return lines
+    @property
+    def majority_label_share(self) -> float:
+        """On the faces with a crowd majority: how often the FER2013 label is that majority (label sets agree)."""
+        return _share(self.majority_label_agrees, self.majority_faces)
+
+    @property
+    def majority_label_interval(self) -> tuple[float, float]:
+        return _interval(self.majority_label_agrees, self.majority_faces)
+
+    @property
+    def majority_accuracy(self) -> float:
+        """The model's accuracy against the crowd's majority label, on the faces that have one."""
+        return _share(self.majority_model_agrees, self.majority_faces)
+
+    @property
+    def majority_accuracy_interval(self) -> tuple[float, float]:
+        return _interval(self.majority_model_agrees, self.majority_faces)
+
+    @property
+    def errors_backed_share(self) -> float:
+        return _share(self.errors_backed, self.errors)
+
+    @property
+    def correct_split_share(self) -> float:
+        return _share(self.correct_split, self.correct)
 
 
 def crowd_summary(votes: np.ndarray, y_true: np.ndarray, y_pred: np.ndarray, min_votes: int = MIN_VOTES,
@@ -299,9 +273,12 @@ def crowd_summary(votes: np.ndarray, y_true: np.ndarray, y_pred: np.ndarray, min
     others = seven.copy()
     others[rows, y_true] = 0
     split = others.max(1) >= min_votes
+    majority = seven.max(1) > MAJORITY * votes.sum(1)  # more than half of all its annotators: at most one class
+    top = seven.argmax(1)
     return CrowdSummary(np.bincount(y_true, minlength=n_classes), np.bincount(y_true[agrees], minlength=n_classes),
                         int(wrong.sum()), int((wrong & backed).sum()), int((~wrong).sum()),
-                        int((~wrong & split).sum()), min_votes, annotators)
+                        int((~wrong & split).sum()), int(majority.sum()), int((majority & (top == y_true)).sum()),
+                        int((majority & (top == y_pred)).sum()), min_votes, annotators)
 
 
 @dataclass
@@ -328,11 +305,3 @@ def crowd_evidence(votes: Votes | None, faces: FaceSet, y_pred: np.ndarray, pair
     return CrowdEvidence(v, crowd_summary(v, faces.labels, y_pred, min_votes, n),
                          [pair_evidence(v, faces.labels, y_pred, t, p, min_votes, n) for t, p in pairs],
                          votes.file.name)
-
-
-def crowd_answer(crowd: CrowdEvidence | None, pair: tuple[str, str] | None) -> str:
-    """The FER+ sentence of the Q3 answer for ``pair`` (the main confusion), or why there is none."""
-    if crowd is None:
-        return "(No FER+ crowd votes for this dataset, so the answer has no crowd evidence.)"
-    evidence = crowd.pair(*pair) if pair else None
-    return evidence.short() if evidence else ""

@@ -1,5 +1,6 @@
-"""Q4: attributions (Captum) with respect to the grey face, where they fall among each face's own landmark
-regions against controls, whether they are faithful (deletion and insertion), and the Adebayo et al. sanity check.
+"""Q4: attributions (Captum) with respect to the grey face, the Adebayo et al. randomisation check on every explained
+face, where the maps fall among each face's landmark regions against the randomised network on the same faces, and
+whether they are faithful (deletion and insertion).
 
 Every method explains the grey 48x48 face the model sees before resizing and ImageNet normalisation (the three
 normalised channels differ, so a map per channel would be three different maps): it returns maps (B, 48, 48) in
@@ -26,29 +27,26 @@ import torch
 from torch import nn
 
 from fer_lib import CLASS_NAMES
-from fer_lib.data.regions import (
-    LANDMARK_REGIONS,
-    REGION_LABELS,
-    region_area,
-    region_shares,
-)
+from fer_lib.data.regions import FEATURES, LANDMARK_REGIONS, region_area, region_shares
 
 if TYPE_CHECKING:
     import pandas as pd
 
-SMOOTHGRAD_SAMPLES = 8  # noisy copies averaged per face (Smilkov et al. used up to 50; 8 keeps the page fast)
+SMOOTHGRAD_SAMPLES = 50  # noisy copies averaged per face (Smilkov et al. 2017 use 50; fewer leave speckle)
 SMOOTHGRAD_NOISE = 0.15  # noise std on the [0, 1] grey scale (Smilkov et al. suggest 10-20% of the range)
-IG_STEPS = 16  # Riemann steps along the path from the black face
+IG_STEPS = 64  # steps along the path from the black face (Captum's Gauss-Legendre rule)
 GRADCAM_LAYER = "layer3"  # layer4's map is the coarsest (2x2 at 48 px input); layer3 still separates eyes from mouth
+COSTLY = ("SmoothGrad", "Integrated Gradients")  # 50 and 64 backward passes per face: they explain fewer faces
+FACES_PER_CLASS = 30  # correctly classified validation faces per class explained by the one-pass methods
+COSTLY_PER_CLASS = 1  # of those, faces per class the costly methods explain (the cascade runs every method 7 times)
+FAITHFULNESS_FACES = 64  # faces behind the deletion and insertion curves of the one-pass methods
 SANITY_THRESHOLD = 0.5  # a method whose maps still correlate above this once layer3 is random is flagged
-FACES_PER_CLASS = 30  # correctly classified validation faces per class behind the region findings
-FAITHFULNESS_FACES = 64  # of those, faces behind the deletion and insertion curves
+FLAG_STAGE = "layer3"  # the cascade step at which the threshold is read (fc, layer4 and layer3 random)
 BOOTSTRAP = 2000  # resamples of the faces behind every 95% interval
-MIN_FACES = 5  # a class with fewer faces gets no region verdict
+MIN_FACES = 5  # a class with fewer faces (with landmarks) gets no per-class rows
 # deletion / insertion: shares of the 48x48 pixels removed (or revealed), denser where the curves move most
 FRACTIONS = (0.0, 0.02, 0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.7, 1.0)
 BLUR_SIGMA = 3.0  # px: a removed pixel takes its value from the face blurred this much (edges gone, shading kept)
-FRAME = 48
 
 
 def model_device(model: nn.Module) -> torch.device:
@@ -66,9 +64,6 @@ def quiet_captum_import():
         yield
 
 
-_quiet_captum_import = quiet_captum_import  # the name Q5 imports today
-
-
 @contextmanager
 def seeded(device: torch.device | str, seed: int):
     """Seed the CPU generator (and ``device``'s, if CUDA) inside the block; restore them afterwards."""
@@ -79,18 +74,6 @@ def seeded(device: torch.device | str, seed: int):
         for i in cuda:
             torch.cuda.default_generators[i].manual_seed(seed)
         yield
-
-
-def map_sizes(model: nn.Module, layers, input_size: int) -> dict[str, tuple[int, int]]:
-    """{layer: (h, w)} of each layer's output map for a (1, 3, input_size, input_size) input."""
-    twin = copy.deepcopy(model).eval()  # hooks go on a private copy
-    sizes: dict[str, tuple[int, int]] = {}
-    for name in layers:
-        twin.get_submodule(name).register_forward_hook(
-            lambda m, i, o, name=name: sizes.__setitem__(name, tuple(o.shape[-2:])))
-    with torch.no_grad():
-        twin(torch.zeros(1, 3, input_size, input_size, device=model_device(model)))
-    return sizes
 
 
 def _block_forward(self, x):
@@ -232,27 +215,12 @@ def attribution_maps(model: nn.Module, faces, target, input_size: int = 48, meth
     return {name: fn(model, faces, target, input_size) for name, fn in (methods or METHODS).items()}
 
 
-def method_notes(model: nn.Module, input_size: int) -> str:
-    """The methods' settings as Markdown bullets, with the numbers this run uses (map sizes measured)."""
-    sizes = map_sizes(model, [GRADCAM_LAYER, "layer4"], input_size)
-    cam, top = ("x".join(map(str, sizes[n])) for n in (GRADCAM_LAYER, "layer4"))
-    return "\n".join([
-        (f"- **SmoothGrad** (Smilkov et al. 2017): saliency averaged over {SMOOTHGRAD_SAMPLES} copies of the face "
-         f"with Gaussian noise (standard deviation {SMOOTHGRAD_NOISE:.0%} of the grey range), which removes much "
-         "of the gradient's pixel-level noise;"),
-        (f"- **Integrated Gradients** (Sundararajan et al. 2017): gradients integrated in {IG_STEPS} steps along a "
-         "straight path from a black face;"),
-        (f"- **Grad-CAM** (Selvaraju et al. 2017) on the third residual stage (`{GRADCAM_LAYER}`), whose map is "
-         f"{cam} at this run's {input_size}x{input_size} input (the last stage's is {top}), upsampled to the face;"),
-        ("- **guided backpropagation** (Springenberg et al. 2015): gradients with negative signals stopped at every "
-         "ReLU on the way back."),
-    ])
-
 
 def explained_faces(probs: np.ndarray, labels: np.ndarray, per_class: int = FACES_PER_CLASS, seed: int = 0
                     ) -> np.ndarray:
     """Indices of up to ``per_class`` correctly classified faces per class, drawn at random (seeded), ordered by
-    class: a sample that is neither the model's surest faces nor its hardest."""
+    class: a sample that is neither the model's surest faces nor its hardest. With the same seed, a smaller
+    ``per_class`` draws a subset of a larger one's faces."""
     rng = np.random.default_rng(seed)
     correct = probs.argmax(1) == labels
     chosen = [np.sort(rng.permutation(np.flatnonzero(correct & (labels == c)))[:per_class])
@@ -276,19 +244,11 @@ def rank_correlation(a: np.ndarray, b: np.ndarray) -> np.ndarray:
         return np.where(den > 0, (ra * rb).sum(1) / den, np.nan)
 
 
-# ------------------------------------------------------------------------------------------ intervals
-
-
 def _interval(samples: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """The 95% percentile interval of bootstrap samples along axis 0."""
     with warnings.catch_warnings():  # a column that is nan in every resample stays nan
         warnings.simplefilter("ignore", RuntimeWarning)
         return np.nanpercentile(samples, 2.5, axis=0), np.nanpercentile(samples, 97.5, axis=0)
-
-
-def verdict(low: float, high: float) -> str:
-    """"more" / "less" when the 95% interval of a difference excludes 0, else "no clear difference"."""
-    return "more" if low > 0 else "less" if high < 0 else "no clear difference"
 
 
 def _nanmean(x: np.ndarray, axis: int) -> np.ndarray:
@@ -297,19 +257,94 @@ def _nanmean(x: np.ndarray, axis: int) -> np.ndarray:
         return np.nanmean(x, axis=axis)
 
 
-def _pp(x: float) -> str:
-    return f"{x * 100:+.1f}"
+def _sign(low, high) -> np.ndarray:
+    """+1 where a difference's 95% interval lies above 0, -1 below, 0 where it holds 0 (no clear difference)."""
+    return np.where(np.asarray(low) > 0, 1, np.where(np.asarray(high) < 0, -1, 0))
 
 
-def _capital(text: str) -> str:
-    """The text with its first letter upper-case (a method's name may open a sentence)."""
-    return text[:1].upper() + text[1:]
+# ------------------------------------------------------------------------------------------ sanity check
+
+RANDOMIZATION_ORDER = [("fc", ("fc",)), ("layer4", ("layer4",)), ("layer3", ("layer3",)), ("layer2", ("layer2",)),
+                       ("layer1", ("layer1",)), ("stem", ("conv1", "bn1"))]
 
 
-def _names(items: list[str]) -> str:
-    """'a', 'a and b', 'a, b and c'."""
-    items = list(items)
-    return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
+def _reinitialise(model: nn.Module, names: tuple[str, ...]) -> None:
+    for name in names:
+        for module in model.get_submodule(name).modules():
+            if hasattr(module, "reset_parameters"):
+                module.reset_parameters()
+            if isinstance(module, nn.BatchNorm2d):
+                module.reset_running_stats()
+
+
+def randomised_copy(model: nn.Module, seed: int = 0) -> nn.Module:
+    """An eval-mode copy with every layer re-initialised, top down, from a private generator seeded with ``seed``:
+    the network of the sanity check's last step (the control that keeps the architecture, not what it learned)."""
+    twin = copy.deepcopy(model).eval()
+    with seeded(model_device(model), seed):
+        for _, names in RANDOMIZATION_ORDER:
+            _reinitialise(twin, names)
+    return twin
+
+
+@dataclass
+class Explained:
+    """Every method's maps of the explained faces, on the trained network and down the randomisation cascade."""
+
+    faces: dict[str, np.ndarray]  # method -> indices (into the faces given) of the faces it explains
+    maps: dict[str, np.ndarray]  # method -> (n, 48, 48) the trained network's maps of those faces
+    random_maps: dict[str, np.ndarray]  # method -> (n, 48, 48) the fully randomised network's maps (the last step)
+    rho: dict[str, np.ndarray]  # method -> (steps, n) Spearman correlation with the trained maps after each step
+    stages: list[str]  # the cascade's steps: "randomised down to" fc, layer4, ... stem
+
+
+def explain(model: nn.Module, faces, target, input_size: int = 48, methods: dict | None = None,
+            subsets: dict[str, np.ndarray] | None = None, seed: int = 0) -> Explained:
+    """Maps of every method on the trained model, then Adebayo et al.'s (2018) cascading randomisation: layers are
+    re-initialised from the top down, one stage at a time, and every face's maps are compared with the trained
+    model's (Spearman rank correlation). ``subsets`` names, per method, the faces it explains (default: all).
+
+    The new weights come from a private generator state seeded with ``seed`` (the global one is untouched); the
+    last step's network is :func:`randomised_copy` with the same seed, and its maps are the region control.
+    """
+    methods = methods or METHODS
+    faces, target = np.asarray(faces), np.asarray(target)
+    idx = {m: np.asarray((subsets or {}).get(m, np.arange(len(faces))), dtype=np.int64) for m in methods}
+    maps = {m: fn(model, faces[idx[m]], target[idx[m]], input_size) for m, fn in methods.items()}
+    rho: dict[str, list[np.ndarray]] = {m: [] for m in methods}
+    current: dict[str, np.ndarray] = {}
+    randomized = copy.deepcopy(model).eval()
+    with seeded(model_device(model), seed):
+        for _, names in RANDOMIZATION_ORDER:
+            _reinitialise(randomized, names)
+            for m, fn in methods.items():
+                current[m] = fn(randomized, faces[idx[m]], target[idx[m]], input_size)
+                rho[m].append(rank_correlation(maps[m], current[m]))
+    return Explained(idx, maps, current, {m: np.stack(r) for m, r in rho.items()},
+                     [stage for stage, _ in RANDOMIZATION_ORDER])
+
+
+def sanity_table(explained: Explained, n_boot: int = BOOTSTRAP, seed: int = 0) -> pd.DataFrame:
+    """Index (method, step): the mean rank correlation with the trained maps over the method's faces ("rho"),
+    its 95% bootstrap interval over faces ("low", "high") and the number of faces."""
+    import pandas as pd
+
+    rng = np.random.default_rng(seed)
+    rows = {}
+    for m, rho in explained.rho.items():
+        n = rho.shape[1]
+        low, high = _interval(_nanmean(rho[:, rng.integers(0, n, (n_boot, n))], 2).T)  # (steps,) each
+        for s, stage in enumerate(explained.stages):
+            rows[(m, stage)] = {"rho": float(_nanmean(rho[s], 0)), "low": low[s], "high": high[s], "faces": n}
+    table = pd.DataFrame(rows).T.astype({"rho": float, "low": float, "high": float, "faces": int})
+    table.index.names = ["method", "randomised down to"]
+    return table
+
+
+def insensitive_methods(table: pd.DataFrame, threshold: float = SANITY_THRESHOLD, stage: str = FLAG_STAGE
+                        ) -> list[str]:
+    """Methods whose mean correlation is still above ``threshold`` once the layers down to ``stage`` are random."""
+    return [m for m in dict.fromkeys(table.index.get_level_values(0)) if table.loc[(m, stage), "rho"] > threshold]
 
 
 # ------------------------------------------------------------------------------------------ region findings
@@ -317,156 +352,117 @@ def _names(items: list[str]) -> str:
 
 @dataclass
 class RegionFindings:
-    """Where each method's maps fall among each face's landmark regions, against two controls that carry the same
-    centre bias: the same method on a randomly initialised network, and the mean over all classes.
+    """Where each method's maps fall among each face's landmark regions, against the same method on the fully
+    randomised network on the same faces (same architecture, input and centre bias, nothing learned). Only faces
+    whose landmarks the detector found count.
 
-    Shares are fractions of a map's mass (0.05 = 5 percentage points); low / high bound the 95% bootstrap interval
-    over faces of the difference; verdict is "more", "less" or "no clear difference".
+    Shares are fractions of a map's mass (0.05 = 5 percentage points); low / high bound 95% bootstrap intervals over
+    faces; sign is +1 / -1 where the interval lies above / below 0, else 0 (no clear difference).
     """
 
-    vs_random: pd.DataFrame  # index (method, region): trained, randomised, difference, low, high, verdict
-    vs_classes: pd.DataFrame  # index (class, method, region): share, all_classes, excess, low, high, verdict
+    vs_random: pd.DataFrame  # (method, region): trained, randomised, difference, low, high, sign, faces
+    by_class: pd.DataFrame  # (class, method, region): trained, randomised, difference, low, high, sign, faces,
+    # and excess (the class's difference minus the mean difference of all classes), excess_low, excess_high
     area: dict[str, float]  # region -> mean share of the frame it covers
-    faces: dict[str, int]  # class -> faces (classes with fewer than MIN_FACES have no rows in vs_classes)
+    faces: dict[str, int]  # class -> explained faces with landmarks (the ones that count)
     methods: list[str]
-    voters: list[str]  # the methods that pass the sanity check: only they count in the summary
+    voters: list[str]  # the methods that pass the sanity check: only they count in consensus()
 
-    def _consensus(self, verdicts: dict[str, str]) -> str | None:
-        """"more" / "less" when more than half of the voters say it and none says the opposite, else None."""
-        said = [verdicts[m] for m in self.voters if m in verdicts]
-        for word, other in (("more", "less"), ("less", "more")):
-            if said.count(word) > len(self.voters) / 2 and other not in said:
-                return word
-        return None
+    def consensus(self, table: pd.DataFrame | None = None) -> pd.Series:
+        """+1 / -1 for the rows (all index levels but the method) where more than half of the voters with rows
+        find the difference in that direction and none the other; 0 otherwise."""
+        table = self.vs_random if table is None else table
+        signs = table["sign"][table.index.get_level_values("method").isin(self.voters)]
+        keys = [n for n in table.index.names if n != "method"]
 
-    def random_consensus(self) -> dict[str, str | None]:
-        """region -> "more" / "less" / None: the voters' verdict on trained vs randomised network."""
-        return {r: self._consensus(self.vs_random.xs(r, level=1)["verdict"].to_dict()) for r in LANDMARK_REGIONS}
+        def agree(s):
+            up, down = (s > 0).sum(), (s < 0).sum()
+            return 1 if up > len(s) / 2 and not down else -1 if down > len(s) / 2 and not up else 0
 
-    def class_consensus(self) -> dict[str, dict[str, str]]:
-        """class -> {region: "more" / "less"} for the regions where the voters agree against the all-class mean."""
-        out = {}
-        for cls in dict.fromkeys(self.vs_classes.index.get_level_values(0)):
-            rows = self.vs_classes.xs(cls, level=0)
-            found = {r: self._consensus(rows.xs(r, level=1)["verdict"].to_dict()) for r in LANDMARK_REGIONS}
-            out[cls] = {r: v for r, v in found.items() if v}
-        return out
+        if not len(signs):
+            return signs.astype(int)
+        return signs.groupby(level=keys, sort=False).agg(agree)
 
-    def _agreeing(self, rows, word: str) -> list[float]:
-        values = rows["difference" if "difference" in rows else "excess"]
-        return sorted(float(v) for v, w in zip(values, rows["verdict"]) if w == word)
+    def class_effects(self) -> pd.DataFrame:
+        """The per-class effects beyond the randomised network on the four features (brows, eyes, nose, mouth)
+        that the voters agree on, strongest first; each with the numbers of the agreeing method whose interval lies
+        farthest from 0 ("method", "difference", "low", "high", "excess", ...) and "agree" (methods agreeing) of
+        "voting" (voters with rows)."""
+        import pandas as pd
 
-    def random_sentence(self) -> str:
-        """What the trained network's maps do beyond a randomised network's, by the voters' consensus."""
-        found = self.random_consensus()
-        parts = []
-        for word in ("more", "less"):
-            regions = [r for r, v in found.items() if v == word]
-            if regions:
-                bits = []
-                for r in regions:
-                    values = self._agreeing(self.vs_random.xs(r, level=1).loc[self.voters], word)
-                    bits.append(f"the {REGION_LABELS[r]} ({_spread(values)})")
-                parts.append(f"{word} of their mass on {_names(bits)}")
-        unclear = [REGION_LABELS[r] for r, v in found.items() if v is None]
-        voters = f"the {len(self.voters)} methods that pass the sanity check"
-        text = ("Against the same method on a randomly initialised network, which carries the same centre bias, "
-                + (f"most of {voters} (and none of them the other way) put " + "; ".join(parts) if parts else
-                   f"{voters} put no region clearly more or less of their mass"))
-        if parts and unclear:
-            text += f" (no clear difference for the {_names(unclear)})"
-        return text + "."
-
-    def class_sentence(self) -> str:
-        """Which regions set each class apart from the mean over all classes, by the voters' consensus."""
-        found = self.class_consensus()
-        clear, unclear = [], []
-        for cls, regions in found.items():
-            if not regions:
-                unclear.append(cls)
+        found = self.consensus(self.by_class)
+        rows = []
+        for (cls, region), sign in found.items():
+            if not sign or region not in FEATURES:
                 continue
-            rows = self.vs_classes.xs(cls, level=0)
-            parts = []
-            for word in ("more", "less"):
-                bits = [f"the {REGION_LABELS[r]} ({_spread(self._agreeing(rows.xs(r, level=1).loc[self.voters], w))})"
-                        for r, w in regions.items() if w == word]
-                if bits:
-                    parts.append(f"{word} on {_names(bits)}")
-            clear.append(f"{cls}'s maps hold " + " and ".join(parts))
-        few = [c for c in self.faces if c not in found] + [c for c in CLASS_NAMES if c not in self.faces]
-        text = ("Against the mean map of all classes, " + "; ".join(clear) if clear else
-                "Against the mean map of all classes, no class puts clearly more or less of its mass on any region")
-        if unclear:
-            text += f"; no clear difference for {_names(unclear)}"
-        if few:
-            text += f" ({_names(few)}: fewer than {MIN_FACES} correctly classified faces, no verdict)"
-        return text + "."
+            cells = self.by_class.xs((cls, region), level=("class", "region"))
+            cells = cells[cells.index.isin(self.voters)]
+            agreeing = cells[cells["sign"] == sign]
+            strength = np.minimum(agreeing["low"].abs(), agreeing["high"].abs())
+            best = strength.idxmax()
+            rows.append({"class": cls, "region": region, "method": best, **agreeing.loc[best].to_dict(),
+                         "strength": float(strength.max()), "agree": len(agreeing), "voting": len(cells)})
+        columns = ["class", "region", "method", *self.by_class.columns, "strength", "agree", "voting"]
+        out = pd.DataFrame(rows, columns=columns)
+        return out.sort_values("strength", ascending=False, ignore_index=True)
 
 
-def _spread(values: list[float]) -> str:
-    """'+4.1 pp' or '+4.1 to +6.0 pp by method' for the mean differences of the methods that agree."""
-    low, high = _pp(values[0]), _pp(values[-1])
-    return f"{low} pp" if low == high else f"{low} to {high} pp by method"
-
-
-def region_findings(maps: dict[str, np.ndarray], random_maps: dict[str, np.ndarray], regions: dict[str, np.ndarray],
-                    labels: np.ndarray, flagged=(), n_boot: int = BOOTSTRAP, seed: int = 0) -> RegionFindings:
-    """Findings from every method's maps (N, H, W) of the trained and the randomised network on the same faces,
-    their per-face regions ({region: (N, H, W)}) and class labels (N,); ``flagged`` methods do not vote."""
+def region_findings(explained: Explained, regions: dict[str, np.ndarray], labels: np.ndarray, found: np.ndarray,
+                    flagged=(), n_boot: int = BOOTSTRAP, seed: int = 0) -> RegionFindings:
+    """Findings from :func:`explain`'s maps, the regions of every face given to it ({region: (N, H, W)}), their class
+    labels (N,) and whether the detector found each face's landmarks (N,); faces without them are left out, and
+    ``flagged`` methods do not vote."""
     import pandas as pd
 
-    labels = np.asarray(labels)
-    methods = list(maps)
+    labels, found = np.asarray(labels), np.asarray(found, dtype=bool)
     rng = np.random.default_rng(seed)
-    n = len(labels)
-    paired = rng.integers(0, n, (n_boot, n))  # one resampling of the faces for every method and region
-    counts = {CLASS_NAMES[c]: int((labels == c).sum()) for c in np.unique(labels)}
-    kept = [c for c in np.unique(labels) if (labels == c).sum() >= MIN_FACES]
-    within = {c: np.flatnonzero(labels == c)[rng.integers(0, (labels == c).sum(), (n_boot, (labels == c).sum()))]
-              for c in kept}  # stratified: resample each class's faces within the class
     random_rows, class_rows = {}, {}
-    for m in methods:
-        trained = np.stack([region_shares(maps[m], regions)[r] for r in LANDMARK_REGIONS], 1)  # (N, R)
-        randomised = np.stack([region_shares(random_maps[m], regions)[r] for r in LANDMARK_REGIONS], 1)
+    for m, idx in explained.faces.items():
+        keep = found[idx]
+        y = labels[idx][keep]
+        shares = [np.stack([region_shares(v[keep], {r: regions[r][idx][keep] for r in LANDMARK_REGIONS})[r]
+                            for r in LANDMARK_REGIONS], 1) for v in (explained.maps[m], explained.random_maps[m])]
+        trained, randomised = shares  # (n, R) each
         diff = trained - randomised
-        low, high = _interval(_nanmean(diff[paired], 1))
-        mean_t, mean_r, mean_d = _nanmean(trained, 0), _nanmean(randomised, 0), _nanmean(diff, 0)
+        n = len(y)
+        counted = np.isfinite(diff).all(1)  # an all-zero map (Grad-CAM's ReLU can give one) has no shares
+        low, high = _interval(_nanmean(diff[rng.integers(0, n, (n_boot, n))], 1)) if n else (np.full(6, np.nan),) * 2
         for j, r in enumerate(LANDMARK_REGIONS):
-            random_rows[(m, r)] = {"trained": mean_t[j], "randomised": mean_r[j], "difference": mean_d[j],
-                                   "low": low[j], "high": high[j], "verdict": verdict(low[j], high[j])}
+            random_rows[(m, r)] = {"trained": _nanmean(trained[:, j], 0), "randomised": _nanmean(randomised[:, j], 0),
+                                   "difference": _nanmean(diff[:, j], 0), "low": low[j], "high": high[j],
+                                   "faces": int(counted.sum())}
+        kept = [c for c in np.unique(y) if (y == c).sum() >= MIN_FACES]
         if not kept:
             continue
-        means = {c: _nanmean(trained[labels == c], 0) for c in kept}  # (R,) per class
-        boot = {c: _nanmean(trained[within[c]], 1) for c in kept}  # (n_boot, R) per class
-        baseline, boot_baseline = np.mean(list(means.values()), 0), np.mean(list(boot.values()), 0)
+        # stratified: resample each class's faces within the class; the all-class mean weighs classes equally
+        boot = {c: _nanmean(diff[np.flatnonzero(y == c)[rng.integers(0, (y == c).sum(), (n_boot, (y == c).sum()))]],
+                            1) for c in kept}  # (n_boot, R)
+        mean_boot = np.mean(list(boot.values()), 0)
+        means = {c: _nanmean(diff[y == c], 0) for c in kept}
+        mean_all = np.mean(list(means.values()), 0)
         for c in kept:
-            low, high = _interval(boot[c] - boot_baseline)
+            low, high = _interval(boot[c])
+            e_low, e_high = _interval(boot[c] - mean_boot)
+            t, z = _nanmean(trained[y == c], 0), _nanmean(randomised[y == c], 0)
             for j, r in enumerate(LANDMARK_REGIONS):
                 class_rows[(CLASS_NAMES[c], m, r)] = {
-                    "share": means[c][j], "all_classes": baseline[j], "excess": means[c][j] - baseline[j],
-                    "low": low[j], "high": high[j], "verdict": verdict(low[j], high[j])}
-    vs_random = pd.DataFrame(random_rows).T
-    vs_random.index.names = ["method", "region"]
-    columns = ["share", "all_classes", "excess", "low", "high", "verdict"]
-    vs_classes = pd.DataFrame(class_rows).T if class_rows else pd.DataFrame(columns=columns)
-    if class_rows:
-        vs_classes.index.names = ["class", "method", "region"]
-    for table in (vs_random, vs_classes):
-        for col in table.columns:
-            if col != "verdict":
-                table[col] = table[col].astype(float)
-    area = {r: float(np.mean(v)) for r, v in region_area(regions).items()}
-    return RegionFindings(vs_random, vs_classes, area, counts, methods, [m for m in methods if m not in set(flagged)])
-
-
-def random_table(findings: RegionFindings):
-    """Regions x methods: 'trained - randomised share in pp [95% interval]', for display."""
-    t = findings.vs_random
-    cells = {m: {REGION_LABELS[r]: f"{_pp(t.loc[(m, r), 'difference'])} [{_pp(t.loc[(m, r), 'low'])}, "
-                 f"{_pp(t.loc[(m, r), 'high'])}]" for r in LANDMARK_REGIONS} for m in findings.methods}
-    import pandas as pd
-
-    return pd.DataFrame(cells)
+                    "trained": t[j], "randomised": z[j], "difference": means[c][j], "low": low[j], "high": high[j],
+                    "faces": int(counted[y == c].sum()), "excess": means[c][j] - mean_all[j], "excess_low": e_low[j],
+                    "excess_high": e_high[j]}
+    tables = []
+    for rows, names in ((random_rows, ["method", "region"]), (class_rows, ["class", "method", "region"])):
+        table = pd.DataFrame(rows).T if rows else pd.DataFrame(
+            columns=["trained", "randomised", "difference", "low", "high", "faces"],
+            index=pd.MultiIndex.from_arrays([[]] * len(names)))
+        table = table.astype(float).astype({"faces": int})
+        table.index.names = names
+        table.insert(table.columns.get_loc("high") + 1, "sign", _sign(table["low"], table["high"]).astype(int))
+        tables.append(table)
+    area = {r: float(np.mean(a)) if len(a) else np.nan
+            for r, a in region_area({r: regions[r][found] for r in LANDMARK_REGIONS}).items()}
+    faces = {CLASS_NAMES[c]: int((labels[found] == c).sum()) for c in np.unique(labels[found])}
+    methods = list(explained.faces)
+    return RegionFindings(tables[0], tables[1], area, faces, methods, [m for m in methods if m not in set(flagged)])
 
 
 # ------------------------------------------------------------------------------------------ faithfulness
@@ -497,172 +493,54 @@ class Faithfulness:
     (replaced by the blurred face) or revealed (on the blurred face) in attribution order, and in a random order."""
 
     fractions: np.ndarray  # (F,) shares of the pixels removed / revealed
-    curves: dict[str, dict[str, np.ndarray]]  # "deletion" / "insertion" -> order ("random" too) -> (N, F)
-    table: pd.DataFrame  # index method: AUCs and gains over the random order, with 95% intervals
-    methods: list[str]
-
-    def faithful(self) -> dict[str, list[str]]:
-        """"both" / "deletion" / "insertion" / "neither" -> methods: where the gain's interval lies above 0."""
-        out: dict[str, list[str]] = {k: [] for k in ("both", "deletion", "insertion", "neither")}
-        for m in self.methods:
-            d, i = self.table.loc[m, "deletion gain low"] > 0, self.table.loc[m, "insertion gain low"] > 0
-            out["both" if d and i else "deletion" if d else "insertion" if i else "neither"].append(m)
-        return out
-
-    def display_table(self):
-        """The table as strings: AUCs, and gains with their 95% intervals."""
-        import pandas as pd
-
-        t = self.table
-        def gain(m, kind):
-            return (f"{t.loc[m, f'{kind} gain']:+.3f} [{t.loc[m, f'{kind} gain low']:+.3f}, "
-                    f"{t.loc[m, f'{kind} gain high']:+.3f}]")
-
-        rows = {}
-        for m in self.methods:
-            rows[m] = {"deletion AUC (lower is better)": f"{t.loc[m, 'deletion AUC']:.3f}",
-                       "deletion gain over random": gain(m, "deletion"),
-                       "insertion AUC (higher is better)": f"{t.loc[m, 'insertion AUC']:.3f}",
-                       "insertion gain over random": gain(m, "insertion")}
-        rows["random order"] = {"deletion AUC (lower is better)": f"{t['random deletion AUC'].iloc[0]:.3f}",
-                                "deletion gain over random": "",
-                                "insertion AUC (higher is better)": f"{t['random insertion AUC'].iloc[0]:.3f}",
-                                "insertion gain over random": ""}
-        return pd.DataFrame(rows).T
-
-    def sentence(self) -> str:
-        """Which methods order the pixels better than chance, for this model."""
-        groups = self.faithful()
-        t = self.table
-        best = max(self.methods, key=lambda m: t.loc[m, "deletion gain"] + t.loc[m, "insertion gain"])
-        parts = []
-        if groups["both"]:
-            parts.append(f"{_names(groups['both'])} beat{'s' if len(groups['both']) == 1 else ''} a random order on "
-                         "both deletion and insertion (the 95% interval of the gain lies above zero)")
-        for kind in ("deletion", "insertion"):
-            if groups[kind]:
-                parts.append(f"{_names(groups[kind])} only on {kind}")
-        if groups["neither"]:
-            parts.append(f"{_names(groups['neither'])} on neither")
-        return (_capital(_names(parts)) + f". The largest combined gain is {best}'s "
-                f"(deletion {t.loc[best, 'deletion gain']:+.3f}, insertion {t.loc[best, 'insertion gain']:+.3f} "
-                "in area under the probability curve).")
+    curves: dict[str, dict[str, np.ndarray]]  # "deletion" / "insertion" -> method -> (n, F); "random" -> (N, F)
+    faces: dict[str, np.ndarray]  # method -> indices of its faces (rows of the "random" curves)
+    table: pd.DataFrame  # index method: AUCs, the random order's AUCs on the same faces, gains with 95% intervals,
+    # "faces", and "deletion better" / "insertion better" (the gain's interval lies above 0)
 
 
 def faithfulness(model: nn.Module, faces: np.ndarray, target, maps: dict[str, np.ndarray], input_size: int = 48,
-                 fractions=FRACTIONS, sigma: float = BLUR_SIGMA, n_boot: int = BOOTSTRAP, seed: int = 0
-                 ) -> Faithfulness:
+                 subsets: dict[str, np.ndarray] | None = None, fractions=FRACTIONS, sigma: float = BLUR_SIGMA,
+                 n_boot: int = BOOTSTRAP, seed: int = 0) -> Faithfulness:
     """Deletion and insertion curves of uint8 ``faces`` (N, 48, 48) for classes ``target`` (N,) in the order of
-    each method's maps (N, 48, 48), and in a random order (one seeded permutation per face)."""
+    each method's maps (n, 48, 48) of the faces ``subsets[method]`` (default: all), and in a random order (one
+    seeded permutation per face); a method's gains are over the random order on its own faces."""
     import pandas as pd
     from scipy.ndimage import gaussian_filter
 
     from fer_lib.model.inference import predict_logits
 
-    faces = np.asarray(faces)
-    target = np.asarray(target)
+    faces, target = np.asarray(faces), np.asarray(target)
+    idx = {m: np.asarray((subsets or {}).get(m, np.arange(len(faces))), dtype=np.int64) for m in maps}
     grey = faces.astype(np.float32) / 255.0
     blurred = gaussian_filter(grey, sigma=(0, sigma, sigma), mode="nearest")
     rng = np.random.default_rng(seed)
     ranks = {m: pixel_ranks(v, rng) for m, v in maps.items()}
     ranks["random"] = pixel_ranks(np.zeros_like(grey), rng)  # all ties: a random order
+    idx["random"] = np.arange(len(faces))
     fractions = np.asarray(fractions, dtype=np.float64)
     curves: dict[str, dict[str, np.ndarray]] = {"deletion": {}, "insertion": {}}
     for kind, out in curves.items():
         for name, rank in ranks.items():
-            images = _perturbed(grey, blurred, rank, fractions, insert=kind == "insertion")
+            g, b, t = grey[idx[name]], blurred[idx[name]], target[idx[name]]
+            images = _perturbed(g, b, rank, fractions, insert=kind == "insertion")
             logits = predict_logits(model, torch.from_numpy(images.reshape(-1, *grey.shape[1:])), input_size)
-            probs = torch.softmax(logits, 1).numpy().reshape(len(grey), len(fractions), -1)
-            out[name] = probs[np.arange(len(grey)), :, target]
+            probs = torch.softmax(logits, 1).numpy().reshape(len(g), len(fractions), -1)
+            out[name] = probs[np.arange(len(g)), :, t]
     auc = {k: {name: np.trapezoid(c, fractions, axis=1) for name, c in v.items()} for k, v in curves.items()}
-    resample = rng.integers(0, len(grey), (n_boot, len(grey)))
     rows = {}
     for m in maps:
-        gains = {"deletion": auc["deletion"]["random"] - auc["deletion"][m],  # a faster fall is better
-                 "insertion": auc["insertion"][m] - auc["insertion"]["random"]}  # a faster rise is better
-        row = {}
+        n = len(idx[m])
+        resample = rng.integers(0, n, (n_boot, n))
+        baseline = {k: auc[k]["random"][idx[m]] for k in auc}
+        gains = {"deletion": baseline["deletion"] - auc["deletion"][m],  # a faster fall is better
+                 "insertion": auc["insertion"][m] - baseline["insertion"]}  # a faster rise is better
+        row: dict = {"faces": n}
         for kind, g in gains.items():
             low, high = _interval(g[resample].mean(1))
-            row |= {f"{kind} AUC": auc[kind][m].mean(), f"random {kind} AUC": auc[kind]["random"].mean(),
-                    f"{kind} gain": g.mean(), f"{kind} gain low": float(low), f"{kind} gain high": float(high)}
+            row |= {f"{kind} AUC": auc[kind][m].mean(), f"random {kind} AUC": baseline[kind].mean(),
+                    f"{kind} gain": g.mean(), f"{kind} gain low": float(low), f"{kind} gain high": float(high),
+                    f"{kind} better": bool(low > 0)}
         rows[m] = row
-    return Faithfulness(fractions, curves, pd.DataFrame(rows).T, list(maps))
-
-
-# ------------------------------------------------------------------------------------------ sanity check
-
-RANDOMIZATION_ORDER = [("fc", ("fc",)), ("layer4", ("layer4",)), ("layer3", ("layer3",)), ("layer2", ("layer2",)),
-                       ("layer1", ("layer1",)), ("stem", ("conv1", "bn1"))]
-
-
-def _reinitialise(model: nn.Module, names: tuple[str, ...]) -> None:
-    for name in names:
-        for module in model.get_submodule(name).modules():
-            if hasattr(module, "reset_parameters"):
-                module.reset_parameters()
-            if isinstance(module, nn.BatchNorm2d):
-                module.reset_running_stats()
-
-
-def randomised_copy(model: nn.Module, seed: int = 0) -> nn.Module:
-    """An eval-mode copy with every layer re-initialised, top down, from a private generator seeded with ``seed``:
-    the network of the sanity check's last step (the control that keeps the architecture, not what it learned)."""
-    twin = copy.deepcopy(model).eval()
-    with seeded(model_device(model), seed):
-        for _, names in RANDOMIZATION_ORDER:
-            _reinitialise(twin, names)
-    return twin
-
-
-def cascading_randomization(model: nn.Module, faces, target, input_size: int = 48, methods: dict | None = None,
-                            seed: int = 0):
-    """Adebayo et al. 2018: re-initialise layers from the top down, one stage at a time, and measure how
-    much each method's maps still resemble the trained model's (mean Spearman rank correlation).
-
-    The new weights come from a private generator state seeded with ``seed`` (the global one is untouched); the
-    last step's network is :func:`randomised_copy` with the same seed. Returns a DataFrame: rows
-    "randomised down to <stage>", columns methods.
-    """
-    import pandas as pd
-
-    methods = methods or METHODS
-    reference = {name: fn(model, faces, target, input_size) for name, fn in methods.items()}
-    randomized = copy.deepcopy(model).eval()
-    rows = {}
-    with seeded(model_device(model), seed):
-        for stage, names in RANDOMIZATION_ORDER:
-            _reinitialise(randomized, names)
-            rows[stage] = {}
-            for name, fn in methods.items():
-                rho = rank_correlation(reference[name], fn(randomized, faces, target, input_size))
-                rows[stage][name] = float(np.nanmean(rho)) if np.isfinite(rho).any() else np.nan
-    table = pd.DataFrame(rows).T
-    table.index.name = "randomised down to"
-    return table
-
-
-def insensitive_methods(table, threshold: float = SANITY_THRESHOLD) -> list[str]:
-    """Methods whose maps still correlate above ``threshold`` once layer4 and layer3 are random."""
-    return [m for m in table.columns if table.loc["layer3", m] > threshold]
-
-
-def sanity_notes(threshold: float = SANITY_THRESHOLD) -> str:
-    """How the sanity check is read, with its threshold."""
-    return (f"A method that reflects the model should fall toward 0; a method still above {threshold:g} once the "
-            "last two residual stages are random is flagged, and does not count in the region findings below.")
-
-
-def answer(regions: RegionFindings, faith: Faithfulness, flagged: list[str]) -> str:
-    """The page's short answer: the sanity check's verdict, the region findings that survive their controls, and
-    which methods are faithful to this model."""
-    one = len(flagged) == 1
-    fails = (f"{_names(flagged)} fail{'s' if one else ''} the randomisation sanity check and do{'es' if one else ''} "
-             "not count. " if flagged else "Every method passes the sanity check. ")
-    text = _capital(fails) + regions.random_sentence() + " " + regions.class_sentence() + " " + faith.sentence()
-    good = set(faith.faithful()["both"])
-    caught = [m for m in flagged if m in good]
-    if caught:
-        text += (f" {_capital(_names(caught))} also orders pixels well, although its maps barely depend on the learned "
-                 "weights: removing a face's edges first hurts any classifier, so these curves do not replace the "
-                 "sanity check.")
-    return text
+    del idx["random"]
+    return Faithfulness(fractions, curves, idx, pd.DataFrame(rows).T.infer_objects())

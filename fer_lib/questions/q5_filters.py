@@ -5,7 +5,8 @@ followed by its BatchNorm, a per-channel affine map), averaged over positions: p
 filter fires. Four views, the first three over all the layer's filters:
 
 1. the validation faces that excite each filter most (blank images and second copies of a photo left out);
-2. class selectivity: whether those top faces share a class more than they would under shuffled labels;
+2. class selectivity: whether those top faces share a class more than they would under shuffled labels,
+   with the false-discovery rate over the layer's filters held at ``ALPHA`` (Benjamini-Hochberg);
 3. what the top faces share beyond their class: mouth and eye opening, head turn, brightness and contrast
    (``face_attributes``), compared with faces of the same classes, against within-class shuffles;
 4. for the filters shown, an image made by gradient ascent on the input in a Fourier parameterisation with
@@ -17,13 +18,13 @@ from __future__ import annotations
 
 import copy
 import math
-from collections import Counter
 from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from scipy.stats import false_discovery_control
 from torch import nn
 
 from fer_lib import CLASS_NAMES
@@ -34,7 +35,7 @@ N_SHOWN = 16  # filters shown with their gradient-ascent image and top faces
 TOP_K = 16  # top faces per filter (after removing second copies of a photo)
 MIN_PIXEL_STD = 4.0  # gray levels (of 255): a face below this is blank or near-uniform and never a "top face"
 N_PERMUTATIONS = 1000  # label shuffles (and within-class attribute shuffles) of the chance baselines
-ALPHA = 0.05  # a filter beats chance when fewer than this share of the shuffles match or beat it
+ALPHA = 0.05  # false-discovery rate of class selectivity; per-test level of the attribute shifts
 ASCENT_SHIFT = 3.0  # pixels: the largest random shift of a gradient-ascent image per step
 ASCENT_ZOOM = 0.1  # the largest random zoom (+-10%)
 ASCENT_DEGREES = 10.0  # the largest random rotation
@@ -66,6 +67,13 @@ def _frozen_twin(model: nn.Module) -> nn.Module:
     for p in twin.parameters():
         p.requires_grad_(False)
     return twin
+
+
+def response_map_side(model: nn.Module, input_size: int = 48) -> int:
+    """Side of the response layer's feature map for faces of ``input_size`` (2 at 48 px, 3 at 72 px)."""
+    from fer_lib.questions.q1_model import stage_map_sides
+
+    return stage_map_sides(model, input_size)[RESPONSE_LAYER.split(".")[0]]
 
 
 def informative_faces(images: np.ndarray, min_std: float = MIN_PIXEL_STD) -> np.ndarray:
@@ -103,32 +111,6 @@ def inactive_filters(responses: np.ndarray) -> np.ndarray:
     return np.flatnonzero(responses.max(0) <= 0)
 
 
-def overview(responses: np.ndarray, valid: np.ndarray, groups: np.ndarray | None = None, list_up_to: int = 24) -> str:
-    """Sentences on inactive filters, on the blank faces left out and on repeated photos."""
-    inactive = inactive_filters(responses)
-    n_filters, n_faces = responses.shape[1], len(responses)
-    if len(inactive):
-        listed = f": {', '.join(map(str, inactive))}" if len(inactive) <= list_up_to else ""
-        first = (f"{len(inactive)} of the {n_filters} filters never respond positively on any of the {n_faces:,} "
-                 f"validation faces (inactive){listed}.")
-    else:
-        first = (f"Every one of the {n_filters} filters responds positively on at least one of the {n_faces:,} "
-                 "validation faces.")
-    blank = int(len(valid) - np.sum(valid))
-    rule = f"pixel standard deviation below {MIN_PIXEL_STD:g} of 255 gray levels"
-    if blank:
-        second = (f"{blank} of those faces {'is' if blank == 1 else 'are'} blank or near-uniform ({rule}) and never "
-                  "counted among a filter's top faces.")
-    else:
-        second = f"None of those faces is blank or near-uniform ({rule})."
-    lines = [first, second]
-    if groups is not None:
-        extra = len(groups) - len(np.unique(groups))
-        lines.append(f"{extra} faces are further copies of a photo already among the validation faces (identical or "
-                     "re-encoded pixels); a filter's top faces hold at most one copy of each photo.")
-    return " ".join(lines)
-
-
 def top_faces(responses: np.ndarray, filters: np.ndarray, k: int = TOP_K, valid: np.ndarray | None = None,
               groups: np.ndarray | None = None) -> np.ndarray:
     """(len(filters), k) indices of the faces with the strongest response, strongest first.
@@ -155,23 +137,9 @@ def top_faces(responses: np.ndarray, filters: np.ndarray, k: int = TOP_K, valid:
     return out
 
 
-def class_mix(labels: np.ndarray, top: np.ndarray, n_classes: int = len(CLASS_NAMES)) -> np.ndarray:
-    """(len(filters), n_classes): share of each class among each filter's top faces."""
-    return np.stack([np.bincount(labels[row], minlength=n_classes) / len(row) for row in top])
-
-
-def class_count_caption(selectivity: Selectivity, labels: np.ndarray, top: np.ndarray, filters) -> list[str]:
-    """Per filter: 'Disgust 3/16', its most over-represented class (the one its selectivity score is for) and how
-    many of its top faces have it."""
-    k = top.shape[1]
-    return [f"{CLASS_NAMES[c]} {int((labels[top[f]] == c).sum())}/{k}"
-            for f, c in zip(filters, selectivity.top_class[np.asarray(filters)])]
-
-
-def mix_caption(mix_row: np.ndarray, k: int = TOP_K, up_to: int = 3) -> str:
-    """'Surprise 8, Fear 1': how many of a filter's k top faces belong to each class, commonest first."""
-    counts = np.round(mix_row * k).astype(int)
-    return ", ".join(f"{CLASS_NAMES[c]} {counts[c]}" for c in np.argsort(-counts, kind="stable")[:up_to] if counts[c])
+def class_counts(labels: np.ndarray, top: np.ndarray, n_classes: int = len(CLASS_NAMES)) -> np.ndarray:
+    """(len(top), n_classes) int: how many of each filter's top faces belong to each class."""
+    return np.stack([np.bincount(labels[row], minlength=n_classes) for row in top])
 
 
 # --- class selectivity over all filters, against shuffled labels -------------------------------------------
@@ -205,65 +173,45 @@ def _null_p(null: np.ndarray) -> np.ndarray:
     return at_least / len(null)
 
 
-def _bh(p: np.ndarray, q: float) -> np.ndarray:
-    """Benjamini-Hochberg: (F,) bool, the discoveries at false-discovery rate ``q``."""
-    order = np.argsort(p)
-    passed = p[order] <= q * np.arange(1, len(p) + 1) / len(p)
-    out = np.zeros(len(p), bool)
-    if passed.any():
-        out[order[:np.flatnonzero(passed).max() + 1]] = True
-    return out
-
-
 @dataclass
 class Selectivity:
-    """Class selectivity of every filter's top faces, against label shuffles."""
+    """Class selectivity of every filter's top faces, against label shuffles.
+
+    A filter is *selective* when its Benjamini-Hochberg adjusted p-value ``q`` is at most ``alpha``: among the
+    filters called selective, the expected share called so by chance is at most ``alpha``. That one count is the
+    finding; ``null_count`` is the same count under each label shuffle.
+    """
 
     score: np.ndarray  # (F,) the largest over the classes of -log10 P(at least this many faces of the class)
     top_class: np.ndarray  # (F,) that class
     p: np.ndarray  # (F,) share of label shuffles whose score matches or beats the filter's
+    q: np.ndarray  # (F,) p adjusted for the F tests (Benjamini-Hochberg)
     null: np.ndarray  # (P, F) the scores under each label shuffle
-    null_count: np.ndarray  # (P,) filters with p <= alpha in each shuffle: what chance alone gives
+    null_count: np.ndarray  # (P,) filters selective (after the same control) in each shuffle
     k: int
     alpha: float = ALPHA
 
     @property
     def selective(self) -> np.ndarray:
-        return self.p <= self.alpha
+        """(F,) bool: class-selective at a false-discovery rate of ``alpha``."""
+        return self.q <= self.alpha
 
     @property
-    def discoveries(self) -> np.ndarray:
-        """(F,) bool: selective at a false-discovery rate of ``alpha`` (Benjamini-Hochberg)."""
-        return _bh(self.p, self.alpha)
+    def n_selective(self) -> int:
+        return int(self.selective.sum())
 
     def chance(self) -> tuple[float, int, int]:
-        """Mean and 95% range of the number of 'selective' filters under shuffled labels."""
+        """Mean and 95% range of the number of selective filters under shuffled labels."""
         lo, hi = np.percentile(self.null_count, [2.5, 97.5])
         return float(self.null_count.mean()), math.floor(lo), math.ceil(hi)
 
-    def by_class(self, mask: np.ndarray | None = None) -> Counter:
-        mask = self.selective if mask is None else mask
-        return Counter(CLASS_NAMES[c] for c in self.top_class[mask])
-
     @property
     def beyond_chance(self) -> bool:
-        return int(self.selective.sum()) > self.chance()[2]
+        return self.n_selective > self.chance()[2]
 
-    def sentences(self) -> list[str]:
-        n, sel, disc = len(self.p), int(self.selective.sum()), int(self.discoveries.sum())
-        mean, lo, hi = self.chance()
-        verdict = ("more than chance gives" if self.beyond_chance else "no more than chance gives")
-        lines = [(f"{sel} of the {n} filters have top faces that share a class more than in {1 - self.alpha:.0%} of "
-                  f"label shuffles; with shuffled labels {mean:.0f} filters do (95% range {lo}-{hi}), so {sel} is "
-                  f"{verdict}.")]
-        if disc:
-            lines.append(f"Allowing for {n} tests (a false-discovery rate of {self.alpha:.0%}), {disc} filters stay "
-                         "class-selective; by the class most over-represented among their top faces: "
-                         f"{_tally(self.by_class(self.discoveries))}.")
-        else:
-            lines.append(f"Allowing for {n} tests (a false-discovery rate of {self.alpha:.0%}), no filter stays "
-                         "class-selective.")
-        return lines
+    def by_class(self) -> np.ndarray:
+        """(n_classes,) int: selective filters per class (the class most over-represented among their top faces)."""
+        return np.bincount(self.top_class[self.selective], minlength=len(CLASS_NAMES))
 
 
 def class_selectivity(labels: np.ndarray, top: np.ndarray, valid: np.ndarray | None = None,
@@ -282,8 +230,8 @@ def class_selectivity(labels: np.ndarray, top: np.ndarray, valid: np.ndarray | N
         shuffled[pool] = labels[pool][rng.permutation(len(pool))]
         null[b] = _selectivity(shuffled[top], table)[0]
     p = _exceed_p(score, null)
-    null_count = (_null_p(null) <= alpha).sum(1)
-    return Selectivity(score, cls, p, null, null_count, k, alpha)
+    null_count = (false_discovery_control(_null_p(null), axis=1) <= alpha).sum(1)
+    return Selectivity(score, cls, p, false_discovery_control(p), null, null_count, k, alpha)
 
 
 # --- what the top faces share beyond their class -------------------------------------------------------------
@@ -301,7 +249,11 @@ def within_class_z(values: np.ndarray, labels: np.ndarray) -> np.ndarray:
 
 @dataclass
 class AttributeShift:
-    """How each filter's top faces differ from faces of the same classes, per attribute."""
+    """How each filter's top faces differ from faces of the same classes, per attribute.
+
+    A shift counts at the per-filter level ``alpha``; the control is the number of filters that count, set
+    against the same number under within-class shuffles (``null_up``, ``null_down``).
+    """
 
     names: tuple[str, ...]  # attribute columns
     shift: np.ndarray  # (F, A) mean within-class z of the top faces (0: like their classes; +1: one SD above)
@@ -315,7 +267,8 @@ class AttributeShift:
         return (hit & (self.shift > 0)).sum(0), (hit & (self.shift < 0)).sum(0)
 
     def table(self):
-        """Per attribute: filters whose top faces are higher / lower than same-class faces, and chance's count."""
+        """Per attribute and direction: filters whose top faces are higher / lower than same-class faces, and
+        that count under shuffles (mean, 95% upper bound); ``beyond chance`` when the count exceeds the bound."""
         import pandas as pd
 
         from fer_lib.data.face_attributes import ATTRIBUTES
@@ -327,19 +280,8 @@ class AttributeShift:
                 hi = int(np.ceil(np.percentile(null, 97.5)))
                 rows.append({"attribute": ATTRIBUTES[name], "top faces": label, "filters": int(n),
                              "by chance (mean)": float(null.mean()), "by chance (95% up to)": hi,
-                             "beyond chance": "yes" if n > hi else ""})
+                             "beyond chance": bool(n > hi)})
         return pd.DataFrame(rows)
-
-    def sentences(self, n_filters: int) -> list[str]:
-        table = self.table()
-        beyond = table[table["beyond chance"] == "yes"]
-        if beyond.empty:
-            return [(f"For no attribute do more of the {n_filters} filters have top faces that differ from faces "
-                     "of the same classes than within-class shuffles give.")]
-        parts = [f"{r.attribute} {r['top faces']} for {r.filters} filters (shuffles: {r['by chance (mean)']:.0f} on "
-                 f"average, at most {r['by chance (95% up to)']} in 95%)" for _, r in beyond.iterrows()]
-        return ["Beyond their class, the top faces differ from faces of the same classes more often than chance "
-                "gives in: " + "; ".join(parts) + "."]
 
 
 def attribute_shift(values: np.ndarray, labels: np.ndarray, top: np.ndarray, valid: np.ndarray | None = None,
@@ -366,16 +308,8 @@ def attribute_shift(values: np.ndarray, labels: np.ndarray, top: np.ndarray, val
     return AttributeShift(tuple(names), shift, p, (hit & (null > 0)).sum(1), (hit & (null < 0)).sum(1), alpha)
 
 
-# how a shift of the top faces reads in words, per (attribute label, direction) of AttributeShift.table()
-TRAITS = {("mouth opening", "higher"): "wider-open mouths", ("mouth opening", "lower"): "more closed mouths",
-          ("eye opening", "higher"): "wider-open eyes", ("eye opening", "lower"): "narrower eyes",
-          ("head turn", "higher"): "more turned heads", ("head turn", "lower"): "more frontal heads",
-          ("brightness", "higher"): "brighter faces", ("brightness", "lower"): "darker faces",
-          ("contrast", "higher"): "more contrast", ("contrast", "lower"): "less contrast"}
-
-
 def pick_filters(selectivity: Selectivity, responses: np.ndarray, n: int = N_SHOWN, seed: int = 0) -> np.ndarray:
-    """The filters shown: for each class the most class-selective filter (when one beats chance), then active
+    """The filters shown: for each class the most class-selective filter (when one is selective), then active
     filters drawn at random, so that the page shows typical filters as well as the clearest ones."""
     active = np.setdiff1d(np.arange(responses.shape[1]), inactive_filters(responses))
     chosen: list[int] = []
@@ -483,32 +417,12 @@ def stretch_contrast(images: np.ndarray, low: float = STRETCH[0], high: float = 
     return np.clip((images - lo) / np.maximum(hi - lo, 1e-6), 0, 1)
 
 
-def _tally(counter: Counter) -> str:
-    return ", ".join(f"{name} {n}" for name, n in counter.most_common())
-
-
-def filter_notes(model: nn.Module, input_size: int, n_shown: int, k: int = TOP_K) -> dict[str, str]:
-    """Run-dependent numbers for the page's prose: the filter count, the response map's size, faces shown."""
-    from fer_lib.model.network import stage_map_sides
-
-    side = stage_map_sides(model, input_size)[RESPONSE_LAYER.split(".")[0]]
-    conv = model.get_submodule(LAST_CONV)
-    return {"n_filters": str(conv.out_channels), "n_shown": str(n_shown), "k": str(k),
-            "response_map": f"{side}x{side}", "input": f"{input_size}x{input_size}", "min_std": f"{MIN_PIXEL_STD:g}",
-            "n_permutations": f"{N_PERMUTATIONS:,}", "alpha": f"{ALPHA:.0%}", "confidence": f"{1 - ALPHA:.0%}",
-            "shift": f"{ASCENT_SHIFT:g}", "zoom": f"{ASCENT_ZOOM:.0%}", "degrees": f"{ASCENT_DEGREES:g}",
-            "stretch_low": _ordinal(STRETCH[0]), "stretch_high": _ordinal(STRETCH[1])}
-
-
-def _ordinal(x: float) -> str:
-    n = int(round(x))
-    return f"{n}{'th' if 10 <= n % 100 <= 20 else {1: 'st', 2: 'nd', 3: 'rd'}.get(n % 10, 'th')}"
-
-
 def shown_table(filters: np.ndarray, labels: np.ndarray, top: np.ndarray, selectivity: Selectivity,
                 shift: AttributeShift, ascent: np.ndarray, best_face: np.ndarray):
-    """One row per filter shown: its top faces' commonest classes, the selectivity p-value, the attribute shifts
-    beyond the class (in within-class standard deviations; '*' where beyond chance) and the two responses.
+    """One row per filter shown, numbers only: the class most over-represented among its top faces and how many
+    of them have it, its adjusted p-value ``q`` and whether it is selective, the attribute shifts beyond the
+    class (within-class standard deviations; ``shift.p`` tells which beat chance) and its responses to its
+    strongest validation face and to its gradient-ascent image.
 
     ``top``, ``selectivity`` and ``shift`` cover all filters; ``ascent`` and ``best_face`` only those shown."""
     import pandas as pd
@@ -516,55 +430,13 @@ def shown_table(filters: np.ndarray, labels: np.ndarray, top: np.ndarray, select
     from fer_lib.data.face_attributes import ATTRIBUTES
 
     filters = np.asarray(filters)
-    k = top.shape[1]
-    mix = class_mix(labels, top[filters])
-    table = pd.DataFrame({"filter": filters, f"top {k} faces": [mix_caption(m, k) for m in mix],
-                          "class-selective": [f"{'yes' if s else 'no'} (p {p:.3f})" for s, p in
-                                              zip(selectivity.selective[filters], selectivity.p[filters])]})
+    cls = selectivity.top_class[filters]
+    counts = class_counts(labels, top[filters])
+    table = pd.DataFrame({"filter": filters, "class": [CLASS_NAMES[c] for c in cls],
+                          f"of {top.shape[1]} top faces": counts[np.arange(len(filters)), cls],
+                          "q": selectivity.q[filters], "selective": selectivity.selective[filters]})
     for a, name in enumerate(shift.names):
-        table[ATTRIBUTES[name]] = [f"{v:+.1f}{'*' if p <= shift.alpha else ''}"
-                                   for v, p in zip(shift.shift[filters, a], shift.p[filters, a])]
-    table["best face"] = np.round(best_face, 2)
-    table["ascent image"] = np.round(ascent, 2)
+        table[ATTRIBUTES[name]] = shift.shift[filters, a]
+    table["best face"] = np.asarray(best_face, dtype=float)
+    table["ascent image"] = np.asarray(ascent, dtype=float)
     return table
-
-
-def ascent_sentence(ascent: np.ndarray, best_face: np.ndarray, before: np.ndarray) -> str:
-    """How the gradient-ascent images' responses compare with the start and with the filters' best real faces."""
-    n = len(ascent)
-    above = int((ascent > best_face).sum())
-    ratio = np.median(ascent / np.maximum(best_face, 1e-6))
-    rose = int((ascent > before).sum())
-    return (f"The optimisation raised the response of {rose} of the {n} filters above that of its starting image; "
-            f"{above} of the {n} images excite their filter more than the filter's strongest validation face "
-            f"(median ratio {ratio:.1f}x).")
-
-
-def answer(selectivity: Selectivity, shift: AttributeShift, ascent: np.ndarray, best_face: np.ndarray) -> str:
-    """1-3 sentences: what the last layer's filters respond to."""
-    n, sel = len(selectivity.p), int(selectivity.selective.sum())
-    mean, _, hi = selectivity.chance()
-    top2 = selectivity.by_class().most_common(2)
-    if selectivity.beyond_chance:
-        share = "Most" if sel > n / 2 else f"{sel} of {n}"
-        first = (f"{share} of the last layer's filters respond to one expression: for {sel} of its {n} filters the "
-                 f"strongest validation faces share a class more than under shuffled labels (with shuffled labels "
-                 f"{mean:.0f} filters pass on average, {hi} at most in 95% of shuffles)"
-                 + (f", most often {' and '.join(f'{c} ({m})' for c, m in top2)}." if top2 else "."))
-    else:
-        first = (f"The last layer's filters are not class-selective beyond chance: {sel} of {n} filters pass where "
-                 f"shuffled labels give {mean:.0f} (up to {hi}).")
-    table = shift.table()
-    beyond = table[table["beyond chance"] == "yes"].sort_values("filters", ascending=False, kind="stable")
-    if len(beyond):
-        traits = [f"{TRAITS.get((r.attribute, r['top faces']), r.attribute + ' ' + r['top faces'])} ({r.filters} "
-                  f"filters; chance up to {r['by chance (95% up to)']})" for _, r in beyond.head(2).iterrows()]
-        second = (" Beyond the class, the commonest shared traits of a filter's top faces, against faces of the same "
-                  f"class, are {' and '.join(traits)}.")
-    else:
-        second = " Beyond the class, their top faces share no measured trait more than chance gives."
-    above = int((ascent > best_face).sum())
-    which = (f"all {len(ascent)}" if above == len(ascent) else f"{above} of the {len(ascent)}")
-    third = (f" For {which} filters shown, the gradient-ascent image excites the filter more than its strongest "
-             "real face does.")
-    return first + second + third

@@ -7,12 +7,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import pandas as pd
 import torch
 import torch.nn.functional as F
 
 
 @dataclass
 class Check:
+    """A closed form compared with PyTorch: ``cases`` random cases, the worst disagreement, the tolerance."""
     name: str
     cases: int
     max_error: float  # largest absolute difference (shapes: number of mismatching cases)
@@ -27,11 +29,6 @@ class Check:
             raise AssertionError(f"{self.name}: max error {self.max_error:.3g} over {self.cases} cases exceeds "
                                  f"{self.tolerance:.3g}")
         return self
-
-    def __str__(self) -> str:
-        status = "OK" if self.passed else "FAILED"
-        return (f"{status}: {self.name}: {self.cases} random cases, largest error {self.max_error:.2e} "
-                f"(tolerance {self.tolerance:.0e})")
 
 
 # ---------------------------------------------------------------------------------------------- convolution
@@ -68,39 +65,28 @@ def verify_conv_shapes(cases: int = 300, seed: int = 0) -> Check:
             out = conv(torch.zeros(b, c_in, w, h))
         torch_shape = (out.shape[0], out.shape[2], out.shape[3], out.shape[1])
         mismatches += torch_shape != conv2d_output_shape(b, w, h, c_out, k, s, p)
-    return Check("convolution output shape vs PyTorch", cases, float(mismatches), 0.0)
+    return Check("convolution output shape", cases, float(mismatches), 0.0)
 
 
-def conv_shape_table(model: torch.nn.Module, input_size: int):
-    """The formula applied to every convolution of ``model`` (and its max-pool, whose output size follows the same
-    formula) for one face at ``input_size``: one row per layer, in the order the data flows.
+def conv_shape_table(model: torch.nn.Module, input_size: int) -> pd.DataFrame:
+    """The formula applied to every convolution of ``model`` and to its max-pool (whose output side follows the same
+    formula), for one face at ``input_size``, in the order the data flows.
 
-    Each row gives the layer's input side, kernel, stride and padding, the formula worked out, the side PyTorch
-    produces, and the side in Q1's layer table (``model.layer_rows`` at the same input size); ``matches`` says all
-    three agree. Square inputs and kernels: W and H follow the same steps.
+    One row per layer: ``layer``, ``type`` (Conv2d or MaxPool2d), the input side, ``kernel``, ``stride``,
+    ``padding``, ``channels`` out, the side the formula gives (``formula side``) and the side the model produces
+    (``traced side``, from Q1's :func:`~fer_lib.questions.q1_model.layer_shapes`); ``matches`` says they agree.
+    Sides only: every input, kernel, stride and padding here is square, so W and H follow the same steps.
     """
-    import pandas as pd
+    from fer_lib.questions.q1_model import layer_shapes
 
-    from fer_lib.model.network import layer_rows, traced_shapes
-
-    seen = traced_shapes(model, input_size, lambda m: isinstance(m, (torch.nn.Conv2d, torch.nn.MaxPool2d)))
-    table_sides = {row["layer"]: row["output (C, H, W)"] for _, row in layer_rows(model, input_size)[0].iterrows()}
+    shapes = layer_shapes(model, input_size)
     rows = []
-    for name, (shape_in, shape_out) in seen.items():
-        m = model.get_submodule(name)
-        pair = lambda v: v if isinstance(v, tuple) else (v, v)  # noqa: E731
-        (k, _), (s, _), (p, _) = pair(m.kernel_size), pair(m.stride), pair(m.padding)
-        side = shape_in[-1]
-        out_channels = m.out_channels if isinstance(m, torch.nn.Conv2d) else shape_in[0]
-        _, formula_side, _, _ = conv2d_output_shape(1, side, side, out_channels, (k, k), (s, s), (p, p))
-        q1 = table_sides.get(name, "")
-        q1_side = int(q1.split("x")[-1]) if q1 else None
-        rows.append({"layer": name, "kind": "convolution" if isinstance(m, torch.nn.Conv2d) else "max-pool",
-                     "input side": side, "k, s, p": f"{k}, {s}, {p}",
-                     "formula": f"\u230a({side} + 2\u00b7{p} \u2212 {k}) / {s}\u230b + 1 = {formula_side}",
-                     "output (C, H, W)": f"{out_channels}x{formula_side}x{formula_side}",
-                     "PyTorch": "x".join(map(str, shape_out)), "Q1's table": q1,
-                     "matches": formula_side == shape_out[-1] == q1_side})
+    for row in shapes[shapes["type"].isin(["Conv2d", "MaxPool2d"])].itertuples():
+        side, k, s, p = row.input[-1], row.kernel, row.stride, row.padding
+        _, formula_side, _, _ = conv2d_output_shape(1, side, side, row.output[0], (k, k), (s, s), (p, p))
+        rows.append({"layer": row.layer, "type": row.type, "input side": side, "kernel": k, "stride": s,
+                     "padding": p, "channels": row.output[0], "formula side": formula_side,
+                     "traced side": row.output[-1], "matches": formula_side == row.output[-1]})
     return pd.DataFrame(rows)
 
 
@@ -116,7 +102,7 @@ def batchnorm_forward(x: torch.Tensor, gamma: torch.Tensor, beta: torch.Tensor, 
 
 
 def batchnorm_gradients(x: torch.Tensor, gamma: torch.Tensor, dl_dy: torch.Tensor, eps: float = 1e-5) -> dict:
-    """The closed forms derived in notebook 06, from dl/dy_i alone."""
+    """The closed forms derived in notebook 06, from dl/dy_i alone (dl/dx twice: step by step and collected)."""
     m = x.shape[0]
     mu = x.mean(0)
     var = ((x - mu) ** 2).mean(0)
@@ -126,7 +112,9 @@ def batchnorm_gradients(x: torch.Tensor, gamma: torch.Tensor, dl_dy: torch.Tenso
     dl_dvar = (dl_dxhat * (x - mu)).sum(0) * -0.5 * inv_std ** 3
     dl_dmu = -(dl_dxhat * inv_std).sum(0) + dl_dvar * (-2 * (x - mu)).mean(0)  # second term is exactly 0
     dl_dx = dl_dxhat * inv_std + dl_dvar * 2 * (x - mu) / m + dl_dmu / m
-    return {"x_hat": dl_dxhat, "var": dl_dvar, "mu": dl_dmu, "x": dl_dx,
+    # the same, collected into one line: gamma / (m sigma) (m dl/dy_i - sum_j dl/dy_j - x_hat_i sum_j dl/dy_j x_hat_j)
+    compact = gamma * inv_std / m * (m * dl_dy - dl_dy.sum(0) - x_hat * (dl_dy * x_hat).sum(0))
+    return {"x_hat": dl_dxhat, "var": dl_dvar, "mu": dl_dmu, "x": dl_dx, "x_compact": compact,
             "gamma": (dl_dy * x_hat).sum(0), "beta": dl_dy.sum(0)}
 
 
@@ -147,7 +135,7 @@ def verify_batchnorm(cases: int = 200, seed: int = 0, tolerance: float = 1e-10) 
         (r * y).sum().backward()
         closed = batchnorm_gradients(x.detach(), gamma.detach(), r)
         auto = {"x_hat": inter["x_hat"].grad, "var": inter["var"].grad, "mu": inter["mu"].grad, "x": x.grad,
-                "gamma": gamma.grad, "beta": beta.grad}
+                "x_compact": x.grad, "gamma": gamma.grad, "beta": beta.grad}
         # note: autograd's dl/dmu counts only paths through mu, as the derivation does
         for key in auto:
             worst = max(worst, (closed[key] - auto[key]).abs().max().item())
@@ -156,7 +144,7 @@ def verify_batchnorm(cases: int = 200, seed: int = 0, tolerance: float = 1e-10) 
         (r * F.batch_norm(x2, None, None, g2, b2, training=True, eps=1e-5)).sum().backward()
         for key, t in (("x", x2), ("gamma", g2), ("beta", b2)):
             worst = max(worst, (closed[key] - t.grad).abs().max().item())
-    return Check("batch-norm gradients vs automatic differentiation (double precision)", cases, worst, tolerance)
+    return Check("batch-norm gradients", cases, worst, tolerance)
 
 
 # ---------------------------------------------------------------------------------------------- softmax + CE
@@ -168,6 +156,7 @@ def softmax_cross_entropy_gradient(z: torch.Tensor, target: torch.Tensor) -> tor
 
 
 def verify_softmax_cross_entropy(cases: int = 200, seed: int = 0, tolerance: float = 1e-12) -> Check:
+    """The closed form against autograd through F.cross_entropy, in float64, on random logits and targets."""
     g = torch.Generator().manual_seed(seed)
     worst = 0.0
     for _ in range(cases):
@@ -176,28 +165,4 @@ def verify_softmax_cross_entropy(cases: int = 200, seed: int = 0, tolerance: flo
         target = torch.randint(0, k, (n,), generator=g)
         F.cross_entropy(z, target, reduction="sum").backward()
         worst = max(worst, (softmax_cross_entropy_gradient(z.detach(), target) - z.grad).abs().max().item())
-    return Check("softmax + cross-entropy gradient vs automatic differentiation (double precision)", cases, worst,
-                 tolerance)
-
-
-def error_words(max_error: float) -> str:
-    """'no mismatch' for an exact match (integer shapes), else 'largest error 3e-14'."""
-    return "no mismatch" if max_error == 0 else f"largest error {max_error:.0e}"
-
-
-def checks_answer(checks: list[Check], shapes=None, input_size: int | None = None) -> str:
-    """The page's short answer: whether every closed form matched PyTorch, how closely, and (given Q1's
-    ``conv_shape_table``) that the convolution formula reproduces every shape of the model at ``input_size``."""
-    failed = [c.name for c in checks if not c.passed]
-    if failed:
-        return "**Not verified:** " + "; ".join(failed) + " disagreed with PyTorch."
-    parts = [f"{c.name} ({c.cases} random cases, {error_words(c.max_error)})" for c in checks]
-    text = ("The three derivations (the convolution output shape, the batch-norm gradients, and the gradient of "
-            "softmax followed by cross-entropy, which is the softmax output minus the one-hot target) are worked "
-            "step by step, and each closed form matches PyTorch: " + "; ".join(parts) + ".")
-    if shapes is not None and len(shapes):
-        convs = int((shapes["kind"] == "convolution").sum())
-        verdict = "reproduces" if bool(shapes["matches"].all()) else "does NOT reproduce"
-        text += (f" Applied to all {convs} convolutions of the model at {input_size}x{input_size}, the shape formula "
-                 f"{verdict} every output shape of Q1's layer table.")
-    return text
+    return Check("softmax + cross-entropy gradient", cases, worst, tolerance)

@@ -1,5 +1,8 @@
 """`make report`: train once, execute the notebooks with papermill, render HTML, write index and provenance.
 
+The builder only renders: the calibration, the test predictions and the list of test faces with a training copy
+belong to the finished run (training.predict writes them into its folder) and are copied from there.
+
 Everything is built in a staging folder next to ``report/<dataset>/`` and swapped in only when every
 notebook succeeded, so a failure leaves the previous report untouched (the failed notebook, with its
 traceback, is kept in ``report/.failed/``). A rebuild of some notebooks keeps the other pages of the same run.
@@ -8,9 +11,7 @@ answer) and ``key-figure`` (the cell whose first image is the page's key figure)
 """
 from __future__ import annotations
 
-import base64
 import html
-import io
 import json
 import os
 import platform
@@ -100,19 +101,8 @@ def page_answer(executed: Path) -> dict:
         return {"answer": answer.strip(), "thumbnail": "", "thumbnail_alt": ""}
     # plots.show_figure puts the figure's alt text in the PNG's metadata (and as its plain-text form)
     alt = figure.get("metadata", {}).get("image/png", {}).get("alt") or ""
-    # the index shows the key figure at the size the page does (a shrunken copy would make its text unreadable)
-    png = figure["data"]["image/png"]
-    return {"answer": answer.strip(), "thumbnail": "data:image/png;base64," + png, "thumbnail_alt": alt,
-            "thumbnail_width": _css_width(png)}
-
-
-def _css_width(png_base64: str) -> int:
-    """The width in CSS pixels at which plots.show_figure shows a PNG (its dpi maps to 96 CSS px per inch)."""
-    from PIL import Image
-
-    from fer_lib.plots.show import FIGURE_DPI
-
-    return round(Image.open(io.BytesIO(base64.b64decode(png_base64))).size[0] * 96 / FIGURE_DPI)
+    return {"answer": answer.strip(), "thumbnail": "data:image/png;base64," + figure["data"]["image/png"],
+            "thumbnail_alt": alt}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -169,63 +159,84 @@ def _nav(pages: list[tuple[str, str]], i: int) -> str:
     return f'<nav class="fer-nav">{"".join(links)}</nav>'
 
 
-def initialisation_sentence(run: dict) -> str:
-    origin = run.get("weights_origin", "")
-    if origin.startswith("ImageNet"):
-        return "The backbone started from ImageNet-pretrained weights, as the seed report's did."
-    return ("This model was trained from random initialisation: torchvision's ImageNet weights were not "
-            "available offline here, whereas the seed report's ResNet18 started from ImageNet-pretrained weights.")
+# the index's own words: what the test-time views are
+VIEW_WORDS = {"flip": "flip views (each face averaged with its mirror image)",
+              "flip+shift": "flip and shift views (each face averaged with its mirror image and shifted copies)"}
+INDEX_STYLE = """body{font:16px/1.5 sans-serif;max-width:1200px;margin:0 auto;padding:0 16px 40px}
+code{background:#eee;padding:1px 4px}
+.fer-item{display:flex;flex-wrap:wrap;gap:8px 24px;align-items:flex-start;margin:22px 0;
+  border-top:1px solid #ddd;padding-top:10px}
+.fer-item h2{flex:1 1 100%;margin:0;font-size:1.15em}
+.fer-answer{flex:1 1 360px;min-width:0}.fer-answer ul{margin:4px 0;padding-left:1.2em}.fer-answer p{margin:4px 0}
+.fer-thumb{flex:1 1 420px;max-width:560px}
+.fer-thumb img{width:100%;height:auto;border:1px solid #ccc}"""
+
+
+def headline_html(metrics: dict) -> str:
+    """The index's opening lines: the model and its recipe, where its weights started, its validation accuracy."""
+    from fer_lib.core.stats import wilson_interval
+    from fer_lib.questions.q2_history import run_accuracy
+
+    run, cfg = metrics.get("run", {}), metrics["config"]["config"]
+    size = cfg["input_size"]
+    faces = f"faces upsampled from 48x48 to {size}x{size}" if size != 48 else "faces at their own 48x48"
+    start = ("ImageNet-pretrained weights, as the seed report's did" if run.get("weights_origin", "").startswith(
+        "ImageNet") else "random initialisation (the seed report's started from ImageNet-pretrained weights)")
+    text = (f"The seed report's ResNet18, its last layer replaced by Dropout(0.5) + Linear(512, 7), trained for "
+            f"{cfg['epochs']} epoch{'s' if cfg['epochs'] != 1 else ''} on {faces}, from {start}.")
+    acc = run_accuracy(run)
+    if acc is not None and acc.faces:
+        low, high = (float(v) for v in wilson_interval(round(acc.plain * acc.faces), acc.faces))
+        held_out = (", and no copy of any of them (exact or near) is among the training faces"
+                    if cfg.get("split") == "grouped" else "")
+        text += (f"</p><p><b>Validation accuracy: {acc.plain:.1%}</b> (95% interval {low:.1%} to {high:.1%}) on "
+                 f"{acc.faces:,} validation faces: faces of the training file held out from training{held_out}.")
+        if acc.views != "none":
+            text += (f" With {VIEW_WORDS.get(acc.views, acc.views)}, as the test predictions are made: "
+                     f"{acc.with_views:.1%}; these views were the better of {len(acc.by_views) - 1} measured on the "
+                     "same validation faces, so this figure is slightly optimistic.")
+    return f"<p>{text}</p>"
 
 
 def write_index(folder: Path, ctx: Context, pages: list[tuple[str, str]], answers: dict, metrics: dict) -> None:
-    import mistune
-
-    from fer_lib.questions.q2_history import run_accuracy
+    """index.html: the headline, then each page's answer beside its key figure (side by side on a wide screen,
+    one above the other on a narrow one), then the files that come with the report."""
+    from fer_lib.plots.show import markdown_html
+    from fer_lib.report.mathrender import offline_math
 
     run = metrics.get("run", {})
     items = []
     for href, title in pages:
         entry = answers.get(Path(href).stem, {})
         alt = entry.get("thumbnail_alt") or f"the key figure of {title}"
-        width = entry.get("thumbnail_width") or 900
-        thumb = (f'<a href="{href}"><img src="{entry["thumbnail"]}" alt="{html.escape(alt)}" '
-                 f'style="width:{width}px;max-width:100%;height:auto;border:1px solid #ccc"></a>'
-                 ) if entry.get("thumbnail") else ""
-        answer = mistune.html(entry["answer"]) if entry.get("answer") else ""
-        items.append(f'<section style="margin:22px 0"><h2 style="margin:0 0 6px;font-size:1.15em">'
-                     f'<a href="{href}">{html.escape(title)}</a></h2>{answer}{thumb}</section>')
-    figures = run_accuracy(run)  # the same figures every page quotes, from the run's record
-    grouped = metrics["config"]["config"].get("split") == "grouped"
-    accuracy = (figures.sentence() + " The validation faces are held-out training faces"
-                + ("; no copy of any of them (exact or near) is in the training part. " if grouped else ". ")
-                ) if figures else ""
-    cfg = metrics["config"]["config"]
-    size = cfg["input_size"]
-    size_text = f"faces upsampled from 48x48 to {size}x{size}" if size != 48 else "faces at their own 48x48"
-    extra = ('<li><a href="predictions.csv">predictions.csv</a> (test set, id,label)</li>'
-             if metrics.get("predictions") else "")
+        thumb = (f'<a class="fer-thumb" href="{href}"><img src="{entry["thumbnail"]}" alt="{html.escape(alt)}"></a>'
+                 if entry.get("thumbnail") else "")
+        answer = markdown_html(entry["answer"]) if entry.get("answer") else ""
+        items.append(f'<section class="fer-item"><h2><a href="{href}">{html.escape(title)}</a></h2>'
+                     f'<div class="fer-answer">{answer}<p><a href="{href}">Read the page &#8594;</a></p></div>'
+                     f'{thumb}</section>')
+    files = ""
+    if metrics.get("predictions"):
+        files += '<li><a href="predictions.csv">predictions.csv</a> (test set, id,label)</li>'
     copies = metrics.get("duplicates")
     if copies:
-        extra += (f'<li><a href="{copies["file"]}">{copies["file"]}</a>: the {copies["rows"]:,} of '
+        files += (f'<li><a href="{copies["file"]}">{copies["file"]}</a>: the {copies["rows"]:,} of '
                   f'{copies["test_faces"]:,} test faces with a copy in the training file '
                   f'({copies["test_exact_copies"]:,} exact, {copies["test_near_copies"]:,} near; id and kind of copy, '
                   'no labels), to score the model on unseen faces</li>')
     page = f"""<!doctype html><html><head><meta charset="utf-8">
-<title>FER report: {html.escape(ctx.dataset.name)}</title>
-<style>body{{font:16px/1.5 sans-serif;max-width:960px;margin:0 auto;padding:0 16px 40px}} \
-code{{background:#eee;padding:1px 4px}}
-section p{{margin:4px 0}}</style></head><body>{banner_html(ctx)}
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>FER report: {html.escape(ctx.dataset.name)}</title><style>{INDEX_STYLE}</style></head><body>{banner_html(ctx)}
 <h1>Facial expression recognition: {html.escape(ctx.dataset.name)}</h1>
-<p>The seed report's ResNet18, its last layer replaced by Dropout(0.5) + Linear(512, 7), trained for
-{cfg['epochs']} epochs on {size_text}.
-{accuracy}{html.escape(initialisation_sentence(run))}</p>
+{headline_html(metrics)}
 {''.join(items)}
-<ul><li><a href="metrics.json">metrics.json</a> (provenance: data hashes, config, versions, timings)</li>{extra}
+<ul><li><a href="metrics.json">metrics.json</a> (provenance: data hashes, config, versions, timings)</li>{files}
 <li><a href="{MODEL_FOLDER}/">{MODEL_FOLDER}/</a>: the weights every page was computed from (float16 state dict,
-sha256 {html.escape(str(run.get('weights_sha256', ''))[:16])}...), with the run's config and history</li></ul>
+sha256 {html.escape(str(run.get('weights_sha256', ''))[:16])}...), with the run's config, history and calibration</li>
+</ul>
 <p class="fer-prov" style="color:#555;font-size:12px">{html.escape(provenance_line(metrics))}</p>
 </body></html>"""
-    (folder / "index.html").write_text(page, encoding="utf-8")
+    (folder / "index.html").write_text(offline_math(page), encoding="utf-8")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -298,41 +309,6 @@ def ipc_kernel_manager(socket_dir: Path):
     return IPCKernelManager
 
 
-TEST_DUPLICATES_FILE = "test_duplicates.csv"
-
-
-def calibrate_on_validation(ctx: Context, model_dir: Path) -> dict:
-    """Fit the temperature and the "uncertain" threshold on the validation faces, with the test-time views the
-    predictions use, and store them beside the run's weights (``classify`` reads them from there; identical
-    weights give identical files, so two builds writing one run's calibration agree)."""
-    from fer_lib.model.calibration import calibrate, write_calibration
-    from fer_lib.model.inference import predict_logits
-    from fer_lib.training.runs import load_trained, prediction_tta
-
-    tta = prediction_tta(model_dir)
-    model, config = load_trained(model_dir, device=ctx.device_obj)
-    logits = predict_logits(model, ctx.val.images, config.input_size, tta=tta)
-    calibration = {**calibrate(logits, ctx.val.labels), "tta": tta}
-    write_calibration(model_dir, calibration)
-    return calibration
-
-
-def write_test_duplicates(ctx: Context, out: Path) -> dict:
-    """``test_duplicates.csv``: the ids of test faces with an exact or near copy among the training faces, and
-    which kind (no labels), so that whoever holds the test labels can score the model on unseen faces too.
-    Returns the duplicate counts for metrics.json."""
-    import pandas as pd
-
-    from fer_lib.core.io import atomic_write, default_cache_dir
-    from fer_lib.data.duplicates import cached_duplicates
-
-    dup = cached_duplicates(ctx.dataset.train.images, ctx.dataset.test.images, cache_dir=default_cache_dir())
-    has_copy = dup.test_copy != ""
-    table = pd.DataFrame({"id": ctx.dataset.test.ids[has_copy], "copy": dup.test_copy[has_copy]})
-    atomic_write(out, lambda tmp: table.to_csv(tmp, index=False))
-    return {"file": out.name, "rows": int(has_copy.sum()), **dup.summary(ctx.dataset.train.labels)}
-
-
 def report_lock(out_root: Path, report_name: str) -> Path:
     return Path(out_root) / f".{report_name}.lock"
 
@@ -373,8 +349,13 @@ def build_report(data: str | None = None, profile: str | None = None, out_root: 
     import papermill as pm
 
     from fer_lib.model.calibration import CALIBRATION_FILE
-    from fer_lib.training.predict import write_predictions
-    from fer_lib.training.runs import RUN_FILES, prediction_tta
+    from fer_lib.training.predict import (
+        PREDICTIONS_FILE,
+        TEST_DUPLICATES_FILE,
+        TEST_OUTPUTS_FILE,
+        ensure_run_outputs,
+    )
+    from fer_lib.training.runs import RUN_FILES
 
     started = time.perf_counter()
     timings: dict[str, float] = {}
@@ -386,13 +367,14 @@ def build_report(data: str | None = None, profile: str | None = None, out_root: 
     ctx = load_context(data or "", profile or "", str(runs_root or ""), device, wait=wait)
     timings["load data"] = time.perf_counter() - t
     t = time.perf_counter()
-    run_dir = ctx.run_dir  # train once here; the notebooks then find the run in the cache
+    run_dir = ctx.ensure_run()  # train once here; the notebooks then find the run in the cache
     timings["train (or load cached run)"] = time.perf_counter() - t
     run_key = json.loads((run_dir / "config.json").read_text())["run_key"]
     t = time.perf_counter()
-    # before the pages: the photo page and `classify` read the calibration from the run folder
-    calibration = calibrate_on_validation(ctx, run_dir)
-    timings["calibrate on validation"] = time.perf_counter() - t
+    # what the finished run knows about its data (written when it was trained; computed here once for older runs)
+    calibration, test_outputs = ensure_run_outputs(run_dir, ctx.dataset.train, ctx.val, ctx.dataset.test, device,
+                                                   wait=wait)
+    timings["read (or compute once) calibration and test predictions"] = time.perf_counter() - t
 
     out_root = Path(out_root).resolve()
     final = out_root / ctx.report_name
@@ -424,9 +406,11 @@ def build_report(data: str | None = None, profile: str | None = None, out_root: 
             render_html(executed, staging / f"{nb.stem}.html")
             answers[nb.stem] = {"title": title_of(nb), **page_answer(executed)}
             timings[nb.stem] = time.perf_counter() - t
-        # the model the pages were computed from travels with them
+        # the model the pages were computed from travels with them, and so do its test predictions
         (staging / MODEL_FOLDER).mkdir()
-        for name in (*RUN_FILES, CALIBRATION_FILE):
+        derived = (CALIBRATION_FILE, *((PREDICTIONS_FILE, TEST_DUPLICATES_FILE, TEST_OUTPUTS_FILE) if test_outputs
+                                       else ()))
+        for name in (*RUN_FILES, *derived):
             shutil.copy2(run_dir / name, staging / MODEL_FOLDER / name)
         metrics = {"dataset": ctx.dataset.name, "layout": ctx.dataset.layout, "profile": ctx.profile,
                    "synthetic": ctx.is_synthetic, "git_commit": git_commit(), "run_key": run_key,
@@ -434,27 +418,21 @@ def build_report(data: str | None = None, profile: str | None = None, out_root: 
                    "data_files": {str(p.name): file_sha256(p) for p in ctx.dataset.files},
                    "config": json.loads((run_dir / "config.json").read_text()),
                    "run": json.loads((run_dir / "run.json").read_text()),
-                   "libraries": library_versions(), "platform": platform.platform()}
-        metrics["calibration"] = calibration
-        if ctx.dataset.test is not None:
-            t = time.perf_counter()
-            metrics["duplicates"] = write_test_duplicates(ctx, staging / TEST_DUPLICATES_FILE)
-            timings["duplicates"] = time.perf_counter() - t
-            t = time.perf_counter()
-            tta = prediction_tta(staging / MODEL_FOLDER)
-            counts = write_predictions(staging / MODEL_FOLDER, ctx.dataset.test, staging / "predictions.csv", tta=tta,
-                                       device=device)
-            metrics["predictions"] = {"file": "predictions.csv", "rows": len(ctx.dataset.test), "tta": tta,
-                                      "predicted_class_counts": counts}
-            timings["predict test set"] = time.perf_counter() - t
+                   "libraries": library_versions(), "platform": platform.platform(), "calibration": calibration}
+        if test_outputs:
+            for name in (PREDICTIONS_FILE, TEST_DUPLICATES_FILE):
+                shutil.copy2(run_dir / name, staging / name)
+            metrics["duplicates"] = test_outputs["duplicates"]
+            metrics["predictions"] = test_outputs["predictions"]
         timings["total"] = time.perf_counter() - started
         metrics["wall_seconds"] = {k: round(v, 2) for k, v in timings.items()}
         (staging / "metrics.json").write_text(json.dumps(metrics, indent=2))
         order = [p.stem for p in notebook_paths()]
         pages = [(f"{stem}.html", answers[stem]["title"]) for stem in order if stem in answers]
         for i, (href, title) in enumerate(pages):
-            _decorate_page(staging / href, f"{title} | FER report: {ctx.dataset.name}", _nav(pages, i),
-                           banner_html(ctx), provenance_line(metrics))
+            # the synthetic-data notice is the notebook's own (ctx.banner(), seen in JupyterLab too): not repeated here
+            _decorate_page(staging / href, f"{title} | FER report: {ctx.dataset.name}", _nav(pages, i), "",
+                           provenance_line(metrics))
         (staging / ANSWERS_FILE).write_text(json.dumps(answers, indent=1))
         write_index(staging, ctx, pages, answers, metrics)
     except Exception as err:  # noqa: BLE001 - any failure must leave the old report in place

@@ -8,14 +8,25 @@ dataset, the run cache ``runs/``) are the project's own folders wherever the cal
 from __future__ import annotations
 
 import html
+import json
 import sys
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 
+from fer_lib import ConfigError
+from fer_lib.core.io import cpu_has_fast_bf16, cpu_model
 from fer_lib.data.layouts import Dataset, FaceSet, detect_layout, load_dataset
-from fer_lib.training.runs import TrainConfig, config_for, load_trained, resolve_device, split_for
-from fer_lib.training.train import ensure_run
+from fer_lib.training.runs import (
+    TrainConfig,
+    config_for,
+    default_threads,
+    load_trained,
+    resolve_device,
+    run_identity,
+    split_for,
+)
+from fer_lib.training.train import cached_run_dir, ensure_run, find_run
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_RUNS = PROJECT_ROOT / "runs"
@@ -35,6 +46,10 @@ def default_data_path() -> Path | None:
         return root
     found = [p for p in sorted(root.iterdir()) if p.is_dir() and p != SYNTHETIC_FOLDER and detect_layout(p)]
     return found[0] if found else None
+
+
+class NoRun(ConfigError):
+    """A notebook needs a trained run that does not exist yet (the message says how to train it and how long)."""
 
 
 def default_profile(dataset: Dataset) -> str:
@@ -69,8 +84,29 @@ class Context:
 
     @cached_property
     def run_dir(self) -> Path:
-        return ensure_run(self.dataset, self.config, self.runs_root, device=self.device, shipped=self.shipped_model_dir,
-                          wait=self.wait)
+        """The finished run of this data and recipe (cached or shipped); never trains: NoRun says how to train it."""
+        found = find_run(self.dataset, self.config, self.runs_root, shipped=self.shipped_model_dir)
+        if found is None:
+            raise NoRun(self.no_run_message())
+        return found
+
+    def ensure_run(self) -> Path:
+        """The run, trained (or resumed) first when there is none: what `make report` does before the notebooks."""
+        self.__dict__["run_dir"] = ensure_run(self.dataset, self.config, self.runs_root, device=self.device,
+                                              shipped=self.shipped_model_dir, wait=self.wait)
+        return self.run_dir
+
+    def no_run_message(self) -> str:
+        seconds, basis = training_estimate(self)
+        where = cached_run_dir(self.dataset, self.runs_root, run_identity(self.dataset, self.config, warn=False))
+        started = " (a run was started there and stopped: training resumes it)" if where.exists() else ""
+        data = str(self.data_path)
+        profile = "" if self.profile == default_profile(self.dataset) else f" PROFILE={self.profile}"
+        return (f"No finished training run for {self.dataset.name} with the {self.profile} recipe: not in {where}"
+                f"{started}, nor shipped in {self.shipped_model_dir}. Train it first, about {duration(seconds)} on "
+                f"this machine ({self.config.epochs} epochs; {basis}), then run this notebook again: "
+                f"`make report DATA={data}{profile}` (trains, then renders every page) or "
+                f"`python -m fer_lib train --data {data} --profile {self.profile}` (trains only).")
 
     @cached_property
     def split(self) -> tuple[FaceSet, FaceSet]:
@@ -85,7 +121,7 @@ class Context:
         return resolve_device(self.device)
 
     def model(self):
-        """The run's shipped (best-validation) model, in eval mode on the context's device (a fresh copy per call)."""
+        """The run's shipped model, in eval mode on the context's device (a fresh copy per call)."""
         return load_trained(self.run_dir, device=resolve_device(self.device))[0]
 
     @cached_property
@@ -121,6 +157,48 @@ def load_context(data: str = "", profile: str = "", runs: str = "", device: str 
     config = config_for(profile, **overrides)
     runs_root = Path(runs).resolve() if runs else DEFAULT_RUNS
     return Context(dataset, config, profile, runs_root, device, data_path, wait)
+
+
+# Seconds per training face per epoch at 48 px, with validation, on 2 CPU cores, by CPU kind: measured with the
+# full recipe (60 epochs at 72 px: 8,858 s for 25,699 faces on an AMD EPYC with native bf16); the float32 figure for
+# CPUs without native bf16 is a rough guess (about 3 times slower); a GPU takes far less.
+SECONDS_PER_FACE = {"bf16": 8858 / (60 * 25699 * (72 / 48) ** 2), "fp32": 3 * 8858 / (60 * 25699 * (72 / 48) ** 2),
+                    "cuda": 1e-4}
+
+
+def training_estimate(ctx: "Context") -> tuple[float, str]:
+    """(seconds the context's training would take here, what the estimate rests on): scaled from a finished run
+    recorded on this CPU (in the run cache or a shipped report) by faces, epochs and input size, else from
+    SECONDS_PER_FACE by the kind of processor."""
+    faces = round(len(ctx.dataset.train) * (1 - ctx.config.val_fraction))
+    faces = min(faces, ctx.config.max_train) if ctx.config.max_train else faces
+    work = ctx.config.epochs * faces * (ctx.config.input_size / 48) ** 2
+    device = resolve_device(ctx.device).type
+    for run_json in sorted([*ctx.runs_root.glob("*/run.json"), *(PROJECT_ROOT / "report").glob("*/model/run.json")]):
+        try:
+            run = json.loads(run_json.read_text())
+            size = json.loads((run_json.parent / "config.json").read_text())["config"]["input_size"]
+            per_face = run["train_seconds"] / (run["epochs"] * run["train_faces"] * (size / 48) ** 2)
+        except (OSError, ValueError, KeyError, TypeError, ZeroDivisionError):
+            continue
+        if run.get("cpu") == cpu_model() and str(run.get("device", "")).startswith(device):
+            return work * per_face, f"scaled from the run recorded in {run_json.parent}"
+    kind = "cuda" if device == "cuda" else "bf16" if cpu_has_fast_bf16() else "fp32"
+    threads = 1 if kind == "cuda" else 2 / max(1, min(default_threads(), 2 * 8))
+    words = {"cuda": "a rough estimate for a GPU", "bf16": "estimated for a CPU with native bf16",
+             "fp32": "a rough estimate for a CPU without native bf16"}[kind]
+    return work * SECONDS_PER_FACE[kind] * threads, words
+
+
+def duration(seconds: float) -> str:
+    """'40 minutes', '2.5 hours', '3 days': a rough duration in words."""
+    if seconds < 90:
+        return "a minute or two"
+    if seconds < 90 * 60:
+        return f"{seconds / 60:.0f} minutes"
+    if seconds < 48 * 3600:
+        return f"{seconds / 3600:.1f} hours"
+    return f"{seconds / 86400:.0f} days"
 
 
 def ablation_table():

@@ -1,16 +1,21 @@
-"""Test-set predictions in the leaderboard format (id,label) and scoring them against known labels."""
+"""What a finished run computes from its data: test-set predictions in the leaderboard format (id,label) and
+their score against known labels, the calibration, and the test faces with a copy among the training faces."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import torch
 
 from fer_lib import CLASS_NAMES
-from fer_lib.core.io import atomic_write
+from fer_lib.core.io import array_sha256, atomic_write, default_cache_dir, exclusive_lock
+from fer_lib.data.duplicates import cached_duplicates
 from fer_lib.data.layouts import DataError, FaceSet
+from fer_lib.model.calibration import calibrate, read_calibration, write_calibration
 from fer_lib.model.inference import predict_logits
-from fer_lib.training.runs import load_trained, prediction_tta, resolve_device
+from fer_lib.training.runs import load_trained, prediction_tta, resolve_device, run_lock
 
 
 def write_predictions(run_dir: Path, faces: FaceSet, out: Path, tta: str = "", device: str = "auto") -> dict:
@@ -44,3 +49,83 @@ def score_predictions(pred_file: Path, label_file: Path) -> tuple[float, int]:
     if missing.any():
         raise DataError(f"{pred_file}: no prediction for {missing.sum()} id(s), e.g. {merged['id'][missing].iloc[0]}")
     return float((merged["label_true"] == merged["label_pred"]).mean()), len(merged)
+
+
+# ---------------------------------------------------------------------------------------------
+# what a finished run knows about its data: calibration, test predictions, test faces with a training copy
+
+PREDICTIONS_FILE = "predictions.csv"
+TEST_DUPLICATES_FILE = "test_duplicates.csv"
+TEST_OUTPUTS_FILE = "test_outputs.json"  # the test set the two files above describe, and their counts
+
+
+def test_fingerprint(faces: FaceSet) -> str:
+    """sha256 of the test faces' pixels and ids: the files above are recomputed for another test set."""
+    return array_sha256(faces.images, np.asarray(faces.ids, dtype=np.int64))
+
+
+def write_calibration_for(run_dir: Path, val: FaceSet, device: str | torch.device = "cpu",
+                          logits: torch.Tensor | None = None, tta: str = "") -> dict:
+    """Fit the temperature and the "uncertain" threshold on the validation faces with the test-time views the
+    predictions use (``tta``, default: run.json's), and write calibration.json (``logits``: those views' validation
+    logits, when already at hand)."""
+    tta = tta or prediction_tta(run_dir)
+    if logits is None:
+        model, config = load_trained(run_dir, device=device)
+        logits = predict_logits(model, val.images, config.input_size, tta=tta, device=device)
+    calibration = {**calibrate(logits, val.labels), "tta": tta}
+    write_calibration(run_dir, calibration)
+    return calibration
+
+
+def write_test_outputs(run_dir: Path, train: FaceSet, test: FaceSet, device: str | torch.device = "cpu",
+                       tta: str = "") -> dict:
+    """predictions.csv (the run's test-time views), test_duplicates.csv (the ids of test faces with an exact or near
+    copy among the training faces, and which kind; no labels, so that whoever holds the test labels can score the
+    model on unseen faces too) and test_outputs.json (the test set's fingerprint and the counts), in ``run_dir``."""
+    tta = tta or prediction_tta(run_dir)
+    counts = write_predictions(run_dir, test, Path(run_dir) / PREDICTIONS_FILE, tta=tta, device=str(device))
+    dup = cached_duplicates(train.images, test.images, cache_dir=default_cache_dir())
+    has_copy = dup.test_copy != ""
+    table = pd.DataFrame({"id": test.ids[has_copy], "copy": dup.test_copy[has_copy]})
+    atomic_write(Path(run_dir) / TEST_DUPLICATES_FILE, lambda tmp: table.to_csv(tmp, index=False))
+    outputs = {"test_fingerprint": test_fingerprint(test),
+               "predictions": {"file": PREDICTIONS_FILE, "rows": len(test), "tta": tta,
+                               "predicted_class_counts": counts},
+               "duplicates": {"file": TEST_DUPLICATES_FILE, "rows": int(has_copy.sum()),
+                              **dup.summary(train.labels)}}
+    atomic_write(Path(run_dir) / TEST_OUTPUTS_FILE, lambda tmp: tmp.write_text(json.dumps(outputs, indent=2)))
+    return outputs
+
+
+def _read_json(path: Path) -> dict | None:
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def ensure_run_outputs(run_dir: Path, train: FaceSet, val: FaceSet, test: FaceSet | None, device: str = "auto",
+                       wait: bool = True) -> tuple[dict, dict | None]:
+    """(calibration, test outputs or None without a test set) of a finished run: read from its folder, or, for a
+    run that predates them or another test set, computed once into it under the run's lock (a second process
+    waits, then reads what the first wrote)."""
+    run_dir = Path(run_dir)
+
+    def current():
+        outputs = _read_json(run_dir / TEST_OUTPUTS_FILE)
+        fresh = test is None or (outputs is not None and outputs.get("test_fingerprint") == test_fingerprint(test)
+                                 and all((run_dir / n).is_file() for n in (PREDICTIONS_FILE, TEST_DUPLICATES_FILE)))
+        return read_calibration(run_dir), (outputs if test is not None else None), fresh
+
+    calibration, outputs, fresh = current()
+    if calibration is not None and fresh:
+        return calibration, outputs
+    with exclusive_lock(run_lock(run_dir), f"writing the calibration and test predictions of {run_dir}", wait=wait):
+        calibration, outputs, fresh = current()  # another process may have written them while we waited
+        dev = resolve_device(device)
+        if calibration is None:
+            calibration = write_calibration_for(run_dir, val, dev)
+        if not fresh:
+            outputs = write_test_outputs(run_dir, train, test, dev)
+    return calibration, outputs

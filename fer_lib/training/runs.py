@@ -6,6 +6,8 @@ A run directory holds
   checkpoint.pt    latest state (model, EMA, optimizer, scheduler, epoch, history), every epoch
   best.pt          the weights of the selected epoch (runs.selected_row: the last one with an EMA)
   weights.pt       the shipped float16 copy of best.pt
+  calibration.json, predictions.csv, test_duplicates.csv, test_outputs.json: what the finished run knows about its
+                   data (predict.py), written before run.json, or on first use for runs that predate them
   run.json         written last: provenance (weights origin, device, CPU, library versions, timings, chosen TTA)
 Training itself (the loop) is in train.py, which builds on this module.
 """
@@ -34,10 +36,11 @@ from fer_lib.training.augment import AugmentConfig
 # With an EMA of the weights, val_loss / val_acc / val_acc_tta are those of the averaged weights (what is selected
 # and shipped) and val_acc_raw those of the weights the optimiser steps (val_acc_raw_tta only without an EMA, where
 # they agree).
-# train_eval_acc scores the shipped weights on a fixed sample of training faces exactly as validation is scored
-# (eval mode, no augmentation, no TTA): the like-for-like comparison for overfitting.
+# train_eval_acc and train_eval_loss score the shipped weights on a fixed sample of training faces exactly as
+# validation is scored (eval mode: dropout off; no augmentation, no TTA; plain cross-entropy): the like-for-like
+# comparison for overfitting. Histories written before train_eval_loss existed simply lack that column.
 HISTORY_COLUMNS = ["epoch", "train_loss", "train_ce", "train_acc", "val_loss", "val_acc", "val_acc_tta",
-                   "val_acc_raw", "val_acc_raw_tta", "train_eval_acc", "lr", "seconds"]
+                   "val_acc_raw", "val_acc_raw_tta", "train_eval_acc", "train_eval_loss", "lr", "seconds"]
 SPLITS = ("grouped", "random")
 PRECISIONS = ("auto", "fp32", "bf16")
 WEIGHTS_FILE = "weights.pt"  # a finished run's best weights as a float16 state dict: what is shipped

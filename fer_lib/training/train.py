@@ -21,9 +21,17 @@ import torch.nn.functional as F
 from fer_lib import CLASS_NAMES, ConfigError
 from fer_lib.core.io import atomic_write, cpu_model, exclusive_lock, file_sha256
 from fer_lib.data.layouts import Dataset
+from fer_lib.model.calibration import CALIBRATION_FILE
 from fer_lib.model.inference import TTA_MODES, accuracy, predict_logits
 from fer_lib.model.network import build_model, imagenet_weights_path, preprocess, resolve_weights
 from fer_lib.training.augment import augment, cutmix
+from fer_lib.training.predict import (
+    PREDICTIONS_FILE,
+    TEST_DUPLICATES_FILE,
+    TEST_OUTPUTS_FILE,
+    write_calibration_for,
+    write_test_outputs,
+)
 from fer_lib.training.runs import (
     HISTORY_COLUMNS,
     LATER_SETTINGS,
@@ -44,6 +52,8 @@ from fer_lib.training.runs import (
 )
 
 TRAIN_EVAL_SAMPLE = 1000  # training faces scored each epoch in eval mode without augmentation (like for like)
+
+
 def class_weights(labels: np.ndarray, mode: str) -> torch.Tensor | None:
     if mode == "none":
         return None
@@ -150,7 +160,8 @@ def _check_resumable(ckpt: dict, ckpt_path: Path, config: TrainConfig, identity:
                               f"{expected[:19]}); use another run directory, or --no-resume to start over")
 
 
-STARTING_OVER = ("config.json", "history.csv", "checkpoint.pt", "best.pt", "run.json", WEIGHTS_FILE, "calibration.json")
+STARTING_OVER = ("config.json", "history.csv", "checkpoint.pt", "best.pt", "run.json", WEIGHTS_FILE, CALIBRATION_FILE,
+                 PREDICTIONS_FILE, TEST_DUPLICATES_FILE, TEST_OUTPUTS_FILE)
 
 
 def _start_over(run_dir: Path, progress: bool) -> None:
@@ -260,11 +271,12 @@ def _train_locked(dataset: Dataset, config: TrainConfig, run_dir: Path, device: 
         shipped_model = model if ema is None else ema.module
         raw = validate(model, val_set.images, val_labels, config.input_size, dev, flip=ema is None)
         val = raw if ema is None else validate(shipped_model, val_set.images, val_labels, config.input_size, dev)
+        clean = validate(shipped_model, train_set.images[train_sample], labels[train_sample], config.input_size, dev,
+                         flip=False)
         row = {"epoch": epoch + 1, "train_loss": loss_sum / seen, "train_ce": ce_sum / seen,
                "train_acc": correct / seen, "val_loss": val["loss"], "val_acc": val["acc"],
                "val_acc_tta": val["acc_tta"], "val_acc_raw": raw["acc"], "val_acc_raw_tta": raw["acc_tta"],
-               "train_eval_acc": accuracy(predict_logits(shipped_model, train_set.images[train_sample],
-                                                         config.input_size, device=dev), labels[train_sample]),
+               "train_eval_acc": clean["acc"], "train_eval_loss": clean["loss"],
                "lr": lr, "seconds": time.perf_counter() - t0}
         history.append(row)
         # -- checkpoint (atomically: an interrupted write never corrupts the run)
@@ -282,13 +294,14 @@ def _train_locked(dataset: Dataset, config: TrainConfig, run_dir: Path, device: 
             print(f"epoch {epoch + 1}/{config.epochs}: train loss {row['train_loss']:.3f} (CE {row['train_ce']:.3f}) "
                   f"acc {row['train_acc']:.3f} | val loss {row['val_loss']:.3f} acc {row['val_acc']:.3f} "
                   f"(flip TTA {row['val_acc_tta']:.3f}) | {row['seconds']:.0f}s", flush=True)
-    _finish(run_dir, config, identity, weights_origin, dev, precision, history, len(train_set), val_set)
+    _finish(run_dir, config, identity, weights_origin, dev, precision, history, dataset, len(train_set), val_set)
     return run_dir
 
 
 def _finish(run_dir: Path, config: TrainConfig, identity: RunIdentity, weights_origin: str, dev: torch.device,
-            precision: str, history: list[dict], n_train: int, val_set) -> None:
-    """Write the shipped float16 weights, choose the prediction views on validation, and write run.json last."""
+            precision: str, history: list[dict], dataset: Dataset, n_train: int, val_set) -> None:
+    """Write the shipped float16 weights, choose the prediction views on validation, calibrate, predict the test
+    faces and list those with a training copy (predict.py), and write run.json last."""
     best_state = torch.load(run_dir / "best.pt", map_location="cpu", weights_only=True)
     averaged = bool(config.ema_decay)
     selected = selected_row(history, averaged)
@@ -297,8 +310,13 @@ def _finish(run_dir: Path, config: TrainConfig, identity: RunIdentity, weights_o
     shipped = {k: v.half() if v.is_floating_point() else v for k, v in best_state.items()}
     atomic_write(run_dir / WEIGHTS_FILE, lambda tmp: torch.save(shipped, tmp))
     final = load_trained_weights(run_dir / WEIGHTS_FILE, dev)
-    by_tta = {mode: accuracy(predict_logits(final, val_set.images, config.input_size, tta=mode, device=dev),
-                             val_set.labels) for mode in TTA_MODES}
+    val_logits = {mode: predict_logits(final, val_set.images, config.input_size, tta=mode, device=dev)
+                  for mode in TTA_MODES}
+    by_tta = {mode: accuracy(logits, val_set.labels) for mode, logits in val_logits.items()}
+    tta = max(("flip", "flip+shift"), key=lambda m: by_tta[m])
+    write_calibration_for(run_dir, val_set, dev, logits=val_logits[tta], tta=tta)
+    if dataset.test is not None:
+        write_test_outputs(run_dir, dataset.train, dataset.test, dev, tta=tta)
     provenance = {"weights_origin": weights_origin, "weights_used": identity.weights_used, "device": str(dev),
                   "precision": precision, "cpu": cpu_model(), "threads": torch.get_num_threads(),
                   "torch": torch.__version__, "python": platform.python_version(), "epochs": len(history),
@@ -309,7 +327,7 @@ def _finish(run_dir: Path, config: TrainConfig, identity: RunIdentity, weights_o
                   "train_seconds": sum(r["seconds"] for r in history),
                   "weights_sha256": file_sha256(run_dir / WEIGHTS_FILE),
                   # the test-time views predictions use, chosen on validation with the shipped float16 weights
-                  "val_acc_by_tta": by_tta, "tta": max(("flip", "flip+shift"), key=lambda m: by_tta[m])}
+                  "val_acc_by_tta": by_tta, "tta": tta}
     atomic_write(run_dir / "run.json", lambda tmp: tmp.write_text(json.dumps(provenance, indent=2)))
 
 
@@ -320,16 +338,32 @@ def progress_bar(iterable, desc: str, enabled: bool = True):
     return tqdm(iterable, desc=desc, disable=not enabled or not sys.stderr.isatty(), leave=False, mininterval=2)
 
 
-def ensure_run(dataset: Dataset, config: TrainConfig, runs_root: Path, device: str = "auto",
-               progress: bool = True, shipped: Path | None = None, wait: bool = True) -> Path:
-    """The run for (config, data): a finished run in the cache, else the ``shipped`` model folder when it was
-    trained with the same settings, data and initial weights, else trained (or resumed) into the cache."""
-    identity = run_identity(dataset, config, warn=False)
-    run_dir = Path(runs_root) / f"{dataset.name}-{identity.key}"
+def find_run(dataset: Dataset, config: TrainConfig, runs_root: Path, shipped: Path | None = None,
+             identity: RunIdentity | None = None) -> Path | None:
+    """The finished run for (config, data), without training: the cache's, else the ``shipped`` model folder when it
+    was trained with the same settings, data and initial weights; None when there is none."""
+    identity = identity or run_identity(dataset, config, warn=False)
+    run_dir = cached_run_dir(dataset, runs_root, identity)
     if is_complete(run_dir):
         return run_dir
     if shipped is not None and matches_run(shipped, identity.key):
         return Path(shipped)
+    return None
+
+
+def cached_run_dir(dataset: Dataset, runs_root: Path, identity: RunIdentity) -> Path:
+    """Where the run for (config, data) is trained in the cache: ``runs_root/<dataset>-<run key>``."""
+    return Path(runs_root) / f"{dataset.name}-{identity.key}"
+
+
+def ensure_run(dataset: Dataset, config: TrainConfig, runs_root: Path, device: str = "auto",
+               progress: bool = True, shipped: Path | None = None, wait: bool = True) -> Path:
+    """:func:`find_run`'s run, else trained (or resumed) into the cache."""
+    identity = run_identity(dataset, config, warn=False)
+    found = find_run(dataset, config, runs_root, shipped, identity)
+    if found is not None:
+        return found
     if identity.weights_path is None and config.weights != "random":
         resolve_weights(config.weights)  # training: now warn that the ImageNet weights are missing
-    return train(dataset, config, run_dir, device=device, progress=progress, wait=wait, identity=identity)
+    return train(dataset, config, cached_run_dir(dataset, runs_root, identity), device=device, progress=progress,
+                 wait=wait, identity=identity)
