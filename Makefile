@@ -7,6 +7,7 @@ DATA ?=
 PROFILE ?=
 DEVICE ?= auto
 NOTEBOOKS ?=
+RETRAIN ?=
 
 .DEFAULT_GOAL := help
 .PHONY: help report test lint lab bench synth clean
@@ -18,6 +19,7 @@ help: ## show this help
 	@echo
 	@echo "Variables: DATA=path/to/fer2013 (default: ./data if present, else synthetic demo data)"
 	@echo "           PROFILE=quick|full|long   DEVICE=auto|cpu|cuda   NOTEBOOKS=\"02 05\" (rebuild only these pages)"
+	@echo "           RETRAIN=1 (train this data's own model even where the shipped model in models/ serves it)"
 
 # the environment is rebuilt when requirements.txt is newer than it
 $(VENV)/.installed: requirements.txt pyproject.toml
@@ -29,7 +31,7 @@ $(VENV)/.installed: requirements.txt pyproject.toml
 	@touch $@
 
 report: $(VENV)/.installed ## render report/<dataset>/ (from the shipped model, or trains once and caches the run)
-	$(PY) -m fer_lib report $(if $(DATA),--data $(DATA)) $(if $(PROFILE),--profile $(PROFILE)) --device $(DEVICE) $(if $(NOTEBOOKS),--notebooks $(NOTEBOOKS))
+	$(PY) -m fer_lib report $(if $(DATA),--data $(DATA)) $(if $(PROFILE),--profile $(PROFILE)) --device $(DEVICE) $(if $(NOTEBOOKS),--notebooks $(NOTEBOOKS)) $(if $(RETRAIN),--retrain)
 
 # one worker per core, each with one thread (two-thread torch ops in two workers contend for the cores and run
 # slower than one worker); whole files per worker, in the order conftest.py gives (slowest first)

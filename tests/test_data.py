@@ -80,8 +80,20 @@ def test_directory_with_train_and_test(tiny_dataset):
     ds = load_dataset(tiny_dataset)
     assert ds.layout == "homework-csv" and ds.synthetic and ds.name == "synthetic"  # SYNTHETIC.txt marks it
     assert len(ds.train) == 300 and ds.train.labels is not None
-    assert len(ds.test) == 60 and ds.test.labels is None
     np.testing.assert_array_equal(ds.test.ids, np.arange(60))
+    # the demo writes its test labels beside test.csv (test_labels.csv): read, and aligned by id
+    truth = np.loadtxt(tiny_dataset / "test_labels.csv", delimiter=",", skiprows=1, dtype=np.int64)
+    np.testing.assert_array_equal(ds.test.labels, truth[np.argsort(truth[:, 0]), 1][ds.test.ids])
+    assert [p.name for p in ds.files] == ["train.csv", "test.csv", "test_labels.csv"]
+
+
+def test_hidden_test_labels_stay_hidden_and_a_label_file_must_cover_every_id(tiny_dataset, tmp_path):
+    for name in ("train.csv", "test.csv"):
+        (tmp_path / name).write_bytes((tiny_dataset / name).read_bytes())
+    assert load_dataset(tmp_path).test.labels is None  # the homework's layout: labels hidden
+    (tmp_path / "test_labels.csv").write_text("id,label\n0,3\n1,4\n")
+    with pytest.raises(DataError, match=r"test_labels.csv: no label for test id 2 \(58 test id"):
+        load_dataset(tmp_path)
 
 
 def test_original_fer2013_csv(tmp_path, rng):
@@ -93,6 +105,8 @@ def test_original_fer2013_csv(tmp_path, rng):
         ds = load_dataset(tmp_path)
     assert ds.layout == "fer2013.csv"
     assert len(ds.train) == 8 and len(ds.test) == 5
+    assert ds.test.usage.tolist() == ["PublicTest"] * 3 + ["PrivateTest"] * 2 and ds.train.usage is None
+    assert ds.test.ids.tolist() == list(range(8, 13))  # rows of the file
     np.testing.assert_array_equal(ds.test.labels, [8 % 7, 9 % 7, 10 % 7, 11 % 7, 12 % 7])
 
 

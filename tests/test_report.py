@@ -70,7 +70,11 @@ def test_index_metrics_and_predictions(built, synthetic_small):
     for nb in notebook_paths():
         assert f'href="{nb.stem}.html"' in index
     metrics = json.loads((folder / "metrics.json").read_text())
-    assert set(metrics["data_files"]) == {"train.csv", "test.csv"}
+    assert set(metrics["data_files"]) == {"train.csv", "test.csv", "test_labels.csv"}
+    # the demo's test labels are known, so its test set is scored (a hidden-label copy gets no "test" entry)
+    assert metrics["test"]["faces"] == 30 and 0 <= metrics["test"]["accuracy"] <= 1
+    assert metrics["data_match"]["how"] == "trained on these faces"
+    assert f"Test accuracy: {metrics['test']['accuracy']:.1%}" in index
     assert all(len(h) == 64 for h in metrics["data_files"].values())
     assert metrics["config"]["config"]["epochs"] == 1 and metrics["libraries"]["torch"]
     assert metrics["run"]["device"] == "cpu" and "total" in metrics["wall_seconds"]

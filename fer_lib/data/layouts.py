@@ -11,6 +11,7 @@ Every image comes back as uint8 (N, 48, 48); labels are int64 in 0..6, or None f
 from __future__ import annotations
 
 import json
+import sys
 import warnings
 import zlib
 from dataclasses import dataclass, field
@@ -23,7 +24,7 @@ from fer_lib.core.io import IMAGE_SUFFIXES, array_sha256, atomic_savez, default_
 from fer_lib.data.fastcsv import parse_key_pixel_rows
 
 N_PIXELS = IMAGE_SIZE * IMAGE_SIZE
-_CACHE_FORMAT = 1  # bump when the parsed-array layout changes, so old cache entries are ignored
+_CACHE_FORMAT = 2  # bump when the parsed-array layout changes, so old cache entries are ignored
 
 
 class DataError(ValueError):
@@ -41,13 +42,17 @@ class FaceSet:
     images: np.ndarray  # (N, 48, 48) uint8
     labels: np.ndarray | None  # (N,) int64 in 0..6; None when the split is unlabeled
     ids: np.ndarray  # (N,) int64: the test id, or the row index for training data
+    usage: np.ndarray | None = None  # (N,) str: Kaggle's Usage (PublicTest, PrivateTest) where the file says it
+    names: np.ndarray | None = None  # (N,) str: the image file (relative to its split folder) where there is one
 
     def __len__(self) -> int:
         return len(self.images)
 
     def subset(self, index: np.ndarray) -> "FaceSet":
-        labels = None if self.labels is None else self.labels[index]
-        return FaceSet(self.images[index], labels, self.ids[index])
+        def pick(column):
+            return None if column is None else column[index]
+
+        return FaceSet(self.images[index], pick(self.labels), self.ids[index], pick(self.usage), pick(self.names))
 
 
 @dataclass
@@ -237,15 +242,18 @@ def _parse_fer2013_csv(path: Path) -> dict[str, np.ndarray]:
     labels, pixels = _parse_key_pixel_csv(path, "\n".join(key_pixel_lines).encode(), "emotion")
     _check_labels(path, labels)
     return {"images": pixels.astype(np.uint8).reshape(-1, IMAGE_SIZE, IMAGE_SIZE), "labels": labels,
-            "is_train": np.array([u == "Training" for u in usage])}
+            "usage": np.array(usage)}
 
 
 def read_fer2013_csv(path: Path, cache_dir: Path | None = None) -> tuple[FaceSet, FaceSet]:
-    """The original Kaggle file: Training is the train split; PublicTest + PrivateTest the (labeled) test."""
+    """The original Kaggle file: Training is the train split; PublicTest + PrivateTest the (labeled) test, each face
+    with its Usage. Ids are the row numbers of the file (0 = its first face)."""
     arrays = _cached(Path(path), cache_dir, _parse_fer2013_csv)
     ids = np.arange(len(arrays["labels"]), dtype=np.int64)
-    everything = FaceSet(arrays["images"], arrays["labels"], ids)
-    train, test = everything.subset(arrays["is_train"]), everything.subset(~arrays["is_train"])
+    everything = FaceSet(arrays["images"], arrays["labels"], ids, arrays["usage"].astype(str))
+    is_train = everything.usage == "Training"
+    train, test = everything.subset(is_train), everything.subset(~is_train)
+    train.usage = None  # the training split is all "Training"
     warn_empty_classes(str(path), train.labels)
     return train, test
 
@@ -290,7 +298,8 @@ def _read_images(paths: list[Path]) -> np.ndarray:
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", DataWarning)
         images = [read_face_image(p)
-                  for p in tqdm(paths, desc="reading images", leave=False, disable=len(paths) < 2000)]
+                  for p in tqdm(paths, desc="reading images", leave=False,
+                                disable=len(paths) < 2000 or not sys.stderr.isatty())]
     if caught:  # one summary instead of thousands of lines
         warnings.warn(f"{len(caught)} image(s) converted to 48x48 grayscale, e.g. {caught[0].message}",
                       DataWarning, stacklevel=3)
@@ -345,6 +354,18 @@ def _read_id_label_file(label_file: Path) -> tuple[np.ndarray, np.ndarray]:
     return np.array(ids, np.int64), np.array(labels, np.int64)
 
 
+def _test_labels(label_file: Path, test_ids: np.ndarray) -> np.ndarray:
+    """The labels of ``test_ids`` from an id,label file; every test id needs one."""
+    ids, labels = _read_id_label_file(label_file)
+    _check_labels(label_file, labels)
+    _check_unique_ids(label_file, ids)
+    by_id = dict(zip(ids.tolist(), labels.tolist()))
+    missing = [i for i in test_ids.tolist() if i not in by_id]
+    if missing:
+        raise DataError(f"{label_file}: no label for test id {missing[0]} ({len(missing)} test id(s) without one)")
+    return np.array([by_id[i] for i in test_ids.tolist()], dtype=np.int64)
+
+
 def read_image_id_layout(root: Path) -> tuple[FaceSet, FaceSet | None, list[Path]]:
     """Layout (c), the course's own: ``train.csv`` (id,label) naming ``train_img/<id>.jpg``; ``test_img/<id>.jpg``.
 
@@ -393,7 +414,8 @@ def _read_class_folders(split_dir: Path) -> FaceSet:
     if not paths:
         raise DataError(f"{split_dir}: no images found in its class folders")
     labels = np.array(labels, dtype=np.int64)
-    return FaceSet(_read_images(paths), labels, np.arange(len(paths), dtype=np.int64))
+    names = np.array([p.relative_to(split_dir).as_posix() for p in paths])
+    return FaceSet(_read_images(paths), labels, np.arange(len(paths), dtype=np.int64), names=names)
 
 
 def read_class_folder_layout(root: Path) -> tuple[FaceSet, FaceSet | None]:
@@ -468,7 +490,10 @@ def load_dataset(path: str | Path, cache_dir: Path | None = None, name: str | No
         if train.labels is None:
             raise DataError(f"{train_csv}: a training file needs a label column (label,feature), found id,feature")
         test = read_homework_csv(test_csv, cache_dir) if test_csv else None
-        return Dataset(name, layout, train, test, [p for p in (train_csv, test_csv) if p], synthetic)
+        label_file = first_existing(path, "test_labels.csv", "test_labels.csv.gz") if test is not None else None
+        if label_file:  # the test labels, where they are not hidden (the synthetic demo writes them)
+            test.labels = _test_labels(label_file, test.ids)
+        return Dataset(name, layout, train, test, [p for p in (train_csv, test_csv, label_file) if p], synthetic)
     if layout == "fer2013.csv":
         fer_csv = first_existing(path, "fer2013.csv", "fer2013.csv.gz")
         train, test = read_fer2013_csv(fer_csv, cache_dir)

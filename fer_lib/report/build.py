@@ -26,7 +26,8 @@ from pathlib import Path
 
 from fer_lib import ConfigError
 from fer_lib.core.io import exclusive_lock, file_sha256, recover_directory, replace_directory
-from fer_lib.report.context import PROJECT_ROOT, SYNTHETIC_NOTICE, Context, load_context
+from fer_lib.data.face_keys import KEYS_FILE
+from fer_lib.report.context import PROJECT_ROOT, SHIPPED_MODELS, SYNTHETIC_NOTICE, Context, load_context
 
 NOTEBOOK_DIR = PROJECT_ROOT / "notebooks"
 LIBRARIES = ("torch", "torchvision", "numpy", "pandas", "scikit-learn", "matplotlib", "seaborn", "captum",
@@ -195,7 +196,26 @@ def headline_html(metrics: dict) -> str:
             text += (f" With {VIEW_WORDS.get(acc.views, acc.views)}, as the test predictions are made: "
                      f"{acc.with_views:.1%}; these views were the better of {len(acc.by_views) - 1} measured on the "
                      "same validation faces, so this figure is slightly optimistic.")
+    test = metrics.get("test")
+    if test:  # the test labels are known (Kaggle's file, class folders, the demo): scored beside validation
+        usage = "; ".join(f"{name} {acc:.1%}" for name, acc in sorted(test.get("by_usage", {}).items(), reverse=True))
+        unseen = test.get("without_training_copy")
+        text += (f"</p><p><b>Test accuracy: {test['accuracy']:.1%}</b> on {test['faces']:,} labelled test faces"
+                 + (f" ({usage})" if usage else "")
+                 + (f"; {unseen:.1%} on the test faces without any copy in the training data" if unseen is not None
+                    else "") + ".")
     return f"<p>{text}</p>"
+
+
+def data_match(ctx: Context, run_dir: Path) -> dict:
+    """How the data met its model, for metrics.json: a shipped model serving a copy (counts of exact, near and new
+    faces), the shipped model trained on exactly these faces, or a run trained on them."""
+    if ctx.served is not None:
+        return {"how": "matched face by face", **ctx.served.summary()}
+    if Path(run_dir).parent == SHIPPED_MODELS:
+        return {"how": "the shipped model's own faces, in its order", "model": Path(run_dir).name,
+                "exact": len(ctx.dataset.train), "near": 0, "new": 0}
+    return {"how": "trained on these faces", "run": Path(run_dir).name}
 
 
 def write_index(folder: Path, ctx: Context, pages: list[tuple[str, str]], answers: dict, metrics: dict) -> None:
@@ -337,7 +357,7 @@ def _alive(pid: int) -> bool:
 
 def build_report(data: str | None = None, profile: str | None = None, out_root: Path = Path("report"),
                  runs_root: Path | str = "", device: str = "auto", notebooks: list[str] | None = None,
-                 wait: bool = True, notebook_params: dict | None = None) -> int:
+                 wait: bool = True, notebook_params: dict | None = None, retrain: bool = False) -> int:
     """Build report/<dataset>/; returns a process exit code (0 on success).
 
     ``notebook_params`` overrides notebooks' own parameters (such as 05's ``ascent_steps``), e.g. to make a
@@ -364,7 +384,7 @@ def build_report(data: str | None = None, profile: str | None = None, out_root: 
     if clash:
         raise ConfigError(f"notebook_params cannot set {', '.join(clash)}: use the build's own arguments")
     t = time.perf_counter()
-    ctx = load_context(data or "", profile or "", str(runs_root or ""), device, wait=wait)
+    ctx = load_context(data or "", profile or "", str(runs_root or ""), device, wait=wait, retrain=retrain)
     timings["load data"] = time.perf_counter() - t
     t = time.perf_counter()
     run_dir = ctx.ensure_run()  # train once here; the notebooks then find the run in the cache
@@ -372,8 +392,9 @@ def build_report(data: str | None = None, profile: str | None = None, out_root: 
     run_key = json.loads((run_dir / "config.json").read_text())["run_key"]
     t = time.perf_counter()
     # what the finished run knows about its data (written when it was trained; computed here once for older runs)
+    outputs_dir = ctx.outputs_dir  # the run's folder, or the run cache's for a test set a shipped model never saw
     calibration, test_outputs = ensure_run_outputs(run_dir, ctx.dataset.train, ctx.val, ctx.dataset.test, device,
-                                                   wait=wait)
+                                                   wait=wait, out_dir=outputs_dir)
     timings["read (or compute once) calibration and test predictions"] = time.perf_counter() - t
 
     out_root = Path(out_root).resolve()
@@ -408,10 +429,10 @@ def build_report(data: str | None = None, profile: str | None = None, out_root: 
             timings[nb.stem] = time.perf_counter() - t
         # the model the pages were computed from travels with them, and so do its test predictions
         (staging / MODEL_FOLDER).mkdir()
-        derived = (CALIBRATION_FILE, *((PREDICTIONS_FILE, TEST_DUPLICATES_FILE, TEST_OUTPUTS_FILE) if test_outputs
-                                       else ()))
-        for name in (*RUN_FILES, *derived):
+        for name in (*RUN_FILES, CALIBRATION_FILE, *([KEYS_FILE] if (run_dir / KEYS_FILE).exists() else [])):
             shutil.copy2(run_dir / name, staging / MODEL_FOLDER / name)
+        for name in (PREDICTIONS_FILE, TEST_DUPLICATES_FILE, TEST_OUTPUTS_FILE) if test_outputs else ():
+            shutil.copy2(outputs_dir / name, staging / MODEL_FOLDER / name)
         metrics = {"dataset": ctx.dataset.name, "layout": ctx.dataset.layout, "profile": ctx.profile,
                    "synthetic": ctx.is_synthetic, "git_commit": git_commit(), "run_key": run_key,
                    "built": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
@@ -419,11 +440,16 @@ def build_report(data: str | None = None, profile: str | None = None, out_root: 
                    "config": json.loads((run_dir / "config.json").read_text()),
                    "run": json.loads((run_dir / "run.json").read_text()),
                    "libraries": library_versions(), "platform": platform.platform(), "calibration": calibration}
+        metrics["data_match"] = data_match(ctx, run_dir)
         if test_outputs:
             for name in (PREDICTIONS_FILE, TEST_DUPLICATES_FILE):
-                shutil.copy2(run_dir / name, staging / name)
+                shutil.copy2(outputs_dir / name, staging / name)
             metrics["duplicates"] = test_outputs["duplicates"]
             metrics["predictions"] = test_outputs["predictions"]
+            if "test" in test_outputs:  # labelled test faces: scored (never the case for hidden labels)
+                scored = test_outputs["test"]
+                metrics["test"] = {k: scored[k] for k in ("faces", "accuracy", "by_usage", "without_training_copy")
+                                   if k in scored}
         timings["total"] = time.perf_counter() - started
         metrics["wall_seconds"] = {k: round(v, 2) for k, v in timings.items()}
         (staging / "metrics.json").write_text(json.dumps(metrics, indent=2))

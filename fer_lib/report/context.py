@@ -15,8 +15,9 @@ from functools import cached_property
 from pathlib import Path
 
 from fer_lib import ConfigError
-from fer_lib.core.io import cpu_has_fast_bf16, cpu_model
+from fer_lib.core.io import cpu_has_fast_bf16, cpu_model, default_cache_dir
 from fer_lib.data.layouts import Dataset, FaceSet, detect_layout, load_dataset
+from fer_lib.training.predict import ensure_run_outputs, outputs_folder
 from fer_lib.training.runs import (
     TrainConfig,
     config_for,
@@ -26,10 +27,14 @@ from fer_lib.training.runs import (
     run_identity,
     split_for,
 )
+from fer_lib.training.shipped import SERVE_MIN_SHARE, ServedCopy, serve_copy, shipped_models
 from fer_lib.training.train import cached_run_dir, ensure_run, find_run
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_RUNS = PROJECT_ROOT / "runs"
+# the models that ship with the project (models/<name>/: weights, config, history, calibration, face keys): found
+# whatever a user's data folder is called, and never inside a report folder that a build replaces
+SHIPPED_MODELS = PROJECT_ROOT / "models"
 SYNTHETIC_FOLDER = PROJECT_ROOT / "data" / "synthetic"  # ignored by git, drawn on first use
 SYNTHETIC_SIZES = {"n_train": 3500, "n_test": 700, "seed": 0}
 SYNTHETIC_NOTICE = ("SYNTHETIC DEMO DATA: these pages were computed on procedurally drawn faces, not on FER2013. "
@@ -65,6 +70,7 @@ class Context:
     device: str
     data_path: Path
     wait: bool = True  # wait for another process training the same run (False: refuse)
+    retrain: bool = False  # train this data's own model even where a shipped model would serve it
 
     @property
     def is_synthetic(self) -> bool:
@@ -78,23 +84,59 @@ class Context:
         return name if self.profile == default_profile(self.dataset) else f"{name}-{self.profile}"
 
     @property
-    def shipped_model_dir(self) -> Path:
-        """report/<name>/model/: the model a committed report was rendered from, reused when its run key matches."""
-        return PROJECT_ROOT / "report" / self.report_name / "model"
+    def shipped_models(self) -> list[Path]:
+        """models/*/: the shipped models that may serve this data (none with ``retrain``)."""
+        return [] if self.retrain else shipped_models(SHIPPED_MODELS)
+
+    @cached_property
+    def served(self) -> ServedCopy | None:
+        """The shipped model that serves this copy of its data face by face (reordered, re-encoded, a few faces
+        more or less), when no run was made from exactly these faces and this recipe."""
+        if find_run(self.dataset, self.config, self.runs_root, shipped=self.shipped_models) is not None:
+            return None
+        return serve_copy(self.dataset, self.config, self.shipped_models, cache_dir=default_cache_dir())
 
     @cached_property
     def run_dir(self) -> Path:
-        """The finished run of this data and recipe (cached or shipped); never trains: NoRun says how to train it."""
-        found = find_run(self.dataset, self.config, self.runs_root, shipped=self.shipped_model_dir)
+        """The finished run of this data and recipe (cached, shipped, or a shipped model that serves this copy of
+        its data); never trains: NoRun says how to train it."""
+        found = find_run(self.dataset, self.config, self.runs_root, shipped=self.shipped_models)
+        if found is None and self.served is not None:
+            found = self.served.model_dir
         if found is None:
             raise NoRun(self.no_run_message())
         return found
 
     def ensure_run(self) -> Path:
-        """The run, trained (or resumed) first when there is none: what `make report` does before the notebooks."""
+        """The run, trained (or resumed) first when there is none: what `make report` does before the notebooks.
+        Before a training it says on the console what it is about to do and how long that will take here."""
+        try:
+            return self.run_dir
+        except NoRun:
+            pass
+        seconds, basis = training_estimate(self)
+        faces = len(split_for(self.dataset, self.config)[0])
+        epochs = f"{self.config.epochs} epoch{'s' if self.config.epochs != 1 else ''}"
+        print(f"training the {self.profile} recipe on {faces:,} faces of {self.dataset.name}: {epochs}, about "
+              f"{duration(seconds)} on this machine ({basis}); interrupt it at any time, the same command resumes it",
+              file=sys.stderr, flush=True)
         self.__dict__["run_dir"] = ensure_run(self.dataset, self.config, self.runs_root, device=self.device,
-                                              shipped=self.shipped_model_dir, wait=self.wait)
+                                              shipped=self.shipped_models, wait=self.wait)
         return self.run_dir
+
+    @property
+    def outputs_dir(self) -> Path:
+        """Where this data's test predictions live: the run's folder, or, where a shipped model serves another test
+        set than the one it was shipped with, a folder of the run cache."""
+        key = json.loads((self.run_dir / "config.json").read_text())["run_key"]
+        return outputs_folder(self.run_dir, self.dataset.test,
+                              self.runs_root / f"{self.dataset.name}-{key}-outputs")
+
+    def test_outputs(self) -> dict | None:
+        """The run's test outputs for this data (predictions, copies, the score where the labels are known), or
+        None without a test set; computed once on first use."""
+        return ensure_run_outputs(self.run_dir, self.dataset.train, self.val, self.dataset.test, self.device,
+                                  wait=self.wait, out_dir=self.outputs_dir)[1]
 
     def no_run_message(self) -> str:
         seconds, basis = training_estimate(self)
@@ -103,13 +145,18 @@ class Context:
         data = str(self.data_path)
         profile = "" if self.profile == default_profile(self.dataset) else f" PROFILE={self.profile}"
         return (f"No finished training run for {self.dataset.name} with the {self.profile} recipe: not in {where}"
-                f"{started}, nor shipped in {self.shipped_model_dir}. Train it first, about {duration(seconds)} on "
+                f"{started}, nor shipped in {SHIPPED_MODELS} (no shipped model was trained with this recipe on at "
+                f"least {SERVE_MIN_SHARE:.0%} of these faces). Train it first, about {duration(seconds)} on "
                 f"this machine ({self.config.epochs} epochs; {basis}), then run this notebook again: "
                 f"`make report DATA={data}{profile}` (trains, then renders every page) or "
                 f"`python -m fer_lib train --data {data} --profile {self.profile}` (trains only).")
 
     @cached_property
     def split(self) -> tuple[FaceSet, FaceSet]:
+        """(training, validation) faces: the run's own split, or, for a copy a shipped model serves, the user's
+        faces that match the model's training and validation faces."""
+        if self.served is not None:
+            return self.served.split(self.dataset.train)
         return split_for(self.dataset, self.config)
 
     @property
@@ -141,7 +188,7 @@ class Context:
 
 
 def load_context(data: str = "", profile: str = "", runs: str = "", device: str = "auto", wait: bool = True,
-                 **overrides) -> Context:
+                 retrain: bool = False, **overrides) -> Context:
     """Resolve the dataset (given, ./data, or the synthetic demo), the profile's TrainConfig and the run cache.
 
     ``data`` and ``runs`` are paths relative to the current directory; empty means the project's defaults.
@@ -156,7 +203,7 @@ def load_context(data: str = "", profile: str = "", runs: str = "", device: str 
     profile = profile or default_profile(dataset)
     config = config_for(profile, **overrides)
     runs_root = Path(runs).resolve() if runs else DEFAULT_RUNS
-    return Context(dataset, config, profile, runs_root, device, data_path, wait)
+    return Context(dataset, config, profile, runs_root, device, data_path, wait, retrain)
 
 
 # Seconds per training face per epoch at 48 px, with validation, on 2 CPU cores, by CPU kind: measured with the
@@ -174,7 +221,7 @@ def training_estimate(ctx: "Context") -> tuple[float, str]:
     faces = min(faces, ctx.config.max_train) if ctx.config.max_train else faces
     work = ctx.config.epochs * faces * (ctx.config.input_size / 48) ** 2
     device = resolve_device(ctx.device).type
-    for run_json in sorted([*ctx.runs_root.glob("*/run.json"), *(PROJECT_ROOT / "report").glob("*/model/run.json")]):
+    for run_json in sorted([*ctx.runs_root.glob("*/run.json"), *SHIPPED_MODELS.glob("*/run.json")]):
         try:
             run = json.loads(run_json.read_text())
             size = json.loads((run_json.parent / "config.json").read_text())["config"]["input_size"]
@@ -218,8 +265,15 @@ def data_notice_html(ctx: "Context") -> str:
     """The line under each page's title saying what data it was computed on (a loud box for the demo)."""
     if not ctx.is_synthetic:
         files = LAYOUT_WORDS.get(ctx.dataset.layout, ctx.dataset.layout)
+        served = ""
+        if ctx.served is not None:  # a copy of the shipped model's data, matched face by face
+            c = ctx.served.summary()
+            served = (f" Served by the shipped model <code>models/{html.escape(c['model'])}</code>: of these training "
+                      f"faces {c['exact']:,} are its faces exactly, {c['near']:,} nearly (re-encoded), and "
+                      f"{c['new']:,} it never saw; validation is the {c['by_side']['val']:,} that are its "
+                      "validation faces.")
         return (f"<p><b>Data:</b> {html.escape(ctx.dataset.name)} ({html.escape(files)}), "
                 f"{len(ctx.dataset.train):,} training faces; training recipe: {html.escape(ctx.profile)} "
-                "(see the appendix).</p>")
+                f"(see the appendix).{served}</p>")
     return ('<div style="background:#fff3cd;border:2px solid #d39e00;padding:10px 14px;'
             f'font-size:1.05em;margin:8px 0"><b>&#9888; {html.escape(SYNTHETIC_NOTICE)}</b></div>')

@@ -16,6 +16,13 @@ from fer_lib.data.layouts import DataError, FaceSet
 from fer_lib.model.calibration import calibrate, read_calibration, write_calibration
 from fer_lib.model.inference import predict_logits
 from fer_lib.training.runs import load_trained, prediction_tta, resolve_device, run_lock
+from fer_lib.training.scoring import score_test_set
+
+
+def face_ids(faces: FaceSet) -> np.ndarray:
+    """The ids a user's course expects: the image file names where the faces came from class folders (test/angry/
+    im3.png -> "angry/im3.png"), else the faces' ids (a test.csv's id column, test_img/0000.jpg -> 0)."""
+    return faces.names if faces.names is not None else faces.ids
 
 
 def write_predictions(run_dir: Path, faces: FaceSet, out: Path, tta: str = "", device: str = "auto") -> dict:
@@ -26,7 +33,7 @@ def write_predictions(run_dir: Path, faces: FaceSet, out: Path, tta: str = "", d
     dev = resolve_device(device)
     model, config = load_trained(run_dir, device=dev)
     labels = predict_logits(model, faces.images, config.input_size, tta=tta, device=dev).argmax(1).numpy()
-    table = pd.DataFrame({"id": faces.ids, "label": labels})
+    table = pd.DataFrame({"id": face_ids(faces), "label": labels})
     atomic_write(Path(out), lambda tmp: table.to_csv(tmp, index=False))
     return {CLASS_NAMES[i]: int(c) for i, c in enumerate(np.bincount(labels, minlength=len(CLASS_NAMES)))}
 
@@ -79,22 +86,31 @@ def write_calibration_for(run_dir: Path, val: FaceSet, device: str | torch.devic
 
 
 def write_test_outputs(run_dir: Path, train: FaceSet, test: FaceSet, device: str | torch.device = "cpu",
-                       tta: str = "") -> dict:
+                       tta: str = "", out_dir: Path | None = None) -> dict:
     """predictions.csv (the run's test-time views), test_duplicates.csv (the ids of test faces with an exact or near
     copy among the training faces, and which kind; no labels, so that whoever holds the test labels can score the
-    model on unseen faces too) and test_outputs.json (the test set's fingerprint and the counts), in ``run_dir``."""
+    model on unseen faces too) and test_outputs.json (the test set's fingerprint and the counts; where the test
+    faces carry labels, their score: training.scoring), in ``out_dir`` (default ``run_dir``)."""
     tta = tta or prediction_tta(run_dir)
-    counts = write_predictions(run_dir, test, Path(run_dir) / PREDICTIONS_FILE, tta=tta, device=str(device))
+    out_dir = Path(out_dir or run_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    counts = write_predictions(run_dir, test, out_dir / PREDICTIONS_FILE, tta=tta, device=str(device))
     dup = cached_duplicates(train.images, test.images, cache_dir=default_cache_dir())
     has_copy = dup.test_copy != ""
-    table = pd.DataFrame({"id": test.ids[has_copy], "copy": dup.test_copy[has_copy]})
-    atomic_write(Path(run_dir) / TEST_DUPLICATES_FILE, lambda tmp: table.to_csv(tmp, index=False))
+    table = pd.DataFrame({"id": face_ids(test)[has_copy], "copy": dup.test_copy[has_copy]})
+    atomic_write(out_dir / TEST_DUPLICATES_FILE, lambda tmp: table.to_csv(tmp, index=False))
     outputs = {"test_fingerprint": test_fingerprint(test),
                "predictions": {"file": PREDICTIONS_FILE, "rows": len(test), "tta": tta,
                                "predicted_class_counts": counts},
                "duplicates": {"file": TEST_DUPLICATES_FILE, "rows": int(has_copy.sum()),
                               **dup.summary(train.labels)}}
-    atomic_write(Path(run_dir) / TEST_OUTPUTS_FILE, lambda tmp: tmp.write_text(json.dumps(outputs, indent=2)))
+    if test.labels is not None:  # the labels are known (Kaggle's file, class folders, the demo): score them
+        predicted = pd.read_csv(out_dir / PREDICTIONS_FILE)["label"].to_numpy()
+        scores = score_test_set(test.labels, predicted, test.usage, has_copy)
+        outputs["test"] = {**scores.as_metrics(), "low": scores.low, "high": scores.high,
+                           "faces_without_copy": scores.faces_without_copy, "usage_faces": scores.usage_faces,
+                           "confusion": scores.confusion.tolist()}
+    atomic_write(out_dir / TEST_OUTPUTS_FILE, lambda tmp: tmp.write_text(json.dumps(outputs, indent=2)))
     return outputs
 
 
@@ -105,17 +121,27 @@ def _read_json(path: Path) -> dict | None:
         return None
 
 
+def outputs_folder(run_dir: Path, test: FaceSet | None, elsewhere: Path) -> Path:
+    """Where the test outputs of ``test`` live: the run's own folder when they were made for this test set (or the
+    folder holds none yet), else ``elsewhere``: a shipped model's folder keeps the outputs it was shipped with."""
+    outputs = _read_json(Path(run_dir) / TEST_OUTPUTS_FILE)
+    if test is None or outputs is None or outputs.get("test_fingerprint") == test_fingerprint(test):
+        return Path(run_dir)
+    return Path(elsewhere)
+
+
 def ensure_run_outputs(run_dir: Path, train: FaceSet, val: FaceSet, test: FaceSet | None, device: str = "auto",
-                       wait: bool = True) -> tuple[dict, dict | None]:
-    """(calibration, test outputs or None without a test set) of a finished run: read from its folder, or, for a
-    run that predates them or another test set, computed once into it under the run's lock (a second process
-    waits, then reads what the first wrote)."""
+                       wait: bool = True, out_dir: Path | None = None) -> tuple[dict, dict | None]:
+    """(calibration, test outputs or None without a test set) of a finished run: read from its folder (the test
+    outputs from ``out_dir``, default the run's folder), or, for a run that predates them or another test set,
+    computed once under the run's lock (a second process waits, then reads what the first wrote)."""
     run_dir = Path(run_dir)
+    out_dir = Path(out_dir or run_dir)
 
     def current():
-        outputs = _read_json(run_dir / TEST_OUTPUTS_FILE)
+        outputs = _read_json(out_dir / TEST_OUTPUTS_FILE)
         fresh = test is None or (outputs is not None and outputs.get("test_fingerprint") == test_fingerprint(test)
-                                 and all((run_dir / n).is_file() for n in (PREDICTIONS_FILE, TEST_DUPLICATES_FILE)))
+                                 and all((out_dir / n).is_file() for n in (PREDICTIONS_FILE, TEST_DUPLICATES_FILE)))
         return read_calibration(run_dir), (outputs if test is not None else None), fresh
 
     calibration, outputs, fresh = current()
@@ -127,5 +153,5 @@ def ensure_run_outputs(run_dir: Path, train: FaceSet, val: FaceSet, test: FaceSe
         if calibration is None:
             calibration = write_calibration_for(run_dir, val, dev)
         if not fresh:
-            outputs = write_test_outputs(run_dir, train, test, dev)
+            outputs = write_test_outputs(run_dir, train, test, dev, out_dir=out_dir)
     return calibration, outputs

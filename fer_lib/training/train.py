@@ -20,6 +20,7 @@ import torch.nn.functional as F
 
 from fer_lib import CLASS_NAMES, ConfigError
 from fer_lib.core.io import atomic_write, cpu_model, exclusive_lock, file_sha256
+from fer_lib.data.face_keys import FaceKeys
 from fer_lib.data.layouts import Dataset
 from fer_lib.model.calibration import CALIBRATION_FILE
 from fer_lib.model.inference import TTA_MODES, accuracy, predict_logits
@@ -294,13 +295,14 @@ def _train_locked(dataset: Dataset, config: TrainConfig, run_dir: Path, device: 
             print(f"epoch {epoch + 1}/{config.epochs}: train loss {row['train_loss']:.3f} (CE {row['train_ce']:.3f}) "
                   f"acc {row['train_acc']:.3f} | val loss {row['val_loss']:.3f} acc {row['val_acc']:.3f} "
                   f"(flip TTA {row['val_acc_tta']:.3f}) | {row['seconds']:.0f}s", flush=True)
-    _finish(run_dir, config, identity, weights_origin, dev, precision, history, dataset, len(train_set), val_set)
+    _finish(run_dir, config, identity, weights_origin, dev, precision, history, dataset, train_set, val_set)
     return run_dir
 
 
 def _finish(run_dir: Path, config: TrainConfig, identity: RunIdentity, weights_origin: str, dev: torch.device,
-            precision: str, history: list[dict], dataset: Dataset, n_train: int, val_set) -> None:
-    """Write the shipped float16 weights, choose the prediction views on validation, calibrate, predict the test
+            precision: str, history: list[dict], dataset: Dataset, train_set, val_set) -> None:
+    """Write the shipped float16 weights, the keys of the faces it trained and validated on (so that any copy of
+    the data finds it: data.face_keys), choose the prediction views on validation, calibrate, predict the test
     faces and list those with a training copy (predict.py), and write run.json last."""
     best_state = torch.load(run_dir / "best.pt", map_location="cpu", weights_only=True)
     averaged = bool(config.ema_decay)
@@ -309,6 +311,7 @@ def _finish(run_dir: Path, config: TrainConfig, identity: RunIdentity, weights_o
     # from these, so a copy of the run folder reproduces the report exactly)
     shipped = {k: v.half() if v.is_floating_point() else v for k, v in best_state.items()}
     atomic_write(run_dir / WEIGHTS_FILE, lambda tmp: torch.save(shipped, tmp))
+    FaceKeys.of(train_set.images, val_set.images).save(run_dir)
     final = load_trained_weights(run_dir / WEIGHTS_FILE, dev)
     val_logits = {mode: predict_logits(final, val_set.images, config.input_size, tta=mode, device=dev)
                   for mode in TTA_MODES}
@@ -320,7 +323,7 @@ def _finish(run_dir: Path, config: TrainConfig, identity: RunIdentity, weights_o
     provenance = {"weights_origin": weights_origin, "weights_used": identity.weights_used, "device": str(dev),
                   "precision": precision, "cpu": cpu_model(), "threads": torch.get_num_threads(),
                   "torch": torch.__version__, "python": platform.python_version(), "epochs": len(history),
-                  "train_faces": n_train, "val_faces": len(val_set),
+                  "train_faces": len(train_set), "val_faces": len(val_set),
                   # "best_" names kept for older readers: the selected epoch's validation accuracy
                   "best_val_acc": selected["val_acc"], "best_val_acc_tta": selected.get("val_acc_tta"),
                   "selected_epoch": selected["epoch"], "selection": selection_rule(averaged),
@@ -338,17 +341,16 @@ def progress_bar(iterable, desc: str, enabled: bool = True):
     return tqdm(iterable, desc=desc, disable=not enabled or not sys.stderr.isatty(), leave=False, mininterval=2)
 
 
-def find_run(dataset: Dataset, config: TrainConfig, runs_root: Path, shipped: Path | None = None,
+def find_run(dataset: Dataset, config: TrainConfig, runs_root: Path, shipped: Path | list[Path] | None = None,
              identity: RunIdentity | None = None) -> Path | None:
-    """The finished run for (config, data), without training: the cache's, else the ``shipped`` model folder when it
+    """The finished run for (config, data), without training: the cache's, else a ``shipped`` model folder that
     was trained with the same settings, data and initial weights; None when there is none."""
     identity = identity or run_identity(dataset, config, warn=False)
     run_dir = cached_run_dir(dataset, runs_root, identity)
     if is_complete(run_dir):
         return run_dir
-    if shipped is not None and matches_run(shipped, identity.key):
-        return Path(shipped)
-    return None
+    shipped = [] if shipped is None else [shipped] if isinstance(shipped, (str, Path)) else shipped
+    return next((Path(d) for d in shipped if matches_run(d, identity.key)), None)
 
 
 def cached_run_dir(dataset: Dataset, runs_root: Path, identity: RunIdentity) -> Path:
@@ -357,7 +359,7 @@ def cached_run_dir(dataset: Dataset, runs_root: Path, identity: RunIdentity) -> 
 
 
 def ensure_run(dataset: Dataset, config: TrainConfig, runs_root: Path, device: str = "auto",
-               progress: bool = True, shipped: Path | None = None, wait: bool = True) -> Path:
+               progress: bool = True, shipped: Path | list[Path] | None = None, wait: bool = True) -> Path:
     """:func:`find_run`'s run, else trained (or resumed) into the cache."""
     identity = run_identity(dataset, config, warn=False)
     found = find_run(dataset, config, runs_root, shipped, identity)

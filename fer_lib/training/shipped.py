@@ -1,0 +1,97 @@
+"""Shipped models (``models/<name>/``) serve any copy of their data: a user's FER2013, in whatever layout, order or
+encoding, is matched face by face to the faces the model was trained and validated on (data.face_keys).
+
+The rule: a shipped model trained with the same recipe serves a dataset when at least ``SERVE_MIN_SHARE`` of the
+dataset's training faces are among the model's faces (exactly or nearly). Its validation faces are then the
+user's faces that match the model's validation faces; faces the model never saw in any form are counted, and
+stay out of validation (the model's own split is what makes validation honest).
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from fer_lib.core.io import array_sha256, atomic_savez, file_sha256
+from fer_lib.data.face_keys import KEYS_FILE, SIDE_NAMES, TRAIN, VAL, FaceKeys, FaceMatch, match_faces
+from fer_lib.data.layouts import Dataset, FaceSet
+from fer_lib.training.runs import LATER_SETTINGS, RUN_FILES, TrainConfig
+
+SERVE_MIN_SHARE = 0.90  # of the user's training faces found among the model's
+_MATCH_FORMAT = 1  # bump when a cached match changes meaning
+
+
+def shipped_models(root: Path) -> list[Path]:
+    """The finished model folders under ``root`` (``models/``), in name order."""
+    root = Path(root)
+    if not root.is_dir():
+        return []
+    return [d for d in sorted(root.iterdir()) if d.is_dir() and all((d / f).is_file() for f in RUN_FILES)]
+
+
+def _recipe(settings: dict) -> dict:
+    """A config's settings without what does not change the recipe: the initial weights' origin (recorded apart)
+    and settings added later while off."""
+    settings = {k: v for k, v in settings.items() if k != "weights"}
+    return {k: v for k, v in settings.items() if not (k in LATER_SETTINGS and v == LATER_SETTINGS[k])}
+
+
+def same_recipe(model_dir: Path, config: TrainConfig) -> bool:
+    try:
+        shipped = json.loads((Path(model_dir) / "config.json").read_text())["config"]
+    except (OSError, ValueError, KeyError):
+        return False
+    return _recipe(shipped) == _recipe(asdict(config))
+
+
+@dataclass(frozen=True)
+class ServedCopy:
+    """A user's dataset served by a shipped model."""
+
+    model_dir: Path
+    match: FaceMatch  # the user's training faces, each on the model's training or validation side, or new
+
+    def split(self, train: FaceSet) -> tuple[FaceSet, FaceSet]:
+        """(the user's faces the model trained on, the user's faces that are the model's validation faces)."""
+        side = self.match.side
+        return train.subset(np.flatnonzero(side == TRAIN)), train.subset(np.flatnonzero(side == VAL))
+
+    def summary(self) -> dict:
+        """What metrics.json and the page banner say about the match."""
+        sides = {name: int((self.match.side == i).sum()) for i, name in enumerate(SIDE_NAMES)}
+        return {"model": self.model_dir.name, "rule": f"at least {SERVE_MIN_SHARE:.0%} of the training faces found "
+                f"among the model's faces", "found_share": round(self.match.found_share, 4),
+                **self.match.counts, "by_side": sides}
+
+
+def cached_match(images: np.ndarray, model_dir: Path, cache_dir: Path | None) -> FaceMatch | None:
+    """``match_faces`` of ``images`` against the model's keys, cached by the faces' and the keys' hashes; None when
+    the model folder has no keys."""
+    keys_file = Path(model_dir) / KEYS_FILE
+    if not keys_file.is_file():
+        return None
+    entry = None
+    if cache_dir is not None:
+        name = f"facematch-{array_sha256(images)[:16]}-{file_sha256(keys_file)[:16]}-v{_MATCH_FORMAT}.npz"
+        entry = Path(cache_dir) / name
+        if entry.exists():
+            with np.load(entry) as z:
+                return FaceMatch(side=z["side"], exact=z["exact"], distance=z["distance"])
+    match = match_faces(images, FaceKeys.load(model_dir))
+    if entry is not None:
+        atomic_savez(entry, side=match.side, exact=match.exact, distance=match.distance)
+    return match
+
+
+def serve_copy(dataset: Dataset, config: TrainConfig, models: list[Path], cache_dir: Path | None = None
+               ) -> ServedCopy | None:
+    """The first shipped model with the same recipe whose faces cover the dataset's training faces, or None."""
+    for model_dir in models:
+        if not same_recipe(model_dir, config):
+            continue
+        match = cached_match(dataset.train.images, model_dir, cache_dir)
+        if match is not None and match.found_share >= SERVE_MIN_SHARE:
+            return ServedCopy(Path(model_dir), match)
+    return None
