@@ -249,3 +249,15 @@ def test_the_recipe_table_has_no_nan_and_no_test_set_claim():
     assert shown.loc[1].tolist()[::2] == ["test-time views", "68.2% with flip test-time augmentation"], "kept"
     assert shown.loc[0, "compared with"] == "—" and not shown.isna().any().any()
     assert ">nan<" not in shown.to_html().lower()
+
+
+def test_the_appendix_reads_the_speed_ratios_of_its_precision_row():
+    import pandas as pd
+    import pytest
+
+    from fer_lib.questions.appendix import speedups
+
+    table = pd.DataFrame({"choice": ["epochs", "precision (speed)"],
+                          "result": ["60 vs 40", "bf16 vs fp32 img/s: 48 px 383 vs 248; 72 px 215 vs 141"]})
+    assert speedups(table) == pytest.approx([383 / 248, 215 / 141])
+    assert speedups(table.iloc[:1]).size == 0

@@ -25,13 +25,14 @@ def wilson_interval(k, n, z: float = Z95) -> tuple[np.ndarray, np.ndarray]:
 
 
 def proportions_tie(k1: int, n1: int, k2: int, n2: int, z: float = Z95) -> bool:
-    """Whether two proportions from independent samples (e.g. the recalls of two classes) are within noise:
-    their difference is within z standard errors of the difference (normal approximation)."""
+    """Whether two proportions from independent samples (e.g. the recalls of two classes) are within noise: the
+    two-proportion z-test at 5%, its standard error from the pooled proportion (so that 3/3 against 1/3 is not
+    called a difference because 3/3 alone has no spread)."""
     if n1 == 0 or n2 == 0:
         return True
-    p1, p2 = k1 / n1, k2 / n2
-    se = np.sqrt(p1 * (1 - p1) / n1 + p2 * (1 - p2) / n2)
-    return bool(abs(p1 - p2) <= z * se)
+    pooled = (k1 + k2) / (n1 + n2)
+    se = np.sqrt(pooled * (1 - pooled) * (1 / n1 + 1 / n2))
+    return bool(abs(k1 / n1 - k2 / n2) <= z * se)
 
 
 def counts_tie(k1: int, k2: int, z: float = Z95) -> bool:
@@ -47,13 +48,6 @@ def counts_tie(k1: int, k2: int, z: float = Z95) -> bool:
 
 
 
-def wilson_overlap(k1, n1, k2, n2, z: float = Z95) -> bool:
-    """Whether the 95% Wilson intervals of k1/n1 and k2/n2 overlap: the pages' rule for calling two rates a tie."""
-    low1, high1 = wilson_interval(k1, n1, z)
-    low2, high2 = wilson_interval(k2, n2, z)
-    return bool(low1 <= high2 and low2 <= high1)
-
-
 def bootstrap_interval(statistic, n: int, resamples: int = 1000, level: float = 0.95, seed: int = 0):
     """Percentile bootstrap interval (low, high) of ``statistic(indices)`` over ``n`` items resampled with
     replacement; the statistic may return an array (intervals elementwise)."""
@@ -61,3 +55,27 @@ def bootstrap_interval(statistic, n: int, resamples: int = 1000, level: float = 
     values = np.array([statistic(rng.integers(0, n, n)) for _ in range(resamples)])
     tail = (1 - level) / 2 * 100
     return np.percentile(values, tail, axis=0), np.percentile(values, 100 - tail, axis=0)
+
+
+def rank_auroc(scores, positive) -> np.ndarray:
+    """AUROC per column of ``scores`` (N, F) for the bool labels ``positive`` (N,) or (N, F), from ranks (ties
+    share the mean rank): the chance that a random positive scores above a random negative, ties counting half.
+    Equal to ``sklearn.metrics.roc_auc_score`` column by column, for all columns at once; NaN without both kinds."""
+    from scipy.stats import rankdata
+
+    scores = np.asarray(scores, dtype=float)
+    scores = scores[:, None] if scores.ndim == 1 else scores
+    positive = np.broadcast_to(np.asarray(positive, bool).reshape(len(scores), -1), scores.shape)
+    n1 = positive.sum(0).astype(float)
+    n0 = len(scores) - n1
+    ranks = rankdata(scores, axis=0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return ((ranks * positive).sum(0) - n1 * (n1 + 1) / 2) / (n1 * n0)
+
+
+def auroc_se(auc, n1, n0) -> np.ndarray:
+    """Hanley and McNeil's (1982) standard error of an AUROC from n1 positives and n0 negatives (arrays
+    broadcast): a cheap normal-approximation interval where a bootstrap per value would cost too much."""
+    auc, n1, n0 = (np.asarray(v, dtype=float) for v in (auc, n1, n0))
+    q1, q2 = auc / (2 - auc), 2 * auc ** 2 / (1 + auc)
+    return np.sqrt((auc * (1 - auc) + (n1 - 1) * (q1 - auc ** 2) + (n0 - 1) * (q2 - auc ** 2)) / (n1 * n0))

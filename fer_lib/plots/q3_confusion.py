@@ -107,8 +107,8 @@ def plot_vote_gallery(images: np.ndarray, votes: np.ndarray, titles: list[str], 
         bars.bar(range(len(short)), np.r_[v[:len(CLASS_NAMES)], v[len(CLASS_NAMES):].sum()], color=colours)
         bars.axhline(min_votes, color="k", ls="--", lw=0.7)
         bars.set_ylim(0, top)
-        bars.set_xticks(range(len(short)), short, fontsize=8, rotation=90)
-        bars.set_yticks([0, min_votes, top], [0, min_votes, top], fontsize=8)
+        bars.set_xticks(range(len(short)), short, fontsize=9, rotation=90)
+        bars.set_yticks([0, min_votes, top], [0, min_votes, top], fontsize=9)
         bars.tick_params(length=2, pad=1)
     fig.suptitle((title + "\n" if title else "") + f"FER+ votes: green = true class ({true}), "
                  f"red = predicted ({predicted}), dashed = {min_votes} votes; ot = other", fontsize=10,

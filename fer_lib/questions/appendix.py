@@ -25,3 +25,13 @@ def recipe_table(table):
             cleaned.append(value)
         table[column] = pd.Series(cleaned, index=table.index, dtype=object)
     return table.astype(object).where(table.notna(), "—").replace("", "—"), dropped
+
+
+def speedups(table, choice: str = "precision (speed)"):
+    """The speed ratios measured in the first row of ``choice``: each "A vs B" of its result (the chosen setting's
+    images per second against the alternative's) as A / B. Empty when the table has no such row."""
+    import numpy as np
+
+    rows = table.loc[table["choice"] == choice, "result"]
+    pairs = re.findall(r"(\d+(?:\.\d+)?) vs (\d+(?:\.\d+)?)", rows.iloc[0]) if len(rows) else []
+    return np.array([float(a) / float(b) for a, b in pairs])

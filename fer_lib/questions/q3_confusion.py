@@ -1,7 +1,8 @@
 """Q3: the confusion matrix, per-class metrics, ranked confusions, calibration and accuracy by copy, as numbers.
 
-Ties: two rates are within noise of each other when their 95% Wilson intervals overlap (``wilson_overlap``);
-two counts of faces are compared as shares of all validation faces, the same way.
+Ties: two rates of different classes are within noise of each other when their difference is within 1.96 standard
+errors (a two-proportion z-test at 5%: ``core.stats.proportions_tie``); two counts of faces out of the same faces (two
+cells of the matrix) when the first's share of both is within noise of one half (``core.stats.counts_tie``).
 """
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from fer_lib import CLASS_NAMES
-from fer_lib.core.stats import bootstrap_interval, wilson_interval, wilson_overlap
+from fer_lib.core.stats import bootstrap_interval, counts_tie, proportions_tie, wilson_interval
 
 RARE_FRACTION = 0.25  # a class with fewer validation faces than this share of the median class's is "rare"
 
@@ -22,7 +23,7 @@ class ClaimCheck:
     claim: str  # "happy_surprise_easiest", "fear_hardest" or "fear_to_sad"
     holds: bool | None  # None: cannot be checked here (no faces of the class, or no error to rank)
     rival: str | None  # the class that decides: the runner-up, or the one that takes the claimed place
-    tie: bool  # claim and rival within noise of each other (95% intervals overlap)
+    tie: bool  # claim and rival within noise of each other (a two-proportion z-test at 5%)
 
 
 @dataclass
@@ -54,7 +55,7 @@ class ConfusionFindings:
 
     def recalls_tie(self, a: str, b: str) -> bool:
         i, j = CLASS_NAMES.index(a), CLASS_NAMES.index(b)
-        return wilson_overlap(self.counts[i, i], self.support[i], self.counts[j, j], self.support[j])
+        return proportions_tie(self.counts[i, i], self.support[i], self.counts[j, j], self.support[j])
 
     @property
     def common_hardest(self) -> list[str]:
@@ -68,18 +69,20 @@ class ConfusionFindings:
 
     def ranked(self, by: str = "faces"):
         """The confusions ranked by ``faces`` (most faces first) or by ``rate`` (share of the true class), with
-        ``rank`` from 1 and ``ties_top``: within noise of rank 1 (overlapping 95% intervals; counts compared as
-        shares of all validation faces)."""
+        ``rank`` from 1 and ``ties_top``: within noise of rank 1 (two cells' counts: ``counts_tie``; the rates of
+        two true classes: ``proportions_tie``; of one true class: ``counts_tie``)."""
         key = {"faces": ["faces", "rate"], "rate": ["rate", "faces"]}[by]
         table = self.pairs.sort_values(key, ascending=False, kind="stable").reset_index(drop=True)
         table.insert(0, "rank", np.arange(1, len(table) + 1))
         if len(table):
             top = table.iloc[0]
             if by == "faces":
-                table["ties_top"] = [wilson_overlap(k, self.faces, top["faces"], self.faces) for k in table["faces"]]
+                table["ties_top"] = [counts_tie(int(k), int(top["faces"])) for k in table["faces"]]
             else:
                 n_top = self.support[CLASS_NAMES.index(top["true"])]
-                table["ties_top"] = [wilson_overlap(k, self.support[CLASS_NAMES.index(t)], top["faces"], n_top)
+                table["ties_top"] = [counts_tie(int(k), int(top["faces"])) if t == top["true"] else
+                                     proportions_tie(int(k), int(self.support[CLASS_NAMES.index(t)]),
+                                                     int(top["faces"]), int(n_top))
                                      for t, k in zip(table["true"], table["faces"])]
         else:
             table["ties_top"] = []
@@ -97,12 +100,11 @@ class ConfusionFindings:
 
     def top_confusions(self, name: str) -> list[tuple[str, int]]:
         """(predicted class, faces) of the class's most frequent confusion and of every other confusion within
-        noise of it (overlapping intervals), most faces first; empty when no face of the class was misclassified."""
+        noise of it (``counts_tie``), most faces first; empty when no face of the class was misclassified."""
         i = CLASS_NAMES.index(name)
         order = [j for j in np.argsort(-self.counts[i], kind="stable") if j != i and self.counts[i, j] > 0]
-        n, top = self.support[i], self.counts[i, order[0]] if order else 0
-        return [(CLASS_NAMES[j], int(self.counts[i, j])) for j in order
-                if wilson_overlap(self.counts[i, j], n, top, n)]
+        top = self.counts[i, order[0]] if order else 0
+        return [(CLASS_NAMES[j], int(self.counts[i, j])) for j in order if counts_tie(int(self.counts[i, j]), int(top))]
 
     def frequency_correlation(self) -> float | None:
         """Spearman rank correlation between training frequency and validation recall over the classes present."""
@@ -299,8 +301,8 @@ class CopyAccuracy:
 
     @property
     def tie(self) -> bool:
-        """Whether the two accuracies are within noise of each other (overlapping 95% intervals)."""
-        return wilson_overlap(self.with_copy_correct, self.with_copy, self.without_copy_correct, self.without_copy)
+        """Whether the two accuracies are within noise of each other (a two-proportion z-test at 5%)."""
+        return proportions_tie(self.with_copy_correct, self.with_copy, self.without_copy_correct, self.without_copy)
 
 
 def accuracy_by_copy(y_true: np.ndarray, y_pred: np.ndarray, has_copy: np.ndarray) -> CopyAccuracy:

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from fer_lib import CLASS_NAMES
-from fer_lib.core.stats import wilson_interval, wilson_overlap
+from fer_lib.core.stats import proportions_tie, wilson_interval
 from fer_lib.data.layouts import DataError, Dataset, FaceSet
 
 # FER+ column for each of the 7 classes, by name
@@ -165,11 +165,11 @@ class PairEvidence:
 
     @property
     def clearly_more(self) -> bool:
-        """Whether the crowd backs the error more often than it doubts correct answers, beyond noise (the 95%
-        intervals do not overlap)."""
+        """Whether the crowd backs the error more often than it doubts correct answers, beyond noise (a
+        two-proportion z-test at 5%)."""
         if not self.errors or not self.correct:
             return False
-        return self.share_errors > self.share_correct and not wilson_overlap(
+        return self.share_errors > self.share_correct and not proportions_tie(
             self.errors_backed, self.errors, self.correct_backed, self.correct)
 
 

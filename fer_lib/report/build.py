@@ -12,6 +12,7 @@ answer) and ``key-figure`` (the cell whose first image is the page's key figure)
 from __future__ import annotations
 
 import html
+import io
 import json
 import os
 import platform
@@ -102,8 +103,20 @@ def page_answer(executed: Path) -> dict:
         return {"answer": answer.strip(), "thumbnail": "", "thumbnail_alt": ""}
     # plots.show_figure puts the figure's alt text in the PNG's metadata (and as its plain-text form)
     alt = figure.get("metadata", {}).get("image/png", {}).get("alt") or ""
-    return {"answer": answer.strip(), "thumbnail": "data:image/png;base64," + figure["data"]["image/png"],
-            "thumbnail_alt": alt}
+    png = figure["data"]["image/png"]
+    return {"answer": answer.strip(), "thumbnail": "data:image/png;base64," + png, "thumbnail_alt": alt,
+            "thumbnail_width": _css_width(png)}
+
+
+def _css_width(png_base64: str) -> int:
+    """The CSS width at which plots.show shows a PNG on its page (its dpi maps to 96 CSS px per inch)."""
+    import base64
+
+    from PIL import Image
+
+    from fer_lib.plots.show import FIGURE_DPI
+
+    return round(Image.open(io.BytesIO(base64.b64decode(png_base64))).size[0] * 96 / FIGURE_DPI)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -163,13 +176,16 @@ def _nav(pages: list[tuple[str, str]], i: int) -> str:
 # the index's own words: what the test-time views are
 VIEW_WORDS = {"flip": "flip views (each face averaged with its mirror image)",
               "flip+shift": "flip and shift views (each face averaged with its mirror image and shifted copies)"}
-INDEX_STYLE = """body{font:16px/1.5 sans-serif;max-width:1200px;margin:0 auto;padding:0 16px 40px}
+# the answer beside its key figure where the screen holds both at the figure's own size (figure text stays at its
+# 10 px floor), the figure under the answer where it does not
+INDEX_STYLE = """body{font:16px/1.5 sans-serif;max-width:1400px;margin:0 auto;padding:0 16px 40px}
 code{background:#eee;padding:1px 4px}
 .fer-item{display:flex;flex-wrap:wrap;gap:8px 24px;align-items:flex-start;margin:22px 0;
   border-top:1px solid #ddd;padding-top:10px}
 .fer-item h2{flex:1 1 100%;margin:0;font-size:1.15em}
-.fer-answer{flex:1 1 360px;min-width:0}.fer-answer ul{margin:4px 0;padding-left:1.2em}.fer-answer p{margin:4px 0}
-.fer-thumb{flex:1 1 420px;max-width:560px}
+.fer-answer{flex:1 1 340px;max-width:440px;min-width:0}.fer-answer ul{margin:4px 0;padding-left:1.2em}
+.fer-answer p{margin:4px 0}
+.fer-thumb{flex:0 1 auto;max-width:100%}
 .fer-thumb img{width:100%;height:auto;border:1px solid #ccc}"""
 
 
@@ -196,6 +212,12 @@ def headline_html(metrics: dict) -> str:
             text += (f" With {VIEW_WORDS.get(acc.views, acc.views)}, as the test predictions are made: "
                      f"{acc.with_views:.1%}; these views were the better of {len(acc.by_views) - 1} measured on the "
                      "same validation faces, so this figure is slightly optimistic.")
+    copy = metrics.get("data_match", {})
+    if "validation" in copy:  # a copy the shipped model serves: the same validation faces, perhaps re-encoded
+        v = copy["validation"]
+        text += (f"</p><p>This data is a copy of the shipped model's faces ({copy['exact']:,} exact, {copy['near']:,} "
+                 f"re-encoded, {copy['new']:,} it never saw); on this copy's {v['faces']:,} validation faces: "
+                 f"<b>{v['accuracy']:.1%}</b>, {v['accuracy_views']:.1%} with the same views.")
     test = metrics.get("test")
     if test:  # the test labels are known (Kaggle's file, class folders, the demo): scored beside validation
         usage = "; ".join(f"{name} {acc:.1%}" for name, acc in sorted(test.get("by_usage", {}).items(), reverse=True))
@@ -218,6 +240,19 @@ def data_match(ctx: Context, run_dir: Path) -> dict:
     return {"how": "trained on these faces", "run": Path(run_dir).name}
 
 
+def copy_accuracy(ctx: Context, run_dir: Path) -> dict:
+    """Validation accuracy on a served copy's own validation faces, without and with the run's test-time views."""
+    from fer_lib.model.inference import accuracy, predict_logits
+    from fer_lib.training.runs import prediction_tta
+
+    model = ctx.model()
+    views = prediction_tta(run_dir)
+    scores = {mode: accuracy(predict_logits(model, ctx.val.images, ctx.config.input_size, tta=mode,
+                                            device=next(model.parameters()).device), ctx.val.labels)
+              for mode in ("none", views)}
+    return {"faces": len(ctx.val), "accuracy": scores["none"], "accuracy_views": scores[views], "views": views}
+
+
 def write_index(folder: Path, ctx: Context, pages: list[tuple[str, str]], answers: dict, metrics: dict) -> None:
     """index.html: the headline, then each page's answer beside its key figure (side by side on a wide screen,
     one above the other on a narrow one), then the files that come with the report."""
@@ -229,8 +264,9 @@ def write_index(folder: Path, ctx: Context, pages: list[tuple[str, str]], answer
     for href, title in pages:
         entry = answers.get(Path(href).stem, {})
         alt = entry.get("thumbnail_alt") or f"the key figure of {title}"
-        thumb = (f'<a class="fer-thumb" href="{href}"><img src="{entry["thumbnail"]}" alt="{html.escape(alt)}"></a>'
-                 if entry.get("thumbnail") else "")
+        width = entry.get("thumbnail_width") or 900  # the figure's own CSS width on its page
+        thumb = (f'<a class="fer-thumb" href="{href}" style="width:{width}px"><img src="{entry["thumbnail"]}" '
+                 f'alt="{html.escape(alt)}"></a>' if entry.get("thumbnail") else "")
         answer = markdown_html(entry["answer"]) if entry.get("answer") else ""
         items.append(f'<section class="fer-item"><h2><a href="{href}">{html.escape(title)}</a></h2>'
                      f'<div class="fer-answer">{answer}<p><a href="{href}">Read the page &#8594;</a></p></div>'
@@ -441,6 +477,8 @@ def build_report(data: str | None = None, profile: str | None = None, out_root: 
                    "run": json.loads((run_dir / "run.json").read_text()),
                    "libraries": library_versions(), "platform": platform.platform(), "calibration": calibration}
         metrics["data_match"] = data_match(ctx, run_dir)
+        if ctx.served is not None:  # the record is the model's own faces; a copy's faces may be re-encoded
+            metrics["data_match"]["validation"] = copy_accuracy(ctx, run_dir)
         if test_outputs:
             for name in (PREDICTIONS_FILE, TEST_DUPLICATES_FILE):
                 shutil.copy2(outputs_dir / name, staging / name)

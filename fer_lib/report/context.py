@@ -273,7 +273,8 @@ def data_notice_html(ctx: "Context") -> str:
                       f"{c['new']:,} it never saw; validation is the {c['by_side']['val']:,} that are its "
                       "validation faces.")
         return (f"<p><b>Data:</b> {html.escape(ctx.dataset.name)} ({html.escape(files)}), "
-                f"{len(ctx.dataset.train):,} training faces; training recipe: {html.escape(ctx.profile)} "
+                f"{len(ctx.dataset.train):,} faces in the training file ({len(ctx.split[0]):,} to train, "
+                f"{len(ctx.val):,} to validate); training recipe: {html.escape(ctx.profile)} "
                 f"(see the appendix).{served}</p>")
     return ('<div style="background:#fff3cd;border:2px solid #d39e00;padding:10px 14px;'
             f'font-size:1.05em;margin:8px 0"><b>&#9888; {html.escape(SYNTHETIC_NOTICE)}</b></div>')
