@@ -79,3 +79,14 @@ def auroc_se(auc, n1, n0) -> np.ndarray:
     auc, n1, n0 = (np.asarray(v, dtype=float) for v in (auc, n1, n0))
     q1, q2 = auc / (2 - auc), 2 * auc ** 2 / (1 + auc)
     return np.sqrt((auc * (1 - auc) + (n1 - 1) * (q1 - auc ** 2) + (n0 - 1) * (q2 - auc ** 2)) / (n1 * n0))
+
+
+def percentile_interval(samples: np.ndarray, level: float = 0.95) -> tuple[np.ndarray, np.ndarray]:
+    """The percentile interval of bootstrap ``samples`` along axis 0; NaN samples are left out (a column that is
+    NaN in every resample stays NaN)."""
+    import warnings
+
+    tail = (1 - level) / 2 * 100
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return np.nanpercentile(samples, tail, axis=0), np.nanpercentile(samples, 100 - tail, axis=0)

@@ -130,3 +130,22 @@ def region_shares(maps: np.ndarray, regions: dict[str, np.ndarray]) -> dict[str,
     total = maps.reshape(len(maps), -1).sum(1)
     total = np.where(total > 0, total, np.nan)
     return {name: (maps * mask).reshape(len(maps), -1).sum(1) / total for name, mask in regions.items()}
+
+
+def moved_off(masks: np.ndarray, avoid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The same shapes moved off what to avoid: for masks and ``avoid`` (N, H, W) bool, each mask rolled (shifted,
+    wrapping round the frame's edges, so shape and area are kept exactly) to the shift that overlaps ``avoid`` least,
+    the smallest such shift first. Returns the moved masks (N, H, W) and their (N, 2) (rows, columns) shifts.
+
+    The control of an occlusion (Q4): the same pixels' worth of face covered away from the features."""
+    masks, avoid = np.asarray(masks, bool), np.asarray(avoid, bool)
+    n, h, w = masks.shape
+    # overlap[s] = sum_p mask[p] * avoid[p + s], for every cyclic shift s at once (FFT cross-correlation)
+    overlap = np.fft.irfft2(np.conj(np.fft.rfft2(masks)) * np.fft.rfft2(avoid), s=(h, w)).round()  # (N, H, W)
+    dy = np.minimum(np.arange(h), h - np.arange(h))[:, None]
+    dx = np.minimum(np.arange(w), w - np.arange(w))[None, :]
+    distance = (dy ** 2 + dx ** 2) / (h * h + w * w)  # < 1: breaks ties between equal overlaps only
+    best = (overlap + distance).reshape(n, -1).argmin(1)
+    shifts = np.stack(np.unravel_index(best, (h, w)), 1)
+    moved = np.stack([np.roll(m, tuple(s), axis=(0, 1)) for m, s in zip(masks, shifts)])
+    return moved, np.where(shifts > np.array([h, w]) // 2, shifts - np.array([h, w]), shifts)

@@ -153,8 +153,8 @@ def plot_class_vs_random(table, methods: list[str], regions: list[str], labels: 
         clear = np.array([[table.loc[(c, m, r), "sign"] != 0 for r in regions] for c in classes])
         im = ax.imshow(np.where(clear, values, np.nan), cmap="RdBu_r", norm=norm, aspect="auto")
         for (i, j), v in np.ndenumerate(values):
-            ax.text(j, i, f"{v:+.0f}", ha="center", va="center", fontsize=SMALL,
-                    color="black" if clear[i, j] else "#888888")
+            ax.text(j, i, f"{v:+.0f}" if np.isfinite(v) else "—", ha="center", va="center", fontsize=SMALL,
+                    color="black" if clear[i, j] else "#888888")  # "—": the method's maps are empty there
         ax.set_xticks(range(len(regions)), [labels.get(r, r) for r in regions], rotation=90, fontsize=SMALL)
         ax.set_yticks(range(len(classes)), classes, fontsize=SMALL + 1)
         ax.set_title(m, fontsize=SMALL + 1)
@@ -183,4 +183,55 @@ def plot_perturbation_curves(fractions: np.ndarray, curves: dict[str, dict[str, 
         axes[row, 0].set_ylabel(f"{kind}:\nclass probability", fontsize=SMALL + 1)
     axes[0, 0].legend(fontsize=SMALL, loc="upper right")
     fig.supxlabel("pixels removed (deletion) or revealed (insertion), % of the face", fontsize=SMALL + 1)
+    return fig
+
+
+def plot_occlusion_effects(table, classes: list[str], regions: list[str], labels: dict[str, str], top: dict):
+    """Heat map, classes x covered regions: the drop in P(true class) when the region is covered minus the drop when
+    its control patch is (percentage points, 95% interval in brackets); cells whose interval excludes 0 coloured,
+    the others white with grey text; each class's costliest region (``top``: class -> region) in bold."""
+    from matplotlib.colors import TwoSlopeNorm
+
+    values = np.array([[table.loc[(c, r), "effect"] * 100 for r in regions] for c in classes])
+    low = np.array([[table.loc[(c, r), "low"] * 100 for r in regions] for c in classes])
+    high = np.array([[table.loc[(c, r), "high"] * 100 for r in regions] for c in classes])
+    clear = np.array([[table.loc[(c, r), "sign"] != 0 for r in regions] for c in classes])
+    span = max(5.0, float(np.nanmax(np.abs(values))))
+    fig, ax = plt.subplots(figsize=(1.25 * len(regions) + 2.2, 0.5 * len(classes) + 1.4), layout="constrained")
+    im = ax.imshow(np.where(clear, values, np.nan), cmap="PuOr_r", norm=TwoSlopeNorm(0, -span, span), aspect="auto")
+    for (i, j), v in np.ndenumerate(values):
+        ax.text(j, i, "{:+d}\n[{:+d}, {:+d}]".format(*(int(round(x)) for x in (v, low[i, j], high[i, j])))
+                if np.isfinite(v) else "—",
+                ha="center", va="center", fontsize=SMALL,
+                color="black" if clear[i, j] else "#777777",
+                fontweight="bold" if top.get(classes[i]) == regions[j] else "normal")
+    ax.set_xticks(range(len(regions)), [labels.get(r, r) for r in regions], fontsize=SMALL + 1)
+    ax.set_yticks(range(len(classes)), classes, fontsize=SMALL + 1)
+    ax.xaxis.tick_top()
+    bar = fig.colorbar(im, ax=ax, shrink=0.8)
+    bar.set_label("drop in P(true class) beyond\na same-size patch elsewhere (pp)", fontsize=SMALL + 1)
+    bar.ax.tick_params(labelsize=SMALL)
+    return fig
+
+
+def plot_occlusion_strip(images: np.ndarray, titles: list[str], row_titles: list[str]):
+    """Rows of grey faces (rows, columns, 48, 48) in [0, 1] with a title each (row-major): one face covered region by
+    region, and the control patches below; an empty title leaves its tile blank."""
+    rows, cols = images.shape[:2]
+    fig, axes = plt.subplots(rows, cols, figsize=(1.15 * cols + 1.0, 1.45 * rows), squeeze=False,
+                             layout="constrained")
+    for k, ax in enumerate(axes.flat):
+        ax.set_xticks([])
+        ax.set_yticks([])
+        if not titles[k]:
+            ax.axis("off")
+            continue
+        ax.imshow(images.reshape(-1, *images.shape[2:])[k], cmap="gray", vmin=0, vmax=1)
+        ax.set_title(titles[k], fontsize=SMALL)
+    for r, ax in enumerate(axes[:, 0]):
+        ax.axis("on")
+        ax.set_xticks([])
+        ax.set_yticks([])
+        ax.set_frame_on(bool(titles[r * cols]))
+        ax.set_ylabel(row_titles[r], fontsize=SMALL + 1)
     return fig

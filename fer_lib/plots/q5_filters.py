@@ -1,67 +1,69 @@
-"""Q5's figures: filters' top faces, class selectivity against shuffled labels, gradient-ascent images, attribute
-shifts. Fonts are at least 9 pt: with figures at most 9 inches wide that is 12 CSS px on the page."""
+"""Q5's figures: grown faces beside their start and top faces, the filters' AUROC against a random network,
+attribute shifts. Fonts are at least 9 pt: with figures at most 9 inches wide that is 12 CSS px on the page."""
 from __future__ import annotations
 
 import matplotlib.pyplot as plt
 import numpy as np
 
 FONT = 9  # points
+DIVERGING = "RdBu_r"  # change of a grown face: blue darker, red lighter, white unchanged
 
 
-def plot_top_face_rows(ascent: np.ndarray, faces: np.ndarray, captions: list[str], tile: float = 0.5):
-    """Per filter one row: its gradient-ascent image in [0, 1] (framed), then its top faces (uint8), with the
-    caption on its own line above the row."""
+def plot_grown_rows(start: np.ndarray, grown: np.ndarray, faces: np.ndarray, captions: list[str],
+                    tile: float = 0.62):
+    """Per filter one row: the start face, the grown face (both in [0, 1]), their difference (diverging map, one
+    symmetric scale for all rows, with a colour bar), then its top faces (uint8); each row's caption above it."""
     n, k = faces.shape[:2]
-    caption = 0.24  # inches above each row
-    fig, axes = plt.subplots(n, k + 1, figsize=((k + 1) * tile * 1.04, n * (tile + caption)), squeeze=False)
-    fig.subplots_adjust(left=0.005, right=0.995, bottom=0.005, top=1 - caption / (n * (tile + caption)),
-                        wspace=0.04, hspace=caption / tile)
+    diff = np.asarray(grown, dtype=float) - np.asarray(start, dtype=float)[None]
+    limit = max(float(np.percentile(np.abs(diff), 99.5)), 1e-3)
+    caption, gap = 0.26, 0.12  # inches: caption above each row, gap between the difference and the top faces
+    cols = 3 + k
+    width = cols * tile * 1.04 + gap
+    fig = plt.figure(figsize=(width, n * (tile + caption) + 0.75))
+    bottom = 0.75 / (n * (tile + caption) + 0.75)
+    grid = fig.add_gridspec(n, cols + 1, width_ratios=[1, 1, 1, gap / tile] + [1] * k, left=0.005, right=0.995,
+                            bottom=bottom, top=1 - caption / (n * (tile + caption) + 0.75), wspace=0.04,
+                            hspace=caption / tile)
+    image = None
     for r in range(n):
-        axes[r, 0].imshow(ascent[r], cmap="gray", vmin=0, vmax=1)
+        axes = [fig.add_subplot(grid[r, j]) for j in (0, 1, 2, *range(4, cols + 1))]
+        axes[0].imshow(start, cmap="gray", vmin=0, vmax=1)
+        axes[1].imshow(grown[r], cmap="gray", vmin=0, vmax=1)
+        image = axes[2].imshow(diff[r], cmap=DIVERGING, vmin=-limit, vmax=limit)
         for j in range(k):
-            axes[r, j + 1].imshow(faces[r, j], cmap="gray", vmin=0, vmax=255)
-        for ax in axes[r]:
+            axes[3 + j].imshow(faces[r, j], cmap="gray", vmin=0, vmax=255)
+        for ax in axes:
             ax.set_xticks([])
             ax.set_yticks([])
             for side in ax.spines.values():
                 side.set_visible(False)
-        for side in axes[r, 0].spines.values():
-            side.set_visible(True)
-            side.set_color("tab:blue")
-            side.set_linewidth(1.5)
-        axes[r, 0].text(0, 1.08, captions[r], transform=axes[r, 0].transAxes, fontsize=FONT, va="bottom")
+        axes[0].text(0, 1.06, captions[r], transform=axes[0].transAxes, fontsize=FONT, va="bottom")
+        if r == 0:
+            for ax, title in zip(axes[:4], ("start", "grown", "difference", "top faces, strongest first")):
+                ax.set_title(title, fontsize=FONT, pad=16, loc="left")
+    bar = fig.add_axes([0.005, 0.25 * bottom, 3 * tile * 1.04 / width, 0.25 * bottom])
+    fig.colorbar(image, cax=bar, orientation="horizontal")
+    bar.tick_params(labelsize=FONT)
+    bar.set_xticks([-limit, 0, limit], ["darker", "0", "lighter"])
     return fig
 
 
-def plot_selectivity(score: np.ndarray, null: np.ndarray, threshold: float | None = None):
-    """Histogram of the filters' class-selectivity scores beside the scores the same filters get under shuffled
-    labels (all shuffles pooled, as a density), with an optional dashed line at ``threshold``."""
-    fig, ax = plt.subplots(figsize=(7.5, 3.2))
-    top = float(max(np.max(score), np.max(null)))
-    bins = np.linspace(0, top * 1.02 + 1e-9, 40)
-    ax.hist(np.ravel(null), bins=bins, density=True, color="0.7", label="shuffled labels")
-    ax.hist(score, bins=bins, density=True, histtype="step", linewidth=2, color="tab:blue",
-            label="filters (true labels)")
-    if threshold is not None:
-        ax.axvline(threshold, color="firebrick", linestyle="--", linewidth=1, label="95th percentile, shuffled")
-    ax.set_xlabel("class selectivity of the top faces: -log10 P(this many of one class by chance)", fontsize=FONT + 1)
-    ax.set_ylabel("share of filters (density)", fontsize=FONT + 1)
+def plot_auroc(best: np.ndarray, random_best: np.ndarray, tuned: np.ndarray):
+    """Each filter's AUROC for its preferred class (x) against the random network's same filter for that class
+    (y); tuned filters in colour, the diagonal dashed."""
+    fig, ax = plt.subplots(figsize=(6.0, 4.2))
+    tuned = np.asarray(tuned, bool)
+    ax.scatter(best[~tuned], random_best[~tuned], s=10, color="0.6", label="not beyond the random network")
+    ax.scatter(best[tuned], random_best[tuned], s=10, color="tab:blue", label="tuned (beyond it, FDR 5%)")
+    lo = float(min(np.min(best), np.min(random_best), 0.5)) - 0.02
+    ax.plot([lo, 1], [lo, 1], "--", color="black", linewidth=1)
+    ax.set_xlim(lo, 1)
+    ax.set_ylim(lo, 1)
+    ax.set_xlabel("AUROC, trained filter, its preferred class", fontsize=FONT + 1)
+    ax.set_ylabel("AUROC, random network, same filter and class", fontsize=FONT + 1)
     ax.tick_params(labelsize=FONT)
-    ax.legend(fontsize=FONT)
+    ax.legend(fontsize=FONT, loc="upper left")
     fig.tight_layout()
-    return fig
-
-
-def plot_image_tiles(images: np.ndarray, titles: list[str], ncols: int = 8, tile: float = 1.1):
-    """Images in [0, 1] (e.g. gradient-ascent images, contrast-stretched), one tile each with a title."""
-    nrows = max(1, (len(images) + ncols - 1) // ncols)
-    fig, axes = plt.subplots(nrows, ncols, figsize=(ncols * tile, nrows * (tile + 0.45)), squeeze=False)
-    for i, ax in enumerate(axes.flat):
-        ax.axis("off")
-        if i < len(images):
-            ax.imshow(images[i], cmap="gray", vmin=0, vmax=1)
-            ax.set_title(titles[i], fontsize=FONT)
-    fig.tight_layout(pad=0.3)
     return fig
 
 

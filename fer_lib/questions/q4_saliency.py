@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from fer_lib import CLASS_NAMES
+from fer_lib.core.stats import percentile_interval
 from fer_lib.data.regions import FEATURES, LANDMARK_REGIONS, region_area, region_shares
 
 if TYPE_CHECKING:
@@ -244,13 +245,6 @@ def rank_correlation(a: np.ndarray, b: np.ndarray) -> np.ndarray:
         return np.where(den > 0, (ra * rb).sum(1) / den, np.nan)
 
 
-def _interval(samples: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The 95% percentile interval of bootstrap samples along axis 0."""
-    with warnings.catch_warnings():  # a column that is nan in every resample stays nan
-        warnings.simplefilter("ignore", RuntimeWarning)
-        return np.nanpercentile(samples, 2.5, axis=0), np.nanpercentile(samples, 97.5, axis=0)
-
-
 def _nanmean(x: np.ndarray, axis: int) -> np.ndarray:
     with warnings.catch_warnings():  # an all-zero map has nan shares; a column of nothing but nan stays nan
         warnings.simplefilter("ignore", RuntimeWarning)
@@ -333,7 +327,7 @@ def sanity_table(explained: Explained, n_boot: int = BOOTSTRAP, seed: int = 0) -
     rows = {}
     for m, rho in explained.rho.items():
         n = rho.shape[1]
-        low, high = _interval(_nanmean(rho[:, rng.integers(0, n, (n_boot, n))], 2).T)  # (steps,) each
+        low, high = percentile_interval(_nanmean(rho[:, rng.integers(0, n, (n_boot, n))], 2).T)  # (steps,) each
         for s, stage in enumerate(explained.stages):
             rows[(m, stage)] = {"rho": float(_nanmean(rho[s], 0)), "low": low[s], "high": high[s], "faces": n}
     table = pd.DataFrame(rows).T.astype({"rho": float, "low": float, "high": float, "faces": int})
@@ -426,7 +420,8 @@ def region_findings(explained: Explained, regions: dict[str, np.ndarray], labels
         diff = trained - randomised
         n = len(y)
         counted = np.isfinite(diff).all(1)  # an all-zero map (Grad-CAM's ReLU can give one) has no shares
-        low, high = _interval(_nanmean(diff[rng.integers(0, n, (n_boot, n))], 1)) if n else (np.full(6, np.nan),) * 2
+        no_faces = (np.full(6, np.nan),) * 2
+        low, high = percentile_interval(_nanmean(diff[rng.integers(0, n, (n_boot, n))], 1)) if n else no_faces
         for j, r in enumerate(LANDMARK_REGIONS):
             random_rows[(m, r)] = {"trained": _nanmean(trained[:, j], 0), "randomised": _nanmean(randomised[:, j], 0),
                                    "difference": _nanmean(diff[:, j], 0), "low": low[j], "high": high[j],
@@ -441,8 +436,8 @@ def region_findings(explained: Explained, regions: dict[str, np.ndarray], labels
         means = {c: _nanmean(diff[y == c], 0) for c in kept}
         mean_all = np.mean(list(means.values()), 0)
         for c in kept:
-            low, high = _interval(boot[c])
-            e_low, e_high = _interval(boot[c] - mean_boot)
+            low, high = percentile_interval(boot[c])
+            e_low, e_high = percentile_interval(boot[c] - mean_boot)
             t, z = _nanmean(trained[y == c], 0), _nanmean(randomised[y == c], 0)
             for j, r in enumerate(LANDMARK_REGIONS):
                 class_rows[(CLASS_NAMES[c], m, r)] = {
@@ -537,7 +532,7 @@ def faithfulness(model: nn.Module, faces: np.ndarray, target, maps: dict[str, np
                  "insertion": auc["insertion"][m] - baseline["insertion"]}  # a faster rise is better
         row: dict = {"faces": n}
         for kind, g in gains.items():
-            low, high = _interval(g[resample].mean(1))
+            low, high = percentile_interval(g[resample].mean(1))
             row |= {f"{kind} AUC": auc[kind][m].mean(), f"random {kind} AUC": baseline[kind].mean(),
                     f"{kind} gain": g.mean(), f"{kind} gain low": float(low), f"{kind} gain high": float(high),
                     f"{kind} better": bool(low > 0)}

@@ -1,16 +1,17 @@
 """Q5: what the last convolution layer's filters respond to.
 
 A filter's *response* is its channel of ``layer4.1.bn2`` (the last convolution, ``layer4.1.conv2``,
-followed by its BatchNorm, a per-channel affine map), averaged over positions: positive means the
-filter fires. Four views, the first three over all the layer's filters:
+followed by its BatchNorm, a per-channel affine map), averaged over positions: positive means the filter
+fires. Four views:
 
 1. the validation faces that excite each filter most (blank images and second copies of a photo left out);
-2. class selectivity: whether those top faces share a class more than they would under shuffled labels,
-   with the false-discovery rate over the layer's filters held at ``ALPHA`` (Benjamini-Hochberg);
-3. what the top faces share beyond their class: mouth and eye opening, head turn, brightness and contrast
-   (``face_attributes``), compared with faces of the same classes, against within-class shuffles;
-4. for the filters shown, an image made by gradient ascent on the input in a Fourier parameterisation with
-   random jitter, scale and rotation at each step (the feature-visualisation recipe of Olah et al., 2017).
+2. tuning: per filter and class the AUROC of its response, class against the rest, over all validation faces,
+   set against the same filter index of a randomly initialised network, and the filter's weights in the final
+   linear layer (does the class it responds to get its vote?);
+3. what the top faces share beyond their class: mouth and eye opening, brow height, head turn, brightness and
+   contrast (``face_attributes``), compared with faces of the same classes, against within-class shuffles;
+4. for the filters shown, a face grown by gradient ascent from the mean validation face, kept near it by a
+   distance penalty (and a cap), under random jitter, zoom and rotation; where it changes says what the filter wants.
 
 Code that runs a model builds its inputs on the model's device and returns CPU numpy arrays.
 """
@@ -18,29 +19,36 @@ from __future__ import annotations
 
 import copy
 import math
+import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from scipy.stats import false_discovery_control
+from scipy.stats import false_discovery_control, norm
 from torch import nn
 
 from fer_lib import CLASS_NAMES
+from fer_lib.core.stats import Z95, auroc_se, rank_auroc
 
 LAST_CONV = "layer4.1.conv2"
 RESPONSE_LAYER = "layer4.1.bn2"
-N_SHOWN = 16  # filters shown with their gradient-ascent image and top faces
+N_SHOWN = 16  # filters shown with their grown face and top faces
 TOP_K = 16  # top faces per filter (after removing second copies of a photo)
 MIN_PIXEL_STD = 4.0  # gray levels (of 255): a face below this is blank or near-uniform and never a "top face"
-N_PERMUTATIONS = 1000  # label shuffles (and within-class attribute shuffles) of the chance baselines
-ALPHA = 0.05  # false-discovery rate of class selectivity; per-test level of the attribute shifts
-ASCENT_SHIFT = 3.0  # pixels: the largest random shift of a gradient-ascent image per step
+N_PERMUTATIONS = 1000  # within-class attribute shuffles of the chance baseline
+N_BOOTSTRAP = 300  # resamples of the faces for the shown filters' AUROC intervals
+ALPHA = 0.05  # false-discovery rate of tuning; per-test level of the attribute shifts
+ASCENT_SHIFT = 3.0  # pixels (of 48): the largest random shift of a grown face per step
 ASCENT_ZOOM = 0.1  # the largest random zoom (+-10%)
 ASCENT_DEGREES = 10.0  # the largest random rotation
-STRETCH = (1.0, 99.0)  # percentiles mapped to black and white when a gradient-ascent image is shown
-COMPARED = ("mouth_open", "eye_open", "head_turn", "brightness", "contrast")  # attributes of face_attributes
+GRID = 6  # the change is drawn on a 6 x 6 grid (8-px cells of a 48-px face: a brow, an eye) and enlarged smoothly
+MAX_CHANGE = 0.06  # the largest root-mean-square change of a grown face from its start (of the gray range: 15 levels)
+PENALTY = 100.0  # weight of the mean squared change in the loss (response units per squared gray range)
+FOCUS = 1.5  # a grown face's change is "on" a face part when that part changes this many times the face's average
+COMPARED = ("mouth_open", "eye_open", "brow_height", "head_turn", "brightness", "contrast")  # of face_attributes
+FACE_PARTS = ("brows", "eyes", "nose", "mouth")  # landmark regions a grown face's change is measured on
 
 
 def _device(model: nn.Module) -> torch.device:
@@ -142,28 +150,158 @@ def class_counts(labels: np.ndarray, top: np.ndarray, n_classes: int = len(CLASS
     return np.stack([np.bincount(labels[row], minlength=n_classes) for row in top])
 
 
-# --- class selectivity over all filters, against shuffled labels -------------------------------------------
+# --- tuning to each class over all faces, against a random network, and the last layer's votes ------------
 
-def surprise_table(labels: np.ndarray, k: int, n_classes: int = len(CLASS_NAMES)) -> np.ndarray:
-    """(n_classes, k + 1): -log10 of the chance that ``k`` faces drawn at random from ``labels`` hold at least
-    ``x`` faces of class c (the hypergeometric tail), for x = 0..k."""
-    from scipy.stats import hypergeom
+@dataclass
+class Tuning:
+    """Every filter's AUROC per class (response, class against the rest), trained and random network.
 
-    counts = np.bincount(labels, minlength=n_classes)
-    x = np.arange(k + 1)
-    return np.stack([-np.log10(np.clip(hypergeom.sf(x - 1, len(labels), n, k), 1e-300, 1)) for n in counts])
+    A filter is *tuned* when its preferred class's AUROC beats the random network's same filter for that class
+    (one-sided z-test on Hanley-McNeil errors, times the number of classes for picking the best one), at a
+    false-discovery rate of ``alpha`` over the filters; *mixed* when tuned but its best two classes tie (their
+    difference within 1.96 combined errors); *one class* otherwise. ``fc`` (n_classes, F) is the final linear
+    layer's weight; a filter *votes* for its class when that class gets its largest weight.
+    """
+
+    auroc: np.ndarray  # (n_classes, F) trained network
+    random_auroc: np.ndarray  # (n_classes, F) the same filter index in the randomly initialised network
+    se: np.ndarray  # (n_classes, F) Hanley-McNeil standard errors, trained
+    random_se: np.ndarray  # (n_classes, F) and random
+    fc: np.ndarray  # (n_classes, F) final-layer weights
+    alpha: float = ALPHA
+
+    @property
+    def preferred(self) -> np.ndarray:
+        """(F,) the class with the highest AUROC (a class without faces never)."""
+        return np.nan_to_num(self.auroc, nan=-1).argmax(0)
+
+    def _at(self, table: np.ndarray, classes: np.ndarray | None = None) -> np.ndarray:
+        classes = self.preferred if classes is None else classes
+        return table[classes, np.arange(table.shape[1])]
+
+    @property
+    def best(self) -> np.ndarray:
+        """(F,) AUROC for the preferred class."""
+        return self._at(self.auroc)
+
+    @property
+    def random_best(self) -> np.ndarray:
+        """(F,) the random network's AUROC for the trained filter's preferred class."""
+        return self._at(self.random_auroc)
+
+    @property
+    def p(self) -> np.ndarray:
+        """(F,) one-sided p of trained > random at the preferred class, times the number of classes (capped at 1)."""
+        z = (self.best - self.random_best) / np.hypot(self._at(self.se), self._at(self.random_se))
+        return np.minimum(1.0, norm.sf(z) * len(self.auroc))
+
+    @property
+    def tuned(self) -> np.ndarray:
+        return false_discovery_control(self.p) <= self.alpha
+
+    @property
+    def second(self) -> np.ndarray:
+        """(F,) the class with the second-highest AUROC."""
+        return np.argsort(-np.nan_to_num(self.auroc, nan=-1), axis=0, kind="stable")[1]
+
+    @property
+    def mixed(self) -> np.ndarray:
+        """(F,) tuned, but the best two classes tie."""
+        gap = self.best - self._at(self.auroc, self.second)
+        return self.tuned & (gap <= Z95 * np.hypot(self._at(self.se), self._at(self.se, self.second)))
+
+    @property
+    def one_class(self) -> np.ndarray:
+        return self.tuned & ~self.mixed
+
+    @property
+    def weight(self) -> np.ndarray:
+        """(F,) the final-layer weight from the filter to its preferred class."""
+        return self._at(self.fc)
+
+    @property
+    def votes(self) -> np.ndarray:
+        """(F,) the preferred class gets the filter's largest final-layer weight."""
+        return self.fc.argmax(0) == self.preferred
+
+    def chance_votes(self, among: np.ndarray) -> float:
+        """Expected share of ``among`` (bool, F) that would vote for their class if votes ignored tuning: the
+        sum over classes of (share preferring c) x (share whose largest weight goes to c)."""
+        among = np.asarray(among, bool)
+        if not among.any():
+            return float("nan")
+        n = len(self.auroc)
+        prefer = np.bincount(self.preferred[among], minlength=n) / among.sum()
+        vote = np.bincount(self.fc[:, among].argmax(0), minlength=n) / among.sum()
+        return float(prefer @ vote)
+
+    def by_class(self, among: np.ndarray | None = None) -> np.ndarray:
+        """(n_classes,) int: filters of ``among`` (default: the one-class filters) per preferred class."""
+        among = self.one_class if among is None else np.asarray(among, bool)
+        return np.bincount(self.preferred[among], minlength=len(self.auroc))
 
 
-def _selectivity(top_labels: np.ndarray, table: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per row of top-face labels (..., k): the largest surprise over the classes, and that class."""
-    scores = np.stack([table[c][(top_labels == c).sum(-1)] for c in range(len(table))], -1)  # (..., n_classes)
-    return scores.max(-1), scores.argmax(-1)
+def auroc_by_class(responses: np.ndarray, labels: np.ndarray,
+                   n_classes: int = len(CLASS_NAMES)) -> tuple[np.ndarray, np.ndarray]:
+    """AUROC (n_classes, F) of each column of ``responses`` (N, F) for class c against the rest, and its
+    Hanley-McNeil standard error."""
+    from scipy.stats import rankdata
+
+    labels = np.asarray(labels)
+    onehot = (labels[:, None] == np.arange(n_classes)[None]).astype(float)  # (N, n_classes)
+    n1 = onehot.sum(0)[:, None]
+    n0 = len(labels) - n1
+    with np.errstate(invalid="ignore", divide="ignore"):  # a class without faces: NaN
+        auc = (onehot.T @ rankdata(responses, axis=0) - n1 * (n1 + 1) / 2) / (n1 * n0)  # rank_auroc, ranked once
+    return auc, auroc_se(auc, n1, n0)
 
 
-def _exceed_p(observed: np.ndarray, null: np.ndarray) -> np.ndarray:
-    """Permutation p-value per column: (1 + shuffles at or above the observed value) / (1 + shuffles)."""
-    return (1 + (null >= observed[None] - 1e-12).sum(0)) / (1 + len(null))
+def class_tuning(responses: np.ndarray, random_responses: np.ndarray, labels: np.ndarray, fc_weight: np.ndarray,
+                 valid: np.ndarray | None = None, alpha: float = ALPHA) -> Tuning:
+    """:class:`Tuning` from the trained and random networks' responses (N, F) over the (``valid``) faces and the
+    final layer's weight (n_classes, F)."""
+    keep = np.ones(len(labels), bool) if valid is None else np.asarray(valid, bool)
+    auc, se = auroc_by_class(np.asarray(responses)[keep], np.asarray(labels)[keep], len(fc_weight))
+    rand, rand_se = auroc_by_class(np.asarray(random_responses)[keep], np.asarray(labels)[keep], len(fc_weight))
+    return Tuning(auc, rand, se, rand_se, np.asarray(fc_weight, dtype=float), alpha)
 
+
+def fc_weight(model: nn.Module) -> np.ndarray:
+    """(n_classes, 512) the final linear layer's weight (``fc`` = Dropout + Linear)."""
+    return model.fc[1].weight.detach().float().cpu().numpy()
+
+
+def bootstrap_auroc(responses: np.ndarray, labels: np.ndarray, classes: np.ndarray, resamples: int = N_BOOTSTRAP,
+                    level: float = 0.95, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Percentile bootstrap interval (low, high), each (S,), of the AUROC of column s of ``responses`` (N, S) for
+    ``classes[s]`` against the rest, the faces resampled with replacement (all columns on the same resamples)."""
+    labels = np.asarray(labels)
+    positive = labels[:, None] == np.asarray(classes)[None]  # (N, S)
+    rng = np.random.default_rng(seed)
+    values = np.empty((resamples, responses.shape[1]))
+    for b in range(resamples):
+        idx = rng.integers(0, len(labels), len(labels))
+        values[b] = rank_auroc(responses[idx], positive[idx])
+    tail = (1 - level) / 2 * 100
+    return np.nanpercentile(values, tail, axis=0), np.nanpercentile(values, 100 - tail, axis=0)
+
+
+def pick_filters(tuning: Tuning, responses: np.ndarray, n: int = N_SHOWN, seed: int = 0) -> np.ndarray:
+    """The filters shown: for each class its one-class filter with the largest AUROC margin over the random
+    network (when it has one), then active filters drawn at random, so typical filters show beside the clearest."""
+    active = np.setdiff1d(np.arange(responses.shape[1]), inactive_filters(responses))
+    margin = tuning.best - tuning.random_best
+    chosen: list[int] = []
+    for c in range(len(tuning.auroc)):
+        candidates = [f for f in active if tuning.preferred[f] == c and tuning.one_class[f]]
+        if candidates and len(chosen) < n:
+            chosen.append(int(max(candidates, key=lambda f: (margin[f], -f))))
+    rest = np.setdiff1d(active, chosen)
+    extra = np.random.default_rng(seed).permutation(rest)[:max(0, n - len(chosen))]
+    return np.array(chosen + sorted(int(f) for f in extra), dtype=np.int64)
+
+
+# --- what the top faces share beyond their class -------------------------------------------------------------
 
 def _null_p(null: np.ndarray) -> np.ndarray:
     """(P, F): each shuffle's p-value against the other shuffles (the p-values a chance labelling would get)."""
@@ -173,78 +311,24 @@ def _null_p(null: np.ndarray) -> np.ndarray:
     return at_least / len(null)
 
 
-@dataclass
-class Selectivity:
-    """Class selectivity of every filter's top faces, against label shuffles.
-
-    A filter is *selective* when its Benjamini-Hochberg adjusted p-value ``q`` is at most ``alpha``: among the
-    filters called selective, the expected share called so by chance is at most ``alpha``. That one count is the
-    finding; ``null_count`` is the same count under each label shuffle.
-    """
-
-    score: np.ndarray  # (F,) the largest over the classes of -log10 P(at least this many faces of the class)
-    top_class: np.ndarray  # (F,) that class
-    p: np.ndarray  # (F,) share of label shuffles whose score matches or beats the filter's
-    q: np.ndarray  # (F,) p adjusted for the F tests (Benjamini-Hochberg)
-    null: np.ndarray  # (P, F) the scores under each label shuffle
-    null_count: np.ndarray  # (P,) filters selective (after the same control) in each shuffle
-    k: int
-    alpha: float = ALPHA
-
-    @property
-    def selective(self) -> np.ndarray:
-        """(F,) bool: class-selective at a false-discovery rate of ``alpha``."""
-        return self.q <= self.alpha
-
-    @property
-    def n_selective(self) -> int:
-        return int(self.selective.sum())
-
-    def chance(self) -> tuple[float, int, int]:
-        """Mean and 95% range of the number of selective filters under shuffled labels."""
-        lo, hi = np.percentile(self.null_count, [2.5, 97.5])
-        return float(self.null_count.mean()), math.floor(lo), math.ceil(hi)
-
-    @property
-    def beyond_chance(self) -> bool:
-        return self.n_selective > self.chance()[2]
-
-    def by_class(self) -> np.ndarray:
-        """(n_classes,) int: selective filters per class (the class most over-represented among their top faces)."""
-        return np.bincount(self.top_class[self.selective], minlength=len(CLASS_NAMES))
-
-
-def class_selectivity(labels: np.ndarray, top: np.ndarray, valid: np.ndarray | None = None,
-                      n_permutations: int = N_PERMUTATIONS, alpha: float = ALPHA, seed: int = 0) -> Selectivity:
-    """Class selectivity of each filter's top faces ``top`` (F, k) over the labels of all faces, with a baseline
-    from ``n_permutations`` shuffles of the labels among the (``valid``) faces."""
-    labels = np.asarray(labels)
-    pool = np.flatnonzero(np.ones(len(labels), bool) if valid is None else np.asarray(valid, bool))
-    k = top.shape[1]
-    table = surprise_table(labels[pool], k)
-    score, cls = _selectivity(labels[top], table)
-    rng = np.random.default_rng(seed)
-    null = np.empty((n_permutations, len(top)))
-    for b in range(n_permutations):
-        shuffled = labels.copy()
-        shuffled[pool] = labels[pool][rng.permutation(len(pool))]
-        null[b] = _selectivity(shuffled[top], table)[0]
-    p = _exceed_p(score, null)
-    null_count = (false_discovery_control(_null_p(null), axis=1) <= alpha).sum(1)
-    return Selectivity(score, cls, p, false_discovery_control(p), null, null_count, k, alpha)
-
-
-# --- what the top faces share beyond their class -------------------------------------------------------------
-
 def within_class_z(values: np.ndarray, labels: np.ndarray) -> np.ndarray:
-    """(N, A): each attribute in standard deviations from the mean of the face's own class."""
+    """(N, A): each attribute in standard deviations from the mean of the face's own class; missing stays missing."""
     values = np.asarray(values, dtype=float)
-    out = np.zeros_like(values)
-    for c in np.unique(labels):
-        rows = labels == c
-        sd = values[rows].std(0)
-        out[rows] = (values[rows] - values[rows].mean(0)) / np.where(sd > 0, sd, 1)
+    out = np.full_like(values, np.nan)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # a class without any measured face
+        for c in np.unique(labels):
+            rows = labels == c
+            sd = np.nanstd(values[rows], 0)
+            out[rows] = (values[rows] - np.nanmean(values[rows], 0)) / np.where(sd > 0, sd, 1)
     return out
+
+
+def _top_mean(z: np.ndarray, top: np.ndarray) -> np.ndarray:
+    """(F, A) mean over each filter's top faces of the measured values (missing left out; NaN if none)."""
+    picked = z[top]  # (F, k, A)
+    n = np.isfinite(picked).sum(1)
+    return np.where(n > 0, np.nansum(picked, 1) / np.maximum(n, 1), np.nan)
 
 
 @dataclass
@@ -252,7 +336,8 @@ class AttributeShift:
     """How each filter's top faces differ from faces of the same classes, per attribute.
 
     A shift counts at the per-filter level ``alpha``; the control is the number of filters that count, set
-    against the same number under within-class shuffles (``null_up``, ``null_down``).
+    against the same number under within-class shuffles (``null_up``, ``null_down``). Faces without a value
+    (landmarks not found) are left out of every mean; a filter none of whose top faces has one gets NaN.
     """
 
     names: tuple[str, ...]  # attribute columns
@@ -260,6 +345,7 @@ class AttributeShift:
     p: np.ndarray  # (F, A) two-sided, against within-class shuffles of the attributes
     null_up: np.ndarray  # (P, A) filters "higher" by chance in each shuffle
     null_down: np.ndarray  # (P, A) filters "lower" by chance
+    measured: np.ndarray  # (F, A) top faces with a value
     alpha: float = ALPHA
 
     def counts(self) -> tuple[np.ndarray, np.ndarray]:
@@ -291,9 +377,9 @@ def attribute_shift(values: np.ndarray, labels: np.ndarray, top: np.ndarray, val
     tested against ``n_permutations`` shuffles of the attribute rows among the (``valid``) faces of each class."""
     labels = np.asarray(labels)
     pool = np.ones(len(labels), bool) if valid is None else np.asarray(valid, bool)
-    z = np.zeros((len(labels), np.shape(values)[1]))
+    z = np.full((len(labels), np.shape(values)[1]), np.nan)
     z[pool] = within_class_z(np.asarray(values, dtype=float)[pool], labels[pool])
-    shift = z[top].mean(1)  # (F, A)
+    shift = _top_mean(z, top)  # (F, A)
     rng = np.random.default_rng(seed)
     classes = [np.flatnonzero(pool & (labels == c)) for c in np.unique(labels[pool])]
     null = np.empty((n_permutations, *shift.shape))
@@ -301,49 +387,17 @@ def attribute_shift(values: np.ndarray, labels: np.ndarray, top: np.ndarray, val
         order = np.arange(len(labels))
         for rows in classes:
             order[rows] = rows[rng.permutation(len(rows))]
-        null[b] = z[order][top].mean(1)
+        null[b] = _top_mean(z[order], top)
+    null = np.nan_to_num(null)
     p = (1 + (np.abs(null) >= np.abs(shift)[None] - 1e-12).sum(0)) / (1 + n_permutations)
+    p = np.where(np.isfinite(shift), p, np.nan)
     null_p = np.stack([_null_p(np.abs(null[:, :, a])) for a in range(shift.shape[1])], -1)  # (P, F, A)
     hit = null_p <= alpha
-    return AttributeShift(tuple(names), shift, p, (hit & (null > 0)).sum(1), (hit & (null < 0)).sum(1), alpha)
+    return AttributeShift(tuple(names), shift, p, (hit & (null > 0)).sum(1), (hit & (null < 0)).sum(1),
+                          np.isfinite(z[top]).sum(1), alpha)
 
 
-def pick_filters(selectivity: Selectivity, responses: np.ndarray, n: int = N_SHOWN, seed: int = 0) -> np.ndarray:
-    """The filters shown: for each class the most class-selective filter (when one is selective), then active
-    filters drawn at random, so that the page shows typical filters as well as the clearest ones."""
-    active = np.setdiff1d(np.arange(responses.shape[1]), inactive_filters(responses))
-    chosen: list[int] = []
-    for c in range(len(CLASS_NAMES)):
-        candidates = [f for f in active if selectivity.top_class[f] == c and selectivity.selective[f]]
-        if candidates and len(chosen) < n:
-            chosen.append(int(max(candidates, key=lambda f: (selectivity.score[f], -f))))
-    rest = np.setdiff1d(active, chosen)
-    extra = np.random.default_rng(seed).permutation(rest)[:max(0, n - len(chosen))]
-    return np.array(chosen + sorted(int(f) for f in extra), dtype=np.int64)
-
-
-# --- gradient ascent in a Fourier parameterisation ------------------------------------------------------------
-
-def fourier_scale(size: int, decay_power: float = 1.0) -> torch.Tensor:
-    """(size, size // 2 + 1): the amplitude each frequency of ``rfft2`` gets, 1 / frequency ** decay_power (the
-    lowest frequency capped at 1 / size). Equal-variance parameters then give an image whose amplitude spectrum
-    falls as 1 / f, like a natural image's, so that no pixel-level noise dominates the optimisation."""
-    fy = torch.fft.fftfreq(size)[:, None]
-    fx = torch.fft.rfftfreq(size)[None, :]
-    freq = torch.sqrt(fx ** 2 + fy ** 2)
-    return 1.0 / torch.clamp(freq, min=1.0 / size) ** decay_power
-
-
-def image_from_spectrum(spectrum: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    """Real (B, 1, S, S) image (unbounded, before the sigmoid) from parameters (B, 1, S, S // 2 + 1, 2)."""
-    size = scale.shape[0]
-    return torch.fft.irfft2(torch.view_as_complex(spectrum) * scale, s=(size, size), norm="ortho")
-
-
-def spectrum_from_image(image: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    """The parameters (B, 1, S, S // 2 + 1, 2) that :func:`image_from_spectrum` turns into ``image`` (B, 1, S, S)."""
-    return torch.view_as_real(torch.fft.rfft2(image, norm="ortho") / scale).contiguous()
-
+# --- faces grown by gradient ascent from a real face -----------------------------------------------------------
 
 def random_view(x: torch.Tensor, generator: torch.Generator, shift: float, scale: float,
                 degrees: float) -> torch.Tensor:
@@ -360,19 +414,20 @@ def random_view(x: torch.Tensor, generator: torch.Generator, shift: float, scale
     return F.grid_sample(x - 0.5, grid, mode="bilinear", padding_mode="zeros", align_corners=False) + 0.5
 
 
-def gradient_ascent(model: nn.Module, filters: list[int] | np.ndarray, input_size: int = 48, steps: int = 128,
-                    lr: float = 0.05, shift: float = ASCENT_SHIFT, scale: float = ASCENT_ZOOM,
-                    degrees: float = ASCENT_DEGREES,
-                    decay_power: float = 1.0, init_sd: float = 0.01, seed: int = 0,
-                    layer: str = RESPONSE_LAYER) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Images (F, S, S) in [0, 1] that maximise each filter's mean response, and the responses before/after.
+def grow_faces(model: nn.Module, filters: list[int] | np.ndarray, start: np.ndarray, input_size: int = 48,
+               steps: int = 128, lr: float = 0.01, grid: int = GRID, penalty: float = PENALTY,
+               max_change: float = MAX_CHANGE,
+               shift: float = ASCENT_SHIFT, scale: float = ASCENT_ZOOM, degrees: float = ASCENT_DEGREES,
+               seed: int = 0, layer: str = RESPONSE_LAYER) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Faces (F, 48, 48) in [0, 1] grown from ``start`` (48, 48) in [0, 1] to raise each filter's mean response,
+    and the responses of the start and of the grown faces (F,).
 
-    One grayscale image per filter (the model sees gray faces), all filters in one batch, optimised with Adam
-    on its Fourier parameters (:func:`fourier_scale`), passed through a sigmoid. Each step the model sees a
-    random view of every image (:func:`random_view`: a shift of up to ``shift`` pixels, a zoom of up to
-    ``scale`` and a rotation of up to ``degrees``), so only patterns that excite the filter wherever they sit
-    survive. The start and the views come from a private generator seeded with ``seed``; the global random
-    state is untouched. Responses are measured on the images as they are, without a random view.
+    The change from the start is a ``grid`` x ``grid`` image enlarged (bicubic) to the face's size, so it changes
+    areas of a few pixels, the scale of a brow or a lip, not a texture of single pixels. Adam maximises the
+    response minus ``penalty`` times the mean squared change, and after each step a change whose root mean square
+    exceeds ``max_change`` is scaled back to it, so every grown face stays a face near its start. Each step the
+    model sees a random view (:func:`random_view`: shift, zoom, rotation), resized to ``input_size`` as the faces
+    are. Seeded privately; the model and the global random state are untouched.
     """
     from fer_lib.model.network import IMAGENET_MEAN, IMAGENET_STD
 
@@ -380,63 +435,119 @@ def gradient_ascent(model: nn.Module, filters: list[int] | np.ndarray, input_siz
     twin = _frozen_twin(model)
     filters = torch.as_tensor(np.asarray(filters), dtype=torch.long, device=device)
     g = torch.Generator().manual_seed(seed)
-    freq_scale = fourier_scale(input_size, decay_power).to(device)
-    spectrum = torch.randn(len(filters), 1, input_size, input_size // 2 + 1, 2, generator=g) * init_sd
-    spectrum = spectrum.to(device).requires_grad_()
+    side = start.shape[-1]
+    base = torch.as_tensor(np.asarray(start), dtype=torch.float32, device=device).expand(len(filters), 1, side, side)
+    coarse = torch.zeros(len(filters), 1, grid, grid, device=device, requires_grad=True)
     mean = torch.tensor(IMAGENET_MEAN, device=device).view(1, 3, 1, 1)
     std = torch.tensor(IMAGENET_STD, device=device).view(1, 3, 1, 1)
-    optimizer = torch.optim.Adam([spectrum], lr=lr)
+    optimizer = torch.optim.Adam([coarse], lr=lr)
     index = torch.arange(len(filters), device=device)
 
-    def image() -> torch.Tensor:
-        return torch.sigmoid(image_from_spectrum(spectrum, freq_scale) / 4)  # Lucid's damping of the sigmoid's input
+    def change() -> torch.Tensor:
+        return F.interpolate(coarse, size=(side, side), mode="bicubic", align_corners=False)
 
     def response(img: torch.Tensor, store) -> torch.Tensor:
+        if img.shape[-1] != input_size:
+            img = F.interpolate(img, size=(input_size, input_size), mode="bilinear", align_corners=False)
         twin((img.expand(-1, 3, -1, -1) - mean) / std)
         return store["out"][index, filters].float().mean((1, 2))  # (F,)
 
     with capture(twin, layer) as store:
         with torch.no_grad():
-            before = response(image(), store).cpu().numpy()
+            before = response(base, store).cpu().numpy()
         for _ in range(steps):
-            act = response(random_view(image(), g, shift, scale, degrees), store)
+            delta = change()
+            act = response(random_view((base + delta).clamp(0, 1), g, shift, scale, degrees), store)
             optimizer.zero_grad()
-            (-act.sum()).backward()
+            (-(act - penalty * delta.pow(2).mean((1, 2, 3))).sum()).backward()
             optimizer.step()
+            with torch.no_grad():  # the cap: the change is linear in the coarse image
+                rms = change().pow(2).mean((1, 2, 3)).sqrt()
+                coarse.mul_((max_change / rms.clamp(min=max_change)).view(-1, 1, 1, 1))
         with torch.no_grad():
-            final = image()
+            final = (base + change()).clamp(0, 1)
             after = response(final, store).cpu().numpy()
     return final[:, 0].cpu().numpy(), before, after
 
 
-def stretch_contrast(images: np.ndarray, low: float = STRETCH[0], high: float = STRETCH[1]) -> np.ndarray:
-    """Each image mapped so that its ``low``-th percentile is 0 and its ``high``-th is 1 (clipped): for display."""
-    images = np.asarray(images, dtype=np.float32)
-    lo = np.percentile(images.reshape(len(images), -1), low, axis=1).reshape(-1, 1, 1)
-    hi = np.percentile(images.reshape(len(images), -1), high, axis=1).reshape(-1, 1, 1)
-    return np.clip((images - lo) / np.maximum(hi - lo, 1e-6), 0, 1)
+@dataclass
+class Growth:
+    """Where each grown face changed, on the start face's landmark regions (``FACE_PARTS``).
+
+    ``change`` is the mean absolute change per pixel of each part over that of the whole face (1: as much as
+    the face's average); ``signed`` the mean change (negative: darker). A filter's change is *on* its ``focus``
+    part when that part changed at least ``FOCUS`` times the average; else the change is diffuse and the filter's
+    top faces carry the answer. ``attributes``: the grown faces' landmark attributes minus the start's (NaN where
+    the detector finds no face).
+    """
+
+    parts: tuple[str, ...]
+    change: np.ndarray  # (F, parts)
+    signed: np.ndarray  # (F, parts)
+    attributes: "object"  # DataFrame (F rows): change of mouth opening, eye opening, brow height; detected
+    start_found: bool  # the detector found the start face (else no parts: every change counts as diffuse)
+
+    @property
+    def focus(self) -> np.ndarray:
+        """(F,) index into ``parts`` of the part that changed most."""
+        return np.nan_to_num(self.change, nan=-1).argmax(1)
+
+    @property
+    def on_part(self) -> np.ndarray:
+        """(F,) bool: the change concentrates on one face part."""
+        return np.nan_to_num(self.change.max(1, initial=0), nan=0) >= FOCUS
 
 
-def shown_table(filters: np.ndarray, labels: np.ndarray, top: np.ndarray, selectivity: Selectivity,
-                shift: AttributeShift, ascent: np.ndarray, best_face: np.ndarray):
-    """One row per filter shown, numbers only: the class most over-represented among its top faces and how many
-    of them have it, its adjusted p-value ``q`` and whether it is selective, the attribute shifts beyond the
-    class (within-class standard deviations; ``shift.p`` tells which beat chance) and its responses to its
-    strongest validation face and to its gradient-ascent image.
+def growth_regions(start: np.ndarray, grown: np.ndarray) -> Growth:
+    """:class:`Growth` of ``grown`` (F, 48, 48) from ``start`` (48, 48), both in [0, 1]."""
+    from fer_lib.data.face_attributes import attributes_from_landmarks
+    from fer_lib.data.landmarks import face_landmarks
+    from fer_lib.data.regions import landmark_regions
 
-    ``top``, ``selectivity`` and ``shift`` cover all filters; ``ascent`` and ``best_face`` only those shown."""
+    to_uint8 = lambda x: np.clip(np.round(np.asarray(x) * 255), 0, 255).astype(np.uint8)  # noqa: E731
+    frames = np.concatenate([to_uint8(start)[None], to_uint8(grown)])
+    points, found = face_landmarks(frames)
+    diff = np.asarray(grown, dtype=float) - np.asarray(start, dtype=float)[None]
+    change = np.full((len(grown), len(FACE_PARTS)), np.nan)
+    signed = change.copy()
+    if found[0]:
+        regions = {r: m[0] for r, m in landmark_regions(points[:1]).items()}
+        face = ~regions["outside_face"]
+        average = np.abs(diff[:, face]).mean(1)
+        for j, part in enumerate(FACE_PARTS):
+            if regions[part].any():
+                change[:, j] = np.abs(diff[:, regions[part]]).mean(1) / np.maximum(average, 1e-9)
+                signed[:, j] = diff[:, regions[part]].mean(1)
+    attrs = attributes_from_landmarks(points, frames)[["mouth_open", "eye_open", "brow_height"]]
+    attrs = attrs.where(np.repeat((found & found[0])[:, None], attrs.shape[1], 1))
+    delta = attrs.iloc[1:].reset_index(drop=True) - attrs.iloc[0]
+    delta["detected"] = found[1:]
+    return Growth(FACE_PARTS, change, signed, delta, bool(found[0]))
+
+
+def shown_table(filters: np.ndarray, tuning: Tuning, interval: np.ndarray, random_interval: np.ndarray,
+                shift: AttributeShift, growth: Growth, before: np.ndarray, after: np.ndarray, best_face: np.ndarray):
+    """One row per filter shown, numbers and labels only: its preferred class, AUROC with its bootstrap interval
+    (trained and random), tuned / mixed, its final-layer weight for the class and whether it votes for it, the
+    attribute shifts of its top faces, the part its grown face changes most, and its responses.
+
+    ``interval`` and ``random_interval`` are (2, shown) bootstrap bounds; ``tuning`` and ``shift`` cover all filters."""
     import pandas as pd
 
     from fer_lib.data.face_attributes import ATTRIBUTES
 
     filters = np.asarray(filters)
-    cls = selectivity.top_class[filters]
-    counts = class_counts(labels, top[filters])
+    cls = tuning.preferred[filters]
     table = pd.DataFrame({"filter": filters, "class": [CLASS_NAMES[c] for c in cls],
-                          f"of {top.shape[1]} top faces": counts[np.arange(len(filters)), cls],
-                          "q": selectivity.q[filters], "selective": selectivity.selective[filters]})
+                          "AUROC": tuning.best[filters], "AUROC low": interval[0], "AUROC high": interval[1],
+                          "random AUROC": tuning.random_best[filters], "random low": random_interval[0],
+                          "random high": random_interval[1], "tuned": tuning.tuned[filters],
+                          "mixed": tuning.mixed[filters], "fc weight": tuning.weight[filters],
+                          "votes": tuning.votes[filters]})
     for a, name in enumerate(shift.names):
         table[ATTRIBUTES[name]] = shift.shift[filters, a]
+    table["changes most"] = [growth.parts[j] if on else "" for j, on in zip(growth.focus, growth.on_part)]
+    table["start"] = np.asarray(before, dtype=float)
     table["best face"] = np.asarray(best_face, dtype=float)
-    table["ascent image"] = np.asarray(ascent, dtype=float)
+    table["grown face"] = np.asarray(after, dtype=float)
     return table
