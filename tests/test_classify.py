@@ -283,6 +283,15 @@ def test_temperature_scales_the_logits_and_marks_uncertain_faces(fer_faces, tiny
     assert face.uncertain is False
     drawn = annotate(picture, [face])
     assert drawn.mode == "RGB" and drawn.size == picture.shape[::-1]
+    bare = np.asarray(annotate(picture, [face], landmarks=False))
+    assert face.landmarks is not None and (np.asarray(drawn) != bare).any(), "the dots are drawn only when asked"
+
+
+def test_a_probability_at_the_threshold_shows_its_side():
+    from fer_lib.photos.classify import prob_text
+
+    assert prob_text(0.7534, 0.75) == "75.3%" and prob_text(0.7534) == "75%"
+    assert prob_text(0.7471, 0.75) == "74.7%" and prob_text(0.83, 0.75) == "83%"
 
 
 # ---------------------------------------------------------------------------------------------

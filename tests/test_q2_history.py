@@ -261,3 +261,38 @@ def test_every_page_quotes_the_runs_recorded_accuracy():
     old = run_accuracy({"best_val_acc": 0.669, "best_val_acc_tta": 0.673, "val_faces": 2856})
     assert (old.plain, old.with_views, old.views, old.views_picked_on_validation) == (0.669, 0.673, "flip", False)
     assert run_accuracy({}) is None
+
+
+def test_the_kept_weights_are_scored_on_the_historys_training_sample_like_validation():
+    import torch
+    import torch.nn.functional as F
+
+    from fer_lib.model.inference import predict_logits
+    from fer_lib.questions.q2_history import kept_on_training_sample
+    from fer_lib.training.train import TRAIN_EVAL_SAMPLE, train_eval_indices
+
+    rng = np.random.default_rng(0)
+    faces = FaceSet(rng.integers(0, 256, (1200, 48, 48), dtype=np.uint8), rng.integers(0, 7, 1200), np.arange(1200))
+    idx = train_eval_indices(len(faces), seed=3)
+    assert len(idx) == TRAIN_EVAL_SAMPLE and len(set(idx)) == len(idx)
+    assert np.array_equal(idx, np.random.default_rng(3).permutation(1200)[:TRAIN_EVAL_SAMPLE])
+    assert len(train_eval_indices(20, seed=3)) == 20
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.AdaptiveAvgPool2d(4), torch.nn.Flatten(), torch.nn.Dropout(0.9),
+                                torch.nn.LazyLinear(7))
+    model(torch.zeros(1, 3, 48, 48))
+    model.train()  # dropout on: the scoring must switch it off, and leave the model as it found it
+    s = kept_on_training_sample(model, faces, seed=3, input_size=48, device="cpu")
+    assert model.training and s.faces == TRAIN_EVAL_SAMPLE
+    logits = predict_logits(model, faces.images[idx], 48)
+    assert s.loss == pytest.approx(F.cross_entropy(logits, torch.as_tensor(faces.labels[idx])).item(), rel=1e-5)
+    assert s.acc == pytest.approx((logits.argmax(1).numpy() == faces.labels[idx]).mean())
+    assert kept_on_training_sample(model, faces, seed=3, input_size=48, device="cpu").loss == pytest.approx(s.loss)
+    assert plot_history_marks(s.loss)
+
+
+def plot_history_marks(loss: float) -> bool:
+    from fer_lib.plots.q2_history import plot_history
+
+    fig = plot_history(history([0.3, 0.4, 0.45]), kept_epoch=3, kept_train_loss=loss)
+    return any(len(line.get_xdata()) == 1 and line.get_ydata()[0] == loss for line in fig.axes[0].lines)

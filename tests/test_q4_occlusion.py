@@ -11,7 +11,7 @@ from torch import nn
 
 from fer_lib import CLASS_NAMES
 from fer_lib.data.regions import FEATURES, landmark_regions, moved_off
-from fer_lib.questions.q4_occlusion import ALL, OCCLUDED, attribution_agreement, controls, occlusion
+from fer_lib.questions.q4_occlusion import ALL, OCCLUDED, Occlusion, attribution_agreement, controls, occlusion
 from tests.test_q4_saliency import frontal_points
 
 HAPPY, SAD = CLASS_NAMES.index("Happy"), CLASS_NAMES.index("Sad")
@@ -116,3 +116,27 @@ def test_attribution_agreement_counts_methods_naming_the_costliest_region(mass_o
     assert agreement.loc["Happy", "agree"] == expected and agreement.loc["Happy", "methods"] == 2
     assert agreement.loc["Happy", "agrees"] == (expected == 2) and list(agreement.index) == ["Happy"]
     assert agreement.loc["Happy", "saliency agrees"] == (expected == 2) and agreement.loc["Happy", "SmoothGrad"] is None
+    assert agreement.loc["Happy", "chance"] == 2 / len(OCCLUDED)  # mouth or its tie, the nose, of the five
+
+
+def _occlusion_with(effects: dict[str, np.ndarray]) -> Occlusion:
+    """An Occlusion of Happy faces whose per-face effects beyond the control are ``effects`` (control drop 0)."""
+    n = len(next(iter(effects.values())))
+    drop = np.stack([effects.get(r, np.zeros(n)) for r in OCCLUDED], 1)
+    rows = {}
+    for j, r in enumerate(OCCLUDED):
+        low, high = np.percentile(drop[np.random.default_rng(j).integers(0, n, (1000, n)), j].mean(1), [2.5, 97.5])
+        rows[(CLASS_NAMES[HAPPY], r)] = {"drop": drop[:, j].mean(), "control": 0.0, "effect": drop[:, j].mean(),
+                                         "low": low, "high": high, "faces": n}
+    table = pd.DataFrame(rows).T.rename_axis(["class", "region"])
+    return Occlusion(np.arange(n), np.full(n, HAPPY), np.ones(n), drop, np.zeros_like(drop), np.zeros_like(drop), 0,
+                     n, table)
+
+
+def test_ties_are_called_on_the_paired_difference_of_the_same_faces():
+    base = np.random.default_rng(0).normal(0.3, 0.2, 30)  # faces differ a lot: the regions' own intervals overlap
+    apart = _occlusion_with({"mouth": base + 0.05, "eyes": base}).top().loc[CLASS_NAMES[HAPPY]]
+    assert apart["region"] == "mouth" and apart["tied"] == []  # yet the mouth costs 5 pp more on every face
+    noise = np.random.default_rng(1).normal(0, 0.1, 30)
+    level = _occlusion_with({"mouth": base + noise, "eyes": base - noise}).top().loc[CLASS_NAMES[HAPPY]]
+    assert level["tied"] == [({"mouth", "eyes"} - {level["region"]}).pop()]

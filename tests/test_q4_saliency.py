@@ -356,3 +356,17 @@ def test_explaining_leaves_the_global_rng_alone_and_is_repeatable():
     again = explain(model, faces, t, methods=two)
     np.testing.assert_array_equal(ex.rho["SmoothGrad"], again.rho["SmoothGrad"])
     np.testing.assert_array_equal(ex.random_maps["SmoothGrad"], again.random_maps["SmoothGrad"])
+
+
+def test_empty_maps_drop_a_class_and_beyond_all_classes_uses_the_classes_with_rows():
+    labels, regions, trained, randomised = _crafted()
+    blanked = trained.copy()
+    blanked[labels == SAD] = 0  # an all-zero map on every Sad face (Grad-CAM's ReLU can give one)
+    maps = {"A": blanked, "costly": trained}
+    findings = region_findings(_explained(maps, {m: randomised for m in maps}), regions, labels,
+                               np.ones(len(labels), bool), n_boot=300, methods=["A"])
+    assert findings.methods == ["A"] and set(findings.vs_random.index.get_level_values("method")) == {"A"}
+    c = findings.by_class
+    assert set(c.index.get_level_values("class")) == {"Happy", "Angry"}  # no Sad rows, no all-NaN rows
+    assert np.isfinite(c[["excess", "excess_low", "excess_high"]].to_numpy()).all()
+    assert findings.vs_random.loc[("A", "brows"), "faces"] == int((labels != SAD).sum())

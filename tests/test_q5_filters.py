@@ -14,7 +14,9 @@ from fer_lib.data import face_attributes as fa
 from fer_lib.data.face_attributes import attributes_from_landmarks
 from fer_lib.model.network import build_model
 from fer_lib.questions.q5_filters import (
+    FACE_PARTS,
     MAX_CHANGE,
+    Growth,
     attribute_shift,
     auroc_by_class,
     bootstrap_auroc,
@@ -302,3 +304,41 @@ def test_random_view_is_the_identity_without_motion_and_fills_with_gray():
 @pytest.mark.parametrize("size,side", [(48, 2), (72, 3)])
 def test_response_map_side(size, side):
     assert response_map_side(build_model("random")[0], size) == side
+
+
+def test_a_filter_the_untrained_network_matches_at_large_is_not_tuned():
+    from scipy.stats import false_discovery_control
+
+    labels, responses, random_responses, fc = tuned_setup()
+    rng = np.random.default_rng(5)
+    weak = 0.3 * responses[:, :1] + rng.normal(size=(len(labels), 1))  # some Fear, its untrained twin none
+    strong = np.where(labels == 2, 3.0, 0.0)[:, None] + rng.normal(size=(len(labels), 3))  # untrained, for Fear
+    t = class_tuning(np.hstack([responses, weak, rng.normal(size=(len(labels), 3))]),
+                     np.hstack([random_responses, rng.normal(size=(len(labels), 1)), strong]), labels,
+                     np.hstack([fc, fc, fc[:, :1]]))
+    assert t.random_threshold == pytest.approx(np.percentile(np.nanmax(t.random_auroc, 0), 95))
+    assert t.random_threshold > 0.9 and t.best[0] > t.random_threshold  # filter 0 still beats it
+    assert false_discovery_control(t.p)[3] <= t.alpha  # the weak filter beats its own untrained twin...
+    assert t.tuned[[0, 3]].tolist() == [True, False]  # ...but not the untrained filters at large
+    lo = class_tuning(-responses, random_responses, labels, fc)  # filter 0 now fires least for Fear
+    assert lo.quiet_by_class().shape == (7,) and lo.quiet_by_class()[2] >= 1 and lo.quiet_by_class(0.0).sum() == 0
+
+
+def test_attribute_shift_bounds_match_its_table():
+    labels, responses, _, _ = tuned_setup()
+    top = top_faces(responses, np.arange(3), k=16)
+    values = np.random.default_rng(1).normal(size=(len(labels), 2))
+    shift = attribute_shift(values, labels, top, names=("mouth_open", "brow_height"), n_permutations=50)
+    up_hi, down_hi = shift.bounds()
+    table = shift.table()
+    assert table["by chance (95% up to)"].tolist() == [up_hi[0], down_hi[0], up_hi[1], down_hi[1]]
+
+
+def test_a_part_the_untrained_growth_changes_too_is_not_named():
+    change = np.array([[0.5, 0.5, 3.0, 0.5], [0.5, 2.0, 0.5, 0.5], [1.0, 1.0, 1.0, 1.0]])
+    grown = Growth(FACE_PARTS, change, -change, None, True)
+    control = Growth(FACE_PARTS, np.array([[1.0, 1.0, 2.0, 1.0], [1.0, 1.0, 2.0, 1.0], [3.0, 1, 1, 1]]), change,
+                     None, True)
+    assert grown.on_part.tolist() == [True, True, False]
+    assert grown.named().tolist() == [True, True, False]  # without a control: every part-focused change
+    assert grown.named(control).tolist() == [False, True, False]  # the nose changes untrained too

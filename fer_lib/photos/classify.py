@@ -31,15 +31,22 @@ NO_MODEL_HELP = ("The project ships its model in models/fer2013/ (the default); 
 # drawing
 
 
-def face_text(face: Face, number: int | None = None) -> str:
-    """'2 Happy 83%', with '?' after the label when the face is uncertain ('2 Sad? 38%')."""
+def prob_text(prob: float, uncertain_below: float | None = None) -> str:
+    """'83%'; with one decimal ('75.3%') where the whole percent would read as the uncertainty threshold, so that
+    the side of ``uncertain_below`` it lies on shows."""
+    near = uncertain_below is not None and round(prob * 100) == round(uncertain_below * 100)
+    return f"{prob:.1%}" if near else f"{prob:.0%}"
+
+
+def face_text(face: Face, number: int | None = None, uncertain_below: float | None = None) -> str:
+    """'2 Happy 83%', with '?' after the label when the face is uncertain ('2 Sad? 38%'); see :func:`prob_text`."""
     mark = "?" if face.uncertain else ""
-    return f"{f'{number} ' if number else ''}{face.label}{mark} {face.prob:.0%}"
+    return f"{f'{number} ' if number else ''}{face.label}{mark} {prob_text(face.prob, uncertain_below)}"
 
 
-def annotate(image, faces: list[Face]):
+def annotate(image, faces: list[Face], landmarks: bool = True, uncertain_below: float | None = None):
     """An RGB copy of ``image`` with each face's box and "label probability" in its class colour (an uncertain face:
-    "label? probability" and a thinner box) and its 68 landmarks as faint dots."""
+    "label? probability" and a thinner box) and, with ``landmarks``, its 68 landmarks as faint dots."""
     from PIL import Image, ImageDraw, ImageFont
 
     canvas = (image if isinstance(image, Image.Image) else Image.fromarray(np.asarray(image))).convert("RGB")
@@ -48,7 +55,7 @@ def annotate(image, faces: list[Face]):
     long_side = max(canvas.size)
     width = max(2, round(long_side / 400))
     for face in faces:  # landmarks first, faint (white, 45% opaque, dark rim): what the check and the crop used
-        if face.landmarks is None:
+        if face.landmarks is None or not landmarks:
             continue
         r = max(1.0, face.box[2] / 90)
         for px, py in face.landmarks:
@@ -60,7 +67,7 @@ def annotate(image, faces: list[Face]):
         colour = CLASS_COLOURS[int(face.probs.argmax())]
         draw.rectangle([x, y, x + w - 1, y + h - 1], outline=colour,
                        width=max(1, width // 2) if face.uncertain else width)
-        text = face_text(face, i if len(faces) > 1 else None)
+        text = face_text(face, i if len(faces) > 1 else None, uncertain_below)
         # at least 1/70 of the long side: about 13 px on the page when the copy is shown 900 px wide
         font = ImageFont.load_default(size=int(np.clip(max(w / 6, long_side / 70), 11, 120)))
         left, top, right, bottom = draw.textbbox((0, 0), text, font=font)

@@ -10,7 +10,7 @@ def _recorded(history, column: str) -> bool:
 
 
 def plot_history(history, title: str = "Training history", kept_epoch: int | None = None,
-                 rise_from_epoch: int | None = None):
+                 rise_from_epoch: int | None = None, kept_train_loss: float | None = None):
     """Loss, accuracy and learning rate per epoch, with the kept weights' epoch marked (``kept_epoch``; default
     the best validation epoch, as older runs kept) and, from ``rise_from_epoch`` on, the epochs over which
     validation loss kept rising shaded.
@@ -19,7 +19,8 @@ def plot_history(history, title: str = "Training history", kept_epoch: int | Non
     ``train_eval_acc`` score a fixed sample of training faces as validation is scored (eval mode, no augmentation);
     the augmented training batches are then drawn dotted. With an average of the weights, ``val_acc_raw`` (the
     stepped weights) is drawn beside the average's ``val_acc``. An older history without these columns: what it
-    has is drawn, and the loss panel says when its training curve is the label-smoothed loss.
+    has is drawn, and the loss panel says when its training curve is the label-smoothed loss; ``kept_train_loss``
+    (the kept weights' training loss scored like validation, measured afterwards) is then marked at the kept epoch.
     """
     fig, (ax_loss, ax_acc, ax_lr) = plt.subplots(1, 3, figsize=(10, 3.9), width_ratios=[1, 1.35, 0.75],
                                                  layout="constrained")
@@ -36,6 +37,9 @@ def plot_history(history, title: str = "Training history", kept_epoch: int | Non
         ax_loss.plot(epochs, history["train_loss"], "-", color="C0", label="training: label-smoothed loss")
         ax_loss.set_title("not comparable in level:\ntraining curve is the smoothed loss", fontsize=9, color="C3")
     ax_loss.plot(epochs, history["val_loss"], "-", color="C1", label="validation")
+    if kept_train_loss is not None:
+        ax_loss.plot([kept["epoch"]], [kept_train_loss], "D", color="C0", ms=7, zorder=5,
+                     label="training, like validation\n(kept weights)")
     ax_loss.set_ylabel("cross-entropy")
     if rise_from_epoch is not None and rise_from_epoch < int(epochs.iloc[-1]):
         for ax in (ax_loss, ax_acc):

@@ -71,6 +71,10 @@ def plot_gallery(images: np.ndarray, titles: list[str], ncols: int = 8, title: s
     return fig
 
 
+VOTE_LETTERS = {"Angry": "A", "Disgust": "D", "Fear": "F", "Happy": "H", "Sad": "S", "Surprise": "U",
+                "Neutral": "N"}  # the vote bars' tick labels
+
+
 def plot_vote_gallery(images: np.ndarray, votes: np.ndarray, titles: list[str], true: str, predicted: str,
                       min_votes: int = 3, ncols: int = 4, title: str = ""):
     """Faces, each beside its FER+ vote bars: the 7 classes and one 'other' bar (contempt, unknown, not a face).
@@ -82,7 +86,7 @@ def plot_vote_gallery(images: np.ndarray, votes: np.ndarray, titles: list[str], 
     n = max(len(images), 1)
     nrows = (n + ncols - 1) // ncols
     # laid out in inches: per column a 1-inch face and, right of it, its bars; per row a caption and tick labels
-    col_w, face_w, bar_w, caption_h, face_h, labels_h, header_h, left = 2.3, 0.95, 1.0, 0.25, 0.95, 0.35, 0.55, 0.15
+    col_w, face_w, bar_w, caption_h, face_h, labels_h, header_h, left = 2.3, 0.95, 1.0, 0.25, 0.95, 0.25, 0.75, 0.15
     row_h = caption_h + face_h + labels_h
     width, height = left + ncols * col_w, header_h + nrows * row_h
     fig = plt.figure(figsize=(width, height))
@@ -90,7 +94,7 @@ def plot_vote_gallery(images: np.ndarray, votes: np.ndarray, titles: list[str], 
     def axes_at(x: float, y: float, w: float, h: float):  # inches from the bottom left
         return fig.add_axes((x / width, y / height, w / width, h / height))
 
-    short = [c[:2] for c in CLASS_NAMES] + ["ot"]
+    short = [VOTE_LETTERS[c] for c in CLASS_NAMES] + ["O"]  # one letter each, spelled out in the title
     colours = ["0.65"] * len(short)
     colours[CLASS_NAMES.index(true)], colours[CLASS_NAMES.index(predicted)] = "tab:green", "tab:red"
     top = max(int(np.asarray(votes).sum(1).max()) if len(votes) else 10, 1)
@@ -107,12 +111,14 @@ def plot_vote_gallery(images: np.ndarray, votes: np.ndarray, titles: list[str], 
         bars.bar(range(len(short)), np.r_[v[:len(CLASS_NAMES)], v[len(CLASS_NAMES):].sum()], color=colours)
         bars.axhline(min_votes, color="k", ls="--", lw=0.7)
         bars.set_ylim(0, top)
-        bars.set_xticks(range(len(short)), short, fontsize=9, rotation=90)
+        bars.set_xticks(range(len(short)), short, fontsize=9)
         bars.set_yticks([0, min_votes, top], [0, min_votes, top], fontsize=9)
         bars.tick_params(length=2, pad=1)
     fig.suptitle((title + "\n" if title else "") + f"FER+ votes: green = true class ({true}), "
-                 f"red = predicted ({predicted}), dashed = {min_votes} votes; ot = other", fontsize=10,
-                 y=1 - 0.05 / height, va="top")
+                 f"red = predicted ({predicted}), dashed = {min_votes} votes\n"
+                 + ", ".join(f"{VOTE_LETTERS[c]} {c}" for c in CLASS_NAMES)
+                 + ", O other (contempt, unknown, not a face)",
+                 fontsize=10, y=1 - 0.05 / height, va="top")
     return fig
 
 

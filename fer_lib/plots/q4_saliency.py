@@ -149,8 +149,9 @@ def plot_class_vs_random(table, methods: list[str], regions: list[str], labels: 
                              sharey=True, squeeze=False, layout="constrained")
     im = None
     for ax, m in zip(axes[0], methods):
-        values = np.array([[table.loc[(c, m, r), "difference"] * 100 for r in regions] for c in classes])
-        clear = np.array([[table.loc[(c, m, r), "sign"] != 0 for r in regions] for c in classes])
+        # a class without the method's rows (its maps all zero) shows "—"
+        values = np.array([[table["difference"].get((c, m, r), np.nan) * 100 for r in regions] for c in classes])
+        clear = np.array([[table["sign"].get((c, m, r), 0) != 0 for r in regions] for c in classes])
         im = ax.imshow(np.where(clear, values, np.nan), cmap="RdBu_r", norm=norm, aspect="auto")
         for (i, j), v in np.ndenumerate(values):
             ax.text(j, i, f"{v:+.0f}" if np.isfinite(v) else "—", ha="center", va="center", fontsize=SMALL,
@@ -200,8 +201,10 @@ def plot_occlusion_effects(table, classes: list[str], regions: list[str], labels
     fig, ax = plt.subplots(figsize=(1.25 * len(regions) + 2.2, 0.5 * len(classes) + 1.4), layout="constrained")
     im = ax.imshow(np.where(clear, values, np.nan), cmap="PuOr_r", norm=TwoSlopeNorm(0, -span, span), aspect="auto")
     for (i, j), v in np.ndenumerate(values):
-        ax.text(j, i, "{:+d}\n[{:+d}, {:+d}]".format(*(int(round(x)) for x in (v, low[i, j], high[i, j])))
-                if np.isfinite(v) else "—",
+        # one decimal where a bound rounds to 0 but is not 0: "[+0.4, +25]" reads apart from "[-0.4, +25]"
+        d = 1 if any(round(x) == 0 and x != 0 for x in (low[i, j], high[i, j])) else 0
+        shown = (round(x, d) + 0.0 for x in (v, low[i, j], high[i, j]))
+        ax.text(j, i, "{:+.{d}f}\n[{:+.{d}f}, {:+.{d}f}]".format(*shown, d=d) if np.isfinite(v) else "—",
                 ha="center", va="center", fontsize=SMALL,
                 color="black" if clear[i, j] else "#777777",
                 fontweight="bold" if top.get(classes[i]) == regions[j] else "normal")

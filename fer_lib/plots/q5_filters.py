@@ -48,15 +48,19 @@ def plot_grown_rows(start: np.ndarray, grown: np.ndarray, faces: np.ndarray, cap
     return fig
 
 
-def plot_auroc(best: np.ndarray, random_best: np.ndarray, tuned: np.ndarray):
+def plot_auroc(best: np.ndarray, random_best: np.ndarray, tuned: np.ndarray, threshold: float | None = None):
     """Each filter's AUROC for its preferred class (x) against the random network's same filter for that class
-    (y); tuned filters in colour, the diagonal dashed."""
+    (y); tuned filters in colour, the diagonal dashed, ``threshold`` (the untrained filters' 95th percentile)
+    dotted."""
     fig, ax = plt.subplots(figsize=(6.0, 4.2))
     tuned = np.asarray(tuned, bool)
     ax.scatter(best[~tuned], random_best[~tuned], s=10, color="0.6", label="not beyond the random network")
-    ax.scatter(best[tuned], random_best[tuned], s=10, color="tab:blue", label="tuned (beyond it, FDR 5%)")
+    ax.scatter(best[tuned], random_best[tuned], s=10, color="tab:blue", label="tuned (beyond both, FDR 5%)")
     lo = float(min(np.min(best), np.min(random_best), 0.5)) - 0.02
     ax.plot([lo, 1], [lo, 1], "--", color="black", linewidth=1)
+    if threshold is not None:
+        ax.axvline(threshold, linestyle=":", color="tab:red", linewidth=1.5,
+                   label=f"95% of untrained filters stay below ({threshold:.2f})")
     ax.set_xlim(lo, 1)
     ax.set_ylim(lo, 1)
     ax.set_xlabel("AUROC, trained filter, its preferred class", fontsize=FONT + 1)

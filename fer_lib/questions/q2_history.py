@@ -259,6 +259,28 @@ HISTORY_LABELS = {"epoch": "epoch", "lr": "learning rate",
                   "val_acc": "validation accuracy", "val_acc_raw": "validation accuracy, stepped weights"}
 
 
+@dataclass
+class KeptOnTrainingSample:
+    """The shipped weights on the training faces the history's ``train_eval_*`` columns use, scored as validation
+    is: no augmentation, dropout off, plain cross-entropy (for runs whose history predates those columns)."""
+
+    loss: float
+    acc: float
+    faces: int
+
+
+def kept_on_training_sample(model, train_faces, seed: int, input_size: int, device) -> KeptOnTrainingSample:
+    """:class:`KeptOnTrainingSample` of ``model`` on ``train_faces``' history sample (scored in eval mode)."""
+    import torch
+
+    from fer_lib.training.train import train_eval_indices, validate
+
+    idx = train_eval_indices(len(train_faces), seed)
+    out = validate(model, train_faces.images[idx], torch.as_tensor(train_faces.labels[idx], dtype=torch.long),
+                   input_size, device, flip=False)
+    return KeptOnTrainingSample(float(out["loss"]), float(out["acc"]), len(idx))
+
+
 def history_table(history):
     """The per-epoch table a reader needs, with words for column names (timings and duplicate columns left out)."""
     shown = history[[c for c in HISTORY_LABELS if _recorded(history, c)]]

@@ -63,23 +63,34 @@ class Occlusion:
     table: pd.DataFrame  # (class, region), classes then ALL: drop, control and effect (= drop - control), each with
     # low / high (95% bootstrap over faces), sign (+1 / -1 where the effect's interval lies above / below 0), faces
 
-    def top(self) -> pd.DataFrame:
+    def top(self, n_boot: int = BOOTSTRAP, seed: int = 0) -> pd.DataFrame:
         """Per class (and ALL): the region whose covering costs the most beyond its control, its numbers, whether its
-        effect's interval lies above 0 ("clear"), and "tied": the other regions whose intervals lie above 0 and
-        overlap its interval (empty when it is not clear)."""
+        effect's interval lies above 0 ("clear"), and "tied": the other regions whose intervals lie above 0 and whose
+        paired difference from it (the same faces resampled together, 95% bootstrap) does not exclude 0 (empty when
+        it is not clear)."""
         import pandas as pd
 
+        effect = self.drop - self.control_drop
+        rng = np.random.default_rng(seed)
         rows = {}
         for cls, cells in self.table.groupby(level="class", sort=False):
             cells = cells.droplevel("class")
             best = cells["effect"].idxmax()
             b = cells.loc[best]
-            tied = [r for r in cells.index
-                    if r != best and b["low"] > 0 and cells.loc[r, "low"] > 0 and cells.loc[r, "high"] >= b["low"]]
+            members = np.arange(len(self.labels)) if cls == ALL else np.flatnonzero(
+                self.labels == CLASS_NAMES.index(cls))
+            resample = members[rng.integers(0, len(members), (n_boot, len(members)))]
+            j = OCCLUDED.index(best)
+            tied = []
+            for r in cells.index:
+                if r == best or not (b["low"] > 0 and cells.loc[r, "low"] > 0):
+                    continue
+                gap = (effect[:, j] - effect[:, OCCLUDED.index(r)])[resample].mean(1)
+                if percentile_interval(gap)[0] <= 0:
+                    tied.append(r)
             rows[cls] = {"region": best, **b.to_dict(), "clear": bool(b["low"] > 0), "tied": tied}
         out = pd.DataFrame(rows).T.rename_axis("class")
         return out.astype({c: float for c in ("drop", "control", "effect", "low", "high")} | {"faces": int})
-
 
 def occlusion(model: nn.Module, faces: np.ndarray, labels: np.ndarray, regions: dict[str, np.ndarray],
               found: np.ndarray, input_size: int = 48, sigma: float = FILL_SIGMA, n_boot: int = BOOTSTRAP,
@@ -145,7 +156,8 @@ def attribution_agreement(top: pd.DataFrame, by_class: pd.DataFrame, methods: li
     those methods name the
     costliest region to cover or one tied with it, "methods": how many name a region (a method whose maps of the
     class hold no mass names none), "agrees": more than half of those do; "<method> agrees": whether that method
-    names it (None where it names no region).
+    names it (None where it names no region); "chance": the share of the occluded regions that count as a match
+    (the costliest and those tied with it), what a method naming a region at random matches on average.
     Only classes whose costliest region is clear (``top``'s "clear") have rows."""
     import pandas as pd
 
@@ -153,6 +165,8 @@ def attribution_agreement(top: pd.DataFrame, by_class: pd.DataFrame, methods: li
     classes = set(by_class.index.get_level_values("class"))
 
     def most_mass(cls: str, method: str) -> str | None:
+        if (cls, method) not in by_class.index.droplevel("region"):
+            return None  # no rows: every map of the class is empty (all zero)
         shares = by_class["difference"].xs((cls, method), level=("class", "method")).reindex(list(OCCLUDED))
         shares = (shares / pd.Series(area).reindex(list(OCCLUDED))).dropna()
         return shares.idxmax() if len(shares) else None  # None: no map of the class has mass (an all-zero map)
@@ -169,5 +183,6 @@ def attribution_agreement(top: pd.DataFrame, by_class: pd.DataFrame, methods: li
         agrees = {f"{m} agrees": row[m] in costly if row[m] is not None else None for m in have}
         agree = sum(row[m] in costly for m in named)
         rows[cls] = row | agrees | {"occlusion": top.loc[cls, "region"], "agree": agree, "methods": len(named),
-                                    "agrees": agree > len(named) / 2}
+                                    "agrees": agree > len(named) / 2,
+                                    "chance": len(costly) / len(OCCLUDED)}
     return pd.DataFrame.from_dict(rows, orient="index").rename_axis("class")

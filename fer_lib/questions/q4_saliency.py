@@ -402,16 +402,20 @@ class RegionFindings:
 
 
 def region_findings(explained: Explained, regions: dict[str, np.ndarray], labels: np.ndarray, found: np.ndarray,
-                    flagged=(), n_boot: int = BOOTSTRAP, seed: int = 0) -> RegionFindings:
+                    flagged=(), n_boot: int = BOOTSTRAP, seed: int = 0, methods=None) -> RegionFindings:
     """Findings from :func:`explain`'s maps, the regions of every face given to it ({region: (N, H, W)}), their class
     labels (N,) and whether the detector found each face's landmarks (N,); faces without them are left out, and
-    ``flagged`` methods do not vote."""
+    ``flagged`` methods do not vote; ``methods`` (default: all explained) are the methods that get rows. A face
+    counts for a method where its maps on both networks hold mass (Grad-CAM's ReLU can leave a map all zero), and a
+    class gets rows where at least ``MIN_FACES`` of its faces count."""
     import pandas as pd
 
     labels, found = np.asarray(labels), np.asarray(found, dtype=bool)
     rng = np.random.default_rng(seed)
     random_rows, class_rows = {}, {}
-    for m, idx in explained.faces.items():
+    methods = [m for m in explained.faces if methods is None or m in set(methods)]
+    for m in methods:
+        idx = explained.faces[m]
         keep = found[idx]
         y = labels[idx][keep]
         shares = [np.stack([region_shares(v[keep], {r: regions[r][idx][keep] for r in LANDMARK_REGIONS})[r]
@@ -426,12 +430,13 @@ def region_findings(explained: Explained, regions: dict[str, np.ndarray], labels
             random_rows[(m, r)] = {"trained": _nanmean(trained[:, j], 0), "randomised": _nanmean(randomised[:, j], 0),
                                    "difference": _nanmean(diff[:, j], 0), "low": low[j], "high": high[j],
                                    "faces": int(counted.sum())}
-        kept = [c for c in np.unique(y) if (y == c).sum() >= MIN_FACES]
+        kept = [c for c in np.unique(y) if (counted & (y == c)).sum() >= MIN_FACES]
         if not kept:
             continue
         # stratified: resample each class's faces within the class; the all-class mean weighs classes equally
-        boot = {c: _nanmean(diff[np.flatnonzero(y == c)[rng.integers(0, (y == c).sum(), (n_boot, (y == c).sum()))]],
-                            1) for c in kept}  # (n_boot, R)
+        members = {c: np.flatnonzero(counted & (y == c)) for c in kept}
+        boot = {c: diff[members[c][rng.integers(0, len(members[c]), (n_boot, len(members[c])))]].mean(1)
+                for c in kept}  # (n_boot, R)
         mean_boot = np.mean(list(boot.values()), 0)
         means = {c: _nanmean(diff[y == c], 0) for c in kept}
         mean_all = np.mean(list(means.values()), 0)
@@ -456,7 +461,6 @@ def region_findings(explained: Explained, regions: dict[str, np.ndarray], labels
     area = {r: float(np.mean(a)) if len(a) else np.nan
             for r, a in region_area({r: regions[r][found] for r in LANDMARK_REGIONS}).items()}
     faces = {CLASS_NAMES[c]: int((labels[found] == c).sum()) for c in np.unique(labels[found])}
-    methods = list(explained.faces)
     return RegionFindings(tables[0], tables[1], area, faces, methods, [m for m in methods if m not in set(flagged)])
 
 

@@ -6,7 +6,8 @@ fires. Four views:
 
 1. the validation faces that excite each filter most (blank images and second copies of a photo left out);
 2. tuning: per filter and class the AUROC of its response, class against the rest, over all validation faces,
-   set against the same filter index of a randomly initialised network, and the filter's weights in the final
+   set against the same filter index of a randomly initialised network (and above what 95% of that network's
+   filters reach for their best class), and the filter's weights in the final
    linear layer (does the class it responds to get its vote?);
 3. what the top faces share beyond their class: mouth and eye opening, brow height, head turn, brightness and
    contrast (``face_attributes``), compared with faces of the same classes, against within-class shuffles;
@@ -40,6 +41,8 @@ MIN_PIXEL_STD = 4.0  # gray levels (of 255): a face below this is blank or near-
 N_PERMUTATIONS = 1000  # within-class attribute shuffles of the chance baseline
 N_BOOTSTRAP = 300  # resamples of the faces for the shown filters' AUROC intervals
 ALPHA = 0.05  # false-discovery rate of tuning; per-test level of the attribute shifts
+RANDOM_LEVEL = 0.95  # a tuned filter's AUROC also beats this share of the untrained filters (at their best class)
+QUIET = 0.2  # a filter is quiet for a class when its AUROC for it is below this (the class's faces respond least)
 ASCENT_SHIFT = 3.0  # pixels (of 48): the largest random shift of a grown face per step
 ASCENT_ZOOM = 0.1  # the largest random zoom (+-10%)
 ASCENT_DEGREES = 10.0  # the largest random rotation
@@ -158,9 +161,10 @@ class Tuning:
 
     A filter is *tuned* when its preferred class's AUROC beats the random network's same filter for that class
     (one-sided z-test on Hanley-McNeil errors, times the number of classes for picking the best one), at a
-    false-discovery rate of ``alpha`` over the filters; *mixed* when tuned but its best two classes tie (their
-    difference within 1.96 combined errors); *one class* otherwise. ``fc`` (n_classes, F) is the final linear
-    layer's weight; a filter *votes* for its class when that class gets its largest weight.
+    false-discovery rate of ``alpha`` over the filters, and exceeds ``random_threshold``, the ``random_level``
+    quantile over the random network's filters of their best-class AUROC; *mixed* when tuned but its best two
+    classes tie (their difference within 1.96 combined errors); *one class* otherwise. ``fc`` (n_classes, F) is
+    the final linear layer's weight; a filter *votes* for its class when that class gets its largest weight.
     """
 
     auroc: np.ndarray  # (n_classes, F) trained network
@@ -169,6 +173,7 @@ class Tuning:
     random_se: np.ndarray  # (n_classes, F) and random
     fc: np.ndarray  # (n_classes, F) final-layer weights
     alpha: float = ALPHA
+    random_level: float = RANDOM_LEVEL
 
     @property
     def preferred(self) -> np.ndarray:
@@ -190,6 +195,11 @@ class Tuning:
         return self._at(self.random_auroc)
 
     @property
+    def random_threshold(self) -> float:
+        """The ``random_level`` quantile over the random network's filters of their own best-class AUROC."""
+        return float(np.percentile(np.nanmax(self.random_auroc, 0), 100 * self.random_level))
+
+    @property
     def p(self) -> np.ndarray:
         """(F,) one-sided p of trained > random at the preferred class, times the number of classes (capped at 1)."""
         z = (self.best - self.random_best) / np.hypot(self._at(self.se), self._at(self.random_se))
@@ -197,7 +207,7 @@ class Tuning:
 
     @property
     def tuned(self) -> np.ndarray:
-        return false_discovery_control(self.p) <= self.alpha
+        return (false_discovery_control(self.p) <= self.alpha) & (self.best > self.random_threshold)
 
     @property
     def second(self) -> np.ndarray:
@@ -239,6 +249,10 @@ class Tuning:
         """(n_classes,) int: filters of ``among`` (default: the one-class filters) per preferred class."""
         among = self.one_class if among is None else np.asarray(among, bool)
         return np.bincount(self.preferred[among], minlength=len(self.auroc))
+
+    def quiet_by_class(self, below: float = QUIET) -> np.ndarray:
+        """(n_classes,) int: filters whose AUROC for the class is below ``below`` (they respond least to it)."""
+        return (np.nan_to_num(self.auroc, nan=0.5) < below).sum(1)
 
 
 def auroc_by_class(responses: np.ndarray, labels: np.ndarray,
@@ -352,6 +366,10 @@ class AttributeShift:
         hit = self.p <= self.alpha
         return (hit & (self.shift > 0)).sum(0), (hit & (self.shift < 0)).sum(0)
 
+    def bounds(self) -> tuple[np.ndarray, np.ndarray]:
+        """(A,) each: the 95% upper bound of the "higher" and "lower" counts under shuffles."""
+        return tuple(np.ceil(np.percentile(null, 97.5, axis=0)).astype(int) for null in (self.null_up, self.null_down))
+
     def table(self):
         """Per attribute and direction: filters whose top faces are higher / lower than same-class faces, and
         that count under shuffles (mean, 95% upper bound); ``beyond chance`` when the count exceeds the bound."""
@@ -360,10 +378,11 @@ class AttributeShift:
         from fer_lib.data.face_attributes import ATTRIBUTES
 
         up, down = self.counts()
+        up_hi, down_hi = self.bounds()
         rows = []
         for a, name in enumerate(self.names):
-            for label, n, null in (("higher", up[a], self.null_up[:, a]), ("lower", down[a], self.null_down[:, a])):
-                hi = int(np.ceil(np.percentile(null, 97.5)))
+            for label, n, null, hi in (("higher", up[a], self.null_up[:, a], int(up_hi[a])),
+                                       ("lower", down[a], self.null_down[:, a], int(down_hi[a]))):
                 rows.append({"attribute": ATTRIBUTES[name], "top faces": label, "filters": int(n),
                              "by chance (mean)": float(null.mean()), "by chance (95% up to)": hi,
                              "beyond chance": bool(n > hi)})
@@ -497,6 +516,15 @@ class Growth:
         """(F,) bool: the change concentrates on one face part."""
         return np.nan_to_num(self.change.max(1, initial=0), nan=0) >= FOCUS
 
+    def named(self, control: "Growth | None" = None) -> np.ndarray:
+        """(F,) bool: on a part, and (with ``control``, the same filters grown in the untrained network) the
+        control's change on that part stays below ``FOCUS``: a part any network changes (the image centre, where
+        the nose sits) is a bias of the method, not the filter's."""
+        if control is None:
+            return self.on_part
+        rows = np.arange(len(self.change))
+        return self.on_part & ~(np.nan_to_num(control.change[rows, self.focus], nan=0) >= FOCUS)
+
 
 def growth_regions(start: np.ndarray, grown: np.ndarray) -> Growth:
     """:class:`Growth` of ``grown`` (F, 48, 48) from ``start`` (48, 48), both in [0, 1]."""
@@ -526,10 +554,12 @@ def growth_regions(start: np.ndarray, grown: np.ndarray) -> Growth:
 
 
 def shown_table(filters: np.ndarray, tuning: Tuning, interval: np.ndarray, random_interval: np.ndarray,
-                shift: AttributeShift, growth: Growth, before: np.ndarray, after: np.ndarray, best_face: np.ndarray):
+                shift: AttributeShift, growth: Growth, before: np.ndarray, after: np.ndarray, best_face: np.ndarray,
+                control: Growth | None = None):
     """One row per filter shown, numbers and labels only: its preferred class, AUROC with its bootstrap interval
     (trained and random), tuned / mixed, its final-layer weight for the class and whether it votes for it, the
-    attribute shifts of its top faces, the part its grown face changes most, and its responses.
+    attribute shifts of its top faces, the part its grown face changes most (unless the untrained ``control``
+    changes it too, :meth:`Growth.named`), and its responses.
 
     ``interval`` and ``random_interval`` are (2, shown) bootstrap bounds; ``tuning`` and ``shift`` cover all filters."""
     import pandas as pd
@@ -546,7 +576,7 @@ def shown_table(filters: np.ndarray, tuning: Tuning, interval: np.ndarray, rando
                           "votes": tuning.votes[filters]})
     for a, name in enumerate(shift.names):
         table[ATTRIBUTES[name]] = shift.shift[filters, a]
-    table["changes most"] = [growth.parts[j] if on else "" for j, on in zip(growth.focus, growth.on_part)]
+    table["changes most"] = [growth.parts[j] if on else "" for j, on in zip(growth.focus, growth.named(control))]
     table["start"] = np.asarray(before, dtype=float)
     table["best face"] = np.asarray(best_face, dtype=float)
     table["grown face"] = np.asarray(after, dtype=float)

@@ -55,6 +55,11 @@ from fer_lib.training.runs import (
 TRAIN_EVAL_SAMPLE = 1000  # training faces scored each epoch in eval mode without augmentation (like for like)
 
 
+def train_eval_indices(n_train: int, seed: int) -> np.ndarray:
+    """The training faces scored each epoch like validation faces (``train_eval_acc``, ``train_eval_loss``)."""
+    return np.random.default_rng(seed).permutation(n_train)[:TRAIN_EVAL_SAMPLE]
+
+
 def class_weights(labels: np.ndarray, mode: str) -> torch.Tensor | None:
     if mode == "none":
         return None
@@ -244,7 +249,7 @@ def _train_locked(dataset: Dataset, config: TrainConfig, run_dir: Path, device: 
     images = torch.from_numpy(train_set.images)
     labels = torch.from_numpy(train_set.labels)
     val_labels = torch.from_numpy(val_set.labels)
-    train_sample = np.random.default_rng(config.seed).permutation(len(train_set))[:TRAIN_EVAL_SAMPLE]
+    train_sample = train_eval_indices(len(train_set), config.seed)
     for epoch in range(start_epoch, config.epochs):
         if stop_after is not None and epoch >= stop_after:
             return run_dir
