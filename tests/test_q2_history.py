@@ -15,20 +15,6 @@ from fer_lib.data.layouts import FaceSet
 from fer_lib.questions.q2_history import history_findings, history_table, rising_run, run_accuracy, split_copies
 from fer_lib.questions.q3_confusion import accuracy_by_copy
 
-AN, DI, FE, HA, SA, SU, NE = range(7)
-VOTE_HEADER = "Usage,Image name,neutral,happiness,surprise,sadness,anger,disgust,fear,contempt,unknown,NF"
-
-
-def labels_from_matrix(matrix):
-    y_true, y_pred = [], []
-    for t, row in enumerate(matrix):
-        for p, n in enumerate(row):
-            y_true += [t] * n
-            y_pred += [p] * n
-    return np.array(y_true), np.array(y_pred)
-
-
-
 # --------------------------------------------------------------------------------------------- Q2
 
 

@@ -16,19 +16,8 @@ from fer_lib.questions.q3_votes import VotesError, crowd_summary, load_votes, pa
 
 AN, DI, FE, HA, SA, SU, NE = range(7)
 VOTE_HEADER = "Usage,Image name,neutral,happiness,surprise,sadness,anger,disgust,fear,contempt,unknown,NF"
-from tests.test_q3_confusion import TIE_MATRIX  # noqa: E402
+from tests.test_q3_confusion import TIE_MATRIX, labels_from_matrix  # noqa: E402
 from tests.test_stats import wilson_by_hand  # noqa: E402
-
-
-def labels_from_matrix(matrix):
-    y_true, y_pred = [], []
-    for t, row in enumerate(matrix):
-        for p, n in enumerate(row):
-            y_true += [t] * n
-            y_pred += [p] * n
-    return np.array(y_true), np.array(y_pred)
-
-
 
 # --------------------------------------------------------------------------------------------- FER+ votes
 

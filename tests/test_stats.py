@@ -12,20 +12,6 @@ import pytest
 
 from fer_lib.core.stats import counts_tie, proportions_tie, wilson_interval
 
-AN, DI, FE, HA, SA, SU, NE = range(7)
-VOTE_HEADER = "Usage,Image name,neutral,happiness,surprise,sadness,anger,disgust,fear,contempt,unknown,NF"
-
-
-def labels_from_matrix(matrix):
-    y_true, y_pred = [], []
-    for t, row in enumerate(matrix):
-        for p, n in enumerate(row):
-            y_true += [t] * n
-            y_pred += [p] * n
-    return np.array(y_true), np.array(y_pred)
-
-
-
 # --------------------------------------------------------------------------------------------- intervals
 
 
