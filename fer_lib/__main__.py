@@ -135,7 +135,7 @@ def main(argv: list[str] | None = None) -> None:
                        description="Predict the test faces with a trained run's best-validation weights and write "
                                    "the leaderboard format (id,label), one row per face.")
     p.add_argument("--run", required=True, help="run directory made by `train`, or a report's shipped model "
-                                                 "(e.g. models/fer2013)")
+                                                 "(e.g. report/fer2013/model)")
     p.add_argument("--data", required=True, help="test CSV (id,feature) or a dataset directory with a test split")
     p.add_argument("--out", default="predictions.csv", help="predictions CSV to write (default ./predictions.csv)")
     p.add_argument("--no-tta", action="store_true",
@@ -161,8 +161,8 @@ def main(argv: list[str] | None = None) -> None:
                                    "(the others are still done), 2 when there is no model.")
     p.add_argument("paths", nargs="+", metavar="PATH", help="image files (PNG, JPEG, ...), videos (MP4, AVI, MOV, "
                                                             "MKV, ...) or folders (searched recursively)")
-    p.add_argument("--run", default="models/fer2013",
-                   help="trained model: a report's shipped model or a run folder (default models/fer2013, "
+    p.add_argument("--run", default="report/fer2013/model",
+                   help="trained model: a report's shipped model or a run folder (default report/fer2013/model, "
                         "made by `make report DATA=path/to/fer2013`)")
     p.add_argument("--out", default="classified", help="output folder (default ./classified)")
     p.add_argument("--fps", type=float, default=5.0,

@@ -22,7 +22,7 @@ SETTINGS = dict(weights="random", val_fraction=0.2)  # the smoke recipe: one epo
 
 @pytest.fixture(scope="module")
 def shipped(tmp_path_factory):
-    """A model trained on a small synthetic dataset and shipped in a models/ folder of its own."""
+    """A model trained on a small synthetic dataset and shipped as its report's model/ folder."""
     root = tmp_path_factory.mktemp("shipped")
     write_synthetic_dataset(root / "original", n_train=150, n_test=30, seed=3)
     models = root / "models"
@@ -33,11 +33,11 @@ def shipped(tmp_path_factory):
     try:
         ctx = context.load_context(str(root / "original"), "smoke", str(root / "runs"), "cpu", **SETTINGS)
         run_dir = ctx.ensure_run()
-        shutil.copytree(run_dir, models / "synthetic-smoke")
+        shutil.copytree(run_dir, models / "synthetic-smoke" / "model")
         train, val = ctx.split
     finally:
         mp.undo()
-    return root, models / "synthetic-smoke", ctx.dataset, val
+    return root, models / "synthetic-smoke" / "model", ctx.dataset, val
 
 
 def write_class_folders(folder, split, images, labels, fmt, names):
@@ -49,7 +49,7 @@ def write_class_folders(folder, split, images, labels, fmt, names):
 
 def test_a_reencoded_reordered_copy_is_served_scored_and_predicted_by_file_name(shipped, tmp_path, monkeypatch):
     root, model_dir, original, val = shipped
-    monkeypatch.setattr(context, "SHIPPED_MODELS", model_dir.parent)
+    monkeypatch.setattr(context, "SHIPPED_MODELS", model_dir.parent.parent)
     rng = np.random.default_rng(0)
     keep = np.delete(np.arange(len(original.train)), 5)  # the user's copy lacks one face ...
     # ... and has one the model never saw (a real face: the synthetic ones are drawn alike)
@@ -91,7 +91,7 @@ def test_a_reencoded_reordered_copy_is_served_scored_and_predicted_by_file_name(
 
 def test_too_few_known_faces_or_retrain_means_training(shipped, tmp_path, monkeypatch):
     root, model_dir, original, _ = shipped
-    monkeypatch.setattr(context, "SHIPPED_MODELS", model_dir.parent)
+    monkeypatch.setattr(context, "SHIPPED_MODELS", model_dir.parent.parent)
     other = tmp_path / "other"
     write_synthetic_dataset(other, n_train=150, n_test=10, seed=8)  # other faces: the model knows none
     ctx = context.load_context(str(other), "smoke", str(tmp_path / "runs"), "cpu", **SETTINGS)
@@ -107,8 +107,21 @@ def test_too_few_known_faces_or_retrain_means_training(shipped, tmp_path, monkey
 
 def test_the_run_key_match_still_wins_and_metrics_say_how(shipped, monkeypatch):
     root, model_dir, original, val = shipped
-    monkeypatch.setattr(context, "SHIPPED_MODELS", model_dir.parent)
+    monkeypatch.setattr(context, "SHIPPED_MODELS", model_dir.parent.parent)
     ctx = context.load_context(str(root / "original"), "smoke", str(root / "elsewhere"), "cpu", **SETTINGS)
     assert ctx.run_dir == model_dir and ctx.served is None
     assert np.array_equal(ctx.val.ids, val.ids)
     assert json.loads((model_dir / TEST_OUTPUTS_FILE).read_text())["test"]["faces"] == len(original.test)
+
+
+def test_a_build_never_replaces_a_report_folder_that_carries_another_model(tmp_path):
+    from fer_lib.report.build import report_folder
+
+    model = tmp_path / "fer2013" / "model"
+    model.mkdir(parents=True)
+    (model / "config.json").write_text(json.dumps({"run_key": "aaa"}))
+    assert report_folder(tmp_path, "fer2013", "aaa") == "fer2013"  # the same model: rebuilt in place
+    assert report_folder(tmp_path, "fer2013", "bbb") == "fer2013"  # no face keys: an ordinary earlier report
+    (model / KEYS_FILE).write_bytes(b"")
+    assert report_folder(tmp_path, "fer2013", "bbb") == "fer2013-bbb"  # the shipped model stays
+    assert report_folder(tmp_path, "course", "bbb") == "course"

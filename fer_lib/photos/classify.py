@@ -21,7 +21,7 @@ CSV_COLUMNS = ["file", "frame", "time_s", "face", "x", "y", "w", "h", *CLASS_NAM
 # one colour per class for boxes and labels (from matplotlib's tab10; white text reads on each; no gray, which
 # vanishes on gray photos)
 CLASS_COLOURS = ("#d62728", "#8c564b", "#9467bd", "#2ca02c", "#1f77b4", "#ff7f0e", "#e377c2")
-NO_MODEL_HELP = ("The project ships its model in models/fer2013/ (the default); a report carries a copy of the "
+NO_MODEL_HELP = ("The project ships its model in report/fer2013/model/ (the default); every report carries the "
                  "model it was rendered from (report/<dataset>/model/, e.g. report/fer2013-quick/model after "
                  "`make report DATA=path/to/fer2013 PROFILE=quick`); or pass --run with a run folder made by "
                  "`python -m fer_lib train` (runs/<dataset>-<hash>/).")

@@ -29,6 +29,7 @@ from fer_lib import ConfigError
 from fer_lib.core.io import exclusive_lock, file_sha256, recover_directory, replace_directory
 from fer_lib.data.face_keys import KEYS_FILE
 from fer_lib.report.context import PROJECT_ROOT, SHIPPED_MODELS, SYNTHETIC_NOTICE, Context, load_context
+from fer_lib.training.shipped import model_name
 
 NOTEBOOK_DIR = PROJECT_ROOT / "notebooks"
 LIBRARIES = ("torch", "torchvision", "numpy", "pandas", "scikit-learn", "matplotlib", "seaborn", "captum",
@@ -229,13 +230,28 @@ def headline_html(metrics: dict) -> str:
     return f"<p>{text}</p>"
 
 
+def report_folder(out_root: Path, name: str, run_key: str) -> str:
+    """report/<name>, unless that folder carries another run's model with its face keys (the shipped model of a
+    committed report, or a trained run's): then report/<name>-<run key>, so that no build replaces a model."""
+    existing = Path(out_root) / name / MODEL_FOLDER
+    try:
+        other = json.loads((existing / "config.json").read_text())["run_key"]
+    except (OSError, ValueError, KeyError):
+        return name
+    if other == run_key or not (existing / KEYS_FILE).is_file():
+        return name
+    print(f"note: {existing} holds another model (run {other}); this report goes to {name}-{run_key}/",
+          file=sys.stderr)
+    return f"{name}-{run_key}"
+
+
 def data_match(ctx: Context, run_dir: Path) -> dict:
     """How the data met its model, for metrics.json: a shipped model serving a copy (counts of exact, near and new
     faces), the shipped model trained on exactly these faces, or a run trained on them."""
     if ctx.served is not None:
         return {"how": "matched face by face", **ctx.served.summary()}
-    if Path(run_dir).parent == SHIPPED_MODELS:
-        return {"how": "the shipped model's own faces, in its order", "model": Path(run_dir).name,
+    if Path(run_dir).parent.parent == SHIPPED_MODELS:
+        return {"how": "the shipped model's own faces, in its order", "model": model_name(run_dir),
                 "exact": len(ctx.dataset.train), "near": 0, "new": 0}
     return {"how": "trained on these faces", "run": Path(run_dir).name}
 
@@ -269,7 +285,7 @@ def write_index(folder: Path, ctx: Context, pages: list[tuple[str, str]], answer
                  f'alt="{html.escape(alt)}"></a>' if entry.get("thumbnail") else "")
         answer = markdown_html(entry["answer"]) if entry.get("answer") else ""
         items.append(f'<section class="fer-item"><h2><a href="{href}">{html.escape(title)}</a></h2>'
-                     f'<div class="fer-answer">{answer}<p><a href="{href}">Read the page &#8594;</a></p></div>'
+                     f'<div class="fer-answer">{answer}</div>'
                      f'{thumb}</section>')
     files = ""
     if metrics.get("predictions"):
@@ -434,12 +450,12 @@ def build_report(data: str | None = None, profile: str | None = None, out_root: 
     timings["read (or compute once) calibration and test predictions"] = time.perf_counter() - t
 
     out_root = Path(out_root).resolve()
-    final = out_root / ctx.report_name
-    with exclusive_lock(report_lock(out_root, ctx.report_name), f"updating {final}", wait=wait):
-        _recover(out_root, ctx.report_name)
+    final = out_root / report_folder(out_root, ctx.report_name, run_key)
+    with exclusive_lock(report_lock(out_root, final.name), f"updating {final}", wait=wait):
+        _recover(out_root, final.name)
     # each build stages in a folder of its own, named after its process: two builds never share one
     out_root.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=out_root, prefix=f".{ctx.report_name}.staging-{os.getpid()}-"))
+    staging = Path(tempfile.mkdtemp(dir=out_root, prefix=f".{final.name}.staging-{os.getpid()}-"))
     (staging / "_build").mkdir()
     answers = _previous_pages(final, staging, run_key) if notebooks else {}
     params = {"data": str(ctx.data_path), "profile": ctx.profile, "runs": str(ctx.runs_root), "device": device}
@@ -458,7 +474,7 @@ def build_report(data: str | None = None, profile: str | None = None, out_root: 
             except Exception:
                 if executed.exists():
                     print("the failed notebook, with its traceback: "
-                          f"{_keep_failed(executed, out_root, ctx.report_name)}", file=sys.stderr)
+                          f"{_keep_failed(executed, out_root, final.name)}", file=sys.stderr)
                 raise
             render_html(executed, staging / f"{nb.stem}.html")
             answers[nb.stem] = {"title": title_of(nb), **page_answer(executed)}
@@ -508,7 +524,7 @@ def build_report(data: str | None = None, profile: str | None = None, out_root: 
         kernel_dir.cleanup()
     shutil.rmtree(staging / "_build")
     # swap in under the report's lock, in one atomic exchange: report/<name> exists at every moment
-    with exclusive_lock(report_lock(out_root, ctx.report_name), f"updating {final}", wait=wait):
-        replace_directory(staging, final, out_root / f".{ctx.report_name}.previous")
+    with exclusive_lock(report_lock(out_root, final.name), f"updating {final}", wait=wait):
+        replace_directory(staging, final, out_root / f".{final.name}.previous")
     print(f"report: {final / 'index.html'} ({timings['total']:.0f} s)")
     return 0

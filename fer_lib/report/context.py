@@ -32,9 +32,10 @@ from fer_lib.training.train import cached_run_dir, ensure_run, find_run
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_RUNS = PROJECT_ROOT / "runs"
-# the models that ship with the project (models/<name>/: weights, config, history, calibration, face keys): found
-# whatever a user's data folder is called, and never inside a report folder that a build replaces
-SHIPPED_MODELS = PROJECT_ROOT / "models"
+# the models that ship with the project, each in its committed report's model/ folder (report/fer2013/model/:
+# weights, config, history, calibration, face keys): found whatever a user's data folder is called; a build never
+# replaces a report folder whose model differs from its own (build.report_folder)
+SHIPPED_MODELS = PROJECT_ROOT / "report"
 SYNTHETIC_FOLDER = PROJECT_ROOT / "data" / "synthetic"  # ignored by git, drawn on first use
 SYNTHETIC_SIZES = {"n_train": 3500, "n_test": 700, "seed": 0}
 SYNTHETIC_NOTICE = ("SYNTHETIC DEMO DATA: these pages were computed on procedurally drawn faces, not on FER2013. "
@@ -85,7 +86,7 @@ class Context:
 
     @property
     def shipped_models(self) -> list[Path]:
-        """models/*/: the shipped models that may serve this data (none with ``retrain``)."""
+        """report/*/model/: the shipped models that may serve this data (none with ``retrain``)."""
         return [] if self.retrain else shipped_models(SHIPPED_MODELS)
 
     @cached_property
@@ -145,8 +146,8 @@ class Context:
         data = str(self.data_path)
         profile = "" if self.profile == default_profile(self.dataset) else f" PROFILE={self.profile}"
         return (f"No finished training run for {self.dataset.name} with the {self.profile} recipe: not in {where}"
-                f"{started}, nor shipped in {SHIPPED_MODELS} (no shipped model was trained with this recipe on at "
-                f"least {SERVE_MIN_SHARE:.0%} of these faces). Train it first, about {duration(seconds)} on "
+                f"{started}, nor shipped in {SHIPPED_MODELS}/*/model (no shipped model was trained with this recipe "
+                f"on at least {SERVE_MIN_SHARE:.0%} of these faces). Train it first, about {duration(seconds)} on "
                 f"this machine ({self.config.epochs} epochs; {basis}), then run this notebook again: "
                 f"`make report DATA={data}{profile}` (trains, then renders every page) or "
                 f"`python -m fer_lib train --data {data} --profile {self.profile}` (trains only).")
@@ -221,7 +222,7 @@ def training_estimate(ctx: "Context") -> tuple[float, str]:
     faces = min(faces, ctx.config.max_train) if ctx.config.max_train else faces
     work = ctx.config.epochs * faces * (ctx.config.input_size / 48) ** 2
     device = resolve_device(ctx.device).type
-    for run_json in sorted([*ctx.runs_root.glob("*/run.json"), *SHIPPED_MODELS.glob("*/run.json")]):
+    for run_json in sorted([*ctx.runs_root.glob("*/run.json"), *SHIPPED_MODELS.glob("*/model/run.json")]):
         try:
             run = json.loads(run_json.read_text())
             size = json.loads((run_json.parent / "config.json").read_text())["config"]["input_size"]
@@ -268,8 +269,8 @@ def data_notice_html(ctx: "Context") -> str:
         served = ""
         if ctx.served is not None:  # a copy of the shipped model's data, matched face by face
             c = ctx.served.summary()
-            served = (f" Served by the shipped model <code>models/{html.escape(c['model'])}</code>: of these training "
-                      f"faces {c['exact']:,} are its faces exactly, {c['near']:,} nearly (re-encoded), and "
+            served = (f" Served by the shipped model <code>report/{html.escape(c['model'])}/model</code>: of these "
+                      f"training faces {c['exact']:,} are its faces exactly, {c['near']:,} nearly (re-encoded), and "
                       f"{c['new']:,} it never saw; validation is the {c['by_side']['val']:,} that are its "
                       "validation faces.")
         return (f"<p><b>Data:</b> {html.escape(ctx.dataset.name)} ({html.escape(files)}), "

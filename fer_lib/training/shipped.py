@@ -1,5 +1,6 @@
-"""Shipped models (``models/<name>/``) serve any copy of their data: a user's FER2013, in whatever layout, order or
-encoding, is matched face by face to the faces the model was trained and validated on (data.face_keys).
+"""Shipped models (``report/<name>/model/``, committed with their report) serve any copy of their data: a user's
+FER2013, in whatever layout, order or encoding, is matched face by face to the faces the model was trained and
+validated on (data.face_keys).
 
 The rule: a shipped model trained with the same recipe serves a dataset when at least ``SERVE_MIN_SHARE`` of the
 dataset's training faces are among the model's faces (exactly or nearly). Its validation faces are then the
@@ -24,11 +25,10 @@ _MATCH_FORMAT = 1  # bump when a cached match changes meaning
 
 
 def shipped_models(root: Path) -> list[Path]:
-    """The finished model folders under ``root`` (``models/``), in name order."""
-    root = Path(root)
-    if not root.is_dir():
-        return []
-    return [d for d in sorted(root.iterdir()) if d.is_dir() and all((d / f).is_file() for f in RUN_FILES)]
+    """The finished model folders that carry the keys of their faces, ``root/<name>/model/`` (``root``: the
+    project's report/), in name order."""
+    return [d for d in sorted(Path(root).glob("*/model")) if (d / KEYS_FILE).is_file()
+            and all((d / f).is_file() for f in RUN_FILES)]
 
 
 def _recipe(settings: dict) -> dict:
@@ -61,9 +61,15 @@ class ServedCopy:
     def summary(self) -> dict:
         """What metrics.json and the page banner say about the match."""
         sides = {name: int((self.match.side == i).sum()) for i, name in enumerate(SIDE_NAMES)}
-        return {"model": self.model_dir.name, "rule": f"at least {SERVE_MIN_SHARE:.0%} of the training faces found "
-                f"among the model's faces", "found_share": round(self.match.found_share, 4),
+        return {"model": model_name(self.model_dir),
+                "rule": f"at least {SERVE_MIN_SHARE:.0%} of the training faces found among the model's faces",
+                "found_share": round(self.match.found_share, 4),
                 **self.match.counts, "by_side": sides}
+
+
+def model_name(model_dir: Path) -> str:
+    """report/fer2013/model -> "fer2013": a shipped model is named after its report."""
+    return Path(model_dir).parent.name
 
 
 def cached_match(images: np.ndarray, model_dir: Path, cache_dir: Path | None) -> FaceMatch | None:
