@@ -19,7 +19,7 @@ help: ## show this help
 	@echo
 	@echo "Variables: DATA=path/to/fer2013 (default: ./data if present, else synthetic demo data)"
 	@echo "           PROFILE=quick|full|long   DEVICE=auto|cpu|cuda   NOTEBOOKS=\"02 05\" (rebuild only these pages)"
-	@echo "           RETRAIN=1 (train this data's own model even where the shipped model in models/ serves it)"
+	@echo "           RETRAIN=1 (train this data's own model even where the shipped model in report/fer2013/model serves it)"
 
 # the environment is rebuilt when requirements.txt is newer than it
 $(VENV)/.installed: requirements.txt pyproject.toml

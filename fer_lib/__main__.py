@@ -196,8 +196,8 @@ def main(argv: list[str] | None = None) -> None:
                    help="when another build or training holds the run or the report, stop with an error instead of "
                         "waiting for it")
     p.add_argument("--retrain", action="store_true",
-                   help="train this data's own model (cached in --runs) even where a shipped model in models/ would "
-                        "serve it; the console says how long it will take first")
+                   help="train this data's own model (cached in --runs) even where a shipped model (report/*/model) "
+                        "would serve it; the console says how long it will take first")
     p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("bench", help="images/s of training pipelines, and CSV load time")
