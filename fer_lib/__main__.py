@@ -92,7 +92,21 @@ def cmd_report(args) -> None:
     from fer_lib.report.build import build_report
 
     sys.exit(build_report(data=args.data, profile=args.profile, out_root=Path(args.out), runs_root=Path(args.runs),
-                          device=args.device, notebooks=args.notebooks, wait=not args.no_wait, retrain=args.retrain))
+                          device=args.device, notebooks=args.notebooks, wait=not args.no_wait, retrain=args.retrain,
+                          notebook_params=dict(args.param) or None))
+
+
+def notebook_parameter(text: str) -> tuple[str, object]:
+    """--param NAME=VALUE: a number or a string, as papermill's -p reads it."""
+    import ast
+
+    name, sep, value = text.partition("=")
+    if not sep or not name.isidentifier():
+        raise argparse.ArgumentTypeError(f"expected NAME=VALUE (such as ascent_steps=32), got {text!r}")
+    try:
+        return name, ast.literal_eval(value)
+    except (ValueError, SyntaxError):
+        return name, value
 
 
 def cmd_bench(args) -> None:
@@ -198,6 +212,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--retrain", action="store_true",
                    help="train this data's own model (cached in --runs) even where a shipped model (report/*/model) "
                         "would serve it; the console says how long it will take first")
+    p.add_argument("--param", action="append", default=[], type=notebook_parameter, metavar="NAME=VALUE",
+                   help="set a notebook parameter for this build, e.g. --param ascent_steps=32 (fewer gradient-ascent "
+                        "steps in 05); repeatable; `papermill --help-notebook notebooks/05_filters.ipynb` lists them")
     p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("bench", help="images/s of training pipelines, and CSV load time")

@@ -6,6 +6,7 @@ import warnings
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from fer_lib.data.synthetic import write_synthetic_dataset
@@ -15,7 +16,8 @@ warnings.filterwarnings("ignore", message=".*ImageNet weights not found.*")
 
 # the slowest files (a full report build, a trained model's explanations, two-process runs), run first so that
 # parallel workers (`make test`: one per core, whole files each) finish together
-SLOWEST_FIRST = ("test_report.py", "test_q4_saliency.py", "test_train.py", "test_concurrency.py", "test_integrity.py")
+SLOWEST_FIRST = ("test_report.py", "test_journey_layouts.py", "test_q4_saliency.py", "test_train.py",
+                 "test_concurrency.py", "test_integrity.py")
 
 
 def pytest_collection_modifyitems(items):
@@ -70,9 +72,9 @@ def trained_synthetic(tmp_path_factory):
     from fer_lib.training.train import train
 
     folder = tmp_path_factory.mktemp("synthetic-train")
-    write_synthetic_dataset(folder, n_train=1500, n_test=10, seed=5)
+    write_synthetic_dataset(folder, n_train=1100, n_test=10, seed=5)
     dataset = load_dataset(folder)
-    config = TrainConfig(epochs=4, max_train=1300, batch_size=64, lr=3e-3, weights="random", val_fraction=0.1)
+    config = TrainConfig(epochs=3, max_train=1000, batch_size=64, lr=3e-3, weights="random", val_fraction=0.1)
     run = train(dataset, config, folder / "run", progress=False)
     model, _ = load_trained(run)
     return model, split_for(dataset, config)[1], run
@@ -91,3 +93,88 @@ def run_cli(capsys, *args) -> tuple[int, str, str]:
         code = stop.code if isinstance(stop.code, int) else 1
     out = capsys.readouterr()
     return code, out.out, out.err
+
+
+# ---------------------------------------------------------------------------------------------
+# the four layouts a user may hold, written from arrays, for the journey tests
+
+LAYOUTS = ("homework-csv", "fer2013.csv", "image-ids", "class-folders")
+
+
+def _save_face(path: Path, image: np.ndarray) -> None:
+    from PIL import Image
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(image).save(path, **({"quality": 90} if path.suffix == ".jpg" else {}))
+
+
+def write_layout(layout: str, folder: Path, train_images, train_labels, test_images, test_labels,
+                 seed: int = 0, image_format: str = "") -> list:
+    """Write a dataset in ``layout`` (rows and files in a shuffled order, ids as the user's files give them; image
+    files as ``image_format``, default: JPEG for the course's layout, PNG for class folders); returns the id each
+    test face must carry in predictions.csv, in the order of ``test_images``."""
+    from fer_lib import CLASS_NAMES
+
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    pixels = lambda image: " ".join(map(str, image.ravel()))  # noqa: E731
+    n_test = len(test_images)
+    if layout == "homework-csv":  # ids that are not row numbers; the labels hidden
+        ids = [int(i) for i in rng.choice(10_000, n_test, replace=False)]
+        write_csv(folder / "train.csv.gz", "label,feature",
+                  [f"{label},{pixels(image)}" for image, label in zip(train_images, train_labels)])
+        write_csv(folder / "test.csv", "id,feature", [f"{i},{pixels(image)}" for i, image in zip(ids, test_images)])
+        return ids
+    if layout == "fer2013.csv":  # Kaggle's one file: test rows among the training rows; the id is the row
+        usage = ["Training"] * len(train_images) + ["PublicTest", "PrivateTest"] * (n_test // 2) + (
+            ["PublicTest"] if n_test % 2 else [])
+        images = list(train_images) + list(test_images)
+        labels = list(train_labels) + list(test_labels)
+        order = rng.permutation(len(images))
+        write_csv(folder / "fer2013.csv", "emotion,pixels,Usage",
+                  [f"{labels[k]},{pixels(images[k])},{usage[k]}" for k in order])
+        row_of = np.argsort(order)
+        return [int(row_of[len(train_images) + t]) for t in range(n_test)]
+    if layout == "image-ids":  # the course's: JPEG files, zero-padded names, plain integer ids in train.csv
+        train_ids = rng.permutation(len(train_images))
+        for image, face_id in zip(train_images, train_ids):
+            _save_face(folder / "train_img" / f"{face_id:05d}.{image_format or 'jpg'}", image)
+        write_csv(folder / "train.csv", "id,label", [f"{i},{label}" for i, label in zip(train_ids, train_labels)])
+        ids = [int(i) for i in rng.permutation(n_test)]
+        for image, face_id in zip(test_images, ids):
+            _save_face(folder / "test_img" / f"{face_id:04d}.{image_format or 'jpg'}", image)
+        return ids
+    if layout == "class-folders":  # labelled test; the id is the file's path in test/
+        for k, (image, label) in enumerate(zip(train_images, train_labels)):
+            name = f"im{rng.integers(1e9)}_{k}.{image_format or 'png'}"
+            _save_face(folder / "train" / CLASS_NAMES[label].lower() / name, image)
+        ids = []
+        for k, (image, label) in enumerate(zip(test_images, test_labels)):
+            ids.append(f"{CLASS_NAMES[label].lower()}/t{k}.{image_format or 'png'}")
+            _save_face(folder / "test" / ids[-1], image)
+        return ids
+    raise ValueError(layout)
+
+
+@pytest.fixture(scope="session")
+def shipped(tmp_path_factory):
+    """A small model shipped as a committed report's model (``<root>/small/model``, face keys included), trained with
+    the smoke recipe on synthetic faces whose test labels are known. Tests that set FER_MODELS=<root> get it served
+    to any copy of its data, as report/fer2013/model serves copies of FER2013."""
+    from fer_lib.data.layouts import load_dataset
+    from fer_lib.training.runs import config_for
+    from fer_lib.training.train import train
+
+    root = tmp_path_factory.mktemp("shipped")
+    write_synthetic_dataset(root / "original", n_train=240, n_test=30, seed=3)
+    dataset = load_dataset(root / "original", cache_dir=root / "cache")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model_dir = train(dataset, config_for("smoke"), root / "models" / "small" / "model", device="cpu",
+                          progress=False)
+    # the shipped FER2013 model's history has no per-epoch training loss scored like validation (its pages measure
+    # the kept weights on training faces instead): the small model ships in the same form, so that the pages take
+    # the path they take for the real one
+    history = pd.read_csv(model_dir / "history.csv")
+    history.drop(columns=["train_eval_loss"]).to_csv(model_dir / "history.csv", index=False)
+    return root / "models", model_dir, dataset

@@ -71,7 +71,7 @@ def test_the_training_estimate_scales_a_recorded_run_on_this_cpu(project, monkey
 
     from fer_lib.core.io import cpu_model
 
-    monkeypatch.setattr(context, "SHIPPED_MODELS", project / "models")  # no shipped model recorded on this CPU
+    monkeypatch.setenv("FER_MODELS", str(project / "models"))  # no shipped model recorded on this CPU
     ctx = context.load_context(str(project / "data" / "fer2013"), "smoke", device="cpu", **CHEAP)
     seconds, basis = context.training_estimate(ctx)
     assert seconds > 0 and "recorded" not in basis  # nothing recorded yet: an estimate by kind of processor

@@ -1,89 +1,127 @@
-"""`make report` end to end on a small synthetic set: every notebook executes, pages are self-contained."""
+"""The whole report as a user gets it from a copy of the shipped model's data: `python -m fer_lib report --data COPY`
+(the faces re-encoded as JPEG, under other names and in another order, one missing and one the model never saw)
+renders every page without training, scores the labelled test faces and predicts them under the user's file names;
+the pages are self-contained and read answer-first."""
 from __future__ import annotations
 
 import json
+import os
 import re
+import subprocess
+import sys
+from pathlib import Path
 
 import nbformat
+import numpy as np
+import pandas as pd
 import pytest
+from PIL import Image
 
 import fer_lib.report.build as report_mod
-from fer_lib.data.synthetic import write_synthetic_dataset
 from fer_lib.report.build import build_report, notebook_paths
 
-
-@pytest.fixture(scope="module")
-def synthetic_small(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("data") / "synthetic"  # the name marks it as the demo dataset
-    write_synthetic_dataset(folder, n_train=280, n_test=30, seed=2)
-    return folder
-
+from .conftest import write_layout
 
 # every code path of 04 and 05 at a fraction of their default sizes (a test build, not a report to read)
-CHEAP = {"ascent_steps": 8, "n_shown": 4, "faithfulness_faces": 8}
+CHEAP = {"ascent_steps": 4, "n_shown": 3, "faithfulness_faces": 6, "faces_per_class": 3}
+MISSING = 5  # the training face the user's copy lacks
+
+
+def unseen_face() -> np.ndarray:
+    """A real face the model never saw (the synthetic faces are drawn alike, so a new one may match an old one)."""
+    return np.asarray(Image.open(Path(__file__).parent / "data" / "fer2013_test_faces" / "0001.png").convert("L"))
+
+
+def user_command(*args, models: Path, cache: Path) -> subprocess.CompletedProcess:
+    """`python -m fer_lib ARGS` as a user runs it, with the shipped models in ``models``."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "FER_MODELS": str(models), "FER_CACHE": str(cache)}
+    return subprocess.run([sys.executable, "-m", "fer_lib", *map(str, args)], capture_output=True, text=True, env=env,
+                          timeout=600)
 
 
 @pytest.fixture(scope="module")
-def built(synthetic_small, tmp_path_factory):
-    out = tmp_path_factory.mktemp("report")
-    runs = tmp_path_factory.mktemp("runs")
-    code = build_report(data=str(synthetic_small), profile="smoke", out_root=out, runs_root=runs, device="cpu",
-                        notebook_params=CHEAP)
-    return code, out / "synthetic-smoke", runs  # a non-default profile gets its own folder
+def served_copy(shipped, tmp_path_factory):
+    """The user's copy: class folders of JPEG files, one training face missing and one added."""
+    _, _, original = shipped
+    keep = np.delete(np.arange(len(original.train)), MISSING)
+    images = np.concatenate([original.train.images[keep], unseen_face()[None]])
+    labels = np.concatenate([original.train.labels[keep], [3]])
+    folder = tmp_path_factory.mktemp("copy") / "course"
+    ids = write_layout("class-folders", folder, images, labels, original.test.images, original.test.labels,
+                       image_format="jpg")
+    return folder, ids
 
 
-def test_source_notebooks_are_committed_clean_with_a_parameters_cell():
-    for path in notebook_paths():
-        nb = nbformat.read(path, as_version=4)
-        assert all(not c.get("outputs") for c in nb.cells if c.cell_type == "code"), f"{path} has outputs"
-        tagged = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
-        assert len(tagged) == 1, f"{path} needs exactly one cell tagged 'parameters'"
+@pytest.fixture(scope="module")
+def built(shipped, served_copy, tmp_path_factory):
+    models, _, _ = shipped
+    folder, _ = served_copy
+    out, runs = tmp_path_factory.mktemp("report"), tmp_path_factory.mktemp("runs")
+    params = [a for k, v in CHEAP.items() for a in ("--param", f"{k}={v}")]
+    done = user_command("report", "--data", folder, "--profile", "smoke", "--out", out, "--runs", runs,
+                        "--device", "cpu", *params, models=models, cache=tmp_path_factory.mktemp("cache"))
+    return done, out / "course-smoke", runs
 
 
-def test_every_notebook_executes_and_renders(built):
-    code, folder, _ = built
-    assert code == 0
+def test_a_copy_renders_every_page_from_the_shipped_model_without_training(built):
+    done, folder, runs = built
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "training the" not in done.stderr
+    assert not [p for p in runs.iterdir() if (p / "weights.pt").exists()], "no run was trained"
     for nb in notebook_paths():
         page = (folder / f"{nb.stem}.html").read_text()
         assert "Traceback" not in page
         assert "In&nbsp;[" not in page, "code cells are hidden in the report"
+        assert not re.search(r"<script[^>]+src=\"https?://", page), f"{nb.stem} loads a script from the network"
+    assert 'src="data:image/png;base64' in (folder / "02_training_history.html").read_text(), "figures are embedded"
 
 
-def test_pages_embed_images_and_need_no_network(built):
+def test_the_copy_is_matched_face_by_face_and_its_labelled_test_is_scored(built, served_copy, shipped):
     _, folder, _ = built
-    page = (folder / "02_training_history.html").read_text()
-    assert 'src="data:image/png;base64' in page
-    for html_file in folder.glob("*.html"):
-        text = html_file.read_text()
-        assert not re.search(r"<script[^>]+src=\"https?://", text), f"{html_file.name} loads a script from the network"
-
-
-def test_synthetic_report_says_so_on_every_page(built):
-    _, folder, _ = built
-    for html_file in folder.glob("*.html"):
-        assert "SYNTHETIC DEMO DATA" in html_file.read_text(), html_file.name
-
-
-def test_index_metrics_and_predictions(built, synthetic_small):
-    _, folder, _ = built
-    index = (folder / "index.html").read_text()
-    for nb in notebook_paths():
-        assert f'href="{nb.stem}.html"' in index
+    _, ids = served_copy
+    _, model_dir, original = shipped
     metrics = json.loads((folder / "metrics.json").read_text())
-    assert set(metrics["data_files"]) == {"train.csv", "test.csv", "test_labels.csv"}
-    # the demo's test labels are known, so its test set is scored (a hidden-label copy gets no "test" entry)
-    assert metrics["test"]["faces"] == 30 and 0 <= metrics["test"]["accuracy"] <= 1
-    assert metrics["data_match"]["how"] == "trained on these faces"
-    assert f"Test accuracy: {metrics['test']['accuracy']:.1%}" in index
-    assert all(len(h) == 64 for h in metrics["data_files"].values())
-    assert metrics["config"]["config"]["epochs"] == 1 and metrics["libraries"]["torch"]
-    assert metrics["run"]["device"] == "cpu" and "total" in metrics["wall_seconds"]
-    lines = (folder / "predictions.csv").read_text().splitlines()
-    assert lines[0] == "id,label" and len(lines) == 31
+    match = metrics["data_match"]
+    assert match["how"] == "matched face by face" and match["model"] == "small"
+    assert (match["exact"], match["near"], match["new"]) == (0, len(original.train) - 1, 1)  # JPEG: near
+    predictions = pd.read_csv(folder / "predictions.csv")
+    assert sorted(predictions["id"]) == sorted(ids), "one row per test face, under the user's file names"
+    truth = dict(zip(ids, original.test.labels))
+    right = np.mean([truth[i] == label for i, label in zip(predictions["id"], predictions["label"])])
+    assert metrics["test"]["faces"] == len(original.test) and metrics["test"]["accuracy"] == pytest.approx(right)
+    assert (folder / "model" / "weights.pt").read_bytes() == (model_dir / "weights.pt").read_bytes()
 
 
-def test_a_failing_notebook_leaves_the_previous_report_untouched(built, synthetic_small, tmp_path, monkeypatch):
+@pytest.mark.parametrize("layout", ["fer2013.csv"])  # the course's JPEG files: matched as the class folders are
+def test_other_copies_are_served_too(layout, shipped, tmp_path):
+    """Kaggle's file with its rows in another order (labelled by Usage): Q2, the page that measures the shipped
+    weights on the copy's own training faces, renders without training, and the predictions carry the row ids."""
+    models, _, original = shipped
+    rng = np.random.default_rng(1)
+    order = rng.permutation(len(original.train))
+    ids = write_layout(layout, tmp_path / "mine", original.train.images[order], original.train.labels[order],
+                       original.test.images, original.test.labels, seed=4)
+    data = tmp_path / "mine" / ("fer2013.csv" if layout == "fer2013.csv" else "")
+    done = user_command("report", "--data", data, "--profile", "smoke", "--out", tmp_path / "report", "--runs",
+                        tmp_path / "runs", "--device", "cpu", "--notebooks", "02", models=models,
+                        cache=tmp_path / "cache")
+    assert done.returncode == 0, done.stderr[-3000:]
+    folder = next((tmp_path / "report").glob("*-smoke"))
+    assert "Traceback" not in (folder / "02_training_history.html").read_text()
+    metrics = json.loads((folder / "metrics.json").read_text())
+    near = metrics["data_match"]["near"]
+    assert metrics["data_match"]["exact"] + near == len(original.train) and (near > 0) == (layout == "image-ids")
+    assert sorted(pd.read_csv(folder / "predictions.csv")["id"]) == sorted(ids)
+    if layout == "fer2013.csv":
+        assert metrics["test"]["faces"] == len(original.test)
+        assert set(metrics["test"]["by_usage"]) == {"PublicTest", "PrivateTest"}
+    else:
+        assert "test" not in metrics
+
+
+def test_a_failing_notebook_leaves_the_previous_report_untouched(built, served_copy, shipped, tmp_path, monkeypatch):
     _, folder, runs = built
+    monkeypatch.setenv("FER_MODELS", str(shipped[0]))
     before = {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file()}
     broken = tmp_path / "notebooks"
     broken.mkdir()
@@ -91,7 +129,7 @@ def test_a_failing_notebook_leaves_the_previous_report_untouched(built, syntheti
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
     nbformat.write(nb, broken / "01_broken.ipynb")
     monkeypatch.setattr(report_mod, "NOTEBOOK_DIR", broken)
-    code = build_report(data=str(synthetic_small), profile="smoke", out_root=folder.parent, runs_root=runs,
+    code = build_report(data=str(served_copy[0]), profile="smoke", out_root=folder.parent, runs_root=runs,
                         device="cpu")
     assert code == 1
     after = {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file()}
@@ -136,10 +174,11 @@ def test_index_gives_each_answer_and_ships_the_model(built):
     assert json.loads((model / "config.json").read_text())["run_key"] == metrics["run_key"]
 
 
-def test_rebuilding_some_notebooks_keeps_the_other_pages(built, synthetic_small, monkeypatch):
+def test_rebuilding_some_notebooks_keeps_the_other_pages(built, served_copy, shipped, monkeypatch):
     import papermill
 
     _, folder, runs = built
+    monkeypatch.setenv("FER_MODELS", str(shipped[0]))
     before = sorted(p.name for p in folder.glob("*.html"))
     executed = []
     real_execute = papermill.execute_notebook
@@ -149,7 +188,7 @@ def test_rebuilding_some_notebooks_keeps_the_other_pages(built, synthetic_small,
         return real_execute(source, *args, **kwargs)
 
     monkeypatch.setattr(papermill, "execute_notebook", counting)
-    code = build_report(data=str(synthetic_small), profile="smoke", out_root=folder.parent, runs_root=runs,
+    code = build_report(data=str(served_copy[0]), profile="smoke", out_root=folder.parent, runs_root=runs,
                         device="cpu", notebooks=["08"])
     assert code == 0
     assert [p.rsplit("/", 1)[-1] for p in executed] == ["08_appendix_recipe.ipynb"], "only the selected notebook ran"
@@ -159,14 +198,14 @@ def test_rebuilding_some_notebooks_keeps_the_other_pages(built, synthetic_small,
         assert f'href="{nb.stem}.html"' in index
 
 
-def test_an_unknown_notebook_or_a_clashing_parameter_is_refused_before_anything_runs(synthetic_small, tmp_path):
+def test_an_unknown_notebook_or_a_clashing_parameter_is_refused_before_anything_runs(tiny_dataset, tmp_path):
     from fer_lib import ConfigError
 
     with pytest.raises(ConfigError, match="no notebook matches 99"):
-        build_report(data=str(synthetic_small), profile="smoke", out_root=tmp_path, runs_root=tmp_path,
+        build_report(data=str(tiny_dataset), profile="smoke", out_root=tmp_path, runs_root=tmp_path,
                      notebooks=["99"])
     with pytest.raises(ConfigError, match="cannot set profile"):
-        build_report(data=str(synthetic_small), profile="smoke", out_root=tmp_path, runs_root=tmp_path,
+        build_report(data=str(tiny_dataset), profile="smoke", out_root=tmp_path, runs_root=tmp_path,
                      notebook_params={"profile": "full", "ascent_steps": 4})
     assert not list(tmp_path.iterdir()), "nothing trained or written"
 
@@ -261,3 +300,18 @@ def test_the_appendix_reads_the_speed_ratios_of_its_precision_row():
                           "result": ["60 vs 40", "bf16 vs fp32 img/s: 48 px 383 vs 248; 72 px 215 vs 141"]})
     assert speedups(table) == pytest.approx([383 / 248, 215 / 141])
     assert speedups(table.iloc[:1]).size == 0
+
+
+def test_a_notebook_opened_in_jupyterlab_on_a_copy_runs_top_to_bottom(served_copy, shipped, tmp_path, monkeypatch):
+    """As a student runs it: the kernel in notebooks/, every parameter at its default but ``data`` (and the test
+    recipe), no build around it."""
+    import papermill
+
+    monkeypatch.setenv("FER_MODELS", str(shipped[0]))
+    (notebook,) = notebook_paths(["02"])
+    papermill.execute_notebook(str(notebook), str(tmp_path / "out.ipynb"), cwd=str(notebook.parent),
+                               parameters={"data": str(served_copy[0]), "profile": "smoke"}, progress_bar=False,
+                               kernel_name="python3")
+    executed = nbformat.read(tmp_path / "out.ipynb", as_version=4)
+    answer = next(c for c in executed.cells if "answer" in c.metadata.get("tags", []))
+    assert answer.outputs and "text/markdown" in answer.outputs[0]["data"]

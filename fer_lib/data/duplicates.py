@@ -136,14 +136,17 @@ def find_duplicates(train_images: np.ndarray, test_images: np.ndarray | None = N
             i, j = int(i), int(j)
             if test_match[i] < 0:
                 test_match[i], test_copy[i] = j, "near"
+        idx = np.flatnonzero(test_match >= 0)
         matched = test_match >= 0
-        same = (test_images[matched].reshape(matched.sum(), -1) ==
-                train_images[test_match[matched]].reshape(matched.sum(), -1)).all(1)
-        idx = np.flatnonzero(matched)
+        # flattened to (faces, pixels) with the pixel count spelled out: a test set with no copy at all selects
+        # nothing, and an empty selection cannot infer its row length
+        pixels = test_images[0].size if len(test_images) else 0
+        same = (test_images[idx].reshape(len(idx), pixels) ==
+                train_images[test_match[idx]].reshape(len(idx), pixels)).all(1)
         test_copy[idx[same]] = "exact"
         # an exact copy the thumbnail key missed cannot exist (identical pixels correlate 1), except for constant
         # faces, which correlate with nothing: match those by bytes
-        blank = ~matched & (test_images.reshape(len(test_images), -1).std(1) < 1e-3)
+        blank = ~matched & (test_images.reshape(len(test_images), pixels).std(1) < 1e-3)
         if blank.any():
             lookup = {bytes(img.tobytes()): k for k, img in enumerate(train_images)
                       if img.std() < 1e-3}

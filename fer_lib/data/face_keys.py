@@ -6,7 +6,7 @@ or missing, still matches. The perceptual key is 64 low-frequency DCT coefficien
 zigzag order: the lowest ten describe the shape every face shares), each compared with its median over the model's
 training faces (stored with the keys, so every bit splits the faces in half). A face "matches" a known face when
 their perceptual keys differ in at most ``NEAR_BITS`` bits; the match is "exact" when the exact keys agree too.
-Measured on FER2013's 28,555 training faces (``reencoding_trial``; README, "Repeated faces"): after JPEG
+Measured on FER2013's 28,555 training faces (README, "Repeated faces"): after JPEG
 re-encoding at quality 75, 85 or 95 every key stays within 1 bit of its original (99.9%, 99.996% and 100% exactly
 equal); 202 faces (0.7%) have a face of another copy group (data.duplicates) within 4 bits, and the 16 least alike of
 those pairs were each one photo re-edited (a caption, a watermark, contrast), while at 7-8 bits different people join.
@@ -169,35 +169,3 @@ def match_faces(images: np.ndarray, keys: FaceKeys, near_bits: int = NEAR_BITS) 
     distance = np.where(to_val, d_val, d_train)
     side = np.where(distance > near_bits, NEW, np.where(to_val, VAL, TRAIN))
     return FaceMatch(side=side, exact=np.where(to_val, exact_val, exact_train) & (side != NEW), distance=distance)
-
-
-def reencoding_trial(images: np.ndarray, groups: np.ndarray, qualities=(75, 85, 95), bits=range(0, 17)) -> dict:
-    """How well the perceptual key holds up, measured on ``images`` (with their copy groups, from duplicates):
-    for each JPEG quality, the share of faces whose re-encoded key is within b bits of the original's; and the
-    share of faces whose nearest face of another copy group is within b bits (a false join). Returns
-    {"bits": [...], "jpeg": {q: [...]}, "false_join": [...]}."""
-    import io
-
-    from PIL import Image
-
-    thresholds = key_thresholds(images)
-    original = perceptual_keys(images, thresholds)
-    bits = list(bits)
-    result = {"bits": bits, "jpeg": {}, "faces": len(images)}
-    for quality in qualities:
-        decoded = []
-        for face in images:
-            buffer = io.BytesIO()
-            Image.fromarray(face).save(buffer, format="JPEG", quality=quality)
-            decoded.append(np.asarray(Image.open(io.BytesIO(buffer.getvalue())).convert("L")))
-        decoded = np.stack(decoded)
-        d = hamming(perceptual_keys(decoded, thresholds), original, reliable_bits(decoded, thresholds))
-        result["jpeg"][quality] = [float((d <= b).mean()) for b in bits]
-    nearest_other = np.full(len(images), 65, dtype=np.int32)
-    steady = reliable_bits(images, thresholds)
-    for start in range(0, len(images), _BLOCK):
-        d = hamming(original[start:start + _BLOCK, None], original[None, :], steady[start:start + _BLOCK, None])
-        d[groups[start:start + _BLOCK, None] == groups[None, :]] = 65  # copies of the same face are the same face
-        nearest_other[start:start + _BLOCK] = d.min(axis=1)
-    result["false_join"] = [float((nearest_other <= b).mean()) for b in bits]
-    return result

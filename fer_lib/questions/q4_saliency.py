@@ -39,8 +39,6 @@ IG_STEPS = 64  # steps along the path from the black face (Captum's Gauss-Legend
 GRADCAM_LAYER = "layer3"  # layer4's map is the coarsest (2x2 at 48 px input); layer3 still separates eyes from mouth
 COSTLY = ("SmoothGrad", "Integrated Gradients")  # 50 and 64 backward passes per face: they explain fewer faces
 FACES_PER_CLASS = 30  # correctly classified validation faces per class explained by the one-pass methods
-COSTLY_PER_CLASS = 1  # of those, faces per class the costly methods explain (the cascade runs every method 7 times)
-FAITHFULNESS_FACES = 64  # faces behind the deletion and insertion curves of the one-pass methods
 SANITY_THRESHOLD = 0.5  # a method whose maps still correlate above this once layer3 is random is flagged
 FLAG_STAGE = "layer3"  # the cascade step at which the threshold is read (fc, layer4 and layer3 random)
 BOOTSTRAP = 2000  # resamples of the faces behind every 95% interval
@@ -208,13 +206,6 @@ def guided_backprop(model: nn.Module, faces, target, input_size: int = 48) -> np
 
 METHODS = {"saliency": saliency, "SmoothGrad": smoothgrad, "Integrated Gradients": integrated_gradients,
            "Grad-CAM": grad_cam, "guided backprop": guided_backprop}
-
-
-def attribution_maps(model: nn.Module, faces, target, input_size: int = 48, methods: dict | None = None
-                     ) -> dict[str, np.ndarray]:
-    """{method name: maps (B, 48, 48) in [0, 1]} for every method, on the same faces and targets."""
-    return {name: fn(model, faces, target, input_size) for name, fn in (methods or METHODS).items()}
-
 
 
 def explained_faces(probs: np.ndarray, labels: np.ndarray, per_class: int = FACES_PER_CLASS, seed: int = 0

@@ -28,7 +28,7 @@ from pathlib import Path
 from fer_lib import ConfigError
 from fer_lib.core.io import exclusive_lock, file_sha256, recover_directory, replace_directory
 from fer_lib.data.face_keys import KEYS_FILE
-from fer_lib.report.context import PROJECT_ROOT, SHIPPED_MODELS, SYNTHETIC_NOTICE, Context, load_context
+from fer_lib.report.context import PROJECT_ROOT, SYNTHETIC_NOTICE, Context, load_context, shipped_root
 from fer_lib.training.shipped import model_name
 
 NOTEBOOK_DIR = PROJECT_ROOT / "notebooks"
@@ -250,7 +250,7 @@ def data_match(ctx: Context, run_dir: Path) -> dict:
     faces), the shipped model trained on exactly these faces, or a run trained on them."""
     if ctx.served is not None:
         return {"how": "matched face by face", **ctx.served.summary()}
-    if Path(run_dir).parent.parent == SHIPPED_MODELS:
+    if Path(run_dir).parent.parent == shipped_root():
         return {"how": "the shipped model's own faces, in its order", "model": model_name(run_dir),
                 "exact": len(ctx.dataset.train), "near": 0, "new": 0}
     return {"how": "trained on these faces", "run": Path(run_dir).name}

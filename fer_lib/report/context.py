@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import html
 import json
+import os
 import sys
 from dataclasses import dataclass
 from functools import cached_property
@@ -32,10 +33,16 @@ from fer_lib.training.train import cached_run_dir, ensure_run, find_run
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_RUNS = PROJECT_ROOT / "runs"
-# the models that ship with the project, each in its committed report's model/ folder (report/fer2013/model/:
-# weights, config, history, calibration, face keys): found whatever a user's data folder is called; a build never
-# replaces a report folder whose model differs from its own (build.report_folder)
-SHIPPED_MODELS = PROJECT_ROOT / "report"
+
+
+def shipped_root() -> Path:
+    """Where the shipped models are, each in its committed report's model/ folder (report/fer2013/model/: weights,
+    config, history, calibration, face keys): the project's report/, or $FER_MODELS where it is set (a kernel
+    inherits it, so a notebook finds the same models as the build that runs it). Found whatever a user's data
+    folder is called; a build never replaces a report folder whose model differs from its own
+    (build.report_folder)."""
+    return Path(os.environ.get("FER_MODELS") or PROJECT_ROOT / "report")
+
 SYNTHETIC_FOLDER = PROJECT_ROOT / "data" / "synthetic"  # ignored by git, drawn on first use
 SYNTHETIC_SIZES = {"n_train": 3500, "n_test": 700, "seed": 0}
 SYNTHETIC_NOTICE = ("SYNTHETIC DEMO DATA: these pages were computed on procedurally drawn faces, not on FER2013. "
@@ -87,7 +94,7 @@ class Context:
     @property
     def shipped_models(self) -> list[Path]:
         """report/*/model/: the shipped models that may serve this data (none with ``retrain``)."""
-        return [] if self.retrain else shipped_models(SHIPPED_MODELS)
+        return [] if self.retrain else shipped_models(shipped_root())
 
     @cached_property
     def served(self) -> ServedCopy | None:
@@ -146,7 +153,7 @@ class Context:
         data = str(self.data_path)
         profile = "" if self.profile == default_profile(self.dataset) else f" PROFILE={self.profile}"
         return (f"No finished training run for {self.dataset.name} with the {self.profile} recipe: not in {where}"
-                f"{started}, nor shipped in {SHIPPED_MODELS}/*/model (no shipped model was trained with this recipe "
+                f"{started}, nor shipped in {shipped_root()}/*/model (no shipped model was trained with this recipe "
                 f"on at least {SERVE_MIN_SHARE:.0%} of these faces). Train it first, about {duration(seconds)} on "
                 f"this machine ({self.config.epochs} epochs; {basis}), then run this notebook again: "
                 f"`make report DATA={data}{profile}` (trains, then renders every page) or "
@@ -222,7 +229,7 @@ def training_estimate(ctx: "Context") -> tuple[float, str]:
     faces = min(faces, ctx.config.max_train) if ctx.config.max_train else faces
     work = ctx.config.epochs * faces * (ctx.config.input_size / 48) ** 2
     device = resolve_device(ctx.device).type
-    for run_json in sorted([*ctx.runs_root.glob("*/run.json"), *SHIPPED_MODELS.glob("*/model/run.json")]):
+    for run_json in sorted([*ctx.runs_root.glob("*/run.json"), *shipped_root().glob("*/model/run.json")]):
         try:
             run = json.loads(run_json.read_text())
             size = json.loads((run_json.parent / "config.json").read_text())["config"]["input_size"]
@@ -267,15 +274,16 @@ def data_notice_html(ctx: "Context") -> str:
     if not ctx.is_synthetic:
         files = LAYOUT_WORDS.get(ctx.dataset.layout, ctx.dataset.layout)
         served = ""
-        if ctx.served is not None:  # a copy of the shipped model's data, matched face by face
+        if ctx.served is not None:  # a copy of the shipped model's data, matched face by face: folded, one line
             c = ctx.served.summary()
-            served = (f" Served by the shipped model <code>report/{html.escape(c['model'])}/model</code>: of these "
-                      f"training faces {c['exact']:,} are its faces exactly, {c['near']:,} nearly (re-encoded), and "
-                      f"{c['new']:,} it never saw; validation is the {c['by_side']['val']:,} that are its "
-                      "validation faces.")
+            model = f"report/{html.escape(c['model'])}/model"
+            served = (f'<details class="fer-evidence"><summary>Served by the shipped model <code>{model}</code>'
+                      f"</summary>Of these training faces {c['exact']:,} are its faces exactly, {c['near']:,} "
+                      f"nearly (re-encoded), and {c['new']:,} it never saw; validation is the "
+                      f"{c['by_side']['val']:,} that are its validation faces.</details>")
         return (f"<p><b>Data:</b> {html.escape(ctx.dataset.name)} ({html.escape(files)}), "
                 f"{len(ctx.dataset.train):,} faces in the training file ({len(ctx.split[0]):,} to train, "
                 f"{len(ctx.val):,} to validate); training recipe: {html.escape(ctx.profile)} "
-                f"(see the appendix).{served}</p>")
+                f"(see the appendix).</p>{served}")
     return ('<div style="background:#fff3cd;border:2px solid #d39e00;padding:10px 14px;'
             f'font-size:1.05em;margin:8px 0"><b>&#9888; {html.escape(SYNTHETIC_NOTICE)}</b></div>')
