@@ -18,9 +18,6 @@ from .conftest import LAYOUTS, run_cli, write_layout
 
 N_TRAIN, N_TEST = 160, 24
 COPIED = [3, 17, 42, 99]  # the training faces that the "copies" variant puts among its test faces
-# every code path of 04 and 05 at a fraction of their default sizes (a test build, not a report to read)
-CHEAP = ("--param", "ascent_steps=4", "--param", "n_shown=2", "--param", "faithfulness_faces=4",
-         "--param", "faces_per_class=3")
 # the page that reads what differs between layouts: Q2 the test faces' copies (where none has one, an empty
 # selection), Q3 the test labels (scored where the layout carries them); the whole report is rendered by the
 # served-copy journey (test_report.py)
@@ -55,8 +52,7 @@ def test_train_then_report(layout, copies, faces, tmp_path, capsys, monkeypatch)
     assert code == 0, err
     assert "run: " in out
 
-    code, out, err = run_cli(capsys, "report", *common, "--out", tmp_path / "report", "--notebooks", PAGE[copies],
-                             *CHEAP)
+    code, out, err = run_cli(capsys, "report", *common, "--out", tmp_path / "report", "--notebooks", PAGE[copies])
     assert code == 0, err
     folder = next((tmp_path / "report").glob("*-smoke"))
     assert "training the smoke recipe" not in err, "the report reuses the run that `train` made"

@@ -136,8 +136,8 @@ def find_duplicates(train_images: np.ndarray, test_images: np.ndarray | None = N
             i, j = int(i), int(j)
             if test_match[i] < 0:
                 test_match[i], test_copy[i] = j, "near"
-        idx = np.flatnonzero(test_match >= 0)
         matched = test_match >= 0
+        idx = np.flatnonzero(matched)
         # flattened to (faces, pixels) with the pixel count spelled out: a test set with no copy at all selects
         # nothing, and an empty selection cannot infer its row length
         pixels = test_images[0].size if len(test_images) else 0
