@@ -181,11 +181,21 @@ class Context:
 
     @cached_property
     def val_logits(self):
-        """Logits (N, 7) of the run's model on the validation faces (computed once per notebook)."""
+        """Logits (N, 7) of the run's model on the validation faces, one view each (computed once per notebook)."""
         from fer_lib.model.inference import predict_logits
 
         model = self.model()
         return predict_logits(model, self.val.images, self.config.input_size,
+                              device=next(model.parameters()).device)
+
+    @cached_property
+    def val_logits_views(self):
+        """Logits (N, 7) on the validation faces with the run's test-time views (its predictions' own)."""
+        from fer_lib.model.inference import predict_logits
+        from fer_lib.training.runs import prediction_tta
+
+        model = self.model()
+        return predict_logits(model, self.val.images, self.config.input_size, tta=prediction_tta(self.run_dir),
                               device=next(model.parameters()).device)
 
     def banner(self):
