@@ -1,4 +1,4 @@
-"""Data loading: every layout, the fast parser against the slow one, the cache, the split, and bad input."""
+"""Data loading: every layout, the cache, the split, and bad input named by file and line."""
 from __future__ import annotations
 
 import gzip
@@ -9,7 +9,6 @@ import pytest
 from PIL import Image
 
 import fer_lib.data.layouts as data_mod
-from fer_lib.data.fastcsv import parse_key_pixel_rows
 from fer_lib.data.layouts import (
     DataError,
     DataWarning,
@@ -46,34 +45,6 @@ def test_homework_csv_and_gz_read_the_same(tmp_path, rng):
     # pixels are row-major: the first values of the text are the top row
     first = [int(v) for v in rows[0].split(",")[1].split()[:48]]
     np.testing.assert_array_equal(plain.images[0, 0], first)
-
-
-def test_fast_parser_agrees_with_the_row_by_row_parser(tmp_path, rng):
-    rows = labelled_rows(rng, 50)
-    body = "".join(r + "\n" for r in rows).encode()
-    keys, pixels = parse_key_pixel_rows(body, 48 * 48)
-    np.testing.assert_array_equal(keys, [int(r.split(",")[0]) for r in rows])
-    np.testing.assert_array_equal(pixels, np.stack([[int(v) for v in r.split(",")[1].split()] for r in rows]))
-    # extra whitespace still separates the same values
-    np.testing.assert_array_equal(parse_key_pixel_rows(body.replace(b" ", b"  ", 1), 48 * 48)[1], pixels)
-    # anything irregular is refused by the fast path (the slow path then explains it)
-    assert parse_key_pixel_rows(body.replace(b" ", b" x", 1), 48 * 48) is None
-    assert parse_key_pixel_rows(body.replace(b" ", b"", 1), 48 * 48) is None
-    assert parse_key_pixel_rows(body.replace(b",", b" ", 1), 48 * 48) is None
-    assert parse_key_pixel_rows(body.replace(b"\n", b"\r\n"), 48 * 48) is not None  # Windows line ends are fine
-
-
-def test_fast_parser_reads_ids_of_any_length(rng):
-    # the real test.csv has ids up to 7150; a key column is parsed on its own, so long ids stay on the fast path
-    ids = [0, 7, 42, 999, 1000, 7150, 123456789012]
-    pixel_rows = [rng.integers(0, 256, 48 * 48) for _ in ids]
-    body = "".join(f"{i}," + " ".join(map(str, p)) + "\n" for i, p in zip(ids, pixel_rows)).encode()
-    keys, pixels = parse_key_pixel_rows(body, 48 * 48)
-    np.testing.assert_array_equal(keys, ids)
-    np.testing.assert_array_equal(pixels, np.stack(pixel_rows))
-    # a pixel of four digits is still refused (the slow path names it)
-    assert parse_key_pixel_rows(body.replace(b",", b",1000 ", 1), 48 * 48) is None
-    assert parse_key_pixel_rows(body.replace(b"7150,", b"71x0,"), 48 * 48) is None  # a key that is not a number
 
 
 def test_directory_with_train_and_test(tiny_dataset):
@@ -217,10 +188,10 @@ def test_a_cached_split_is_the_computed_one_and_keyed_by_what_it_depends_on(tiny
      r"line 6: expected 2304 pixel values.*found 2300"),
     (lambda rows, rng: rows.__setitem__(2, "2," + " ".join(["7"] * 2303 + ["x9"])), r"line 4: pixel 2303 is 'x9'"),
     (lambda rows, rng: rows.__setitem__(7, "2," + " ".join(["7"] * 10 + ["256"] + ["7"] * 2293)),
-     r"line 9: pixel 10 is 256"),
+     r"line 9: pixel 10 is '256'"),
     (lambda rows, rng: rows.__setitem__(7, "2," + " ".join(["7"] * 10 + ["1000"] + ["7"] * 2293)),
-     r"line 9: pixel 10 is 1000"),
-    (lambda rows, rng: rows.__setitem__(1, "-3," + " ".join(["7"] * 2304)), r"line 3: pixel|line 3: label"),
+     r"line 9: pixel 10 is '1000'"),
+    (lambda rows, rng: rows.__setitem__(1, "-3," + " ".join(["7"] * 2304)), r"line 3: label -3 is outside 0..6"),
     (lambda rows, rng: rows.__setitem__(5, "9," + " ".join(["7"] * 2304)), r"line 7: label 9 is outside 0..6"),
     (lambda rows, rng: rows.__setitem__(5, "happy," + " ".join(["7"] * 2304)),
      r"line 7: label 'happy' is not an integer"),
