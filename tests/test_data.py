@@ -207,6 +207,37 @@ def test_bad_rows_name_file_line_and_problem(tmp_path, rng, rows_edit, message):
     assert str(path) in str(err.value)
 
 
+def test_line_numbers_count_the_header_and_blank_lines(tmp_path, rng):
+    rows = labelled_rows(rng, 6)
+    rows[4] = "9," + rows[4].split(",")[1]
+    path = tmp_path / "train.csv"
+    path.write_text("label,feature\n\n" + "\n".join(rows[:3]) + "\n\n\n" + "\n".join(rows[3:]) + "\n")
+    with pytest.raises(DataError, match=r"train.csv, line 9: label 9 is outside"):
+        read_homework_csv(path)  # lines: header, blank, 3 rows, 2 blanks, row 4, then row 5 on line 9
+
+
+def test_an_extra_field_on_the_first_row_is_refused_not_dropped(tmp_path, rng):
+    rows = labelled_rows(rng, 3)
+    rows[0] += ",extra"
+    with pytest.raises(DataError, match=r"line 2: expected 2 comma-separated fields"):
+        read_homework_csv(write_csv(tmp_path / "train.csv", "label,feature", rows))
+
+
+def test_bad_rows_of_the_other_csv_files_name_their_line(tmp_path, rng):
+    write_csv(tmp_path / "fer2013.csv", "emotion,pixels,Usage",
+              [f"1,{pixel_row(rng)},Training", f"2,{pixel_row(rng)},Validation"])
+    with pytest.raises(DataError, match=r"fer2013.csv, line 3: Usage 'Validation', expected Training"):
+        load_dataset(tmp_path / "fer2013.csv")
+    (tmp_path / "train_img").mkdir()
+    _save_gray(tmp_path / "train_img" / "0.png", rng)
+    write_csv(tmp_path / "train.csv", "id,label", ["0,1", "face7,2"])
+    with pytest.raises(DataError, match=r"train.csv, line 3: id 'face7' is neither an integer nor an image name"):
+        load_dataset(tmp_path)
+    write_csv(tmp_path / "train.csv", "id,label", ["00000.jpg,1", "1,sad"])
+    with pytest.raises(DataError, match=r"train.csv, line 3: label 'sad' is not an integer 0-6"):
+        load_dataset(tmp_path)
+
+
 def test_missing_file(tmp_path):
     with pytest.raises(DataError, match="no such file"):
         load_dataset(tmp_path / "nope")

@@ -45,6 +45,7 @@ def _zigzag(n: int) -> np.ndarray:
 
 _BAND = _zigzag(16)[10:74]  # 64 low frequencies, past the ten lowest (and the mean) that all faces share
 _BITS = np.uint64(1) << np.arange(64, dtype=np.uint64)
+_ALL_BITS = np.uint64(2**64 - 1)
 
 
 def dct_band(images: np.ndarray) -> np.ndarray:
@@ -62,8 +63,7 @@ def key_thresholds(images: np.ndarray) -> np.ndarray:
 
 def perceptual_keys(images: np.ndarray, thresholds: np.ndarray) -> np.ndarray:
     """(N,) uint64: bit i is set when the face's i-th band coefficient is above ``thresholds[i]``."""
-    bits = dct_band(images) > thresholds
-    return (bits.astype(np.uint64) * _BITS).sum(axis=1, dtype=np.uint64)
+    return ((dct_band(images) > thresholds).astype(np.uint64) * _BITS).sum(axis=1, dtype=np.uint64)
 
 
 def reliable_bits(images: np.ndarray, thresholds: np.ndarray, margin: float = MARGIN) -> np.ndarray:
@@ -71,9 +71,6 @@ def reliable_bits(images: np.ndarray, thresholds: np.ndarray, margin: float = MA
     threshold (the others may flip when the face is re-encoded)."""
     steady = np.abs(dct_band(images) - thresholds) >= margin
     return (steady.astype(np.uint64) * _BITS).sum(axis=1, dtype=np.uint64)
-
-
-_ALL_BITS = np.uint64(2**64 - 1)
 
 
 def hamming(a: np.ndarray, b: np.ndarray, mask=_ALL_BITS) -> np.ndarray:
@@ -85,13 +82,9 @@ def nearest(queries: np.ndarray, known: np.ndarray, masks: np.ndarray | None = N
             ) -> tuple[np.ndarray, np.ndarray]:
     """For each query key, the index of the nearest known key and its Hamming distance over the query's ``masks``
     (all bits when None); an exact comparison with every known key, blockwise."""
-    index = np.zeros(len(queries), dtype=np.int64)
-    distance = np.full(len(queries), 65, dtype=np.int32)
-    if masks is None:
-        masks = np.full(len(queries), _ALL_BITS, dtype=np.uint64)
-    if not len(known):
-        return index, distance
-    for start in range(0, len(queries), _BLOCK):
+    index, distance = np.zeros(len(queries), dtype=np.int64), np.full(len(queries), 65, dtype=np.int32)
+    masks = np.full(len(queries), _ALL_BITS, dtype=np.uint64) if masks is None else masks
+    for start in range(0, len(queries) if len(known) else 0, _BLOCK):
         d = hamming(queries[start:start + _BLOCK, None], known[None, :], masks[start:start + _BLOCK, None])
         index[start:start + _BLOCK] = d.argmin(axis=1)
         distance[start:start + _BLOCK] = d.min(axis=1)

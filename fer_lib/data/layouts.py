@@ -135,34 +135,21 @@ def _bad_row(path: Path, columns: list[str]) -> DataError:
     return DataError(f"{path}: unreadable rows")  # not reached: the reader failed on a row checked above
 
 
-def _keys_and_pixels(path: Path, table, header: list[str]) -> tuple[np.ndarray, np.ndarray]:
-    """(the first column as int64 (N,), the second as uint8 images (N, 48, 48))."""
+def _keys_and_images(path: Path, table, header: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """(the first column as int64 (N,), the second as uint8 images (N, 48, 48)), or the first bad line named.
+
+    The pixels are one C parse of all the rows, each followed by -1: every row holds 2,304 values when the -1s
+    fall every 2,305th place (a value out of 0..255, -1 included, fails the range check)."""
     try:
         keys = table[header[0]].astype(np.int64).to_numpy()
-    except ValueError:
+        values = np.fromstring(" -1 ".join(table[header[1]]) + " -1", dtype=np.int16, sep=" ")
+        values = values.reshape(len(table), N_PIXELS + 1)
+    except ValueError:  # a key or a pixel that is not an integer, or a row of another length
         raise _bad_row(path, header) from None
-    pixels = _pixels(table[header[1]])
-    if pixels is None:
+    pixels = values[:, :-1]
+    if (values[:, -1] != -1).any() or (pixels < 0).any() or (pixels > 255).any():
         raise _bad_row(path, header)
-    return keys, pixels.reshape(-1, IMAGE_SIZE, IMAGE_SIZE)
-
-
-def _pixels(column) -> np.ndarray | None:
-    """(N, 2304) uint8 from N strings of 2,304 integers 0-255, or None when any string is not exactly that.
-
-    One C parse over all the rows, each followed by -1: every row holds 2,304 values when the -1s fall every
-    2,305th place (a value out of 0..255, -1 included, fails the range check)."""
-    try:
-        values = np.fromstring(" -1 ".join(column) + " -1", dtype=np.int16, sep=" ")
-    except ValueError:  # a token that is not an integer
-        return None
-    if values.size != len(column) * (N_PIXELS + 1):
-        return None
-    values = values.reshape(len(column), N_PIXELS + 1)
-    pixels, ends = values[:, :-1], values[:, -1]
-    if (ends != -1).any() or (pixels < 0).any() or (pixels > 255).any():
-        return None
-    return pixels.astype(np.uint8)
+    return keys, pixels.astype(np.uint8).reshape(-1, IMAGE_SIZE, IMAGE_SIZE)
 
 
 def _check_labels(path: Path, labels: np.ndarray) -> None:
@@ -204,7 +191,7 @@ def _cached(path: Path, cache_dir: Path | None, parse) -> dict[str, np.ndarray]:
 
 def _parse_homework_csv(path: Path) -> dict[str, np.ndarray]:
     table, header = _read_table(path, [["label", "feature"], ["id", "feature"]])
-    keys, images = _keys_and_pixels(path, table, header)
+    keys, images = _keys_and_images(path, table, header)
     if header[0] == "label":
         _check_labels(path, keys)
         return {"images": images, "labels": keys, "ids": np.arange(len(keys), dtype=np.int64)}
@@ -223,11 +210,11 @@ def read_homework_csv(path: Path, cache_dir: Path | None = None) -> FaceSet:
 
 def _parse_fer2013_csv(path: Path) -> dict[str, np.ndarray]:
     table, header = _read_table(path, [["emotion", "pixels", "usage"]])
-    labels, images = _keys_and_pixels(path, table, header)
+    labels, images = _keys_and_images(path, table, header)
     usage = table["usage"].str.strip().to_numpy(dtype=str)
     unknown = np.flatnonzero(~np.isin(usage, ["Training", "PublicTest", "PrivateTest"]))
     if unknown.size:
-        raise DataError(f"{path}, line {_line_of(path, unknown[0])}: Usage {usage[unknown[0]]!r}, expected "
+        raise DataError(f"{path}, line {_line_of(path, unknown[0])}: Usage {str(usage[unknown[0]])!r}, expected "
                         "Training, PublicTest or PrivateTest")
     _check_labels(path, labels)
     return {"images": images, "labels": labels, "usage": usage}
@@ -355,23 +342,16 @@ def read_image_id_layout(root: Path) -> tuple[FaceSet, FaceSet | None, list[Path
     return train, test, [label_file]
 
 
-def _class_index(folder: Path) -> int:
-    names = {n.lower(): i for i, n in enumerate(CLASS_NAMES)}
-    name = folder.name.lower()
-    if name.isdigit() and int(name) < len(CLASS_NAMES):
-        return int(name)
-    if name not in names:
-        raise DataError(f"{folder}: unknown class folder {folder.name!r}; expected one of {', '.join(CLASS_NAMES)} "
-                        "(or 0-6)")
-    return names[name]
-
-
 def _read_class_folders(split_dir: Path) -> FaceSet:
+    classes = {**{n.lower(): i for i, n in enumerate(CLASS_NAMES)}, **{str(i): i for i in range(len(CLASS_NAMES))}}
     paths, labels = [], []
     for folder in sorted(p for p in split_dir.iterdir() if p.is_dir()):
+        if folder.name.lower() not in classes:
+            raise DataError(f"{folder}: unknown class folder {folder.name!r}; expected one of "
+                            f"{', '.join(CLASS_NAMES)} (or 0-6)")
         files = _image_files(folder)
         paths += files
-        labels += [_class_index(folder)] * len(files)
+        labels += [classes[folder.name.lower()]] * len(files)
     if not paths:
         raise DataError(f"{split_dir}: no images found in its class folders")
     names = np.array([p.relative_to(split_dir).as_posix() for p in paths])
