@@ -143,33 +143,31 @@ def make_faces(n: int, seed: int = 0, with_masks: bool = False):
     return (images, labels, masks) if with_masks else (images, labels)
 
 
-def _pixel_rows(images: np.ndarray) -> list[str]:
-    return [" ".join(map(str, img.ravel().tolist())) for img in images]
-
-
 def write_synthetic_dataset(out: Path, n_train: int = 3500, n_test: int = 700, seed: int = 0) -> list[Path]:
     """Write ``out``/train.csv (label,feature), test.csv (id,feature), test_labels.csv (id,label) and the
     SYNTHETIC.txt marker, by which the loader and every report page know this is not FER2013."""
+    import pandas as pd
+
     from fer_lib.core.io import atomic_write
     from fer_lib.data.layouts import SYNTHETIC_MARKER
 
     if n_train < 1 or n_test < 0:
         raise ValueError("need n_train >= 1 and n_test >= 0")  # a caller's bug, not user input
-    out = Path(out)
     train_images, train_labels = make_faces(n_train, seed)
     test_images, test_labels = make_faces(n_test, seed + 1_000_003)  # disjoint stream from the training faces
-    files = {
-        "train.csv": "label,feature\n" + "".join(f"{label},{p}\n"
-                                                 for label, p in zip(train_labels, _pixel_rows(train_images))),
-        "test.csv": "id,feature\n" + "".join(f"{i},{p}\n" for i, p in enumerate(_pixel_rows(test_images))),
-        "test_labels.csv": "id,label\n" + "".join(f"{i},{label}\n" for i, label in enumerate(test_labels)),
-        SYNTHETIC_MARKER: (f"Synthetic faces drawn by fer_lib.data.synthetic (n_train={n_train}, n_test={n_test}, "
-                           f"seed={seed}), not FER2013. This file marks the folder as the demo dataset.\n"),
-    }
-    paths = []
-    for name, text in files.items():
-        atomic_write(out / name, lambda tmp, text=text: tmp.write_text(text))
-        paths.append(out / name)
+
+    def pixels(images):
+        return [" ".join(map(str, face.ravel().tolist())) for face in images]
+
+    tables = {"train.csv": {"label": train_labels, "feature": pixels(train_images)},
+              "test.csv": {"id": np.arange(n_test), "feature": pixels(test_images)},
+              "test_labels.csv": {"id": np.arange(n_test), "label": test_labels}}
+    paths = [Path(out) / name for name in (*tables, SYNTHETIC_MARKER)]
+    for path, columns in zip(paths, tables.values()):
+        atomic_write(path, lambda tmp, columns=columns: pd.DataFrame(columns).to_csv(tmp, index=False))
+    atomic_write(paths[-1], lambda tmp: tmp.write_text(
+        f"Synthetic faces drawn by fer_lib.data.synthetic (n_train={n_train}, n_test={n_test}, seed={seed}), "
+        "not FER2013. This file marks the folder as the demo dataset.\n"))
     return paths
 
 
