@@ -130,7 +130,7 @@ def test_cache_makes_the_second_load_skip_parsing(tmp_path, rng, monkeypatch):
     def refuse(*_):
         raise AssertionError("parsed again despite the cache")
 
-    monkeypatch.setattr(data_mod, "_parse_homework_csv", refuse)
+    monkeypatch.setattr(data_mod, "_parse_csv", refuse)
     again = read_homework_csv(path, cache)
     np.testing.assert_array_equal(first.images, again.images)
     # a changed file has another content hash, so it is parsed again

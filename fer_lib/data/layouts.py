@@ -72,8 +72,12 @@ class Dataset:
 # CSV files: pandas reads the table, numpy the pixel strings; a bad row is looked for only once parsing failed
 
 
+_HOMEWORK = [["label", "feature"], ["id", "feature"]]
+_KAGGLE = [["emotion", "pixels", "usage"]]
+
+
 def _read_table(path: Path, allowed: list[list[str]]):
-    """(the file's table, every cell as text; its columns, one of ``allowed``), from .csv or .csv.gz."""
+    """The table of a .csv or .csv.gz file, every cell as text, its columns (lower-cased) one of ``allowed``."""
     import pandas as pd
 
     if not path.is_file():
@@ -103,7 +107,7 @@ def _read_table(path: Path, allowed: list[list[str]]):
     if table.empty:
         raise DataError(f"{path}: no data rows after the header")
     table.columns = header
-    return table, header
+    return table
 
 
 def _raw_lines(path: Path) -> list[tuple[int, str]]:
@@ -135,23 +139,6 @@ def _bad_row(path: Path, columns: list[str]) -> DataError:
     return DataError(f"{path}: unreadable rows")  # not reached: the reader failed on a row checked above
 
 
-def _keys_and_images(path: Path, table, header: list[str]) -> tuple[np.ndarray, np.ndarray]:
-    """(the first column as int64 (N,), the second as uint8 images (N, 48, 48)), or the first bad line named.
-
-    The pixels are one C parse of all the rows, each followed by -1: every row holds 2,304 values when the -1s
-    fall every 2,305th place (a value out of 0..255, -1 included, fails the range check)."""
-    try:
-        keys = table[header[0]].astype(np.int64).to_numpy()
-        values = np.fromstring(" -1 ".join(table[header[1]]) + " -1", dtype=np.int16, sep=" ")
-        values = values.reshape(len(table), N_PIXELS + 1)
-    except ValueError:  # a key or a pixel that is not an integer, or a row of another length
-        raise _bad_row(path, header) from None
-    pixels = values[:, :-1]
-    if (values[:, -1] != -1).any() or (pixels < 0).any() or (pixels > 255).any():
-        raise _bad_row(path, header)
-    return keys, pixels.astype(np.uint8).reshape(-1, IMAGE_SIZE, IMAGE_SIZE)
-
-
 def _check_labels(path: Path, labels: np.ndarray) -> None:
     bad = np.flatnonzero((labels < 0) | (labels >= len(CLASS_NAMES)))
     if bad.size:
@@ -168,6 +155,50 @@ def _check_unique_ids(path: Path, ids: np.ndarray) -> None:
                         f"{repeated} (ids must be unique)")
 
 
+def _parse_csv(path: Path, allowed: list[list[str]]) -> dict[str, np.ndarray]:
+    """The arrays of a homework CSV (label,feature or id,feature) or of fer2013.csv (emotion,pixels,Usage).
+
+    The pixels are one C parse of all the rows, each followed by -1: every row holds 2,304 values when the -1s
+    fall every 2,305th place (a value out of 0..255, -1 included, fails the range check)."""
+    table = _read_table(path, allowed)
+    key, pixel_column = table.columns[:2]
+    try:
+        keys = table[key].astype(np.int64).to_numpy()
+        values = np.fromstring(" -1 ".join(table[pixel_column]) + " -1", dtype=np.int16, sep=" ")
+        values = values.reshape(len(table), N_PIXELS + 1)
+    except ValueError:  # a key or a pixel that is not an integer, or a row of another length
+        raise _bad_row(path, list(table.columns)) from None
+    if (values[:, -1] != -1).any() or (values[:, :-1] < 0).any() or (values[:, :-1] > 255).any():
+        raise _bad_row(path, list(table.columns))
+    images = values[:, :-1].astype(np.uint8).reshape(-1, IMAGE_SIZE, IMAGE_SIZE)
+    if key == "id":
+        _check_unique_ids(path, keys)
+        return {"images": images, "ids": keys}
+    _check_labels(path, keys)
+    if key == "label":
+        return {"images": images, "labels": keys, "ids": np.arange(len(keys), dtype=np.int64)}
+    usage = table["usage"].str.strip().to_numpy(dtype=str)
+    unknown = np.flatnonzero(~np.isin(usage, ["Training", "PublicTest", "PrivateTest"]))
+    if unknown.size:
+        raise DataError(f"{path}, line {_line_of(path, unknown[0])}: Usage {str(usage[unknown[0]])!r}, expected "
+                        "Training, PublicTest or PrivateTest")
+    return {"images": images, "labels": keys, "usage": usage}
+
+
+def _cached_csv(path: Path, cache_dir: Path | None, allowed: list[list[str]]) -> dict[str, np.ndarray]:
+    """:func:`_parse_csv`, from the cache when this content was parsed before (3 s -> 0.2 s for the real
+    train.csv.gz, which every page of a report loads)."""
+    if cache_dir is None:
+        return _parse_csv(path, allowed)
+    entry = Path(cache_dir) / f"{file_sha256(path)}-v{_CACHE_FORMAT}.npz"
+    if entry.exists():
+        with np.load(entry) as npz:
+            return {k: npz[k] for k in npz.files}
+    arrays = _parse_csv(path, allowed)
+    atomic_savez(entry, **arrays)
+    return arrays
+
+
 def warn_empty_classes(source: str, labels: np.ndarray) -> None:
     empty = [CLASS_NAMES[i] for i in np.flatnonzero(np.bincount(labels, minlength=len(CLASS_NAMES)) == 0)]
     if empty:
@@ -175,55 +206,19 @@ def warn_empty_classes(source: str, labels: np.ndarray) -> None:
                       "these classes", DataWarning, stacklevel=3)
 
 
-def _cached(path: Path, cache_dir: Path | None, parse) -> dict[str, np.ndarray]:
-    """Arrays parsed from ``path``, from the cache when its content has been parsed before (3 s -> 0.2 s for
-    the real train.csv.gz, and every page of a report loads it)."""
-    if cache_dir is None:
-        return parse(path)
-    entry = Path(cache_dir) / f"{file_sha256(path)}-v{_CACHE_FORMAT}.npz"
-    if entry.exists():
-        with np.load(entry) as npz:
-            return {k: npz[k] for k in npz.files}
-    arrays = parse(path)
-    atomic_savez(entry, **arrays)
-    return arrays
-
-
-def _parse_homework_csv(path: Path) -> dict[str, np.ndarray]:
-    table, header = _read_table(path, [["label", "feature"], ["id", "feature"]])
-    keys, images = _keys_and_images(path, table, header)
-    if header[0] == "label":
-        _check_labels(path, keys)
-        return {"images": images, "labels": keys, "ids": np.arange(len(keys), dtype=np.int64)}
-    _check_unique_ids(path, keys)
-    return {"images": images, "ids": keys}
-
-
 def read_homework_csv(path: Path, cache_dir: Path | None = None) -> FaceSet:
     """One homework CSV file: ``label,feature`` (training) or ``id,feature`` (unlabeled test)."""
-    arrays = _cached(Path(path), cache_dir, _parse_homework_csv)
+    arrays = _cached_csv(Path(path), cache_dir, _HOMEWORK)
     faces = FaceSet(arrays["images"], arrays.get("labels"), arrays["ids"])
     if faces.labels is not None:
         warn_empty_classes(str(path), faces.labels)
     return faces
 
 
-def _parse_fer2013_csv(path: Path) -> dict[str, np.ndarray]:
-    table, header = _read_table(path, [["emotion", "pixels", "usage"]])
-    labels, images = _keys_and_images(path, table, header)
-    usage = table["usage"].str.strip().to_numpy(dtype=str)
-    unknown = np.flatnonzero(~np.isin(usage, ["Training", "PublicTest", "PrivateTest"]))
-    if unknown.size:
-        raise DataError(f"{path}, line {_line_of(path, unknown[0])}: Usage {str(usage[unknown[0]])!r}, expected "
-                        "Training, PublicTest or PrivateTest")
-    _check_labels(path, labels)
-    return {"images": images, "labels": labels, "usage": usage}
-
-
 def read_fer2013_csv(path: Path, cache_dir: Path | None = None) -> tuple[FaceSet, FaceSet]:
     """The original Kaggle file: Training is the train split; PublicTest + PrivateTest the (labeled) test, each face
     with its Usage. Ids are the row numbers of the file (0 = its first face)."""
-    arrays = _cached(Path(path), cache_dir, _parse_fer2013_csv)
+    arrays = _cached_csv(Path(path), cache_dir, _KAGGLE)
     ids = np.arange(len(arrays["labels"]), dtype=np.int64)
     everything = FaceSet(arrays["images"], arrays["labels"], ids, arrays["usage"].astype(str))
     is_train = everything.usage == "Training"
@@ -235,7 +230,7 @@ def read_fer2013_csv(path: Path, cache_dir: Path | None = None) -> tuple[FaceSet
 
 def _read_id_labels(label_file: Path) -> tuple[np.ndarray, np.ndarray]:
     """(ids, labels) from an ``id,label`` file; ids may be integers (42, 00042) or image names (00042.jpg)."""
-    table, _ = _read_table(label_file, [["id", "label"]])
+    table = _read_table(label_file, [["id", "label"]])
     ids = table["id"].map(_id_from_stem)
     for column, bad, what in (("id", ids.isna(), "neither an integer nor an image name like 00042.jpg"),
                               ("label", ~table["label"].str.strip().str.isdigit(), "not an integer 0-6")):
@@ -487,18 +482,9 @@ def train_val_split(faces: FaceSet, val_fraction: float = 0.1, seed: int = 0, gr
         if entry.exists():
             with np.load(entry) as z:
                 return faces.subset(z["train"]), faces.subset(z["val"])
-    train_idx, val_idx = _split_indices(faces.labels, val_fraction, seed, groups)
-    if entry is not None:
-        atomic_savez(entry, train=train_idx, val=val_idx)
-    return faces.subset(train_idx), faces.subset(val_idx)
-
-
-def _split_indices(labels: np.ndarray, val_fraction: float, seed: int,
-                   groups: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
-    """Sorted (training, validation) indices, with scikit-learn."""
     from sklearn.model_selection import GroupShuffleSplit, StratifiedGroupKFold, train_test_split
 
-    index = np.arange(len(labels))
+    labels, index = faces.labels, np.arange(len(faces))
     counts = np.bincount(labels, minlength=len(CLASS_NAMES))
     n_folds = max(2, round(1 / val_fraction))
     fits = len(labels) * val_fraction >= (counts > 0).sum()  # room in validation for every class present
@@ -512,4 +498,7 @@ def _split_indices(labels: np.ndarray, val_fraction: float, seed: int,
     else:
         stratify = labels if counts[counts > 0].min() >= 2 and fits else None
         train_idx, val_idx = train_test_split(index, test_size=val_fraction, random_state=seed, stratify=stratify)
-    return np.sort(train_idx), np.sort(val_idx)
+    train_idx, val_idx = np.sort(train_idx), np.sort(val_idx)
+    if entry is not None:
+        atomic_savez(entry, train=train_idx, val=val_idx)
+    return faces.subset(train_idx), faces.subset(val_idx)
