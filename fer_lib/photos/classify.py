@@ -290,41 +290,13 @@ class YourFaces:
     faces: list[Face]
     dropped: list[str]  # why the landmark check dropped each other detector box
     uncertain_below: float | None  # the run's threshold; None without calibration
+    # a row per found face: face, x, y, w, h, label, (composed: true, read alone; "—" on no placed face),
+    # probability, uncertain, the 7 probabilities
+    table: pd.DataFrame
     placed: np.ndarray | None = None  # composed: (N, 4) where each validation face was put
-    true: list[str] | None = None  # composed: each placed face's label
-    alone: list[str] | None = None  # composed: the model's label of each placed face, from the run's stored logits
-
-    @property
-    def match(self) -> np.ndarray:
-        """For each placed face, the found face on it (-1: missed)."""
-        return match_faces(self.faces, self.placed)
-
-    @property
-    def table(self) -> pd.DataFrame:
-        """A row per found face: box, label (composed: its true label, and its label read alone), probability,
-        uncertain and the 7 probabilities."""
-        table = pd.DataFrame({"face": range(1, len(self.faces) + 1), **{k: [f.box[i] for f in self.faces]
-                                                                         for i, k in enumerate("xywh")},
-                              "label": [f.label for f in self.faces]})
-        if self.placed is not None:  # "—" for a box on no placed face
-            placed_on = {int(j): i for i, j in enumerate(self.match) if j >= 0}
-            table["true"] = [self.true[placed_on[k]] if k in placed_on else "—" for k in range(len(self.faces))]
-            table["read alone"] = [self.alone[placed_on[k]] if k in placed_on else "—" for k in range(len(self.faces))]
-        table["probability"] = [f.prob for f in self.faces]
-        table["uncertain"] = [f.uncertain for f in self.faces]
-        return table.join(pd.DataFrame([f.probs for f in self.faces], columns=CLASS_NAMES, dtype=float))
-
-    def counts(self) -> dict:
-        """Composed: placed, found, boxes on no placed face, found with their true label, found with the label the
-        face gets alone, and the p-value of finding so many at the detector's measured recall (two-sided)."""
-        from scipy.stats import binomtest
-
-        hit = np.flatnonzero(self.match >= 0)
-        labels = [self.faces[self.match[i]].label for i in hit]
-        return {"placed": len(self.placed), "found": len(hit), "extra": len(self.faces) - len(set(self.match[hit])),
-                "right": sum(lab == self.true[i] for lab, i in zip(labels, hit)),
-                "as_alone": sum(lab == self.alone[i] for lab, i in zip(labels, hit)),
-                "recall_p": binomtest(len(hit), len(self.placed), DETECT_RECALL).pvalue}
+    # composed: placed, found, extra (boxes on no placed face), right (found with their true label), as_alone (found
+    # with the model's label for the face alone), recall_p (two-sided p of finding so many at DETECT_RECALL)
+    counts: dict | None = None
 
 
 def your_faces(model, input_size: int, run_dir: str | Path, image: str | Path | None = None, val_images=None,
@@ -333,21 +305,34 @@ def your_faces(model, input_size: int, run_dir: str | Path, image: str | Path | 
     at 96-200 px, classified with the run's test-time views and calibration; ``val_logits`` (the run's logits on
     ``val_images``) give each composed face's reading alone."""
     from PIL import Image
+    from scipy.stats import binomtest
 
     from fer_lib.model.calibration import read_calibration
     from fer_lib.training.runs import prediction_tta
 
-    placed = true = alone = None
     if image:
         picture, name = open_photo(image), Path(image).name
     else:
         picked = np.random.default_rng(seed).choice(len(val_images), min(n, len(val_images)), replace=False)
         canvas, placed = compose_faces(np.asarray(val_images)[picked], size_range=(96, 200), per_row=4, seed=seed)
         picture, name = Image.fromarray(canvas), "composed"
-        true = [CLASS_NAMES[int(k)] for k in np.asarray(val_labels)[picked]]
-        alone = [CLASS_NAMES[int(k)] for k in np.asarray(val_logits).argmax(1)[picked]]
     calibration, dropped = read_calibration(Path(run_dir)), []
     faces = classify_photo(picture, model, input_size, device=device, tta=prediction_tta(Path(run_dir)),
                            calibration=calibration, dropped=dropped)
-    return YourFaces(picture, name, faces, dropped, float(calibration["uncertain_below"]) if calibration else None,
-                     placed, true, alone)
+    table = pd.DataFrame([[k, *f.box, f.label, f.prob, f.uncertain, *map(float, f.probs)]
+                          for k, f in enumerate(faces, 1)],
+                         columns=["face", "x", "y", "w", "h", "label", "probability", "uncertain", *CLASS_NAMES])
+    answer = YourFaces(picture, name, faces, dropped, float(calibration["uncertain_below"]) if calibration else None,
+                       table)
+    if not image:
+        match = match_faces(faces, placed)
+        on = {int(match[i]): i for i in np.flatnonzero(match >= 0)}  # found face -> the placed face it is on
+        for column, labels in (("read alone", np.asarray(val_logits).argmax(1)), ("true", np.asarray(val_labels))):
+            table.insert(6, column, [CLASS_NAMES[int(labels[picked[on[k]]])] if k in on else "\u2014"
+                                     for k in range(len(faces))])
+        answer.placed, answer.counts = placed, {
+            "placed": len(placed), "found": len(on), "extra": len(faces) - len(on),
+            "right": int((table["label"] == table["true"]).sum()),
+            "as_alone": int((table["label"] == table["read alone"]).sum()),
+            "recall_p": binomtest(len(on), len(placed), DETECT_RECALL).pvalue}
+    return answer
