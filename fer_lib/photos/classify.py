@@ -181,14 +181,15 @@ def classify_photos(paths: list[Path], model, input_size: int, out_dir: Path, de
         atomic_write(result.annotated, lambda tmp: drawn.save(tmp, format="JPEG", quality=92) if jpeg
                      else drawn.save(tmp, format="PNG"))
     table = faces_table(results)
-    atomic_write(out_dir / CSV_NAME, lambda tmp: table.to_csv(tmp, index=False))
+    atomic_write(out_dir / CSV_NAME, lambda tmp: table.to_csv(tmp, index=False, float_format="%.4f",
+                                                                   lineterminator="\r\n"))
     return results
 
 
 def faces_table(results: list) -> pd.DataFrame:
     """faces.csv's rows (CSV_COLUMNS): one per face of each photo, and per face and sampled frame of each clip."""
-    rows = [[str(r.path), r.frame, None if r.time is None else round(r.time, 3), face.track or i, *face.box,
-             *np.round(face.probs.astype(float), 4), face.label, face.uncertain]
+    rows = [[str(r.path), r.frame, None if r.time is None else f"{r.time:.3f}", face.track or i, *face.box,
+             *face.probs.astype(float), face.label, face.uncertain]
             for c in results for r in (c.frames if isinstance(c, ClipResult) else [c])
             for i, face in enumerate(r.faces, 1)]
     table = pd.DataFrame(rows, columns=CSV_COLUMNS)
