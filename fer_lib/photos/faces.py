@@ -98,7 +98,9 @@ def _l_or_rgb(img):
 
     if img.mode.startswith("I") or img.mode == "F":
         a = np.asarray(img, dtype=np.float64)
-        a = a / 257 if 255 < a.max(initial=0) <= 65535 else a * (255 / a.max()) if a.max(initial=0) > 255 else a
+        top = a.max(initial=0)
+        if top > 255:  # 16-bit: 65535 / 257 = 255; a wider range is scaled to its maximum
+            a = a / 257 if top <= 65535 else a * (255 / top)
         return Image.fromarray(a.round().clip(0, 255).astype(np.uint8), "L")
     if "A" in img.mode or "transparency" in img.info:
         flat = Image.alpha_composite(Image.new("RGBA", img.size, "white"), img.convert("RGBA")).convert("RGB")
