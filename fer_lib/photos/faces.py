@@ -96,6 +96,8 @@ def _l_or_rgb(img):
     """16/32-bit gray scaled to 8 bits, transparency composited on white, any other mode to "L" or "RGB"."""
     from PIL import Image
 
+    if img.mode in ("L", "RGB"):
+        return img
     if img.mode.startswith("I") or img.mode == "F":
         a = np.asarray(img, dtype=np.float64)
         top = a.max(initial=0)
@@ -105,7 +107,7 @@ def _l_or_rgb(img):
     if "A" in img.mode or "transparency" in img.info:
         flat = Image.alpha_composite(Image.new("RGBA", img.size, "white"), img.convert("RGBA")).convert("RGB")
         return flat.convert("L") if img.mode == "LA" else flat
-    return img if img.mode in ("L", "RGB") else img.convert("RGB")
+    return img.convert("RGB")  # P, CMYK, YCbCr, 1, ...
 
 
 def to_gray(image) -> np.ndarray:
