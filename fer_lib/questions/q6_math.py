@@ -1,7 +1,8 @@
 """Q6's closed forms (convolution shape, batch-norm gradients, softmax + cross-entropy gradient) and their checks.
 
 Each ``verify_*`` compares a closed form with PyTorch on many random cases and returns a
-:class:`Check`; ``Check.require()`` raises when any case disagrees, so a notebook cell fails loudly.
+:class:`Check`; ``Check.require()`` raises when any case disagrees, so the page fails loudly. ``math_answer``
+is the page's one call.
 """
 from __future__ import annotations
 
