@@ -472,3 +472,39 @@ def test_classify_help_explains_the_command(capsys):
     help_text = capsys.readouterr().out
     assert "--run" in help_text and "HOG" in help_text and "landmarks" in help_text and "Exit status" in help_text
     assert "--fps" in help_text and "--frames" in help_text and "uncertain" in help_text
+
+
+# ---------------------------------------------------------------------------------------------
+# Q7's page
+
+
+def test_your_faces_composes_validation_faces_and_compares_each_found_one(fer_faces, calibrated_run, tiny_model,
+                                                                          tmp_path):
+    from fer_lib.photos.classify import your_faces
+
+    model, config = tiny_model
+    labels = np.arange(16) % 7
+    logits = np.eye(7)[(labels + 1) % 7]  # stored logits that read every face as the next class
+    q7 = your_faces(model, config.input_size, calibrated_run, val_images=fer_faces, val_labels=labels,
+                    val_logits=logits, n=8, seed=0)
+    picked = np.random.default_rng(0).choice(16, 8, replace=False)
+    assert q7.name == "composed" and q7.placed.shape == (8, 4) and q7.uncertain_below == 0.35
+    match = match_faces(q7.faces, q7.placed)
+    hit = np.flatnonzero(match >= 0)
+    counts, table = q7.counts, q7.table.set_index("face")
+    assert counts["found"] == len(hit) >= 4 and counts["placed"] == 8 and counts["extra"] == len(q7.faces) - len(hit)
+    for i in hit:  # each found face beside the label and the stored reading of the face it was found on
+        row = table.loc[match[i] + 1]
+        label = labels[picked[i]]
+        assert (row["true"], row["read alone"]) == (CLASS_NAMES[label], CLASS_NAMES[(label + 1) % 7])
+    assert counts["right"] == sum(q7.faces[match[i]].label == CLASS_NAMES[labels[picked[i]]] for i in hit)
+    assert counts["right"] + counts["as_alone"] <= counts["found"], "a face's true and stored labels differ here"
+    assert 0 <= counts["recall_p"] <= 1
+    assert list(table.index) == list(range(1, len(q7.faces) + 1))
+    np.testing.assert_allclose(table[list(CLASS_NAMES)].sum(axis=1), 1, atol=1e-5)
+    assert (table["uncertain"] == (table["probability"] < 0.35)).all()
+
+    Image.fromarray(compose_faces(fer_faces[FOUND_IDS[:2]], sides=[140, 140])[0]).save(tmp_path / "two.png")
+    photo = your_faces(model, config.input_size, calibrated_run, image=tmp_path / "two.png")
+    assert photo.name == "two.png" and photo.placed is None and len(photo.faces) == 2
+    assert "true" not in photo.table.columns and len(photo.table) == 2 and photo.counts is None

@@ -16,7 +16,7 @@ from torch import nn
 from fer_lib.model.network import build_model
 from fer_lib.plots.q1_model import SKIP, plot_architecture
 from fer_lib.plots.show import MIN_TEXT_PX, figure_png, smallest_text_px
-from fer_lib.questions.q1_model import architecture, layer_shapes, module_lines, stage_map_sides
+from fer_lib.questions.q1_model import architecture, layer_shapes, model_answer, module_lines, stage_map_sides
 
 SEED_COPY = Path(__file__).parent / "data" / "report_seed.md"
 SEED_SHARED = Path(__file__).resolve().parents[2] / "shared" / "seed" / "report_seed.md"
@@ -119,3 +119,22 @@ def test_block_diagram_is_legible(model):
     sums = [p for p in fig.axes[0].patches if isinstance(p, Circle)]
     assert len(sums) == 8  # one (+) per residual block
     assert sum(tuple(p.get_edgecolor()[:3]) == pytest.approx(to_rgb(SKIP)) for p in sums) == 3  # fed by a 1x1 conv
+
+
+def test_model_answer_holds_the_page_tables(model, tmp_path):
+    (tmp_path / "run.json").write_text('{"weights_origin": "random initialisation", "device": "cpu"}')
+    q1 = model_answer(model, 72, tmp_path)
+    assert q1.arch == architecture(model, 72) and q1.modules == module_lines(model)
+    assert (q1.weights_origin, q1.trained_on) == ("random initialisation", "cpu")
+    top = q1.top.set_index("layer")
+    assert list(top.index) == ["conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3", "layer4",
+                               "avgpool", "fc"]
+    # a stage's stride is its first block's; shapes read channels x height x width
+    assert [top.loc[f"layer{i}", "stride"] for i in range(1, 5)] == [1, 2, 2, 2]
+    assert (top.loc["conv1", "input"], top.loc["conv1", "output"], top.loc["conv1", "kernel"]) == \
+        ("3x72x72", "64x36x36", "7x7")
+    assert len(q1.layers) == len(layer_shapes(model, 72)) and q1.layers["layer"].iloc[5].startswith("\u2003")
+    assert list(q1.blocks["skip"]).count("identity") == 5
+    assert q1.map_sides.to_dict("list") == {"stage": ["stem", "layer1", "layer2", "layer3", "layer4"],
+                                            "map side at 48x48": [12, 12, 6, 3, 2],
+                                            "map side at 72x72": [18, 18, 9, 5, 3]}

@@ -104,3 +104,16 @@ def test_a_wrong_formula_shows_in_the_model_table(monkeypatch):
     assert not table["matches"].all()
     # only where the stride leaves a remainder: (72 + 6 - 7) / 2, (36 + 2 - 3) / 2, (18 + 2 - 3) / 2, (18 - 1) / 2
     assert set(table.loc[~table["matches"], "layer"]) == {"conv1", "maxpool", "layer2.0.conv1", "layer2.0.downsample.0"}
+
+
+def test_math_answer_gathers_the_checks_and_fails_loudly(monkeypatch):
+    from fer_lib.model.network import build_model
+
+    model = build_model("random")[0]
+    q6 = mathcheck.math_answer(model, 48)
+    assert list(q6.checks["random cases"]) == [300, 200, 200]
+    assert (q6.checks["largest difference"] <= q6.checks["tolerance"]).all()
+    assert q6.shapes["formula"].iloc[0] == "\u230a(48 + 2\u00b73 \u2212 7) / 2\u230b + 1 = 24"
+    monkeypatch.setattr(mathcheck, "conv2d_output_shape", lambda b, w, h, c, k, s, p: (b, w, h, c))  # no shrinking
+    with pytest.raises(AssertionError, match="disagrees with the model"):
+        mathcheck.math_answer(model, 48)

@@ -1,4 +1,4 @@
-"""Clips: a video file or a folder of frames, sampled, each frame's faces classified and tracked from frame to frame."""
+"""Clips: a video or a folder of frames, sampled, each frame's faces classified and tracked from frame to frame."""
 from __future__ import annotations
 
 import math
@@ -12,18 +12,17 @@ from fer_lib.photos.faces import PhotoError, PhotoResult, classify_photo, open_p
 
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv")  # decoded by OpenCV
 SAMPLE_FPS = 5.0  # frames per second classified from a video, by default (a facial expression lasts 0.5-4 s)
-TRACK_IOU = 0.3  # a face in a frame continues a track whose last box it overlaps at least this much (IoU)
+TRACK_IOU = 0.3  # a face continues the track whose last box it overlaps at least this much (IoU)
 TRACK_GAP = 5  # sampled frames a track may miss (a blink, a turned head) and still continue
 
 
 @dataclass
 class ClipResult:
     """A video or a folder of frames: one PhotoResult per sampled frame."""
-
     path: Path
     frames: list[PhotoResult] = field(default_factory=list)
     fps: float | None = None  # the video's own frame rate (None for a folder of frames)
-    every: int = 1  # every how many frames one was classified
+    every: int = 1  # one frame in ``every`` was classified
     error: str | None = None
     plot: Path | None = None  # the track plot written for it
 
@@ -32,12 +31,9 @@ class ClipResult:
         return sum(f.rejected for f in self.frames)
 
 
-
-
 def read_video(path: Path, fps: float = SAMPLE_FPS):
-    """(the video's frame rate, every how many frames one is sampled, an iterator of (frame number, time in
-    seconds, (H, W) uint8 gray frame)) for about ``fps`` frames per second; PhotoError naming the file when OpenCV
-    cannot open it or decodes no frame."""
+    """(the video's frame rate, one frame in how many is sampled, an iterator of (frame number, seconds, (H, W)
+    uint8 gray frame)) for about ``fps`` frames a second; PhotoError naming the file when no frame decodes."""
     import cv2
 
     path = Path(path)
@@ -60,9 +56,8 @@ def read_video(path: Path, fps: float = SAMPLE_FPS):
                 if index % every == 0:
                     yield index, index / native, cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY) if frame.ndim == 3 else frame
                 index += 1
-                if index % every == 0:  # decode the frames that are sampled, only grab the others
-                    ok, frame = cap.read()
-                    frame = frame if ok else None
+                if index % every == 0:  # decode only the frames that are sampled, grab the others
+                    frame = cap.read()[1]
                 elif not cap.grab():
                     frame = None
         finally:
@@ -71,63 +66,51 @@ def read_video(path: Path, fps: float = SAMPLE_FPS):
     return native, every, frames()
 
 
-def _natural_key(path: Path):
-    """frame2.png before frame10.png."""
-    return [int(t) if t.isdigit() else t.lower() for t in re.split(r"(\d+)", path.name)]
-
-
 def frame_files(folder: Path) -> list[Path]:
-    """The image files directly in ``folder`` (not hidden), in natural name order: a clip's frames."""
+    """The image files directly in ``folder`` (not hidden), in natural name order (frame2 before frame10)."""
     return sorted((f for f in Path(folder).iterdir() if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES
-                   and not f.name.startswith(".")), key=_natural_key)
+                   and not f.name.startswith(".")),
+                  key=lambda f: [int(t) if t.isdigit() else t.lower() for t in re.split(r"(\d+)", f.name)])
 
 
 def iou(a, b) -> float:
     """Intersection over union of two boxes (x, y, w, h)."""
     ix = max(0, min(a[0] + a[2], b[0] + b[2]) - max(a[0], b[0]))
     iy = max(0, min(a[1] + a[3], b[1] + b[3]) - max(a[1], b[1]))
-    inter = ix * iy
-    return inter / (a[2] * a[3] + b[2] * b[3] - inter) if inter else 0.0
+    return ix * iy / (a[2] * a[3] + b[2] * b[3] - ix * iy) if ix * iy else 0.0
 
 
 def assign_tracks(frames: list[PhotoResult], min_iou: float = TRACK_IOU, max_gap: int = TRACK_GAP) -> None:
-    """Give every face a track number (from 1): a face continues the track whose last box overlaps it most (IoU at
-    least ``min_iou``, greedily, best pairs first), if that track was seen in the last ``max_gap`` sampled frames;
-    otherwise it starts a new track."""
+    """Number every face's track (from 1): a face continues the track whose last box overlaps it most (IoU at least
+    ``min_iou``, best pairs first) if that track was seen in the last ``max_gap`` sampled frames, else starts one."""
     last: dict[int, tuple[int, tuple]] = {}  # track -> (sampled frame position, box)
     for pos, frame in enumerate(frames):
         live = [k for k, (seen, _) in last.items() if pos - seen <= max_gap]
         pairs = sorted(((iou(last[k][1], f.box), k, i) for k in live for i, f in enumerate(frame.faces)), reverse=True)
-        used_tracks, used_faces = set(), set()
+        taken = set()
         for overlap, k, i in pairs:
-            if overlap < min_iou:
-                break
-            if k not in used_tracks and i not in used_faces:
+            if overlap >= min_iou and k not in taken and frame.faces[i].track is None:
                 frame.faces[i].track = k
-                used_tracks.add(k)
-                used_faces.add(i)
-        for i, face in enumerate(frame.faces):
-            if face.track is None:
-                face.track = max(last, default=0) + 1
+                taken.add(k)
+        for face in frame.faces:
+            face.track = face.track or max(last, default=0) + 1
             last[face.track] = (pos, face.box)
 
 
 def classify_clip(path: Path, model, input_size: int, device="cpu", tta: str = "flip",
                   calibration: dict | None = None, fps: float = SAMPLE_FPS, progress: bool = False) -> ClipResult:
-    """Faces in every sampled frame of a video (about ``fps`` a second) or in every frame of a folder of frames,
-    tracked from frame to frame. A video that cannot be decoded, or a frame that cannot be read, is the clip's error
-    (frames read before it are kept)."""
+    """Faces in about ``fps`` frames a second of a video, or in every frame of a folder, tracked from frame to
+    frame. A video that cannot be decoded, or a frame that cannot be read, is the clip's error (frames read before
+    it are kept)."""
     from tqdm import tqdm
 
-    path = Path(path)
-    clip = ClipResult(path)
+    path, clip = Path(path), ClipResult(Path(path))
     if path.is_dir():
         files = frame_files(path)
         if not files:
             clip.error = f"{path}: no image files ({', '.join(IMAGE_SUFFIXES)}) in this folder of frames"
             return clip
-        frames = ((i, None, f) for i, f in enumerate(files))
-        total = len(files)
+        frames, total = ((i, None, f) for i, f in enumerate(files)), len(files)
     else:
         try:
             clip.fps, clip.every, frames = read_video(path, fps)
@@ -137,18 +120,14 @@ def classify_clip(path: Path, model, input_size: int, device="cpu", tta: str = "
         total = None
     for index, time, frame in tqdm(frames, desc=path.name, unit="frame", total=total, disable=not progress,
                                    file=sys.stderr, leave=False):
-        if isinstance(frame, Path):
-            try:
-                frame = open_photo(frame)
-            except PhotoError as err:
-                clip.error = f"{path}: frame {index + 1}: {err}"
-                break
-        gray = to_gray(frame)
+        try:
+            gray = to_gray(open_photo(frame) if isinstance(frame, Path) else frame)
+        except PhotoError as err:
+            clip.error = f"{path}: frame {index + 1}: {err}"
+            break
         dropped: list[str] = []
-        result = PhotoResult(path, frame=index, time=time, size=(gray.shape[1], gray.shape[0]))
-        result.faces = classify_photo(gray, model, input_size, device, tta=tta, calibration=calibration,
-                                      dropped=dropped)
-        result.rejected = len(dropped)
-        clip.frames.append(result)
+        faces = classify_photo(gray, model, input_size, device, tta=tta, calibration=calibration, dropped=dropped)
+        clip.frames.append(PhotoResult(path, faces, (gray.shape[1], gray.shape[0]), rejected=len(dropped),
+                                       frame=index, time=time))
     assign_tracks(clip.frames)
     return clip

@@ -1,7 +1,9 @@
 """Q1: the network's layers, their shapes at the run's input size and the residual wiring, from one torchinfo pass."""
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
+from pathlib import Path
 
 import pandas as pd
 from torch import nn
@@ -28,25 +30,18 @@ def layer_shapes(model: nn.Module, input_size: int = 48) -> pd.DataFrame:
     device = next(model.parameters()).device  # torchinfo would otherwise move a CPU model to a GPU
     stats = summary(model, input_size=(1, 3, input_size, input_size), depth=8, verbose=0, device=device)
     rows = []
-    for info in stats.summary_list:
-        if info.depth == 0:
-            continue
-        module = info.module
-        rows.append({"layer": _dotted_name(info), "type": info.class_name, "depth": info.depth,
+    for info in stats.summary_list[1:]:  # [0] is the model itself
+        parts, node = [info.var_name], info.parent_info  # layer1.0.conv1 rather than torchinfo's bare "conv1"
+        while node is not None and node.depth > 0:
+            parts.append(node.var_name)
+            node = node.parent_info
+        rows.append({"layer": ".".join(reversed(parts)), "type": info.class_name, "depth": info.depth,
                      "leaf": info.is_leaf_layer, "input": tuple(info.input_size[1:]),
-                     "output": tuple(info.output_size[1:]), "kernel": _side(getattr(module, "kernel_size", 0)),
-                     "stride": _side(getattr(module, "stride", 0)), "padding": _side(getattr(module, "padding", 0)),
+                     "output": tuple(info.output_size[1:]),
+                     **{key: _side(getattr(info.module, f"{key}_size" if key == "kernel" else key, 0))
+                        for key in ("kernel", "stride", "padding")},
                      "parameters": info.num_params, "mult_adds": info.macs if info.is_leaf_layer else 0})
     return pd.DataFrame(rows)
-
-
-def _dotted_name(info) -> str:
-    """layer1.0.conv1 rather than torchinfo's bare "conv1", so each row says where it sits."""
-    parts, node = [info.var_name], info.parent_info
-    while node is not None and node.depth > 0:
-        parts.append(node.var_name)
-        node = node.parent_info
-    return ".".join(reversed(parts))
 
 
 def _side(value) -> int:
@@ -119,3 +114,49 @@ def stage_map_sides(model: nn.Module, input_size: int = 48) -> dict[str, int]:
     """The side of the feature map after the stem and after each stage, e.g. {"stem": 12, ..., "layer4": 2}."""
     arch = architecture(model, input_size)
     return {stage: arch.stage_output(stage)[-1] for stage in ["stem", *arch.stages]}
+
+
+@dataclass(frozen=True)
+class ModelAnswer:
+    """Everything the Q1 page shows: the summary, its tables (shapes as "CxHxW") and how the run started."""
+    arch: Architecture
+    top: pd.DataFrame  # the model's children; a stage's stride is its first block's
+    layers: pd.DataFrame  # every module call, indented by depth
+    blocks: pd.DataFrame  # the residual blocks and their skips
+    map_sides: pd.DataFrame  # the map side after the stem and each stage, at 48 and at the run's input size
+    modules: list[str]  # the seed's flat module list
+    weights_origin: str  # from the run's run.json
+    trained_on: str  # the run's device
+
+
+def _shape_table(shapes: pd.DataFrame) -> pd.DataFrame:
+    shape = "x".join
+    return shapes.assign(input=[shape(map(str, s)) for s in shapes["input"]],
+                         output=[shape(map(str, s)) for s in shapes["output"]],
+                         kernel=[f"{k}x{k}" if k else "" for k in shapes["kernel"]],
+                         stride=[s or "" for s in shapes["stride"]])
+
+
+def model_answer(model: nn.Module, input_size: int, run_dir: str | Path) -> ModelAnswer:
+    """Q1's one call: ``model`` (weights do not matter) traced at ``input_size``; ``run_dir`` holds run.json."""
+    shapes = layer_shapes(model, input_size)
+    arch = architecture(model, input_size, shapes)
+    top = _shape_table(shapes[shapes["depth"] == 1])
+    first_stride = {b.name.split(".")[0]: b.stride for b in reversed(arch.blocks)}
+    top["stride"] = [first_stride.get(name, s) for name, s in zip(top["layer"], top["stride"])]
+    every = _shape_table(shapes)
+    every["layer"] = ["\u2003" * (d - 1) + name for d, name in zip(every["depth"], every["layer"])]
+    every["parameters"] = [f"{p:,}" if leaf else "" for p, leaf in zip(every["parameters"], every["leaf"])]
+    every["padding"] = [p if t in ("Conv2d", "MaxPool2d") else "" for p, t in zip(every["padding"], every["type"])]
+    blocks = pd.DataFrame([{"block": b.name, "input": "x".join(map(str, b.input)),
+                            "output": "x".join(map(str, b.output)), "stride": b.stride,
+                            "skip": f"1x1 conv, stride {b.stride}, + BatchNorm" if b.downsample else "identity"}
+                           for b in arch.blocks])
+    stages = ["stem", *arch.stages]
+    sides = {s: architecture(model, s) if s != input_size else arch for s in sorted({48, input_size})}
+    map_sides = pd.DataFrame({"stage": stages, **{f"map side at {s}x{s}": [a.stage_output(g)[-1] for g in stages]
+                                                  for s, a in sides.items()}})
+    run = json.loads((Path(run_dir) / "run.json").read_text())
+    return ModelAnswer(arch, top[["layer", "type", "input", "output", "kernel", "stride", "parameters"]],
+                       every[["layer", "type", "input", "output", "kernel", "stride", "padding", "parameters"]],
+                       blocks, map_sides, module_lines(model), run.get("weights_origin", ""), run.get("device", ""))

@@ -1,7 +1,8 @@
 """Q6's closed forms (convolution shape, batch-norm gradients, softmax + cross-entropy gradient) and their checks.
 
 Each ``verify_*`` compares a closed form with PyTorch on many random cases and returns a
-:class:`Check`; ``Check.require()`` raises when any case disagrees, so a notebook cell fails loudly.
+:class:`Check`; ``Check.require()`` raises when any case disagrees, so the page fails loudly. ``math_answer``
+is the page's one call.
 """
 from __future__ import annotations
 
@@ -73,9 +74,9 @@ def conv_shape_table(model: torch.nn.Module, input_size: int) -> pd.DataFrame:
     formula), for one face at ``input_size``, in the order the data flows.
 
     One row per layer: ``layer``, ``type`` (Conv2d or MaxPool2d), the input side, ``kernel``, ``stride``,
-    ``padding``, ``channels`` out, the side the formula gives (``formula side``) and the side the model produces
-    (``traced side``, from Q1's :func:`~fer_lib.questions.q1_model.layer_shapes`); ``matches`` says they agree.
-    Sides only: every input, kernel, stride and padding here is square, so W and H follow the same steps.
+    ``padding``, ``channels`` out, the side the formula gives (``formula side``, worked in ``formula``) and the side
+    the model produces (``traced side``, from Q1's :func:`~fer_lib.questions.q1_model.layer_shapes`); ``matches``
+    says they agree. Sides only: every input, kernel, stride and padding here is square.
     """
     from fer_lib.questions.q1_model import layer_shapes
 
@@ -83,10 +84,11 @@ def conv_shape_table(model: torch.nn.Module, input_size: int) -> pd.DataFrame:
     rows = []
     for row in shapes[shapes["type"].isin(["Conv2d", "MaxPool2d"])].itertuples():
         side, k, s, p = row.input[-1], row.kernel, row.stride, row.padding
-        _, formula_side, _, _ = conv2d_output_shape(1, side, side, row.output[0], (k, k), (s, s), (p, p))
+        _, out, _, _ = conv2d_output_shape(1, side, side, row.output[0], (k, k), (s, s), (p, p))
         rows.append({"layer": row.layer, "type": row.type, "input side": side, "kernel": k, "stride": s,
-                     "padding": p, "channels": row.output[0], "formula side": formula_side,
-                     "traced side": row.output[-1], "matches": formula_side == row.output[-1]})
+                     "padding": p, "channels": row.output[0], "formula side": out,
+                     "formula": f"\u230a({side} + 2\u00b7{p} \u2212 {k}) / {s}\u230b + 1 = {out}",
+                     "traced side": row.output[-1], "matches": out == row.output[-1]})
     return pd.DataFrame(rows)
 
 
@@ -166,3 +168,29 @@ def verify_softmax_cross_entropy(cases: int = 200, seed: int = 0, tolerance: flo
         F.cross_entropy(z, target, reduction="sum").backward()
         worst = max(worst, (softmax_cross_entropy_gradient(z.detach(), target) - z.grad).abs().max().item())
     return Check("softmax + cross-entropy gradient", cases, worst, tolerance)
+
+
+# ---------------------------------------------------------------------------------------------- the page
+
+
+@dataclass
+class MathAnswer:
+    """Q6's page: the three checks (each passed, or the call raised) and the formula on every convolution."""
+    conv: Check
+    batchnorm: Check
+    softmax: Check
+    shapes: pd.DataFrame  # conv_shape_table, every row matching
+
+    @property
+    def checks(self) -> pd.DataFrame:
+        return pd.DataFrame([{"closed form": c.name, "random cases": c.cases, "largest difference": c.max_error,
+                              "tolerance": c.tolerance} for c in (self.conv, self.batchnorm, self.softmax)])
+
+
+def math_answer(model: torch.nn.Module, input_size: int) -> MathAnswer:
+    """Q6's one call: every closed form checked against PyTorch (AssertionError when one disagrees)."""
+    shapes = conv_shape_table(model, input_size)
+    if not shapes["matches"].all():
+        raise AssertionError("the shape formula disagrees with the model:\n" + shapes[~shapes["matches"]].to_string())
+    return MathAnswer(verify_conv_shapes(300).require(), verify_batchnorm(200).require(),
+                      verify_softmax_cross_entropy(200).require(), shapes)
