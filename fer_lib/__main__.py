@@ -8,38 +8,34 @@ from pathlib import Path
 
 
 def _add_train_options(p: argparse.ArgumentParser) -> None:
-    from fer_lib.training.runs import PROFILES
+    """--profile, --device, and one flag per TrainConfig setting (its help and choices from the field)."""
+    from dataclasses import fields
+
+    from fer_lib.training.runs import PROFILES, TrainConfig
 
     p.add_argument("--profile", choices=sorted(PROFILES), default=None,
                    help="a named recipe: quick (minutes, a subset), full (the real-data recipe: 60 epochs at 72 px "
                         "with an average of the weights, about 100 min on 2 CPU cores with native bf16), "
-                        "long (300 epochs at 96 px, for a GPU), "
-                        "synthetic (the demo data), smoke (seconds, tests) "
-                        "(default: full for real data, synthetic for the embedded dataset)")
-    p.add_argument("--epochs", type=int, help="number of epochs (overrides the profile)")
-    p.add_argument("--batch-size", type=int)
-    p.add_argument("--lr", type=float, help="peak learning rate of the one-cycle schedule")
-    p.add_argument("--optimizer", choices=["adamw", "sgd"])
-    p.add_argument("--input-size", type=int, help="faces are upsampled to this side before the network "
-                                                  "(full profile: 72; 48 is the faces' own size)")
-    p.add_argument("--max-train", type=int, help="train on at most this many faces (0 = all)")
-    p.add_argument("--weights", help="'imagenet' (torch cache; default), 'random', or a ResNet18 .pth path")
-    p.add_argument("--seed", type=int, help="seeds the validation split, the initial weights and the shuffling")
-    p.add_argument("--cutmix", type=float, metavar="P",
-                   help="CutMix a batch with probability P (0 = off; paste a rectangle of another face, mix labels)")
-    p.add_argument("--precision", choices=["auto", "fp32", "bf16"],
-                   help="auto (default): bf16 autocast on CUDA and on CPUs with AMX or AVX-512 BF16, float32 "
-                        "elsewhere (bf16 is emulated and ~13x slower on other CPUs)")
+                        "long (300 epochs at 96 px, for a GPU), synthetic (the demo data), smoke (seconds, tests) "
+                        "(default: full for real data, synthetic for the embedded dataset); the flags below "
+                        "override its settings")
+    for f in fields(TrainConfig):
+        if "help" not in f.metadata:
+            continue  # the augmentation settings: the profiles' own
+        kind = type(f.default)
+        options = {"action": argparse.BooleanOptionalAction} if kind is bool else {"type": kind}
+        p.add_argument(f"--{f.name.replace('_', '-')}", default=None, choices=f.metadata["choices"] or None,
+                       help=f"{f.metadata['help']} (default {f.default!r} unless the profile sets it)", **options)
     p.add_argument("--device", default="auto", help="cpu, cuda or auto (cuda when available; default)")
 
 
 def config_from_args(args, dataset):
-    from fer_lib.report.context import default_profile
-    from fer_lib.training.runs import config_for
+    from dataclasses import fields
 
-    names = ("epochs", "batch_size", "lr", "optimizer", "input_size", "max_train", "weights", "seed", "precision",
-             "cutmix")
-    overrides = {n: getattr(args, n) for n in names if getattr(args, n, None) is not None}
+    from fer_lib.report.context import default_profile
+    from fer_lib.training.runs import TrainConfig, config_for
+
+    overrides = {f.name: getattr(args, f.name) for f in fields(TrainConfig) if getattr(args, f.name, None) is not None}
     return config_for(args.profile or default_profile(dataset), **overrides)
 
 
@@ -52,21 +48,24 @@ def cmd_synth(args) -> None:
 
 def cmd_train(args) -> None:
     from fer_lib.data.layouts import load_dataset
-    from fer_lib.training.train import ensure_run, train
+    from fer_lib.training.runs import find_run, run_key
+    from fer_lib.training.train import train
 
     dataset = load_dataset(args.data)
     config = config_from_args(args, dataset)
     if args.out:
         run_dir = train(dataset, config, Path(args.out), device=args.device, resume=not args.no_resume,
                         wait=not args.no_wait)
-    else:
-        run_dir = ensure_run(dataset, config, Path(args.runs), device=args.device, wait=not args.no_wait)
+    else:  # the run cache: reused when finished, resumed from its checkpoint when stopped
+        run_dir = find_run(dataset, config, Path(args.runs)) or train(
+            dataset, config, Path(args.runs) / f"{dataset.name}-{run_key(dataset, config)}", device=args.device,
+            wait=not args.no_wait)
     print(f"run: {run_dir}")
 
 
 def cmd_predict(args) -> None:
     from fer_lib.data.layouts import load_test_faces
-    from fer_lib.training.predict import write_predictions
+    from fer_lib.training.finish import write_predictions
 
     faces = load_test_faces(args.data)
     counts = write_predictions(Path(args.run), faces, Path(args.out), tta="none" if args.no_tta else "",
@@ -82,18 +81,21 @@ def cmd_classify(args) -> None:
 
 
 def cmd_score(args) -> None:
-    from fer_lib.training.predict import score_predictions
+    from fer_lib.training.finish import score_predictions
 
     acc, n = score_predictions(Path(args.pred), Path(args.labels))
     print(f"accuracy {acc:.4f} on {n} faces")
 
 
 def cmd_report(args) -> None:
-    from fer_lib.report.build import build_report
+    from fer_lib.report.build import build_report, notebook_paths
+    from fer_lib.report.context import load_context
 
-    sys.exit(build_report(data=args.data, profile=args.profile, out_root=Path(args.out), runs_root=Path(args.runs),
-                          device=args.device, notebooks=args.notebooks, wait=not args.no_wait, retrain=args.retrain,
-                          notebook_params=dict(args.param) or None))
+    notebook_paths(args.notebooks)  # an unknown notebook name stops here, before any training
+    ctx = load_context(args.data or "", args.profile or "", args.runs, args.device, wait=not args.no_wait,
+                       retrain=args.retrain)
+    ctx.prepare()  # trains or resumes first if needed; the run's outputs for this data; the builder only renders
+    build_report(ctx, out_root=Path(args.out), only=args.notebooks, params=dict(args.param) or None)
 
 
 def notebook_parameter(text: str) -> tuple[str, object]:
