@@ -161,32 +161,21 @@ def main(argv: list[str] | None = None) -> None:
     p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser("classify", help="find and classify the faces in your own photos and videos",
-                       description="Find the faces in photos and videos (dlib's HOG frontal-face detector, one "
-                                   "upsampling pass; faces from about 40 px), keep each box whose 68 landmarks form "
-                                   "a plausible face, crop it the way FER2013 faces are framed, convert it to 48x48 "
-                                   "gray and classify it with the run's test-time views. With the run's "
-                                   "calibration.json the probabilities are temperature-scaled on validation and a "
-                                   "face whose top probability is below the run's threshold is marked uncertain "
-                                   "('?'); without it they are the raw softmax (said once). Writes "
-                                   "OUT/<name>.faces.png|jpg (boxes, labels, faint landmarks) per photo, "
-                                   "OUT/<name>.tracks.png (each face's expression over time) per video or folder of "
-                                   "frames, and OUT/faces.csv (file, frame, time_s, face, box, the 7 "
-                                   "probabilities, label, uncertain; one row per face and frame), and prints a "
-                                   "table. Progress bars show only on a terminal. Exit status 0 when every file "
-                                   "was read (photos without a face included), 1 when a file could not be read "
-                                   "(the others are still done), 2 when there is no model.")
+                       description="Find the faces (dlib's HOG detector; boxes whose 68 landmarks form a plausible "
+                                   "face), crop them as FER2013 frames its faces, and classify them with the run's "
+                                   "test-time views and calibration (below its threshold a face is uncertain, '?'). "
+                                   "Writes OUT/<name>.faces.png|jpg per photo, OUT/<name>.tracks.png per video or "
+                                   "folder of frames and OUT/faces.csv (one row per face and frame). Exit status 0 "
+                                   "when every file was read, 1 when one could not be, 2 when there is no model.")
     p.add_argument("paths", nargs="+", metavar="PATH", help="image files (PNG, JPEG, ...), videos (MP4, AVI, MOV, "
                                                             "MKV, ...) or folders (searched recursively)")
     p.add_argument("--run", default="report/fer2013/model",
                    help="trained model: a report's shipped model or a run folder (default report/fer2013/model, "
                         "made by `make report DATA=path/to/fer2013`)")
     p.add_argument("--out", default="classified", help="output folder (default ./classified)")
-    p.add_argument("--fps", type=float, default=5.0,
-                   help="frames per second classified from a video (default 5: about every 5th frame of a 25 fps "
-                        "video)")
+    p.add_argument("--fps", type=float, default=5.0, help="frames per second classified from a video (default 5)")
     p.add_argument("--frames", action="store_true",
-                   help="each folder PATH is one clip: its images are frames, in name order (frame2 before "
-                        "frame10), every one classified")
+                   help="each folder PATH is one clip: its images are frames, in name order, every one classified")
     p.add_argument("--device", default="auto", help="cpu, cuda or auto (cuda when available; default)")
     p.set_defaults(func=cmd_classify)
 
@@ -200,8 +189,8 @@ def main(argv: list[str] | None = None) -> None:
                                    "self-contained HTML pages, index.html and metrics.json into OUT/<dataset>/. "
                                    "Without --data, uses ./data if it holds a dataset, else the synthetic demo.")
     p.add_argument("--data", default=None, help="dataset path (default: ./data, else synthetic demo data)")
-    p.add_argument("--profile", default=None, choices=None, help="quick, full or long (default: full for real data, "
-                                                               "synthetic for the demo data)")
+    p.add_argument("--profile", default=None, help="quick, full or long (default: full for real data, synthetic for "
+                                                   "the demo data)")
     p.add_argument("--out", default="report", help="report root (default ./report)")
     p.add_argument("--runs", default="runs", help="run cache root (default ./runs)")
     p.add_argument("--device", default="auto")

@@ -20,12 +20,12 @@ THRESHOLDS = np.round(np.arange(0.30, 0.801, 0.05), 2)  # candidate "uncertain" 
 
 
 def fit_temperature(logits: torch.Tensor, labels) -> float:
-    """The T > 0 that minimises the NLL of softmax(logits / T), searched in [0.25, 8]."""
+    """The T > 0 that minimises the NLL of softmax(logits / T), searched in [0.1, 20]."""
     from scipy.optimize import minimize_scalar
 
     logits = torch.as_tensor(logits, dtype=torch.float32)
     labels = torch.as_tensor(labels, dtype=torch.long)
-    found = minimize_scalar(lambda t: F.cross_entropy(logits / t, labels).item(), bounds=(0.25, 8.0),
+    found = minimize_scalar(lambda t: F.cross_entropy(logits / t, labels).item(), bounds=(0.1, 20.0),
                             method="bounded", options={"xatol": 1e-5})
     return float(found.x)
 

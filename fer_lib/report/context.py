@@ -39,11 +39,8 @@ DEFAULT_RUNS = PROJECT_ROOT / "runs"
 
 
 def shipped_root() -> Path:
-    """Where the shipped models are, each in its committed report's model/ folder (report/fer2013/model/: weights,
-    config, history, calibration, face keys): the project's report/, or $FER_MODELS where it is set (a kernel
-    inherits it, so a notebook finds the same models as the build that runs it). Found whatever a user's data
-    folder is called; a build never replaces a report folder whose model differs from its own
-    (build.report_folder)."""
+    """Where the shipped models are, each in its committed report's model/ folder: the project's report/, or
+    $FER_MODELS where it is set (a kernel inherits it, so a notebook finds the models its build found)."""
     return Path(os.environ.get("FER_MODELS") or PROJECT_ROOT / "report")
 
 SYNTHETIC_FOLDER = PROJECT_ROOT / "data" / "synthetic"  # ignored by git, drawn on first use
@@ -153,8 +150,8 @@ class Context:
 
     @property
     def outputs_cache(self) -> Path:
-        """Where outputs the run's folder does not hold for this data are computed (a shipped model's validation
-        logits, a copy's test predictions): a folder of the run cache, never the committed report."""
+        """Where the outputs the run's folder lacks for this data are computed (a shipped model's validation logits,
+        a copy's test predictions): the run cache, never the committed report."""
         return self.runs_root / f"{self.dataset.name}-{self.run_key}-outputs"
 
     @property

@@ -117,10 +117,12 @@ def data_fingerprint(faces: FaceSet) -> str:
 
 def run_record(dataset: Dataset, config: TrainConfig) -> dict:
     """config.json: the settings, the training faces, the initial weights actually used (a file's sha256, or
-    "random" where the ImageNet file is missing) and ``run_key``, the hash of the three, which names the run."""
+    "random" where the ImageNet file is missing) and ``run_key``, the hash of the settings (with the weights actually
+    used: a fallback to random is the run that asks for random) and the faces, which names the run."""
     record = {"config": asdict(config), "data_fingerprint": data_fingerprint(dataset.train), "dataset": dataset.name,
               "weights_used": resolve_weights(config.weights, warn=False)[1]}
-    blob = json.dumps({k: record[k] for k in ("config", "data_fingerprint", "weights_used")}, sort_keys=True)
+    blob = json.dumps({"config": {**record["config"], "weights": record["weights_used"]},
+                       "data_fingerprint": record["data_fingerprint"]}, sort_keys=True)
     return {**record, "run_key": hashlib.sha256(blob.encode()).hexdigest()[:12]}
 
 

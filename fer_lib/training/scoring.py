@@ -35,25 +35,22 @@ class ScoredTestSet:
 
 
 def score_test_set(labels: np.ndarray, predicted: np.ndarray, usage: np.ndarray | None = None,
-                has_training_copy: np.ndarray | None = None) -> ScoredTestSet:
+                   has_training_copy: np.ndarray | None = None) -> ScoredTestSet:
     """Accuracy (with its interval), the confusion matrix, accuracy per Usage and on faces without a training copy."""
+    from sklearn.metrics import confusion_matrix
+
     labels, predicted = np.asarray(labels), np.asarray(predicted)
     if len(labels) != len(predicted):
         raise ValueError(f"{len(labels)} labels for {len(predicted)} predictions")
     correct = labels == predicted
     low, high = wilson_interval(int(correct.sum()), len(correct))
-    confusion = np.zeros((NUM_CLASSES, NUM_CLASSES), dtype=np.int64)
-    np.add.at(confusion, (labels, predicted), 1)
     by_usage, usage_faces = {}, {}
-    if usage is not None:
-        for name in sorted(set(np.asarray(usage).tolist())):
-            chosen = np.asarray(usage) == name
-            by_usage[name], usage_faces[name] = float(correct[chosen].mean()), int(chosen.sum())
-    without, n_without = None, 0
-    if has_training_copy is not None:
-        unseen = ~np.asarray(has_training_copy, dtype=bool)
-        n_without = int(unseen.sum())
-        without = float(correct[unseen].mean()) if n_without else None
+    for name in [] if usage is None else sorted(set(np.asarray(usage).tolist())):
+        chosen = np.asarray(usage) == name
+        by_usage[name], usage_faces[name] = float(correct[chosen].mean()), int(chosen.sum())
+    unseen = None if has_training_copy is None else ~np.asarray(has_training_copy, dtype=bool)
     return ScoredTestSet(faces=len(labels), accuracy=float(correct.mean()) if len(labels) else 0.0, low=float(low),
-                      high=float(high), confusion=confusion, by_usage=by_usage, usage_faces=usage_faces,
-                      without_training_copy=without, faces_without_copy=n_without)
+                         high=float(high), confusion=confusion_matrix(labels, predicted, labels=range(NUM_CLASSES)),
+                         by_usage=by_usage, usage_faces=usage_faces,
+                         without_training_copy=float(correct[unseen].mean()) if unseen is not None and unseen.any()
+                         else None, faces_without_copy=0 if unseen is None else int(unseen.sum()))
