@@ -1,10 +1,8 @@
 """Finishing a run: what a trained run computes once from its data, so that pages and builds only read it.
 
-The finish step (:func:`finish_run`, called when the last epoch is done) writes the shipped float16 weights, the
-keys of its faces, the validation logits (plain and with the test-time views it chooses on validation), the
-calibration, the kept weights' score on the training sample, the test predictions with the test faces that have
-a training copy, and run.json last. Data that a finished run did not finish on (a copy a shipped model serves,
-another test set) gets its validation logits and test outputs once, in a folder of the run cache
+:func:`finish_run` (after the last epoch) writes the shipped weights, the face keys, the validation logits (plain
+and with the views it chooses), the calibration, the kept weights' training-sample score, the test outputs, and
+run.json last. Faces it did not finish on (a served copy, another test set) get theirs once in the run cache
 (:func:`ensure_outputs`).
 """
 from __future__ import annotations
@@ -169,10 +167,9 @@ def write_predictions(run_dir: Path, faces: FaceSet, out: Path, tta: str = "", d
 
 def write_test_outputs(run_dir: Path, train: FaceSet, test: FaceSet, device: str | torch.device = "cpu",
                        tta: str = "", out_dir: Path | None = None) -> dict:
-    """predictions.csv (the run's test-time views), test_duplicates.csv (the ids of test faces with an exact or near
-    copy among the training faces, and which kind; no labels, so that whoever holds the test labels can score the
-    model on unseen faces too) and test_outputs.json (the test set's fingerprint and the counts; where the test
-    faces carry labels, their score), in ``out_dir`` (default ``run_dir``)."""
+    """predictions.csv (the run's views), test_duplicates.csv (the ids of test faces with an exact or near training
+    copy, without labels: whoever holds the labels can score unseen faces too) and test_outputs.json (the test
+    set's fingerprint, the counts, and the score where the labels are known), in ``out_dir`` (default ``run_dir``)."""
     tta = tta or prediction_tta(run_dir)
     out_dir = Path(out_dir or run_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
