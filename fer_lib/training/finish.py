@@ -16,7 +16,7 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
-from fer_lib import CLASS_NAMES
+from fer_lib import CLASS_NAMES, NUM_CLASSES
 from fer_lib.core.io import (
     array_sha256,
     atomic_savez,
@@ -26,6 +26,7 @@ from fer_lib.core.io import (
     exclusive_lock,
     file_sha256,
 )
+from fer_lib.core.stats import wilson_interval
 from fer_lib.data.duplicates import cached_duplicates
 from fer_lib.data.face_keys import FaceKeys
 from fer_lib.data.layouts import DataError, Dataset, FaceSet
@@ -43,7 +44,6 @@ from fer_lib.training.runs import (
     selection_rule,
     train_eval_indices,
 )
-from fer_lib.training.scoring import score_test_set
 
 VAL_LOGITS_FILE = "val_logits.npz"  # plain and with the run's views, with the fingerprint of the faces they score
 PREDICTIONS_FILE = "predictions.csv"
@@ -185,12 +185,34 @@ def write_test_outputs(run_dir: Path, train: FaceSet, test: FaceSet, device: str
                               **dup.summary(train.labels)}}
     if test.labels is not None:  # the labels are known (Kaggle's file, class folders, the demo): score them
         predicted = pd.read_csv(out_dir / PREDICTIONS_FILE)["label"].to_numpy()
-        scores = score_test_set(test.labels, predicted, test.usage, has_copy)
-        outputs["test"] = {**scores.as_metrics(), "low": scores.low, "high": scores.high,
-                           "faces_without_copy": scores.faces_without_copy, "usage_faces": scores.usage_faces,
-                           "confusion": scores.confusion.tolist()}
+        outputs["test"] = score_test_set(test.labels, predicted, test.usage, has_copy)
     atomic_write(out_dir / TEST_OUTPUTS_FILE, lambda tmp: tmp.write_text(json.dumps(outputs, indent=2)))
     return outputs
+
+
+def score_test_set(labels: np.ndarray, predicted: np.ndarray, usage: np.ndarray | None = None,
+               has_training_copy: np.ndarray | None = None) -> dict:
+    """Labelled test faces scored: accuracy with its Wilson interval, the confusion matrix (rows true), accuracy per
+    Kaggle Usage where named, and on the faces without a training copy (exact or near) where that is known."""
+    from sklearn.metrics import confusion_matrix
+
+    labels, predicted = np.asarray(labels), np.asarray(predicted)
+    if len(labels) != len(predicted):
+        raise ValueError(f"{len(labels)} labels for {len(predicted)} predictions")
+    correct = labels == predicted
+    low, high = wilson_interval(int(correct.sum()), len(correct))
+    score = {"faces": len(labels), "accuracy": float(correct.mean()) if len(labels) else 0.0}
+    if usage is not None:
+        usage = np.asarray(usage)
+        score["by_usage"] = {name: float(correct[usage == name].mean()) for name in sorted(set(usage.tolist()))}
+        score["usage_faces"] = {name: int((usage == name).sum()) for name in score["by_usage"]}
+    if has_training_copy is not None:
+        unseen = ~np.asarray(has_training_copy, dtype=bool)
+        score["faces_without_copy"] = int(unseen.sum())
+        if unseen.any():
+            score["without_training_copy"] = float(correct[unseen].mean())
+    confusion = confusion_matrix(labels, predicted, labels=range(NUM_CLASSES))
+    return {**score, "low": float(low), "high": float(high), "confusion": confusion.tolist()}
 
 
 def score_predictions(pred_file: Path, label_file: Path) -> tuple[float, int]:
