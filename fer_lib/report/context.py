@@ -1,10 +1,7 @@
-"""What every notebook and the report need, resolved one way: dataset, profile, run, model, split.
-
-A notebook opened alone in JupyterLab and the same notebook executed by ``make report`` call
-:func:`load_context` with the same parameters and so get the same (cached) run. Relative paths are
-taken from the current directory, as in every command-line tool; the defaults (``./data``, the demo
-dataset, the run cache ``runs/``) are the project's own folders wherever the caller stands.
-"""
+"""What every notebook and the report need, resolved one way: dataset, profile, run, model, split, and what the
+finished run computed for this data. A notebook opened alone in JupyterLab and the same notebook executed by the
+build call :func:`load_context` with the same parameters and so read the same run; relative paths are taken from
+the current directory, and empty ones mean the project's own folders (``./data``, the demo data, ``runs/``)."""
 from __future__ import annotations
 
 import html

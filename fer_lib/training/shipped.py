@@ -21,7 +21,6 @@ from fer_lib.data.layouts import Dataset, FaceSet
 from fer_lib.training.runs import RUN_FILES, TrainConfig
 
 SERVE_MIN_SHARE = 0.90  # of the user's training faces found among the model's
-_MATCH_FORMAT = 1  # bump when a cached match changes meaning
 
 
 def shipped_models(root: Path) -> list[Path]:
@@ -74,7 +73,7 @@ def cached_match(images: np.ndarray, model_dir: Path, cache_dir: Path | None) ->
         return None
     entry = None
     if cache_dir is not None:
-        name = f"facematch-{array_sha256(images)[:16]}-{file_sha256(keys_file)[:16]}-v{_MATCH_FORMAT}.npz"
+        name = f"facematch-{array_sha256(images)[:16]}-{file_sha256(keys_file)[:16]}.npz"
         entry = Path(cache_dir) / name
         if entry.exists():
             with np.load(entry) as z:
