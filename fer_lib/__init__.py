@@ -1,4 +1,5 @@
-"""fer_lib: the library behind the reproducible FER2013 report (data, model, training, evaluation, plots)."""
+"""fer_lib: the library behind the FER2013 report: data, model, training, the questions the pages answer, their
+figures, the photo classifier, and the report's context and builder."""
 
 CLASS_NAMES = ("Angry", "Disgust", "Fear", "Happy", "Sad", "Surprise", "Neutral")
 NUM_CLASSES = len(CLASS_NAMES)

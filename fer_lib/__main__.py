@@ -8,38 +8,34 @@ from pathlib import Path
 
 
 def _add_train_options(p: argparse.ArgumentParser) -> None:
-    from fer_lib.training.runs import PROFILES
+    """--profile, --device, and one flag per TrainConfig setting (its help and choices from the field)."""
+    from dataclasses import fields
+
+    from fer_lib.training.runs import PROFILES, TrainConfig
 
     p.add_argument("--profile", choices=sorted(PROFILES), default=None,
                    help="a named recipe: quick (minutes, a subset), full (the real-data recipe: 60 epochs at 72 px "
                         "with an average of the weights, about 100 min on 2 CPU cores with native bf16), "
-                        "long (300 epochs at 96 px, for a GPU), "
-                        "synthetic (the demo data), smoke (seconds, tests) "
-                        "(default: full for real data, synthetic for the embedded dataset)")
-    p.add_argument("--epochs", type=int, help="number of epochs (overrides the profile)")
-    p.add_argument("--batch-size", type=int)
-    p.add_argument("--lr", type=float, help="peak learning rate of the one-cycle schedule")
-    p.add_argument("--optimizer", choices=["adamw", "sgd"])
-    p.add_argument("--input-size", type=int, help="faces are upsampled to this side before the network "
-                                                  "(full profile: 72; 48 is the faces' own size)")
-    p.add_argument("--max-train", type=int, help="train on at most this many faces (0 = all)")
-    p.add_argument("--weights", help="'imagenet' (torch cache; default), 'random', or a ResNet18 .pth path")
-    p.add_argument("--seed", type=int, help="seeds the validation split, the initial weights and the shuffling")
-    p.add_argument("--cutmix", type=float, metavar="P",
-                   help="CutMix a batch with probability P (0 = off; paste a rectangle of another face, mix labels)")
-    p.add_argument("--precision", choices=["auto", "fp32", "bf16"],
-                   help="auto (default): bf16 autocast on CUDA and on CPUs with AMX or AVX-512 BF16, float32 "
-                        "elsewhere (bf16 is emulated and ~13x slower on other CPUs)")
+                        "long (300 epochs at 96 px, for a GPU), synthetic (the demo data), smoke (seconds, tests) "
+                        "(default: full for real data, synthetic for the embedded dataset); the flags below "
+                        "override its settings")
+    for f in fields(TrainConfig):
+        if "help" not in f.metadata:
+            continue  # the augmentation settings: the profiles' own
+        kind = type(f.default)
+        options = {"action": argparse.BooleanOptionalAction} if kind is bool else {"type": kind}
+        p.add_argument(f"--{f.name.replace('_', '-')}", default=None, choices=f.metadata["choices"] or None,
+                       help=f"{f.metadata['help']} (default {f.default!r} unless the profile sets it)", **options)
     p.add_argument("--device", default="auto", help="cpu, cuda or auto (cuda when available; default)")
 
 
 def config_from_args(args, dataset):
-    from fer_lib.report.context import default_profile
-    from fer_lib.training.runs import config_for
+    from dataclasses import fields
 
-    names = ("epochs", "batch_size", "lr", "optimizer", "input_size", "max_train", "weights", "seed", "precision",
-             "cutmix")
-    overrides = {n: getattr(args, n) for n in names if getattr(args, n, None) is not None}
+    from fer_lib.report.context import default_profile
+    from fer_lib.training.runs import TrainConfig, config_for
+
+    overrides = {f.name: getattr(args, f.name) for f in fields(TrainConfig) if getattr(args, f.name, None) is not None}
     return config_for(args.profile or default_profile(dataset), **overrides)
 
 
@@ -52,21 +48,24 @@ def cmd_synth(args) -> None:
 
 def cmd_train(args) -> None:
     from fer_lib.data.layouts import load_dataset
-    from fer_lib.training.train import ensure_run, train
+    from fer_lib.training.runs import find_run, run_key
+    from fer_lib.training.train import train
 
     dataset = load_dataset(args.data)
     config = config_from_args(args, dataset)
     if args.out:
         run_dir = train(dataset, config, Path(args.out), device=args.device, resume=not args.no_resume,
                         wait=not args.no_wait)
-    else:
-        run_dir = ensure_run(dataset, config, Path(args.runs), device=args.device, wait=not args.no_wait)
+    else:  # the run cache: reused when finished, resumed from its checkpoint when stopped
+        run_dir = find_run(dataset, config, Path(args.runs)) or train(
+            dataset, config, Path(args.runs) / f"{dataset.name}-{run_key(dataset, config)}", device=args.device,
+            wait=not args.no_wait)
     print(f"run: {run_dir}")
 
 
 def cmd_predict(args) -> None:
     from fer_lib.data.layouts import load_test_faces
-    from fer_lib.training.predict import write_predictions
+    from fer_lib.training.finish import write_predictions
 
     faces = load_test_faces(args.data)
     counts = write_predictions(Path(args.run), faces, Path(args.out), tta="none" if args.no_tta else "",
@@ -82,18 +81,21 @@ def cmd_classify(args) -> None:
 
 
 def cmd_score(args) -> None:
-    from fer_lib.training.predict import score_predictions
+    from fer_lib.training.finish import score_predictions
 
     acc, n = score_predictions(Path(args.pred), Path(args.labels))
     print(f"accuracy {acc:.4f} on {n} faces")
 
 
 def cmd_report(args) -> None:
-    from fer_lib.report.build import build_report
+    from fer_lib.report.build import build_report, notebook_paths
+    from fer_lib.report.context import load_context
 
-    sys.exit(build_report(data=args.data, profile=args.profile, out_root=Path(args.out), runs_root=Path(args.runs),
-                          device=args.device, notebooks=args.notebooks, wait=not args.no_wait, retrain=args.retrain,
-                          notebook_params=dict(args.param) or None))
+    notebook_paths(args.notebooks)  # an unknown notebook name stops here, before any training
+    ctx = load_context(args.data or "", args.profile or "", args.runs, args.device, wait=not args.no_wait,
+                       retrain=args.retrain)
+    ctx.prepare()  # trains or resumes first if needed; the run's outputs for this data; the builder only renders
+    build_report(ctx, out_root=Path(args.out), only=args.notebooks, params=dict(args.param) or None)
 
 
 def notebook_parameter(text: str) -> tuple[str, object]:
@@ -159,32 +161,21 @@ def main(argv: list[str] | None = None) -> None:
     p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser("classify", help="find and classify the faces in your own photos and videos",
-                       description="Find the faces in photos and videos (dlib's HOG frontal-face detector, one "
-                                   "upsampling pass; faces from about 40 px), keep each box whose 68 landmarks form "
-                                   "a plausible face, crop it the way FER2013 faces are framed, convert it to 48x48 "
-                                   "gray and classify it with the run's test-time views. With the run's "
-                                   "calibration.json the probabilities are temperature-scaled on validation and a "
-                                   "face whose top probability is below the run's threshold is marked uncertain "
-                                   "('?'); without it they are the raw softmax (said once). Writes "
-                                   "OUT/<name>.faces.png|jpg (boxes, labels, faint landmarks) per photo, "
-                                   "OUT/<name>.tracks.png (each face's expression over time) per video or folder of "
-                                   "frames, and OUT/faces.csv (file, frame, time_s, face, box, the 7 "
-                                   "probabilities, label, uncertain; one row per face and frame), and prints a "
-                                   "table. Progress bars show only on a terminal. Exit status 0 when every file "
-                                   "was read (photos without a face included), 1 when a file could not be read "
-                                   "(the others are still done), 2 when there is no model.")
+                       description="Find the faces (dlib's HOG detector; boxes whose 68 landmarks form a plausible "
+                                   "face), crop them as FER2013 frames its faces, and classify them with the run's "
+                                   "test-time views and calibration (below its threshold a face is uncertain, '?'). "
+                                   "Writes OUT/<name>.faces.png|jpg per photo, OUT/<name>.tracks.png per video or "
+                                   "folder of frames and OUT/faces.csv (one row per face and frame). Exit status 0 "
+                                   "when every file was read, 1 when one could not be, 2 when there is no model.")
     p.add_argument("paths", nargs="+", metavar="PATH", help="image files (PNG, JPEG, ...), videos (MP4, AVI, MOV, "
                                                             "MKV, ...) or folders (searched recursively)")
     p.add_argument("--run", default="report/fer2013/model",
                    help="trained model: a report's shipped model or a run folder (default report/fer2013/model, "
                         "made by `make report DATA=path/to/fer2013`)")
     p.add_argument("--out", default="classified", help="output folder (default ./classified)")
-    p.add_argument("--fps", type=float, default=5.0,
-                   help="frames per second classified from a video (default 5: about every 5th frame of a 25 fps "
-                        "video)")
+    p.add_argument("--fps", type=float, default=5.0, help="frames per second classified from a video (default 5)")
     p.add_argument("--frames", action="store_true",
-                   help="each folder PATH is one clip: its images are frames, in name order (frame2 before "
-                        "frame10), every one classified")
+                   help="each folder PATH is one clip: its images are frames, in name order, every one classified")
     p.add_argument("--device", default="auto", help="cpu, cuda or auto (cuda when available; default)")
     p.set_defaults(func=cmd_classify)
 
@@ -198,8 +189,8 @@ def main(argv: list[str] | None = None) -> None:
                                    "self-contained HTML pages, index.html and metrics.json into OUT/<dataset>/. "
                                    "Without --data, uses ./data if it holds a dataset, else the synthetic demo.")
     p.add_argument("--data", default=None, help="dataset path (default: ./data, else synthetic demo data)")
-    p.add_argument("--profile", default=None, choices=None, help="quick, full or long (default: full for real data, "
-                                                               "synthetic for the demo data)")
+    p.add_argument("--profile", default=None, help="quick, full or long (default: full for real data, synthetic for "
+                                                   "the demo data)")
     p.add_argument("--out", default="report", help="report root (default ./report)")
     p.add_argument("--runs", default="runs", help="run cache root (default ./runs)")
     p.add_argument("--device", default="auto")

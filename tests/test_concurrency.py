@@ -10,7 +10,7 @@ import sys
 import pytest
 
 from fer_lib import ConfigError
-from fer_lib.core.io import exclusive_lock, recover_directory, replace_directory
+from fer_lib.core.io import exclusive_lock, replace_directory, restore_directory
 from fer_lib.training.runs import TrainConfig, is_complete, read_history, run_lock
 from fer_lib.training.train import train
 
@@ -56,35 +56,23 @@ def test_no_resume_into_a_finished_run_removes_the_old_run_first(tiny, tmp_path)
     assert json.loads((run / "config.json").read_text())["config"]["lr"] == 1e-4
 
 
-def test_resume_refuses_a_checkpoint_of_other_training_faces(tiny, tmp_path):
+@pytest.mark.parametrize("change", ["training faces", "initial weights"])
+def test_resume_refuses_a_checkpoint_of_another_run(tiny, tmp_path, monkeypatch, change):
+    """The settings, the training faces and the initial weights actually used make the run: a checkpoint of
+    another is refused (not mixed into this run) and the folder is left as it was."""
+    import fer_lib.training.runs as runs_mod
     from fer_lib.data.layouts import Dataset
 
-    run = train(tiny, TrainConfig(**TINY), tmp_path / "run", stop_after=1, progress=False)
-    before = {p.name: p.read_bytes() for p in run.iterdir()}
-    other = Dataset(tiny.name, tiny.layout, tiny.train.subset(list(range(len(tiny.train) - 1))), tiny.test)
-    with pytest.raises(ConfigError, match="other training faces"):
-        train(other, TrainConfig(**TINY), run, progress=False)
-    assert {p.name: p.read_bytes() for p in run.iterdir()} == before
-
-
-def test_resume_refuses_a_checkpoint_of_other_initial_weights(tiny, tmp_path):
-    import torch
-
-    from fer_lib.model.network import build_model
-
-    weights = tmp_path / "init.pth"
-    torch.save(build_model("random")[0].state_dict(), weights)
     run = train(tiny, TrainConfig(**TINY), tmp_path / "run", stop_after=1, progress=False)  # random init
-    cfg = TrainConfig(**TINY)
-    config_json = json.loads((run / "config.json").read_text())
-    # same settings on paper ("weights" is part of the config), so point the recorded run at other weights
-    config_json["weights_used"] = "sha256:" + "0" * 64
-    (run / "config.json").write_text(json.dumps(config_json))
-    ckpt = torch.load(run / "checkpoint.pt", weights_only=True)
-    ckpt["weights_used"] = "sha256:" + "0" * 64
-    torch.save(ckpt, run / "checkpoint.pt")
-    with pytest.raises(ConfigError, match="other initial weights"):
-        train(tiny, cfg, run, progress=False)
+    before = {p.name: p.read_bytes() for p in run.iterdir()}
+    data = tiny
+    if change == "training faces":
+        data = Dataset(tiny.name, tiny.layout, tiny.train.subset(list(range(len(tiny.train) - 1))), tiny.test)
+    else:  # the same settings on paper, other initial weights found (an ImageNet file that appeared since)
+        monkeypatch.setattr(runs_mod, "resolve_weights", lambda w, warn=True: (None, "sha256:" + "0" * 64))
+    with pytest.raises(ConfigError, match="checkpoint of another run"):
+        train(data, TrainConfig(**TINY), run, progress=False)
+    assert {p.name: p.read_bytes() for p in run.iterdir()} == before
 
 
 # ------------------------------------------------------------------------- swapping a report in
@@ -97,50 +85,32 @@ def make_report_folder(path, marker: str):
     return path
 
 
-def test_the_swap_leaves_a_complete_report_at_every_moment(tmp_path, monkeypatch):
-    import fer_lib.core.io as io_mod
-
+@pytest.mark.parametrize("killed_at", [1, 2])
+def test_a_swap_killed_at_any_step_leaves_a_whole_report(tmp_path, monkeypatch, killed_at):
+    """Killed after the first rename (old report aside) the old report is whole and the next swap (or
+    restore_directory) puts it back first; killed after the second, the new report is in place."""
     final = make_report_folder(tmp_path / "fer2013", "old")
     new = make_report_folder(tmp_path / ".fer2013.staging-1", "new")
-    seen = []
-    real_rmtree = __import__("shutil").rmtree
-
-    def crash_after_exchange(path, *a, **k):  # the process dies right after the swap, before cleaning up
-        seen.append(sorted(p.name for p in final.iterdir()))
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr("shutil.rmtree", crash_after_exchange)
-    with pytest.raises(KeyboardInterrupt):
-        replace_directory(new, final, tmp_path / ".fer2013.previous")
-    monkeypatch.setattr("shutil.rmtree", real_rmtree)
-    assert {p.read_text() for p in final.iterdir()} == {"new"}, "the new report is whole"
-    assert seen == [["01_model.html", "index.html", "metrics.json"]]
-    assert io_mod._exchange  # the atomic path was the one taken on this system
-
-
-def test_a_build_killed_between_the_fallback_renames_is_recovered(tmp_path, monkeypatch):
-    import fer_lib.core.io as io_mod
-
-    final = make_report_folder(tmp_path / "fer2013", "old")
-    new = make_report_folder(tmp_path / ".fer2013.staging-1", "new")
-    backup = tmp_path / ".fer2013.previous"
-    monkeypatch.setattr(io_mod, "_exchange", lambda a, b: False)  # a file system without RENAME_EXCHANGE
     real_rename = os.rename
     calls = []
 
-    def dies_on_second_rename(src, dst):
-        calls.append(src)
-        if len(calls) == 2:
-            raise KeyboardInterrupt  # killed between "old -> backup" and "new -> final"
+    def dies_after(src, dst):
         real_rename(src, dst)
+        calls.append(src)
+        if len(calls) == killed_at:
+            raise KeyboardInterrupt
 
-    monkeypatch.setattr(os, "rename", dies_on_second_rename)
+    monkeypatch.setattr(os, "rename", dies_after)
     with pytest.raises(KeyboardInterrupt):
-        replace_directory(new, final, backup)
+        replace_directory(new, final)
     monkeypatch.setattr(os, "rename", real_rename)
-    assert not final.exists() and backup.is_dir()
-    assert recover_directory(final, backup), "the next build puts the old report back"
-    assert {p.read_text() for p in final.iterdir()} == {"old"}
+    previous = tmp_path / ".fer2013.previous"
+    if killed_at == 1:
+        assert not final.exists() and {p.read_text() for p in previous.iterdir()} == {"old"}
+        restore_directory(final)
+    assert {p.read_text() for p in final.iterdir()} == {"old" if killed_at == 1 else "new"}
+    replace_directory(make_report_folder(tmp_path / ".fer2013.staging-2", "newer"), final)
+    assert {p.read_text() for p in final.iterdir()} == {"newer"} and not previous.exists()
 
 
 def test_two_builds_started_together_end_with_one_complete_report(tiny_dataset, tmp_path):

@@ -18,9 +18,9 @@ from PIL import Image
 from fer_lib import ConfigError
 from fer_lib.core.io import atomic_write
 from fer_lib.data.layouts import DataError, load_dataset
-from fer_lib.training.predict import score_predictions
-from fer_lib.training.runs import TrainConfig, cache_key, read_history, run_key
-from fer_lib.training.train import ensure_run, train
+from fer_lib.training.finish import score_predictions
+from fer_lib.training.runs import TrainConfig, read_history, run_key
+from fer_lib.training.train import train
 
 from .conftest import TINY, pixel_row, run_cli, write_csv
 
@@ -113,20 +113,19 @@ def test_run_key_follows_the_weights_actually_used(tiny, tmp_path, monkeypatch):
 
     monkeypatch.setattr(model_mod, "imagenet_weights_path", lambda: tmp_path / "hub" / "resnet18.pth")
     cfg = TrainConfig(**{**TINY, "weights": "imagenet"})
-    missing = cache_key(tiny, cfg)
-    assert missing == cache_key(tiny, TrainConfig(**{**TINY, "weights": "random"})), \
+    missing = run_key(tiny, cfg)
+    assert missing == run_key(tiny, TrainConfig(**{**TINY, "weights": "random"})), \
         "a fallback to random init is the same run as asking for random init"
     from torchvision.models import resnet18
 
     (tmp_path / "hub").mkdir()
     torch.manual_seed(0)
     torch.save(resnet18(weights=None).state_dict(), tmp_path / "hub" / "resnet18.pth")
-    present = cache_key(tiny, cfg)
+    present = run_key(tiny, cfg)
     assert present != missing, "the run is not reused once the real weights appear"
     torch.manual_seed(1)
     torch.save(resnet18(weights=None).state_dict(), tmp_path / "hub" / "resnet18.pth")
-    assert cache_key(tiny, cfg) != present, "other weights, another run"
-    assert run_key(cfg, "abc", "random") != run_key(cfg, "abd", "random"), "other faces, another run"
+    assert run_key(tiny, cfg) != present, "other weights, another run"
 
 
 def test_a_missing_weights_path_is_an_error_and_writes_nothing(tiny, tmp_path):
@@ -138,7 +137,7 @@ def test_a_missing_weights_path_is_an_error_and_writes_nothing(tiny, tmp_path):
 def test_a_refused_resume_leaves_the_run_as_it_was(tiny, tmp_path):
     run = train(tiny, TrainConfig(**TINY), tmp_path / "run", stop_after=1, progress=False)
     before = {p.name: p.read_bytes() for p in run.iterdir()}
-    with pytest.raises(ConfigError, match="different configuration"):
+    with pytest.raises(ConfigError, match="checkpoint of another run"):
         train(tiny, TrainConfig(**{**TINY, "lr": 1e-4}), run, progress=False)
     assert {p.name: p.read_bytes() for p in run.iterdir()} == before, "config.json still matches the weights"
 
@@ -151,12 +150,14 @@ def test_no_resume_starts_over(tiny, tmp_path):
     assert read_history(run)["epoch"].tolist() == [1] and (run / "run.json").exists()
 
 
-def test_a_partial_run_in_the_cache_is_resumed_not_restarted(tiny, tmp_path):
-    cfg = TrainConfig(**TINY)
-    partial = tmp_path / f"{tiny.name}-{cache_key(tiny, cfg)}"
-    train(tiny, cfg, partial, stop_after=1, progress=False)
+def test_a_partial_run_in_the_cache_is_resumed_not_restarted(tiny_dataset, tmp_path):
+    from fer_lib.report.context import load_context
+
+    ctx = load_context(str(tiny_dataset), "smoke", str(tmp_path), "cpu", retrain=True, **TINY)
+    partial = ctx.own_run_dir
+    train(ctx.dataset, ctx.config, partial, stop_after=1, progress=False)
     first_epoch = read_history(partial).iloc[0].drop("seconds")
-    assert ensure_run(tiny, cfg, tmp_path, progress=False) == partial
+    assert ctx.prepare() == partial
     history = read_history(partial)
     assert history["epoch"].tolist() == [1, 2]
     pd.testing.assert_series_equal(history.iloc[0].drop("seconds"), first_epoch)
@@ -179,7 +180,7 @@ def test_a_killed_training_process_resumes_through_the_cli(tiny_dataset, tmp_pat
     assert done < 3 and not (tmp_path / "run" / "run.json").exists()
     code, out, err = run_cli(capsys, *args)  # the resume itself runs in this process
     assert code == 0, err
-    assert f"resuming {tmp_path / 'run'} at epoch {done + 1}/3" in out
+    assert f"resuming {tmp_path / 'run'} from its checkpoint at epoch {done + 1}/3" in err
     assert read_history(tmp_path / "run")["epoch"].tolist() == [1, 2, 3]
 
 
@@ -235,11 +236,10 @@ def test_training_leaves_the_global_rng_alone(tiny, tmp_path):
     torch.testing.assert_close(torch.rand(3), expected)
 
 
-def test_a_shipped_model_with_the_same_key_is_used_instead_of_training(tiny, tmp_path, monkeypatch):
+def test_a_shipped_model_with_the_same_key_is_found_instead_of_training(tiny, tmp_path):
     import shutil
 
-    import fer_lib.training.train as train_mod
-    from fer_lib.training.runs import RUN_FILES
+    from fer_lib.training.runs import RUN_FILES, find_run
 
     cfg = TrainConfig(**{**TINY, "epochs": 1})
     trained = train(tiny, cfg, tmp_path / "trained", progress=False)
@@ -247,8 +247,5 @@ def test_a_shipped_model_with_the_same_key_is_used_instead_of_training(tiny, tmp
     shipped.mkdir(parents=True)
     for name in RUN_FILES:  # what a report ships: no checkpoint, no best.pt
         shutil.copy2(trained / name, shipped / name)
-    monkeypatch.setattr(train_mod, "train", lambda *a, **k: pytest.fail("trained despite a matching shipped model"))
-    assert ensure_run(tiny, cfg, tmp_path / "runs", progress=False, shipped=shipped) == shipped
-    other = TrainConfig(**{**TINY, "epochs": 1, "seed": 3})
-    with pytest.raises(pytest.fail.Exception):
-        ensure_run(tiny, other, tmp_path / "runs", progress=False, shipped=shipped)  # another recipe trains
+    assert find_run(tiny, cfg, tmp_path / "runs", [shipped]) == shipped
+    assert find_run(tiny, TrainConfig(**{**TINY, "epochs": 1, "seed": 3}), tmp_path / "runs", [shipped]) is None

@@ -1,6 +1,7 @@
 """Training: it learns, resumes exactly, caches runs, and the CLI chains synth -> train -> predict -> score."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 import subprocess
@@ -13,7 +14,7 @@ import torch
 
 from fer_lib.training.augment import AugmentConfig, augment, cutmix
 from fer_lib.training.runs import HISTORY_COLUMNS, WEIGHTS_FILE, TrainConfig, load_trained, read_history, selected_row
-from fer_lib.training.train import ensure_run, train
+from fer_lib.training.train import train
 
 from .conftest import TINY, run_cli
 
@@ -58,30 +59,29 @@ def test_history_checkpoint_and_provenance(tiny, tmp_path):
     assert list(predictions.columns) == ["id", "label"] and len(predictions) == len(tiny.test)
     assert sum(outputs["predictions"]["predicted_class_counts"].values()) == len(tiny.test)
     assert outputs["duplicates"]["rows"] == len(pd.read_csv(run / "test_duplicates.csv"))
-    # train_eval_loss: plain cross-entropy of the shipped weights in eval mode (dropout off, no augmentation) on the
-    # fixed training sample, recomputed here from the final weights (without an average they are the shipped ones)
+    # train_eval_loss: plain cross-entropy in eval mode (dropout off, no augmentation) on the fixed training sample,
+    # recomputed from the last epoch's weights; run.json's train_eval: the same for the shipped weights
     import torch.nn.functional as F
 
     from fer_lib.model.inference import predict_logits
-    from fer_lib.training.runs import split_for
-    from fer_lib.training.train import TRAIN_EVAL_SAMPLE
+    from fer_lib.training.runs import blank_model, split_for
 
-    final, _ = load_trained(run, which="last")
-    faces = split_for(tiny, cfg)[0]
-    sample = np.random.default_rng(cfg.seed).permutation(len(faces))[:TRAIN_EVAL_SAMPLE]
-    loss = F.cross_entropy(predict_logits(final, faces.images[sample], cfg.input_size),
-                           torch.from_numpy(faces.labels[sample])).item()
-    assert history["train_eval_loss"].iloc[-1] == pytest.approx(loss, rel=1e-4)
-
-
-def test_a_history_from_before_train_eval_loss_still_loads_and_resumes(tmp_path):
-    """Rows of a checkpoint made before train_eval_loss existed are written with that cell empty, and read back."""
-    from fer_lib.training.train import _write_history
-
-    old_row = dict.fromkeys([c for c in HISTORY_COLUMNS if c != "train_eval_loss"], 0.5) | {"epoch": 1}
-    _write_history(tmp_path / "history.csv", [old_row, {**old_row, "epoch": 2, "train_eval_loss": 0.7}])
-    history = read_history(tmp_path)
-    assert history["epoch"].tolist() == [1, 2] and history["train_eval_loss"].isna().tolist() == [True, False]
+    last = blank_model()
+    last.load_state_dict(ckpt["model"])
+    faces, val = split_for(tiny, cfg)
+    sample = np.random.default_rng(cfg.seed).permutation(len(faces))[:1000]
+    labels = torch.from_numpy(faces.labels[sample])
+    assert history["train_eval_loss"].iloc[-1] == pytest.approx(
+        F.cross_entropy(predict_logits(last.eval(), faces.images[sample], cfg.input_size), labels).item(), rel=1e-4)
+    kept = predict_logits(model, faces.images[sample], cfg.input_size)
+    info = json.loads((run / "run.json").read_text())
+    assert info["train_eval"] == pytest.approx({"acc": (kept.argmax(1) == labels).float().mean().item(),
+                                                "loss": F.cross_entropy(kept, labels).item(), "faces": len(faces)})
+    # the validation logits the pages read: plain, and with the views the run chose
+    stored = np.load(run / "val_logits.npz")
+    torch.testing.assert_close(torch.from_numpy(stored["plain"]), predict_logits(model, val.images, cfg.input_size))
+    torch.testing.assert_close(torch.from_numpy(stored["views"]),
+                               predict_logits(model, val.images, cfg.input_size, tta=info["tta"]))
 
 
 def test_selection_keeps_the_last_average_or_the_best_flip_epoch():
@@ -89,7 +89,6 @@ def test_selection_keeps_the_last_average_or_the_best_flip_epoch():
             {"epoch": 3, "val_acc": 0.55, "val_acc_tta": 0.61}, {"epoch": 4, "val_acc": 0.57, "val_acc_tta": 0.61}]
     assert selected_row(rows, averaged=True)["epoch"] == 4  # an average of the weights: the final epoch
     assert selected_row(rows, averaged=False)["epoch"] == 3  # else the first best with flip views, not plain
-    assert selected_row([{**r, "val_acc_tta": None} for r in rows], averaged=False)["epoch"] == 2
 
 
 def test_an_averaged_run_ships_its_final_average(tiny, tmp_path):
@@ -120,20 +119,21 @@ def test_resume_after_interruption_matches_an_uninterrupted_run(tiny, tmp_path):
 
 def test_resume_refuses_a_checkpoint_of_another_config(tiny, tmp_path):
     train(tiny, TrainConfig(**TINY), tmp_path / "run", stop_after=1, progress=False)
-    with pytest.raises(ValueError, match=r"different configuration \(differs in \['lr'\]\)"):
+    with pytest.raises(ValueError, match="checkpoint of another run"):
         train(tiny, TrainConfig(**{**TINY, "lr": 1e-4}), tmp_path / "run", progress=False)
 
 
-def test_run_cache_trains_once(tiny, tmp_path, monkeypatch):
-    cfg = TrainConfig(**{**TINY, "epochs": 1})
-    first = ensure_run(tiny, cfg, tmp_path, progress=False)
+def test_run_cache_trains_once(tiny_dataset, tmp_path, capsys, monkeypatch):
     import fer_lib.training.train as train_mod
 
+    args = ("train", "--data", tiny_dataset, "--runs", tmp_path, "--profile", "smoke", "--epochs", "1",
+            "--max-train", "96", "--weights", "random")
+    code, out, err = run_cli(capsys, *args)
+    assert code == 0, err
     monkeypatch.setattr(train_mod, "train", lambda *a, **k: pytest.fail("trained again despite the cache"))
-    assert ensure_run(tiny, cfg, tmp_path, progress=False) == first
-    other = TrainConfig(**{**TINY, "epochs": 1, "seed": 7})
+    assert run_cli(capsys, *args)[1] == out.splitlines()[-1] + "\n", "the same run, found in the cache"
     with pytest.raises(pytest.fail.Exception):
-        ensure_run(tiny, other, tmp_path, progress=False)  # another config is another run
+        run_cli(capsys, *args, "--seed", "7")  # another config is another run
 
 
 def test_augmentation_is_seeded_and_keeps_shape():
@@ -168,14 +168,14 @@ def test_cutmix_pastes_one_rectangle_and_mixes_labels_by_its_area():
     assert torch.equal(g.get_state(), torch.Generator().manual_seed(5).get_state()), "off draws nothing"
 
 
-def test_settings_added_later_keep_the_earlier_run_keys_while_off():
+def test_the_run_key_hashes_the_settings_and_the_training_faces(tiny):
     from fer_lib.training.runs import run_key
 
-    base = TrainConfig()
-    assert run_key(base, "abc", "random") == run_key(TrainConfig(cutmix=0.0), "abc", "random")
-    assert run_key(TrainConfig(cutmix=0.5), "abc", "random") != run_key(base, "abc", "random")
-
-
+    base = run_key(tiny, TrainConfig(**TINY))
+    assert base == run_key(tiny, TrainConfig(**TINY)) and len(base) == 12
+    assert run_key(tiny, TrainConfig(**{**TINY, "cutmix": 0.5})) != base
+    fewer = dataclasses.replace(tiny, train=tiny.train.subset(np.arange(len(tiny.train) - 1)))
+    assert run_key(fewer, TrainConfig(**TINY)) != base
 
 
 def test_cli_synth_train_predict_score_chain(tmp_path, capsys):
@@ -246,7 +246,7 @@ def test_precision_auto_follows_the_cpu(monkeypatch, has_bf16, expected):
     assert runs_mod.resolve_precision("auto", torch.device("cpu")) == expected
     assert runs_mod.resolve_precision("fp32", torch.device("cpu")) == "fp32"
     with pytest.raises(ValueError, match="precision must be one of"):
-        runs_mod.resolve_precision("fp16", torch.device("cpu"))
+        TrainConfig(precision="fp16")
 
 
 @pytest.mark.parametrize("flags, native", [("fpu sse2 avx2 fma", False), ("avx2 avx512f avx512_bf16", True),
@@ -277,25 +277,27 @@ def test_bf16_run_records_its_precision_and_ships_float16_weights(tiny, tmp_path
     assert {"train_ce", "val_acc_tta"} <= set(history.columns)
 
 
-def test_a_run_without_its_outputs_gets_them_once_on_first_use(tiny, tmp_path, monkeypatch):
-    """A run that predates calibration.json and the test outputs (the shipped model, say) gets them computed into
-    its folder on first use; later uses read them; another test set is predicted anew."""
-    import fer_lib.training.predict as predict_mod
+def test_outputs_for_other_faces_are_computed_once_outside_the_run(tiny, tmp_path, monkeypatch):
+    """Faces a finished run did not finish on (a copy a shipped model serves, another test set) get their
+    validation logits and predictions once, in another folder; the run's own folder is left as it was."""
+    import fer_lib.training.finish as finish_mod
     from fer_lib.data.layouts import FaceSet
-    from fer_lib.training.predict import ensure_run_outputs
+    from fer_lib.training.finish import ensure_outputs, read_test_outputs, read_val_logits
     from fer_lib.training.runs import split_for
 
     cfg = TrainConfig(**{**TINY, "epochs": 1})
     run = train(tiny, cfg, tmp_path / "run", progress=False)
-    written = {n: (run / n).read_bytes() for n in ("calibration.json", "predictions.csv", "test_outputs.json")}
-    for name in written:
-        (run / name).unlink()
+    before = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()}
     val = split_for(tiny, cfg)[1]
-    calibration, outputs = ensure_run_outputs(run, tiny.train, val, tiny.test, device="cpu")
-    assert {n: (run / n).read_bytes() for n in written} == written, "the same files as at the end of training"
-    monkeypatch.setattr(predict_mod, "write_test_outputs", lambda *a, **k: pytest.fail("computed twice"))
-    monkeypatch.setattr(predict_mod, "write_calibration_for", lambda *a, **k: pytest.fail("computed twice"))
-    assert ensure_run_outputs(run, tiny.train, val, tiny.test) == (calibration, outputs)
-    other = FaceSet(tiny.test.images[:10], None, tiny.test.ids[:10])
-    with pytest.raises(pytest.fail.Exception, match="computed twice"):
-        ensure_run_outputs(run, tiny.train, val, other)
+    ensure_outputs(run, tmp_path / "elsewhere", tiny.train, val, tiny.test, device="cpu")
+    assert not (tmp_path / "elsewhere").exists(), "the run's own outputs serve its own faces"
+    val_copy = val.subset(np.arange(len(val))[::-1])
+    test_copy = FaceSet(tiny.test.images[:10], None, tiny.test.ids[:10])
+    ensure_outputs(run, tmp_path / "elsewhere", tiny.train, val_copy, test_copy, device="cpu")
+    plain, _ = read_val_logits(run, val)
+    torch.testing.assert_close(read_val_logits(tmp_path / "elsewhere", val_copy)[0], plain.flip(0))
+    assert read_test_outputs(tmp_path / "elsewhere", test_copy)["predictions"]["rows"] == 10
+    assert {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()} == before
+    monkeypatch.setattr(finish_mod, "write_test_outputs", lambda *a, **k: pytest.fail("computed twice"))
+    monkeypatch.setattr(finish_mod, "write_val_logits", lambda *a, **k: pytest.fail("computed twice"))
+    ensure_outputs(run, tmp_path / "elsewhere", tiny.train, val_copy, test_copy, device="cpu")

@@ -1,5 +1,5 @@
-"""Core I/O: atomic writes, file hashes, locks, the cache folder and the CPU's description. Imports nothing of fer_lib's
-beyond the package constants, so every other module can use it."""
+"""Core I/O: atomic writes and folder replacement, file hashes, locks, the cache folder and the CPU's description.
+Imports nothing of fer_lib's beyond the package constants, so every other module can use it."""
 from __future__ import annotations
 
 import fcntl
@@ -127,50 +127,26 @@ def exclusive_lock(lock_path: Path, what: str, wait: bool = True):
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
-_RENAME_EXCHANGE = 2  # linux/fs.h: swap two paths atomically
-
-
-def _exchange(a: Path, b: Path) -> bool:
-    """Atomically swap two existing paths with renameat2(RENAME_EXCHANGE); False where the system lacks it."""
-    import ctypes
-
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        renameat2 = libc.renameat2
-    except (OSError, AttributeError):
-        return False
-    at_fdcwd = -100
-    if renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), _RENAME_EXCHANGE) == 0:
-        return True
-    errno = ctypes.get_errno()
-    if errno in (22, 38, 95):  # EINVAL, ENOSYS, EOPNOTSUPP: this file system cannot exchange
-        return False
-    raise OSError(errno, os.strerror(errno), str(a))
-
-
-def replace_directory(new: Path, final: Path, backup: Path) -> None:
-    """Put the folder ``new`` in place of ``final`` so that ``final`` always exists: the two are exchanged in one
-    atomic step where the system allows it (the old folder then sits at ``new`` and is removed). Elsewhere it
-    falls back to two renames through ``backup``, which :func:`recover_directory` undoes after a crash."""
+def replace_directory(new: Path, final: Path) -> None:
+    """Put the folder ``new`` in place of ``final`` by two renames through ``.<final>.previous`` beside it. Killed
+    between them, ``final`` is missing but the previous folder is whole under that name, and the next call (or
+    :func:`restore_directory`, which this one calls first) puts it back before anything else happens."""
     import shutil
 
-    new, final, backup = Path(new), Path(final), Path(backup)
-    if not final.exists():
-        os.rename(new, final)
-        return
-    if _exchange(new, final):
-        shutil.rmtree(new)
-        return
-    shutil.rmtree(backup, ignore_errors=True)
-    os.rename(final, backup)
+    new, final = Path(new), Path(final)
+    previous = restore_directory(final)
+    if final.exists():
+        shutil.rmtree(previous, ignore_errors=True)
+        os.rename(final, previous)
     os.rename(new, final)
-    shutil.rmtree(backup)
+    shutil.rmtree(previous, ignore_errors=True)
 
 
-def recover_directory(final: Path, backup: Path) -> bool:
-    """After a crash between the two renames of :func:`replace_directory`'s fallback: put ``backup`` back."""
-    final, backup = Path(final), Path(backup)
-    if not final.exists() and backup.is_dir():
-        os.rename(backup, final)
-        return True
-    return False
+def restore_directory(final: Path) -> Path:
+    """After a :func:`replace_directory` killed between its renames: the previous folder back at ``final``.
+    Returns where the previous folder waits during a replacement."""
+    final = Path(final)
+    previous = final.with_name(f".{final.name}.previous")
+    if not final.exists() and previous.is_dir():
+        os.rename(previous, final)
+    return previous

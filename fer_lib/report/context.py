@@ -1,10 +1,7 @@
-"""What every notebook and the report need, resolved one way: dataset, profile, run, model, split.
-
-A notebook opened alone in JupyterLab and the same notebook executed by ``make report`` call
-:func:`load_context` with the same parameters and so get the same (cached) run. Relative paths are
-taken from the current directory, as in every command-line tool; the defaults (``./data``, the demo
-dataset, the run cache ``runs/``) are the project's own folders wherever the caller stands.
-"""
+"""What every notebook and the report need, resolved one way: dataset, profile, run, model, split, and what the
+finished run computed for this data. A notebook opened alone in JupyterLab and the same notebook executed by the
+build call :func:`load_context` with the same parameters and so read the same run; relative paths are taken from
+the current directory, and empty ones mean the project's own folders (``./data``, the demo data, ``runs/``)."""
 from __future__ import annotations
 
 import html
@@ -18,29 +15,29 @@ from pathlib import Path
 from fer_lib import ConfigError
 from fer_lib.core.io import cpu_has_fast_bf16, cpu_model, default_cache_dir
 from fer_lib.data.layouts import Dataset, FaceSet, detect_layout, load_dataset
-from fer_lib.training.predict import ensure_run_outputs, outputs_folder
+from fer_lib.model.calibration import read_calibration
+from fer_lib.training.finish import ensure_outputs, read_test_outputs, read_val_logits
 from fer_lib.training.runs import (
     TrainConfig,
     config_for,
     default_threads,
+    find_run,
     load_trained,
+    recorded_key,
     resolve_device,
-    run_identity,
     split_for,
 )
+from fer_lib.training.runs import run_key as run_key_of
 from fer_lib.training.shipped import SERVE_MIN_SHARE, ServedCopy, serve_copy, shipped_models
-from fer_lib.training.train import cached_run_dir, ensure_run, find_run
+from fer_lib.training.train import train
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_RUNS = PROJECT_ROOT / "runs"
 
 
 def shipped_root() -> Path:
-    """Where the shipped models are, each in its committed report's model/ folder (report/fer2013/model/: weights,
-    config, history, calibration, face keys): the project's report/, or $FER_MODELS where it is set (a kernel
-    inherits it, so a notebook finds the same models as the build that runs it). Found whatever a user's data
-    folder is called; a build never replaces a report folder whose model differs from its own
-    (build.report_folder)."""
+    """Where the shipped models are, each in its committed report's model/ folder: the project's report/, or
+    $FER_MODELS where it is set (a kernel inherits it, so a notebook finds the models its build found)."""
     return Path(os.environ.get("FER_MODELS") or PROJECT_ROOT / "report")
 
 SYNTHETIC_FOLDER = PROJECT_ROOT / "data" / "synthetic"  # ignored by git, drawn on first use
@@ -100,55 +97,83 @@ class Context:
     def served(self) -> ServedCopy | None:
         """The shipped model that serves this copy of its data face by face (reordered, re-encoded, a few faces
         more or less), when no run was made from exactly these faces and this recipe."""
-        if find_run(self.dataset, self.config, self.runs_root, shipped=self.shipped_models) is not None:
+        if find_run(self.dataset, self.config, self.runs_root, self.shipped_models) is not None:
             return None
         return serve_copy(self.dataset, self.config, self.shipped_models, cache_dir=default_cache_dir())
 
     @cached_property
     def run_dir(self) -> Path:
         """The finished run of this data and recipe (cached, shipped, or a shipped model that serves this copy of
-        its data); never trains: NoRun says how to train it."""
-        found = find_run(self.dataset, self.config, self.runs_root, shipped=self.shipped_models)
+        its data); never trains: NoRun says how to train it (:meth:`prepare` does)."""
+        found = find_run(self.dataset, self.config, self.runs_root, self.shipped_models)
         if found is None and self.served is not None:
             found = self.served.model_dir
         if found is None:
             raise NoRun(self.no_run_message())
         return found
 
-    def ensure_run(self) -> Path:
-        """The run, trained (or resumed) first when there is none: what `make report` does before the notebooks.
+    @property
+    def own_run_dir(self) -> Path:
+        """Where this data's own run is trained: ``runs_root/<dataset>-<run key>``."""
+        return self.runs_root / f"{self.dataset.name}-{run_key_of(self.dataset, self.config)}"
+
+    def prepare(self) -> Path:
+        """The run, trained (or resumed from its checkpoint) first when there is none, with its outputs for this
+        data (validation logits, test predictions) computed once: what the CLI does before the pages render.
         Before a training it says on the console what it is about to do and how long that will take here."""
         try:
-            return self.run_dir
+            self.run_dir
         except NoRun:
-            pass
-        seconds, basis = training_estimate(self)
-        faces = len(split_for(self.dataset, self.config)[0])
-        epochs = f"{self.config.epochs} epoch{'s' if self.config.epochs != 1 else ''}"
-        print(f"training the {self.profile} recipe on {faces:,} faces of {self.dataset.name}: {epochs}, about "
-              f"{duration(seconds)} on this machine ({basis}); interrupt it at any time, the same command resumes it",
-              file=sys.stderr, flush=True)
-        self.__dict__["run_dir"] = ensure_run(self.dataset, self.config, self.runs_root, device=self.device,
-                                              shipped=self.shipped_models, wait=self.wait)
+            seconds, basis = training_estimate(self)
+            faces = len(split_for(self.dataset, self.config)[0])
+            resumes = (self.own_run_dir / "checkpoint.pt").exists()
+            print(f"{'resuming' if resumes else 'training'} the {self.profile} recipe on {faces:,} faces of "
+                  f"{self.dataset.name}: {self.config.epochs} epochs, about {duration(seconds)} on this machine "
+                  f"({basis}); interrupt it at any time, the same command resumes it from its last epoch",
+                  file=sys.stderr, flush=True)
+            self.__dict__["run_dir"] = train(self.dataset, self.config, self.own_run_dir, device=self.device,
+                                             wait=self.wait)
+        self.ensure_outputs()
         return self.run_dir
+
+    def ensure_outputs(self) -> None:
+        """The finished run's validation logits and test outputs for this data, computed once where missing."""
+        ensure_outputs(self.run_dir, self.outputs_cache, self.dataset.train, self.val, self.dataset.test,
+                       self.device, wait=self.wait)
+
+    @property
+    def run_key(self) -> str:
+        return recorded_key(self.run_dir)
+
+    @property
+    def outputs_cache(self) -> Path:
+        """Where the outputs the run's folder lacks for this data are computed (a shipped model's validation logits,
+        a copy's test predictions): the run cache, never the committed report."""
+        return self.runs_root / f"{self.dataset.name}-{self.run_key}-outputs"
 
     @property
     def outputs_dir(self) -> Path:
-        """Where this data's test predictions live: the run's folder, or, where a shipped model serves another test
-        set than the one it was shipped with, a folder of the run cache."""
-        key = json.loads((self.run_dir / "config.json").read_text())["run_key"]
-        return outputs_folder(self.run_dir, self.dataset.test,
-                              self.runs_root / f"{self.dataset.name}-{key}-outputs")
+        """The folder holding this data's test predictions: the run's own, or the run cache's for a test set the
+        run did not finish on."""
+        test = self.dataset.test
+        return self.run_dir if test is not None and read_test_outputs(self.run_dir, test) else self.outputs_cache
 
     def test_outputs(self) -> dict | None:
         """The run's test outputs for this data (predictions, copies, the score where the labels are known), or
-        None without a test set; computed once on first use."""
-        return ensure_run_outputs(self.run_dir, self.dataset.train, self.val, self.dataset.test, self.device,
-                                  wait=self.wait, out_dir=self.outputs_dir)[1]
+        None without a test set."""
+        if self.dataset.test is None:
+            return None
+        self.ensure_outputs()
+        return read_test_outputs(self.outputs_dir, self.dataset.test)
+
+    @property
+    def calibration(self) -> dict:
+        """The run's calibration (temperature and "uncertain" threshold, fitted on its validation faces)."""
+        return read_calibration(self.run_dir)
 
     def no_run_message(self) -> str:
         seconds, basis = training_estimate(self)
-        where = cached_run_dir(self.dataset, self.runs_root, run_identity(self.dataset, self.config, warn=False))
+        where = self.own_run_dir
         started = " (a run was started there and stopped: training resumes it)" if where.exists() else ""
         data = str(self.data_path)
         profile = "" if self.profile == default_profile(self.dataset) else f" PROFILE={self.profile}"
@@ -180,23 +205,21 @@ class Context:
         return load_trained(self.run_dir, device=resolve_device(self.device))[0]
 
     @cached_property
+    def _val_logits(self):
+        """(plain, with the run's views) validation logits, as the finished run stored them (computed once into
+        the run cache for a shipped model or a copy it serves)."""
+        self.ensure_outputs()
+        return read_val_logits(self.run_dir, self.val) or read_val_logits(self.outputs_cache, self.val)
+
+    @property
     def val_logits(self):
-        """Logits (N, 7) of the run's model on the validation faces, one view each (computed once per notebook)."""
-        from fer_lib.model.inference import predict_logits
+        """Logits (N, 7) of the run's model on the validation faces, one view each."""
+        return self._val_logits[0]
 
-        model = self.model()
-        return predict_logits(model, self.val.images, self.config.input_size,
-                              device=next(model.parameters()).device)
-
-    @cached_property
+    @property
     def val_logits_views(self):
         """Logits (N, 7) on the validation faces with the run's test-time views (its predictions' own)."""
-        from fer_lib.model.inference import predict_logits
-        from fer_lib.training.runs import prediction_tta
-
-        model = self.model()
-        return predict_logits(model, self.val.images, self.config.input_size, tta=prediction_tta(self.run_dir),
-                              device=next(model.parameters()).device)
+        return self._val_logits[1]
 
     def banner(self):
         """The data notice at the top of a page (a loud warning on the synthetic demo)."""

@@ -1,15 +1,15 @@
-"""Runs: the training configuration and its profiles, the run folder, its cache key, and loading a finished run.
+"""Runs: the training settings and their profiles, the run folder and its key, and loading a finished run.
 
-A run directory holds
-  config.json      the TrainConfig, the data fingerprint and the initial weights (what the run's cache key hashes)
-  history.csv      one row per epoch: train/val loss and accuracy, learning rate, seconds
-  checkpoint.pt    latest state (model, EMA, optimizer, scheduler, epoch, history), every epoch
-  best.pt          the weights of the selected epoch (runs.selected_row: the last one with an EMA)
+A run folder holds
+  config.json      the TrainConfig, the data fingerprint, the initial weights and the run key (their hash)
+  history.csv      one row per epoch (HISTORY_COLUMNS)
+  checkpoint.pt    the latest state (model, EMA, optimizer, scheduler, epoch, history): what resuming reads
+  best.pt          the weights of the selected epoch (selected_row)
+  and, written by the finish step (finish.py), run.json last:
   weights.pt       the shipped float16 copy of best.pt
-  calibration.json, predictions.csv, test_duplicates.csv, test_outputs.json: what the finished run knows about its
-                   data (predict.py), written before run.json, or on first use for runs that predate them
-  run.json         written last: provenance (weights origin, device, CPU, library versions, timings, chosen TTA)
-Training itself (the loop) is in train.py, which builds on this module.
+  faces.npz        the keys of the faces it trained and validated on (data.face_keys)
+  calibration.json, val_logits.npz, predictions.csv, test_duplicates.csv, test_outputs.json
+  run.json         provenance, the chosen test-time views, and the kept weights' score on training faces
 """
 from __future__ import annotations
 
@@ -30,64 +30,73 @@ from fer_lib.data.layouts import Dataset, FaceSet, train_val_split
 from fer_lib.model.network import build_model, resolve_weights
 from fer_lib.training.augment import AugmentConfig
 
-# train_loss is the optimised (label-smoothed, class-weighted) loss; train_ce is plain cross-entropy on the same
-# batches, the definition val_loss uses, so the two curves compare like with like. val_acc_tta averages each
-# validation face with its mirror image, as the test predictions do.
-# With an EMA of the weights, val_loss / val_acc / val_acc_tta are those of the averaged weights (what is selected
-# and shipped) and val_acc_raw those of the weights the optimiser steps (val_acc_raw_tta only without an EMA, where
-# they agree).
-# train_eval_acc and train_eval_loss score the shipped weights on a fixed sample of training faces exactly as
-# validation is scored (eval mode: dropout off; no augmentation, no TTA; plain cross-entropy): the like-for-like
-# comparison for overfitting. Histories written before train_eval_loss existed simply lack that column.
+# train_loss is the optimised (label-smoothed, class-weighted) loss; train_ce plain cross-entropy on the same batches,
+# as val_loss is. With an EMA, val_* score the averaged weights (what is shipped) and val_acc_raw the stepped ones.
+# train_eval_* score the shipped weights on a fixed sample of training faces as validation is scored: like for like.
 HISTORY_COLUMNS = ["epoch", "train_loss", "train_ce", "train_acc", "val_loss", "val_acc", "val_acc_tta",
                    "val_acc_raw", "val_acc_raw_tta", "train_eval_acc", "train_eval_loss", "lr", "seconds"]
-SPLITS = ("grouped", "random")
-PRECISIONS = ("auto", "fp32", "bf16")
-WEIGHTS_FILE = "weights.pt"  # a finished run's best weights as a float16 state dict: what is shipped
+WEIGHTS_FILE = "weights.pt"  # a finished run's selected weights as a float16 state dict: what is shipped
+TRAIN_EVAL_SAMPLE = 1000  # training faces scored each epoch in eval mode without augmentation (like for like)
 RUN_FILES = ("config.json", "history.csv", "run.json", WEIGHTS_FILE)  # all a finished run needs to be reused
+
+
+def setting(default, help: str, choices: tuple = ()):  # noqa: A002 - argparse's own word
+    """A TrainConfig field whose help text (and choices) the command line shows: the flags come from here."""
+    return field(default=default, metadata={"help": help, "choices": choices})
 
 
 @dataclass
 class TrainConfig:
-    epochs: int = 30
-    batch_size: int = 128
-    lr: float = 2e-3  # peak learning rate of the one-cycle schedule
-    weight_decay: float = 0.05  # decoupled (AdamW): multiplied by the learning rate at every step
-    optimizer: str = "adamw"  # "adamw" or "sgd" (Nesterov, momentum 0.9); 4-epoch probe: 43% vs 28% val
-    label_smoothing: float = 0.1
-    class_weighting: str = "none"  # "none" or "sqrt": loss weight 1/sqrt(class count), lifts Disgust
-    input_size: int = 48  # faces are resized to this before the network (48 keeps it cheapest)
-    val_fraction: float = 0.1
-    split: str = "grouped"  # "grouped": copies of a face (exact or near) stay on one side; "random": the old split
-    ema_decay: float = 0.0  # exponential moving average of the weights per step (0 = off); evaluated and shipped
-    cutmix: float = 0.0  # probability that a batch is CutMixed (augment.cutmix; 0 = off)
-    seed: int = 0
-    weights: str = "imagenet"  # "imagenet" (from torch's cache when present), "random", or a path
-    max_train: int = 0  # use only this many training faces (0 = all): smoke tests and quick runs
-    channels_last: bool = True  # NHWC memory format: faster convolutions in oneDNN on this CPU
-    precision: str = "auto"  # "auto" (bf16 autocast where the hardware has it, else fp32), "fp32" or "bf16"
+    epochs: int = setting(30, "number of epochs")
+    batch_size: int = setting(128, "faces per optimisation step (the last partial batch is dropped)")
+    lr: float = setting(2e-3, "peak learning rate of the one-cycle schedule")
+    weight_decay: float = setting(0.05, "decoupled weight decay (not on batch-norm weights and biases)")
+    optimizer: str = setting("adamw", "adamw, or sgd (Nesterov, momentum 0.9)", ("adamw", "sgd"))
+    label_smoothing: float = setting(0.1, "label smoothing of the training loss")
+    class_weighting: str = setting("none", "none, or sqrt: loss weight 1/sqrt(class count), lifts Disgust",
+                                   ("none", "sqrt"))
+    input_size: int = setting(48, "faces are resized to this side before the network (full profile: 72)")
+    val_fraction: float = setting(0.1, "share of the training faces held out for validation")
+    split: str = setting("grouped", "grouped: copies of a face (exact or near) stay on one side; random: a plain "
+                                    "stratified split", ("grouped", "random"))
+    ema_decay: float = setting(0.0, "exponential moving average of the weights per step (0 = off); it is "
+                                    "evaluated and shipped")
+    cutmix: float = setting(0.0, "CutMix a batch with this probability (0 = off)")
+    seed: int = setting(0, "seeds the validation split, the initial weights and the shuffling")
+    weights: str = setting("imagenet", "initial weights: imagenet (torch's cache, never downloaded), random, or a "
+                                       "ResNet18 .pth path")
+    max_train: int = setting(0, "train on at most this many faces (0 = all)")
+    channels_last: bool = setting(True, "NHWC memory format (faster convolutions on CPUs)")
+    precision: str = setting("auto", "auto: bf16 autocast on CUDA and on CPUs with AMX or AVX-512 BF16, float32 "
+                                     "elsewhere (emulated bf16 is ~13x slower)", ("auto", "fp32", "bf16"))
     augment: AugmentConfig = field(default_factory=AugmentConfig)
+
+    def __post_init__(self):
+        for f in dataclasses.fields(self):
+            if f.metadata.get("choices") and getattr(self, f.name) not in f.metadata["choices"]:
+                raise ConfigError(f"{f.name} must be one of {', '.join(f.metadata['choices'])}, "
+                                  f"got {getattr(self, f.name)!r}")
+        if not 0 <= self.cutmix <= 1:
+            raise ConfigError(f"cutmix is a probability (0 = off), got {self.cutmix}")
+        if not 0 <= self.ema_decay < 1:
+            raise ConfigError(f"ema_decay must be 0 (off) or in (0, 1), got {self.ema_decay}")
 
     @classmethod
     def from_dict(cls, d: dict) -> "TrainConfig":
         d = dict(d)
-        aug = AugmentConfig(**d.pop("augment", {}))
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(d) - known
+        unknown = set(d) - {f.name for f in dataclasses.fields(cls)}
         if unknown:
             raise ConfigError(f"unknown training settings: {sorted(unknown)}")
-        return cls(augment=aug, **d)
+        return cls(**{**d, "augment": AugmentConfig(**d.get("augment", {}))})
 
 
-# Profiles: `quick` proves the pipeline in minutes; `full` is the recipe for real data (README has the
-# ablation behind it). Values not named keep the TrainConfig defaults.
+# Values not named keep the TrainConfig defaults (docs/ablation.csv has the measurements behind `full`).
 PROFILES: dict[str, dict] = {
-    "quick": {"epochs": 3, "max_train": 6000},
-    # SGD Nesterov one-cycle, faces upsampled to 72 px so layer4 keeps a 3x3 map (48 px leaves 2x2): about 100
-    # minutes on 2 CPU cores with native bf16 (docs/ablation.csv has the measurements behind each choice)
+    "quick": {"epochs": 3, "max_train": 6000},  # proves the pipeline in minutes
+    # SGD one-cycle, faces upsampled to 72 px so layer4 keeps a 3x3 map: ~100 min on 2 CPU cores with native bf16
     "full": {"epochs": 60, "optimizer": "sgd", "lr": 0.05, "weight_decay": 5e-4, "input_size": 72,
              "ema_decay": 0.999},
-    # the published kind of schedule, for a GPU: 300 epochs at 96 px (hours there, days on 2 CPU cores)
+    # the published kind of schedule, for a GPU: 300 epochs at 96 px
     "long": {"epochs": 300, "optimizer": "sgd", "lr": 0.05, "weight_decay": 5e-4, "input_size": 96},
     "synthetic": {"epochs": 6, "lr": 3e-3},
     "smoke": {"epochs": 1, "max_train": 256, "batch_size": 64},  # tests: seconds, proves the plumbing only
@@ -106,26 +115,45 @@ def data_fingerprint(faces: FaceSet) -> str:
     return array_sha256(faces.images, faces.labels.astype(np.int64))
 
 
-# settings added after a model was shipped, with the value that means "off": left out of the run key when off,
-# so the runs made before them keep their keys (and the shipped model stays valid)
-LATER_SETTINGS = {"cutmix": 0.0}
+def run_record(dataset: Dataset, config: TrainConfig) -> dict:
+    """config.json: the settings, the training faces, the initial weights actually used (a file's sha256, or
+    "random" where the ImageNet file is missing) and ``run_key``, the hash of the settings (with the weights actually
+    used: a fallback to random is the run that asks for random) and the faces, which names the run."""
+    record = {"config": asdict(config), "data_fingerprint": data_fingerprint(dataset.train), "dataset": dataset.name,
+              "weights_used": resolve_weights(config.weights, warn=False)[1]}
+    blob = json.dumps({"config": {**record["config"], "weights": record["weights_used"]},
+                       "data_fingerprint": record["data_fingerprint"]}, sort_keys=True)
+    return {**record, "run_key": hashlib.sha256(blob.encode()).hexdigest()[:12]}
 
 
-def run_key(config: TrainConfig, fingerprint: str, weights_used: str) -> str:
-    """The run cache key: the settings, the training faces and the initial weights actually used (a file's
-    sha256 or "random"), so a run that fell back to random init is not reused once the real weights appear."""
-    settings = {**asdict(config), "weights": weights_used}
-    for name, off in LATER_SETTINGS.items():  # settings added after runs were shipped count only when set
-        if settings[name] == off:
-            del settings[name]
-    blob = json.dumps({"config": settings, "data": fingerprint}, sort_keys=True)
-    return hashlib.sha256(blob.encode()).hexdigest()[:12]
+def run_key(dataset: Dataset, config: TrainConfig) -> str:
+    return run_record(dataset, config)["run_key"]
+
+
+def recorded_key(run_dir: Path) -> str | None:
+    """The run key in ``run_dir``'s config.json, or None where there is none."""
+    try:
+        return json.loads((Path(run_dir) / "config.json").read_text())["run_key"]
+    except (OSError, ValueError, KeyError):
+        return None
+
+
+def is_complete(run_dir: Path) -> bool:
+    return all((Path(run_dir) / f).is_file() for f in RUN_FILES)
+
+
+def find_run(dataset: Dataset, config: TrainConfig, runs_root: Path, shipped: list[Path] = ()) -> Path | None:
+    """The finished run of (config, data) without training: the cache's ``runs_root/<dataset>-<key>``, else a
+    shipped model folder with the same key; None when there is none."""
+    key = run_key(dataset, config)
+    for run_dir in (Path(runs_root) / f"{dataset.name}-{key}", *shipped):
+        if is_complete(run_dir) and recorded_key(run_dir) == key:
+            return Path(run_dir)
+    return None
 
 
 def resolve_precision(precision: str, device: torch.device) -> str:
     """"fp32" or "bf16": what ``precision`` means on ``device`` ("auto" picks bf16 only where it is fast)."""
-    if precision not in PRECISIONS:
-        raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
     if precision != "auto":
         return precision
     if device.type == "cuda":
@@ -151,13 +179,10 @@ def read_history(run_dir: Path):
 
 
 def selected_row(history: list[dict], averaged: bool) -> dict:
-    """The epoch whose weights are shipped (best.pt). With an average of the weights (``averaged``): the last
-    epoch, because the one-cycle schedule anneals the rate to zero and the average smooths the end, so taking
-    the maximum over noisy epochs would only add selection bias. Without one: the first epoch with the highest
-    validation accuracy with flip views, as predictions are made (plain accuracy where flip was not scored)."""
-    if averaged:
-        return history[-1]
-    return max(history, key=lambda r: r["val_acc_tta"] if r.get("val_acc_tta") is not None else r["val_acc"])
+    """The epoch whose weights are shipped. With an average of the weights (``averaged``): the last, because the
+    one-cycle schedule anneals to zero and the average smooths the end (a maximum over noisy epochs would only add
+    selection bias). Without: the first epoch with the highest validation accuracy with flip views."""
+    return history[-1] if averaged else max(history, key=lambda r: r["val_acc_tta"])
 
 
 def selection_rule(averaged: bool) -> str:
@@ -170,8 +195,6 @@ def selection_rule(averaged: bool) -> str:
 def split_for(dataset: Dataset, config: TrainConfig) -> tuple[FaceSet, FaceSet]:
     """The run's train/validation faces: the seeded stratified split (copies of a face kept on one side unless
     ``config.split`` is "random"), then ``max_train`` if set."""
-    if config.split not in SPLITS:
-        raise ConfigError(f"split must be one of {', '.join(SPLITS)}, got {config.split!r}")
     groups = None
     if config.split == "grouped":
         groups = cached_duplicates(dataset.train.images, cache_dir=default_cache_dir()).group
@@ -182,25 +205,10 @@ def split_for(dataset: Dataset, config: TrainConfig) -> tuple[FaceSet, FaceSet]:
     return train_set, val_set
 
 
-def is_complete(run_dir: Path) -> bool:
-    return (Path(run_dir) / "run.json").exists()
-
-
-@dataclass(frozen=True)
-class RunIdentity:
-    """What a run depends on besides its settings, computed once (hashing the faces and a weights file costs
-    seconds) and passed down: the training faces' fingerprint, the initial weights, and the cache key."""
-
-    fingerprint: str
-    weights_path: Path | None  # the file training starts from, None for random initialisation
-    weights_used: str  # "sha256:<hex>" of that file, or "random"
-    key: str
-
-
-def run_identity(dataset: Dataset, config: TrainConfig, warn: bool = True) -> RunIdentity:
-    weights_path, weights_used = resolve_weights(config.weights, warn=warn)
-    fingerprint = data_fingerprint(dataset.train)
-    return RunIdentity(fingerprint, weights_path, weights_used, run_key(config, fingerprint, weights_used))
+def train_eval_indices(n_train: int, seed: int) -> np.ndarray:
+    """The training faces scored like validation faces (``train_eval_acc``, ``train_eval_loss``, run.json's
+    ``train_eval``)."""
+    return np.random.default_rng(seed).permutation(n_train)[:TRAIN_EVAL_SAMPLE]
 
 
 def run_lock(run_dir: Path) -> Path:
@@ -209,58 +217,31 @@ def run_lock(run_dir: Path) -> Path:
     return run_dir.parent / f".{run_dir.name}.lock"
 
 
-def matches_run(run_dir: Path, run_key_expected: str) -> bool:
-    """Whether ``run_dir`` holds a finished run with this cache key (e.g. the model shipped with a report)."""
-    try:
-        meta = json.loads((Path(run_dir) / "config.json").read_text())
-    except (OSError, ValueError):
-        return False
-    return meta.get("run_key") == run_key_expected and all((Path(run_dir) / f).is_file() for f in RUN_FILES)
-
-
-def load_trained(run_dir: Path, device: str | torch.device = "cpu", which: str = "best"):
-    """(model in eval mode, TrainConfig) from a run directory.
-
-    ``which="best"``: the shipped float16 weights of a finished run (``weights.pt``), else the best-validation
-    checkpoint of a run in progress; ``which="last"``: the latest checkpoint.
-    """
-    run_dir = Path(run_dir)
-    meta = json.loads((run_dir / "config.json").read_text())
-    config = TrainConfig.from_dict(meta["config"])
-    if which == "best" and (run_dir / WEIGHTS_FILE).exists():
-        return load_trained_weights(run_dir / WEIGHTS_FILE, device), config
-    model = blank_model()
-    if which == "best" and (run_dir / "best.pt").exists():
-        state = torch.load(run_dir / "best.pt", map_location="cpu", weights_only=True)
-    else:
-        state = torch.load(run_dir / "checkpoint.pt", map_location="cpu", weights_only=True)["model"]
-    model.load_state_dict(state)
-    return model.to(device).eval(), config
-
-
 def blank_model():
-    """The network with random weights that a state dict is then loaded into, built without touching the caller's
-    global random state (initialising a ResNet18 draws from it)."""
+    """The network that a state dict is then loaded into, built without touching the caller's global random
+    state (initialising a ResNet18 draws from it)."""
     with torch.random.fork_rng(devices=[]):
         return build_model("random")[0]
 
 
 def load_trained_weights(path: Path, device: str | torch.device = "cpu"):
-    """The model in eval mode, in float32, from a shipped float16 state dict."""
+    """The model in eval mode, in float32, from a state dict (the shipped float16 one, or best.pt)."""
     model = blank_model()
     state = torch.load(path, map_location="cpu", weights_only=True)
     model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()})
     return model.to(device).eval()
 
 
+def load_trained(run_dir: Path, device: str | torch.device = "cpu"):
+    """(model in eval mode, TrainConfig) of a finished run: its shipped weights."""
+    run_dir = Path(run_dir)
+    config = TrainConfig.from_dict(json.loads((run_dir / "config.json").read_text())["config"])
+    return load_trained_weights(run_dir / WEIGHTS_FILE, device), config
+
+
 def prediction_tta(run_dir: Path) -> str:
-    """The test-time views a run's predictions use (chosen on validation; "flip" for runs that predate the choice)."""
-    try:
-        return json.loads((Path(run_dir) / "run.json").read_text()).get("tta", "flip")
-    except (OSError, ValueError):
-        return "flip"
+    """The test-time views a finished run's predictions use (chosen on validation, in run.json)."""
+    return json.loads((Path(run_dir) / "run.json").read_text())["tta"]
 
 
-def cache_key(dataset: Dataset, config: TrainConfig) -> str:
-    """The key a run of (config, data) is cached under (looking a run up is not training: no weights warning)."""
-    return run_identity(dataset, config, warn=False).key
+cache_key = run_key  # the name notebook 03 looks a sibling run up by

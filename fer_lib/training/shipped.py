@@ -18,10 +18,9 @@ import numpy as np
 from fer_lib.core.io import array_sha256, atomic_savez, file_sha256
 from fer_lib.data.face_keys import KEYS_FILE, SIDE_NAMES, TRAIN, VAL, FaceKeys, FaceMatch, match_faces
 from fer_lib.data.layouts import Dataset, FaceSet
-from fer_lib.training.runs import LATER_SETTINGS, RUN_FILES, TrainConfig
+from fer_lib.training.runs import RUN_FILES, TrainConfig
 
 SERVE_MIN_SHARE = 0.90  # of the user's training faces found among the model's
-_MATCH_FORMAT = 1  # bump when a cached match changes meaning
 
 
 def shipped_models(root: Path) -> list[Path]:
@@ -31,19 +30,13 @@ def shipped_models(root: Path) -> list[Path]:
             and all((d / f).is_file() for f in RUN_FILES)]
 
 
-def _recipe(settings: dict) -> dict:
-    """A config's settings without what does not change the recipe: the initial weights' origin (recorded apart)
-    and settings added later while off."""
-    settings = {k: v for k, v in settings.items() if k != "weights"}
-    return {k: v for k, v in settings.items() if not (k in LATER_SETTINGS and v == LATER_SETTINGS[k])}
-
-
 def same_recipe(model_dir: Path, config: TrainConfig) -> bool:
+    """Whether the model was trained with ``config``'s settings (its initial weights' origin aside: recorded apart)."""
     try:
         shipped = json.loads((Path(model_dir) / "config.json").read_text())["config"]
     except (OSError, ValueError, KeyError):
         return False
-    return _recipe(shipped) == _recipe(asdict(config))
+    return {**shipped, "weights": None} == {**asdict(config), "weights": None}
 
 
 @dataclass(frozen=True)
@@ -80,7 +73,7 @@ def cached_match(images: np.ndarray, model_dir: Path, cache_dir: Path | None) ->
         return None
     entry = None
     if cache_dir is not None:
-        name = f"facematch-{array_sha256(images)[:16]}-{file_sha256(keys_file)[:16]}-v{_MATCH_FORMAT}.npz"
+        name = f"facematch-{array_sha256(images)[:16]}-{file_sha256(keys_file)[:16]}.npz"
         entry = Path(cache_dir) / name
         if entry.exists():
             with np.load(entry) as z:
