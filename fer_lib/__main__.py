@@ -89,11 +89,19 @@ def cmd_score(args) -> None:
 
 
 def cmd_report(args) -> None:
-    from fer_lib.report.build import build_report
+    from fer_lib.report.build import NotebookFailed, build_report, notebook_paths
+    from fer_lib.report.context import load_context
 
-    sys.exit(build_report(data=args.data, profile=args.profile, out_root=Path(args.out), runs_root=Path(args.runs),
-                          device=args.device, notebooks=args.notebooks, wait=not args.no_wait, retrain=args.retrain,
-                          notebook_params=dict(args.param) or None))
+    notebook_paths(args.notebooks)  # an unknown name stops here, before any training
+    ctx = load_context(args.data or "", args.profile or "", args.runs, args.device, wait=not args.no_wait,
+                       retrain=args.retrain)
+    ctx.ensure_run()  # until ctx.prepare(): the run, then its calibration and test outputs, on disk
+    ctx.test_outputs()
+    try:
+        build_report(ctx, Path(args.out), args.notebooks, dict(args.param) or None)
+    except NotebookFailed as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(1)
 
 
 def notebook_parameter(text: str) -> tuple[str, object]:
