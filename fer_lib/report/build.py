@@ -25,7 +25,11 @@ from pathlib import Path
 
 from fer_lib import ConfigError
 from fer_lib.core.io import exclusive_lock, file_sha256
+from fer_lib.data.face_keys import KEYS_FILE
+from fer_lib.model.calibration import CALIBRATION_FILE
 from fer_lib.report.context import PROJECT_ROOT, SYNTHETIC_NOTICE, Context, shipped_root
+from fer_lib.training.predict import PREDICTIONS_FILE, TEST_DUPLICATES_FILE, TEST_OUTPUTS_FILE
+from fer_lib.training.runs import RUN_FILES
 
 NOTEBOOK_DIR = PROJECT_ROOT / "notebooks"
 TEMPLATES = Path(__file__).parent / "templates"
@@ -33,7 +37,6 @@ LIBRARIES = ("torch", "torchvision", "numpy", "pandas", "scikit-learn", "matplot
              "torchinfo", "papermill", "nbconvert")
 ANSWERS_FILE = "answers.json"  # per page: title, answer, key figure (kept across partial rebuilds)
 MODEL_FOLDER = "model"  # the run the pages were rendered from, shipped inside the report
-SHARED_PARAMETERS = ("data", "profile", "runs", "device")  # set from the context, never by ``params``
 
 
 class NotebookFailed(RuntimeError):
@@ -43,17 +46,12 @@ class NotebookFailed(RuntimeError):
 def notebook_paths(only: list[str] | None = None) -> list[Path]:
     """The report's notebooks in order; ``only`` picks by number ("01"), stem or file name."""
     paths = sorted(NOTEBOOK_DIR.glob("[0-9][0-9]_*.ipynb"))
-    if not only:
-        return paths
-
-    def picks(path: Path, name: str) -> bool:
-        return path.stem.startswith(name) or path.name == name
-
-    unknown = [o for o in only if not any(picks(p, o) for p in paths)]
+    picked = {name: [p for p in paths if p.stem.startswith(name) or p.name == name] for name in only or ()}
+    unknown = [name for name, found in picked.items() if not found]
     if unknown:
         raise ConfigError(f"no notebook matches {', '.join(unknown)}; the notebooks are "
                           + ", ".join(p.stem for p in paths))
-    return [p for p in paths if any(picks(p, o) for o in only)]
+    return [p for p in paths if not only or any(p in found for found in picked.values())]
 
 
 def title_of(notebook) -> str:
@@ -80,23 +78,17 @@ def page_answer(nb) -> dict:
     entry = {"title": title_of(nb), "answer": answer.strip(), "thumbnail": "", "thumbnail_alt": ""}
     figure = next((out for out in outputs("key-figure") if "image/png" in out["data"]), None)
     if figure is not None:
+        from PIL import Image
+
+        from fer_lib.plots.show import FIGURE_DPI
+
         png = figure["data"]["image/png"]
-        # plots.show_figure puts the figure's alt text in the PNG's metadata
-        entry.update(thumbnail="data:image/png;base64," + png, thumbnail_width=_css_width(png),
+        pixels = Image.open(io.BytesIO(base64.b64decode(png))).size[0]
+        # plots.show_figure puts the figure's alt text in the PNG's metadata and shows it at 96 CSS px per inch
+        entry.update(thumbnail="data:image/png;base64," + png, thumbnail_width=round(pixels * 96 / FIGURE_DPI),
                      thumbnail_alt=figure.get("metadata", {}).get("image/png", {}).get("alt") or "")
     return entry
 
-
-def _css_width(png_base64: str) -> int:
-    """The CSS width at which plots.show shows a PNG on its page (its dpi maps to 96 CSS px per inch)."""
-    from PIL import Image
-
-    from fer_lib.plots.show import FIGURE_DPI
-
-    return round(Image.open(io.BytesIO(base64.b64decode(png_base64))).size[0] * 96 / FIGURE_DPI)
-
-
-# ---------------------------------------------------------------------------------------------- HTML
 
 
 def render_page(nb, pages: list[dict], i: int, metrics: dict) -> str:
@@ -127,35 +119,25 @@ def render_index(pages: list[dict], metrics: dict) -> str:
     return offline_math(page)
 
 
-# ---------------------------------------------------------------------------------------------- provenance
-
 
 def git_commit() -> str:
-    try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=PROJECT_ROOT, capture_output=True, text=True,
-                                check=True).stdout.strip()
-        # report/ is this command's own output: a previous render there does not make the code uncommitted
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".", ":!report"],
-                               cwd=PROJECT_ROOT, capture_output=True, text=True).stdout.strip()
-        return commit + ("+uncommitted changes" if dirty else "")
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=PROJECT_ROOT, capture_output=True, text=True, check=True).stdout
+
+    try:  # report/ is this command's own output: a previous render there does not make the code uncommitted
+        dirty = git("status", "--porcelain", "--untracked-files=no", "--", ".", ":!report").strip()
+        return git("rev-parse", "HEAD").strip() + ("+uncommitted changes" if dirty else "")
     except (OSError, subprocess.CalledProcessError):
         return "unknown (not a git checkout)"
 
 
 def library_versions() -> dict[str, str]:
-    versions = {"python": platform.python_version()}
-    for name in LIBRARIES:
-        try:
-            versions[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            versions[name] = "not installed"
-    return versions
+    installed = {dist.metadata["Name"].lower(): dist.version for dist in metadata.distributions()}
+    return {"python": platform.python_version(), **{name: installed.get(name, "not installed") for name in LIBRARIES}}
 
 
 def provenance(ctx: Context, run_dir: Path) -> dict:
     """metrics.json: the data, code, run, calibration, test outputs and how the data met its model."""
-    from fer_lib.model.calibration import CALIBRATION_FILE
-
     config = json.loads((run_dir / "config.json").read_text())
     if ctx.served is not None:  # a copy the shipped model serves, matched face by face
         match = {"how": "matched face by face", **ctx.served.summary()}
@@ -180,24 +162,15 @@ def provenance(ctx: Context, run_dir: Path) -> dict:
     return metrics
 
 
-# ---------------------------------------------------------------------------------------------- the build
-
 
 def report_folder(out_root: Path, ctx: Context, run_key: str) -> Path:
-    """report/<name>, unless that folder ships another run's model (one with face keys: a shipped model, which
-    `make report RETRAIN=1` must not replace): then report/<name>-<run key>."""
-    from fer_lib.data.face_keys import KEYS_FILE
-
-    folder = out_root / ctx.report_name
-    try:
-        other = json.loads((folder / MODEL_FOLDER / "config.json").read_text())["run_key"]
-    except (OSError, ValueError, KeyError):
-        return folder
-    if other == run_key or not (folder / MODEL_FOLDER / KEYS_FILE).is_file():
-        return folder
-    print(f"note: {folder} ships another model (run {other}); this report goes to {folder.name}-{run_key}/",
-          file=sys.stderr)
-    return folder.with_name(f"{folder.name}-{run_key}")
+    """report/<name>, or report/<name>-<run key> where report/<name> ships another run's model with its face keys (a
+    shipped model, which `make report RETRAIN=1` must not replace)."""
+    folder, model = out_root / ctx.report_name, out_root / ctx.report_name / MODEL_FOLDER
+    if (model / KEYS_FILE).is_file() and json.loads((model / "config.json").read_text())["run_key"] != run_key:
+        print(f"note: {folder} ships another model; this report goes to {folder.name}-{run_key}/", file=sys.stderr)
+        return folder.with_name(f"{folder.name}-{run_key}")
+    return folder
 
 
 def _swap_in(staging: Path, final: Path) -> None:
@@ -218,14 +191,9 @@ def build_report(ctx: Context, out_root: Path = Path("report"), only: list[str] 
     import papermill as pm
     from traitlets.config import Config
 
-    from fer_lib.data.face_keys import KEYS_FILE
-    from fer_lib.model.calibration import CALIBRATION_FILE
-    from fer_lib.training.predict import PREDICTIONS_FILE, TEST_DUPLICATES_FILE, TEST_OUTPUTS_FILE
-    from fer_lib.training.runs import RUN_FILES
-
     started = time.perf_counter()
     selected = notebook_paths(only)
-    clash = sorted(set(params or {}) & set(SHARED_PARAMETERS))
+    clash = sorted(set(params or {}) & {"data", "profile", "runs", "device"})  # the context sets these
     if clash:
         raise ConfigError(f"params cannot set {', '.join(clash)}: they come from the context")
     run_dir = ctx.run_dir
@@ -262,7 +230,8 @@ def build_report(ctx: Context, out_root: Path = Path("report"), only: list[str] 
                     except Exception as err:
                         kept = out_root / ".failed" / final.name / nb.name
                         kept.parent.mkdir(parents=True, exist_ok=True)
-                        shutil.copy2(path, kept)
+                        if path.exists():  # papermill saves it with the error in the failing cell
+                            shutil.copy2(path, kept)
                         raise NotebookFailed(f"{nb.name} failed ({err.__class__.__name__}); the report was not "
                                              f"updated, {final} is as it was; the failed notebook, with its "
                                              f"traceback: {kept}") from err
@@ -272,25 +241,23 @@ def build_report(ctx: Context, out_root: Path = Path("report"), only: list[str] 
             # the model the pages were computed from travels with them, and so do its test predictions
             shutil.rmtree(staging / MODEL_FOLDER, ignore_errors=True)
             (staging / MODEL_FOLDER).mkdir()
-            for folder, names in ((run_dir, (*RUN_FILES, CALIBRATION_FILE, KEYS_FILE)),
-                                  (ctx.outputs_dir, (PREDICTIONS_FILE, TEST_DUPLICATES_FILE, TEST_OUTPUTS_FILE))):
-                for name in names:
-                    if (folder / name).is_file():
-                        shutil.copy2(folder / name, staging / MODEL_FOLDER / name)
-            for name in (PREDICTIONS_FILE, TEST_DUPLICATES_FILE):
-                if (staging / MODEL_FOLDER / name).is_file():
-                    shutil.copy2(staging / MODEL_FOLDER / name, staging / name)
+            for source in [run_dir / name for name in (*RUN_FILES, CALIBRATION_FILE, KEYS_FILE)] + [
+                    ctx.outputs_dir / name for name in (PREDICTIONS_FILE, TEST_DUPLICATES_FILE, TEST_OUTPUTS_FILE)]:
+                if source.is_file():
+                    shutil.copy2(source, staging / MODEL_FOLDER)
+                    if source.name in (PREDICTIONS_FILE, TEST_DUPLICATES_FILE):
+                        shutil.copy2(source, staging)
             metrics = provenance(ctx, run_dir)
             metrics["wall_seconds"] = {**timings, "total": round(time.perf_counter() - started, 2)}
             (staging / "metrics.json").write_text(json.dumps(metrics, indent=2))
             (staging / ANSWERS_FILE).write_text(json.dumps(answers, indent=1))
             # every page links to its neighbours in the notebooks' order; a kept page keeps its own provenance line
-            nav = [{"href": f"{p.stem}.html", "title": title_of(p)} for p in notebook_paths()]
-            for i, page in enumerate(nav):
-                if page["href"][:-5] in executed:
-                    (staging / page["href"]).write_text(render_page(executed[page["href"][:-5]], nav, i, metrics),
-                                                        "utf-8")
-            pages = [{**page, **answers[page["href"][:-5]]} for page in nav if page["href"][:-5] in answers]
+            stems = [p.stem for p in notebook_paths()]
+            nav = [{"href": f"{stem}.html", "title": title_of(NOTEBOOK_DIR / f"{stem}.ipynb")} for stem in stems]
+            for i, stem in enumerate(stems):
+                if stem in executed:
+                    (staging / f"{stem}.html").write_text(render_page(executed[stem], nav, i, metrics), "utf-8")
+            pages = [{**page, **answers[stem]} for stem, page in zip(stems, nav) if stem in answers]
             (staging / "index.html").write_text(render_index(pages, metrics), "utf-8")
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
