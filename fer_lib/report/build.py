@@ -54,17 +54,16 @@ def notebook_paths(only: list[str] | None = None) -> list[Path]:
     return [p for p in paths if not only or any(p in found for found in picked.values())]
 
 
-def title_of(notebook) -> str:
-    """The first "# " heading of a notebook (a path or a node)."""
+def title_of(notebook: Path) -> str:
+    """The notebook's first "# " heading."""
     import nbformat
 
-    nb = nbformat.read(notebook, as_version=4) if isinstance(notebook, (str, Path)) else notebook
-    for cell in nb.cells:
+    for cell in nbformat.read(notebook, as_version=4).cells:
         if cell.cell_type == "markdown":
             for line in cell.source.splitlines():
                 if line.startswith("# "):
                     return line[2:].strip()
-    return Path(nb.metadata.get("papermill", {}).get("input_path", "page")).stem
+    return notebook.stem
 
 
 def page_answer(nb) -> dict:
@@ -75,7 +74,7 @@ def page_answer(nb) -> dict:
                 if "data" in out]
 
     answer = " ".join(out["data"]["text/markdown"] for out in outputs("answer") if "text/markdown" in out["data"])
-    entry = {"title": title_of(nb), "answer": answer.strip(), "thumbnail": "", "thumbnail_alt": ""}
+    entry = {"answer": answer.strip(), "thumbnail": "", "thumbnail_alt": ""}
     figure = next((out for out in outputs("key-figure") if "image/png" in out["data"]), None)
     if figure is not None:
         from PIL import Image
@@ -236,7 +235,7 @@ def build_report(ctx: Context, out_root: Path = Path("report"), only: list[str] 
                                              f"updated, {final} is as it was; the failed notebook, with its "
                                              f"traceback: {kept}") from err
                     executed[nb.stem] = nbformat.read(path, as_version=4)
-                    answers[nb.stem] = page_answer(executed[nb.stem])
+                    answers[nb.stem] = {"title": title_of(nb), **page_answer(executed[nb.stem])}
                     timings[nb.stem] = round(time.perf_counter() - t, 2)
             # the model the pages were computed from travels with them, and so do its test predictions
             shutil.rmtree(staging / MODEL_FOLDER, ignore_errors=True)
