@@ -173,13 +173,22 @@ def report_folder(out_root: Path, ctx: Context, run_key: str) -> Path:
 
 
 def _swap_in(staging: Path, final: Path) -> None:
-    """Put ``staging`` in place of ``final``: two renames through a backup that a killed build leaves for the next
-    one to restore (see build_report), so the report is never lost."""
+    """Put ``staging`` in place of ``final``: two renames through a backup, which :func:`recover` puts back where a
+    build was killed between them, so the report is never lost."""
     backup = final.with_name(f".{final.name}.previous")
     if final.exists():
         os.rename(final, backup)
     os.rename(staging, final)
     shutil.rmtree(backup, ignore_errors=True)
+
+
+def recover(final: Path) -> None:
+    """Undo what a killed build of ``final`` left (called under the report's lock): remove its staging folder, and
+    put back the old report it had moved aside and not yet replaced."""
+    shutil.rmtree(final.with_name(f".{final.name}.staging"), ignore_errors=True)
+    backup = final.with_name(f".{final.name}.previous")
+    if backup.is_dir() and not final.exists():
+        os.rename(backup, final)
 
 
 def build_report(ctx: Context, out_root: Path = Path("report"), only: list[str] | None = None,
@@ -199,25 +208,21 @@ def build_report(ctx: Context, out_root: Path = Path("report"), only: list[str] 
     run_key = json.loads((run_dir / "config.json").read_text())["run_key"]
     out_root = Path(out_root).resolve()
     final = report_folder(out_root, ctx, run_key)
-    staging, backup = final.with_name(f".{final.name}.staging"), final.with_name(f".{final.name}.previous")
+    staging = final.with_name(f".{final.name}.staging")
     shared = {"data": str(ctx.data_path), "profile": ctx.profile, "runs": str(ctx.runs_root), "device": ctx.device}
     with exclusive_lock(out_root / f".{final.name}.lock", f"building {final}", wait=ctx.wait):
-        # what a killed build left: its staging folder, or the old report moved aside and not yet replaced
-        shutil.rmtree(staging, ignore_errors=True)
-        if backup.is_dir() and not final.exists():
-            os.rename(backup, final)
+        recover(final)
         answers = {}
         if only and final.is_dir() and json.loads((final / "metrics.json").read_text())["run_key"] == run_key:
             shutil.copytree(final, staging)  # the other pages of the same run are kept
             answers = json.loads((staging / ANSWERS_FILE).read_text())
         else:
             staging.mkdir(parents=True)
-        timings = {}
         try:
             with tempfile.TemporaryDirectory(prefix="fer-executed-") as executed_dir:
                 # the kernel talks over Unix sockets there: no network port, and no warning that TCP is unencrypted
                 kernel_config = Config(KernelManager={"transport": "ipc", "ip": str(Path(executed_dir) / "kernel")})
-                executed = {}
+                executed, timings = {}, {}
                 for nb in selected:
                     t = time.perf_counter()
                     print(f"executing {nb.name} ...", flush=True)
@@ -231,9 +236,8 @@ def build_report(ctx: Context, out_root: Path = Path("report"), only: list[str] 
                         kept.parent.mkdir(parents=True, exist_ok=True)
                         if path.exists():  # papermill saves it with the error in the failing cell
                             shutil.copy2(path, kept)
-                        raise NotebookFailed(f"{nb.name} failed ({err.__class__.__name__}); the report was not "
-                                             f"updated, {final} is as it was; the failed notebook, with its "
-                                             f"traceback: {kept}") from err
+                        raise NotebookFailed(f"{nb.name} failed ({err.__class__.__name__}): {final} was not updated; "
+                                             f"the failed notebook, with its traceback: {kept}") from err
                     executed[nb.stem] = nbformat.read(path, as_version=4)
                     answers[nb.stem] = {"title": title_of(nb), **page_answer(executed[nb.stem])}
                     timings[nb.stem] = round(time.perf_counter() - t, 2)
