@@ -214,6 +214,34 @@ def test_an_unknown_notebook_or_a_clashing_parameter_is_refused_before_anything_
     assert not (tmp_path / "runs").exists() and not (tmp_path / "report").exists(), "nothing trained or written"
 
 
+def test_a_build_killed_while_swapping_its_report_in_leaves_one_for_the_next_build(tmp_path, monkeypatch):
+    """The swap is two renames through a backup: killed between them, the next build (recover, under the lock)
+    puts the old report back; done, the new one is whole and nothing is left beside it."""
+    final, staging = tmp_path / "fer2013", tmp_path / ".fer2013.staging"
+    for folder, marker in ((final, "old"), (staging, "new")):
+        folder.mkdir()
+        (folder / "index.html").write_text(marker)
+    real_rename, calls = os.rename, []
+
+    def dies_on_second_rename(src, dst):
+        calls.append(src)
+        if len(calls) == 2:
+            raise KeyboardInterrupt  # killed between "old -> backup" and "new -> final"
+        real_rename(src, dst)
+
+    monkeypatch.setattr(os, "rename", dies_on_second_rename)
+    with pytest.raises(KeyboardInterrupt):
+        report_mod._swap_in(staging, final)
+    monkeypatch.setattr(os, "rename", real_rename)
+    assert not final.exists()
+    report_mod.recover(final)
+    assert (final / "index.html").read_text() == "old" and not staging.exists(), "old report back, staging gone"
+    staging.mkdir()
+    (staging / "index.html").write_text("new")
+    report_mod._swap_in(staging, final)
+    assert (final / "index.html").read_text() == "new" and sorted(p.name for p in tmp_path.iterdir()) == ["fer2013"]
+
+
 def test_a_cell_tagged_evidence_folds_under_its_summary():
     """The report's template: a Markdown cell's text, or a code cell's outputs, inside <details> under the summary in
     the cell's metadata; an untagged cell and the code itself stay as they are (shown, and hidden)."""
