@@ -89,7 +89,6 @@ def page_answer(nb) -> dict:
     return entry
 
 
-
 def render_page(nb, pages: list[dict], i: int, metrics: dict) -> str:
     """An executed notebook as a self-contained page (images as data URIs, formulas as MathML), no code cells."""
     from nbconvert import HTMLExporter
