@@ -88,14 +88,18 @@ def cmd_score(args) -> None:
 
 
 def cmd_report(args) -> None:
-    from fer_lib.report.build import build_report, notebook_paths
+    from fer_lib.report.build import NotebookFailed, build_report, notebook_paths
     from fer_lib.report.context import load_context
 
     notebook_paths(args.notebooks)  # an unknown notebook name stops here, before any training
     ctx = load_context(args.data or "", args.profile or "", args.runs, args.device, wait=not args.no_wait,
                        retrain=args.retrain)
     ctx.prepare()  # trains or resumes first if needed; the run's outputs for this data; the builder only renders
-    build_report(ctx, out_root=Path(args.out), only=args.notebooks, params=dict(args.param) or None)
+    try:
+        build_report(ctx, out_root=Path(args.out), only=args.notebooks, params=dict(args.param) or None)
+    except NotebookFailed as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(1)
 
 
 def notebook_parameter(text: str) -> tuple[str, object]:

@@ -115,7 +115,7 @@ def test_a_swap_killed_at_any_step_leaves_a_whole_report(tmp_path, monkeypatch, 
 
 def test_two_builds_started_together_end_with_one_complete_report(tiny_dataset, tmp_path):
     """Two `report` processes for the same data: the run is trained once, both finish, one report remains."""
-    from fer_lib.report.build import _recover, notebook_paths
+    from fer_lib.report.build import notebook_paths, recover
 
     args = [sys.executable, "-m", "fer_lib", "report", "--data", str(tiny_dataset), "--profile", "smoke",
             "--out", str(tmp_path / "report"), "--runs", str(tmp_path / "runs"), "--notebooks", "08",
@@ -148,5 +148,5 @@ def test_two_builds_started_together_end_with_one_complete_report(tiny_dataset, 
         proc.kill()
         proc.wait()
     assert {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file()} == before
-    _recover(tmp_path / "report", folder.name)  # what the next build does first
+    recover(folder)  # what the next build does first
     assert not [p for p in (tmp_path / "report").iterdir() if "staging" in p.name]

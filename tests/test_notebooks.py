@@ -61,7 +61,7 @@ def test_empty_defaults_resolve_to_the_project_folders_from_any_directory(projec
     assert not (project / "runs").exists()
 
     # `make report` trains once from the project root; the notebook opened in notebooks/ then finds that run
-    trained = contexts[0].ensure_run()
+    trained = contexts[0].prepare()
     monkeypatch.setattr(train_mod, "train", lambda *a, **k: pytest.fail("a notebook trained again"))
     assert contexts[1].run_dir == contexts[2].run_dir == trained and trained.parent == project / "runs"
 

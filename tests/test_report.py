@@ -18,7 +18,8 @@ import pytest
 from PIL import Image
 
 import fer_lib.report.build as report_mod
-from fer_lib.report.build import build_report, notebook_paths
+from fer_lib.report.build import NotebookFailed, build_report, notebook_paths
+from fer_lib.report.context import load_context
 
 from .conftest import write_layout
 
@@ -119,21 +120,24 @@ def test_other_copies_are_served_too(layout, shipped, tmp_path):
         assert "test" not in metrics
 
 
+def served_context(served_copy, runs):
+    """The context the CLI prepares for the served copy (the `built` fixture prepared its run and outputs)."""
+    return load_context(str(served_copy[0]), "smoke", str(runs), "cpu")
+
+
 def test_a_failing_notebook_leaves_the_previous_report_untouched(built, served_copy, shipped, tmp_path, monkeypatch):
     _, folder, runs = built
     monkeypatch.setenv("FER_MODELS", str(shipped[0]))
-    before = {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file()}
+    before = {p.relative_to(folder): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
     broken = tmp_path / "notebooks"
     broken.mkdir()
     nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("raise RuntimeError('boom')")])
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
     nbformat.write(nb, broken / "01_broken.ipynb")
     monkeypatch.setattr(report_mod, "NOTEBOOK_DIR", broken)
-    code = build_report(data=str(served_copy[0]), profile="smoke", out_root=folder.parent, runs_root=runs,
-                        device="cpu")
-    assert code == 1
-    after = {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file()}
-    assert after == before
+    with pytest.raises(NotebookFailed, match="01_broken.ipynb failed"):
+        build_report(served_context(served_copy, runs), folder.parent)
+    assert {p.relative_to(folder): p.read_bytes() for p in folder.rglob("*") if p.is_file()} == before
     assert not list(folder.parent.glob(".*staging*")), "the staging folder is cleaned up"
     kept = folder.parent / ".failed" / folder.name / "01_broken.ipynb"
     assert kept.exists(), "the failed notebook is kept for debugging"
@@ -179,7 +183,7 @@ def test_rebuilding_some_notebooks_keeps_the_other_pages(built, served_copy, shi
 
     _, folder, runs = built
     monkeypatch.setenv("FER_MODELS", str(shipped[0]))
-    before = sorted(p.name for p in folder.glob("*.html"))
+    before = {p.name: p.read_bytes() for p in folder.glob("*.html")}
     executed = []
     real_execute = papermill.execute_notebook
 
@@ -188,26 +192,81 @@ def test_rebuilding_some_notebooks_keeps_the_other_pages(built, served_copy, shi
         return real_execute(source, *args, **kwargs)
 
     monkeypatch.setattr(papermill, "execute_notebook", counting)
-    code = build_report(data=str(served_copy[0]), profile="smoke", out_root=folder.parent, runs_root=runs,
-                        device="cpu", notebooks=["08"])
-    assert code == 0
+    index = build_report(served_context(served_copy, runs), folder.parent, only=["08"])
+    assert index == folder / "index.html"
     assert [p.rsplit("/", 1)[-1] for p in executed] == ["08_appendix_recipe.ipynb"], "only the selected notebook ran"
-    assert sorted(p.name for p in folder.glob("*.html")) == before, "every page is still there"
-    index = (folder / "index.html").read_text()
+    after = {p.name: p.read_bytes() for p in folder.glob("*.html")}
+    assert sorted(after) == sorted(before), "every page is still there"
+    assert after["08_appendix_recipe.html"] != before["08_appendix_recipe.html"], "08 rendered again"
+    assert after["01_model.html"] == before["01_model.html"], "the other pages kept as they were"
     for nb in notebook_paths():
-        assert f'href="{nb.stem}.html"' in index
+        assert f'href="{nb.stem}.html"' in index.read_text()
 
 
 def test_an_unknown_notebook_or_a_clashing_parameter_is_refused_before_anything_runs(tiny_dataset, tmp_path):
     from fer_lib import ConfigError
 
+    ctx = load_context(str(tiny_dataset), "smoke", str(tmp_path / "runs"), "cpu")
     with pytest.raises(ConfigError, match="no notebook matches 99"):
-        build_report(data=str(tiny_dataset), profile="smoke", out_root=tmp_path, runs_root=tmp_path,
-                     notebooks=["99"])
+        build_report(ctx, tmp_path / "report", only=["99"])
     with pytest.raises(ConfigError, match="cannot set profile"):
-        build_report(data=str(tiny_dataset), profile="smoke", out_root=tmp_path, runs_root=tmp_path,
-                     notebook_params={"profile": "full", "ascent_steps": 4})
-    assert not list(tmp_path.iterdir()), "nothing trained or written"
+        build_report(ctx, tmp_path / "report", params={"profile": "full", "ascent_steps": 4})
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "report").exists(), "nothing trained or written"
+
+
+def test_a_build_killed_while_swapping_its_report_in_leaves_one_for_the_next_build(tmp_path, monkeypatch):
+    """The swap is two renames through a backup: killed between them, the next build (recover, under the lock)
+    puts the old report back; done, the new one is whole and nothing is left beside it."""
+    final, staging = tmp_path / "fer2013", tmp_path / ".fer2013.staging"
+    for folder, marker in ((final, "old"), (staging, "new")):
+        folder.mkdir()
+        (folder / "index.html").write_text(marker)
+    real_rename, calls = os.rename, []
+
+    def dies_on_second_rename(src, dst):
+        calls.append(src)
+        if len(calls) == 2:
+            raise KeyboardInterrupt  # killed between "old -> backup" and "new -> final"
+        real_rename(src, dst)
+
+    monkeypatch.setattr(os, "rename", dies_on_second_rename)
+    with pytest.raises(KeyboardInterrupt):
+        report_mod._swap_in(staging, final)
+    monkeypatch.setattr(os, "rename", real_rename)
+    assert not final.exists()
+    report_mod.recover(final)
+    assert (final / "index.html").read_text() == "old" and not staging.exists(), "old report back, staging gone"
+    staging.mkdir()
+    (staging / "index.html").write_text("new")
+    report_mod._swap_in(staging, final)
+    assert (final / "index.html").read_text() == "new" and sorted(p.name for p in tmp_path.iterdir()) == ["fer2013"]
+
+
+def test_a_cell_tagged_evidence_folds_under_its_summary():
+    """The report's template: a Markdown cell's text, or a code cell's outputs, inside <details> under the summary in
+    the cell's metadata; an untagged cell and the code itself stay as they are (shown, and hidden)."""
+    from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook, new_output
+
+    def evidence(cell, summary):
+        cell.metadata.update(tags=["evidence"], summary=summary)
+        return cell
+
+    shown = new_code_cell("print('answer')", outputs=[new_output("stream", name="stdout", text="the answer\n")])
+    table = new_code_cell("show(table)", outputs=[new_output("display_data", data={"text/html": "<table>T</table>"})])
+    nb = new_notebook(cells=[new_markdown_cell("# Q9. A question"), shown,
+                             evidence(new_markdown_cell("How the $p$ value was **computed**"), "Method <1>"),
+                             evidence(table, "The table"), evidence(new_code_cell("x = 1"), "Nothing shown")])
+    metrics = {"dataset": "d", "synthetic": False, "git_commit": "abc", "data_files": {"train.csv": "0" * 64},
+               "profile": "smoke", "run_key": "k", "built": "now"}
+    page = report_mod.render_page(nb, [{"href": "09_q.html", "title": "Q9. A question"}], 0, metrics)
+    folds = re.findall(r'<details class="fer-evidence"><summary>(.*?)</summary>(.*?)</details>', page, re.S)
+    assert [summary for summary, _ in folds] == ["Method &lt;1&gt;", "The table"], "no fold without outputs"
+    assert "<strong>computed</strong>" in folds[0][1] and "<math" in folds[0][1]
+    assert "<table>T</table>" in folds[1][1]
+    assert "the answer" in page.split("<details")[0], "an untagged cell is shown, above the folds"
+    assert "print(" not in page and "x = 1" not in page, "no code"
+    assert "<title>Q9. A question | FER report: d</title>" in page and "data sha256 000000000000" in page
+    assert not re.search(r"<script[^>]+src=", page), "nothing loaded from elsewhere"
 
 
 # ------------------------------------------------------------------------- what a reader sees
@@ -217,8 +276,8 @@ def _visible_text(fragment: str) -> str:
     the builder's navigation and provenance lines."""
     import html as html_mod
 
-    for pattern in (r"<head\b.*?</head>", r"<!--fer-top-->.*?<!--/fer-top-->",
-                    r"<!--fer-bottom-->.*?<!--/fer-bottom-->", r"<(style|script|details|table|math)\b.*?</\1>"):
+    for pattern in (r"<head\b.*?</head>", r'<div class="fer-(banner|prov)">.*?</div>',
+                    r"<(style|script|details|table|math|nav)\b.*?</\1>"):
         fragment = re.sub(pattern, " ", fragment, flags=re.S | re.I)
     return " ".join(html_mod.unescape(re.sub(r"<[^>]+>", " ", fragment)).split())
 
