@@ -1,4 +1,4 @@
-"""Shared statistics: Wilson intervals and ties between proportions and counts."""
+"""Shared statistics: Wilson intervals, ties between proportions, AUROC by ranks, percentile intervals."""
 from __future__ import annotations
 
 import numpy as np
@@ -33,28 +33,6 @@ def proportions_tie(k1: int, n1: int, k2: int, n2: int, z: float = Z95) -> bool:
     pooled = (k1 + k2) / (n1 + n2)
     se = np.sqrt(pooled * (1 - pooled) * (1 / n1 + 1 / n2))
     return bool(abs(k1 / n1 - k2 / n2) <= z * se)
-
-
-def counts_tie(k1: int, k2: int, z: float = Z95) -> bool:
-    """Whether two counts from the same faces (two confusions of one true class) are within noise.
-
-    Among the k1 + k2 faces that went to either class, equal rates mean each went to the first with probability
-    1/2; the counts tie when the Wilson interval of k1 / (k1 + k2) contains 1/2.
-    """
-    if k1 + k2 == 0:
-        return True
-    low, high = wilson_interval(k1, k1 + k2, z)
-    return bool(low <= 0.5 <= high)
-
-
-
-def bootstrap_interval(statistic, n: int, resamples: int = 1000, level: float = 0.95, seed: int = 0):
-    """Percentile bootstrap interval (low, high) of ``statistic(indices)`` over ``n`` items resampled with
-    replacement; the statistic may return an array (intervals elementwise)."""
-    rng = np.random.default_rng(seed)
-    values = np.array([statistic(rng.integers(0, n, n)) for _ in range(resamples)])
-    tail = (1 - level) / 2 * 100
-    return np.percentile(values, tail, axis=0), np.percentile(values, 100 - tail, axis=0)
 
 
 def rank_auroc(scores, positive) -> np.ndarray:

@@ -103,6 +103,15 @@ def _display_png(png: bytes, css_width: int, alt: str) -> None:
 # --------------------------------------------------------------------------------------------- page structure
 
 
+def interval(low: float, high: float, value: float | None = None, signed: bool = False, digits: int = 0) -> str:
+    """A 95% interval of a share as the pages write it: "64–69%", with its ``value`` "66% (64–69%)"; ``signed``,
+    a difference in points: "+1.0 to +2.9 points"."""
+    if signed:
+        return f"{low * 100:+.{digits}f} to {high * 100:+.{digits}f} points"
+    text = f"{low * 100:.{digits}f}–{high * 100:.{digits}f}%"
+    return text if value is None else f"{value * 100:.{digits}f}% ({text})"
+
+
 class Html(str):
     """Text that is HTML already (a figure's <img>, a table): ``details`` puts it in as it is."""
 
