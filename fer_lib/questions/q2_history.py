@@ -8,12 +8,6 @@ import numpy as np
 
 from fer_lib.core.stats import Z95, wilson_interval
 
-
-def _wilson(p: float, n: int) -> tuple[float, float]:
-    low, high = wilson_interval(round(p * n), n)
-    return float(low), float(high)
-
-
 # --------------------------------------------------------------------------------------------- one set of numbers
 
 
@@ -39,8 +33,9 @@ def run_accuracy(run: dict) -> RunAccuracy:
     by = {mode: float(acc) for mode, acc in run["val_acc_by_tta"].items()}
     views = run.get("tta", "none")
     picked = views != "none" and sum(mode != "none" for mode in by) > 1
-    return RunAccuracy(by["none"], *_wilson(by["none"], run["val_faces"]), views, by.get(views, by["none"]),
-                       int(run["val_faces"]), by, picked)
+    low, high = wilson_interval(round(by["none"] * run["val_faces"]), run["val_faces"])
+    return RunAccuracy(by["none"], float(low), float(high), views, by.get(views, by["none"]), int(run["val_faces"]),
+                       by, picked)
 
 
 # --------------------------------------------------------------------------------------------- Q2: history
@@ -96,10 +91,6 @@ class HistoryFindings:
     rise_while_annealing: bool  # ... while the learning rate fell, from below anneal_fraction of its peak
     costs_accuracy: bool  # validation accuracy fell by more than one standard error (over the rise, or at the end)
     verdict: str  # "overfits", "underfits" or "fits well"
-
-    @property
-    def rise_acc_change(self) -> float:
-        return self.final_val_acc - self.rise_acc_start
 
     @property
     def averaged(self) -> bool:
@@ -219,11 +210,6 @@ class SplitCopies:
         return self.random_near / max(self.val_faces_random, 1)
 
 
-def copies_across(train_groups: np.ndarray, val_groups: np.ndarray) -> int:
-    """Validation faces whose group id also occurs among the training faces."""
-    return int(np.isin(val_groups, np.unique(train_groups)).sum())
-
-
 def split_copies(dataset, split, val_fraction: float, seed: int, cache_dir=None) -> SplitCopies:
     """:class:`SplitCopies` of ``split`` (the run's (train, val) FaceSets, ids = training-file rows) against a
     random split of ``dataset.train`` with the same ``val_fraction`` and ``seed``."""
@@ -240,8 +226,7 @@ def split_copies(dataset, split, val_fraction: float, seed: int, cache_dir=None)
     out = []
     for which, (train, val) in (("run", split), ("random", random)):
         train_at, val_at = at[which](train.ids), at[which](val.ids)
-        out += [len(val), copies_across(dup.exact_group[train_at], dup.exact_group[val_at]),
-                copies_across(dup.group[train_at], dup.group[val_at])]
+        out += [len(val)] + [int(np.isin(g[val_at], g[train_at]).sum()) for g in (dup.exact_group, dup.group)]
     s = dup.summary()
     return SplitCopies(*out, s.get("test_faces", 0), s.get("test_exact_copies", 0), s.get("test_near_copies", 0))
 

@@ -63,11 +63,6 @@ class ConfusionFindings:
         """Classes by recall, worst first, leaving out the rare ones."""
         return [c for c in self.hardest if c not in self.rare]
 
-    @property
-    def errors(self) -> dict[str, int]:
-        """Misclassified validation faces per class."""
-        return {n: int(self.support[i] - self.counts[i, i]) for i, n in enumerate(CLASS_NAMES)}
-
     def ranked(self, by: str = "faces"):
         """The confusions ranked by ``faces`` (most faces first) or by ``rate`` (share of the true class), with
         ``rank`` from 1 and ``ties_top``: tied with rank 1 (counts as shares of all faces, rates of their class)."""
@@ -82,12 +77,6 @@ class ConfusionFindings:
     def top_pairs(self, k: int = 3, by: str = "faces") -> list[tuple[str, str]]:
         """The ``k`` first (true, predicted) pairs of ``ranked(by)``."""
         return list(zip(*(self.ranked(by)[c][:k] for c in ("true", "predicted"))))
-
-    @property
-    def main_pair(self) -> tuple[str, str] | None:
-        """The main confusion: the off-diagonal cell with the most faces, or None without errors."""
-        pairs = self.top_pairs(1)
-        return pairs[0] if pairs else None
 
     def top_confusions(self, name: str) -> list[tuple[str, int]]:
         """(predicted class, faces) of the class's most frequent confusion and of every other confusion tied with
@@ -280,37 +269,21 @@ def calibration_findings(logits, labels, seed: int = 0) -> CalibrationFindings:
 class CopyAccuracy:
     """Accuracy on validation faces with and without a copy in the training part (a split that allows copies)."""
 
-    with_copy: int
-    with_copy_correct: int
+    with_copy: int  # validation faces with a copy
+    accuracy_with: float
+    interval_with: tuple[float, float]  # 95% Wilson
     without_copy: int
-    without_copy_correct: int
-
-    @property
-    def accuracy_with(self) -> float:
-        return self.with_copy_correct / max(self.with_copy, 1)
-
-    @property
-    def accuracy_without(self) -> float:
-        return self.without_copy_correct / max(self.without_copy, 1)
-
-    @property
-    def interval_with(self) -> tuple[float, float]:
-        return tuple(float(x) for x in wilson_interval(self.with_copy_correct, self.with_copy))
-
-    @property
-    def interval_without(self) -> tuple[float, float]:
-        return tuple(float(x) for x in wilson_interval(self.without_copy_correct, self.without_copy))
-
-    @property
-    def tie(self) -> bool:
-        """Whether the two accuracies are within noise of each other (a two-proportion z-test at 5%)."""
-        return proportions_tie(self.with_copy_correct, self.with_copy, self.without_copy_correct, self.without_copy)
+    accuracy_without: float
+    interval_without: tuple[float, float]
+    tie: bool  # the two accuracies are within noise (a two-proportion z-test at 5%)
 
 
 def accuracy_by_copy(y_true: np.ndarray, y_pred: np.ndarray, has_copy: np.ndarray) -> CopyAccuracy:
-    right, has_copy = np.asarray(y_true) == np.asarray(y_pred), np.asarray(has_copy, dtype=bool)
-    return CopyAccuracy(int(has_copy.sum()), int((right & has_copy).sum()), int((~has_copy).sum()),
-                        int((right & ~has_copy).sum()))
+    right, has = np.asarray(y_true) == np.asarray(y_pred), np.asarray(has_copy, dtype=bool)
+    (k1, k2), (n1, n2) = (int(right[has].sum()), int(right[~has].sum())), (int(has.sum()), int((~has).sum()))
+    low, high = wilson_interval([k1, k2], [n1, n2])
+    return CopyAccuracy(n1, k1 / max(n1, 1), (float(low[0]), float(high[0])), n2, k2 / max(n2, 1),
+                        (float(low[1]), float(high[1])), proportions_tie(k1, n1, k2, n2))
 
 
 def random_split_accuracy(dataset, config, runs_root, random_run: str = "", cache_dir=None) -> CopyAccuracy | None:
