@@ -199,12 +199,6 @@ def confusion_findings(y_true: np.ndarray, y_pred: np.ndarray, train_labels: np.
         [CLASS_NAMES[i] for i in present if support[i] < rare_fraction * median], share)
 
 
-def misclassified(y_true: np.ndarray, y_pred: np.ndarray, true_name: str, pred_name: str, limit: int = 8) -> np.ndarray:
-    """Indices of faces of class ``true_name`` predicted as ``pred_name`` (first ``limit``)."""
-    t, p = CLASS_NAMES.index(true_name), CLASS_NAMES.index(pred_name)
-    return np.flatnonzero((np.asarray(y_true) == t) & (np.asarray(y_pred) == p))[:limit]
-
-
 # --------------------------------------------------------------------------------------------- calibration
 
 
@@ -346,7 +340,8 @@ def confusion_answer(ctx, random_run: str = "") -> ConfusionAnswer:
     return ConfusionAnswer(
         f, run_accuracy(json.loads((ctx.run_dir / "run.json").read_text())),
         calibration_findings(logits, val.labels, seed=cfg.seed), shown,
-        {pair: misclassified(val.labels, y_pred, *pair) for pair in shown},
+        {(t, p): np.flatnonzero((val.labels == CLASS_NAMES.index(t)) & (y_pred == CLASS_NAMES.index(p)))[:8]
+         for t, p in shown},
         crowd_evidence(load_votes(ctx.dataset), val, y_pred, shown),
         split_copies(ctx.dataset, ctx.split, cfg.val_fraction, cfg.seed, cache),
         random_split_accuracy(ctx.dataset, cfg, ctx.runs_root, random_run, cache),
