@@ -55,8 +55,17 @@ def test_the_reports_figures_keep_their_text_readable():
     h = history([0.4, 0.5, 0.55, 0.6])
     h["val_acc_raw"], h["train_eval_acc"] = [0.42, 0.49, 0.57, 0.58], [0.41, 0.52, 0.58, 0.66]
     c = calibration_findings(torch.randn(300, 7), np.random.default_rng(0).integers(0, 7, 300))
-    for fig in (plot_confusion(f.counts, f.rates), plot_history(h),
+    for fig in (plot_confusion(f.counts, f.rates), plot_history(h, "history", kept_epoch=4, kept_train_loss=0.5),
                 plot_reliability(c.before, c.after, c.ece_before, c.ece_after, c.temperature)):
         # the on-page size does not depend on the dpi (a PNG drawn at 40 dpi is just shown larger): cheap to test
         width = Image.open(io.BytesIO(figure_png(fig, dpi=40))).size[0]
         assert smallest_text_px(fig, width, dpi=40)[0] >= 9
+
+
+def test_one_interval_formatter_for_every_page():
+    from fer_lib.plots.show import interval
+
+    assert interval(0.6449, 0.6851) == "64–69%"
+    assert interval(0.64, 0.69, value=0.663) == "66% (64–69%)"
+    assert interval(0.0103, 0.0291, signed=True, digits=1) == "+1.0 to +2.9 points"
+    assert interval(-0.004, 0.012, signed=True, digits=1) == "-0.4 to +1.2 points"

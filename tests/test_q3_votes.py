@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import gzip
+from pathlib import Path
 
 import matplotlib
 
@@ -12,7 +13,7 @@ import pytest
 
 from fer_lib.data.layouts import Dataset, FaceSet
 from fer_lib.questions.q3_confusion import confusion_findings
-from fer_lib.questions.q3_votes import VotesError, crowd_summary, load_votes, pair_evidence, read_votes, votes_file_for
+from fer_lib.questions.q3_votes import Votes, VotesError, crowd_evidence, load_votes, read_votes, votes_file_for
 
 AN, DI, FE, HA, SA, SU, NE = range(7)
 VOTE_HEADER = "Usage,Image name,neutral,happiness,surprise,sadness,anger,disgust,fear,contempt,unknown,NF"
@@ -50,36 +51,43 @@ def test_no_votes_file_means_no_votes(tmp_path):
 @pytest.mark.parametrize("rows, header, message", [
     (["1,0,0,0,9,0,0,0,0,0"] * 3, VOTE_HEADER, "3 rows of votes, but"),
     (["1,0,0,0,9,0,0,0,0,0", "1,0,x,0,9,0,0,0,0,0"], VOTE_HEADER, "line 3: column 'surprise' is 'x'"),
-    (["1,0,0,0,9,0,0,0,0,0", "1,0,0,0,9"], VOTE_HEADER, "line 3: 7 fields, expected 12"),
+    (["1,0,0,0,9,0,0,0,0,0", "1,0,0,0,9"], VOTE_HEADER, "line 3: column 'disgust' is ''"),  # a short row
+    (["1,0,0,0,9,0,0,0,0,0", "1,0,0,0,9,0,0,0,0,0,1"], VOTE_HEADER, "Expected 12 fields in line 3, saw 13"),
+    (["1,0,0,0,9,0,0,0,0,0,1", "1,0,0,0,9,0,0,0,0,0"], VOTE_HEADER, "cannot read the votes file"),
+    (["1,0,0,0,9,0,0,0,0,0", "", "1,0,0,0,9,0,0,0,0,0"], VOTE_HEADER, "line 3: blank line inside the file"),
     (["1,0,0,0,9,0,0,0,0"] * 2, VOTE_HEADER.replace(",NF", ""), "line 1: missing vote column(s) NF"),
 ])
 def test_bad_votes_files_are_refused_naming_file_and_line(tmp_path, rows, header, message):
-    path = write_votes(tmp_path / "train_ferplus.csv", rows, header)
+    path = tmp_path / "train_ferplus.csv"
+    lines = [f"Training,fer{i:07d}.png,{r}\n" if r else "\n" for i, r in enumerate(rows)]  # "" is a blank line
+    path.write_text(header + "\n" + "".join(lines))
     with pytest.raises(VotesError, match="train_ferplus.csv") as err:
         read_votes(path, expected_rows=2, train_file=tmp_path / "train.csv.gz")
     assert message in str(err.value)
+
+
+def evidence(votes, y_true, y_pred, pairs=(("Fear", "Sad"),), tmp_path="."):
+    """crowd_evidence for faces whose ids are the rows 0..n-1 of ``votes``."""
+    n = len(y_true)
+    faces = FaceSet(np.zeros((n, 48, 48), np.uint8), np.asarray(y_true), np.arange(n))
+    return crowd_evidence(Votes(np.asarray(votes), Path(tmp_path) / "train_ferplus.csv"), faces, y_pred, list(pairs))
 
 
 def test_pair_evidence_counts_crowd_support_among_errors_and_correct_faces():
     # 4 Fear faces predicted Sad (3 with >= 3 Sad votes), 5 correct Fear faces (1 with >= 3 Sad votes)
     y_true = np.array([FE] * 9 + [HA])
     y_pred = np.array([SA] * 4 + [FE] * 5 + [HA])
-    sad_votes = [5, 3, 4, 1, 0, 0, 3, 1, 2, 0]
     votes = np.zeros((10, 10), int)
-    votes[:, SA] = sad_votes
+    votes[:, SA] = [5, 3, 4, 1, 0, 0, 3, 1, 2, 0]
     votes[:, FE] = 10 - votes[:, SA]
-    e = pair_evidence(votes, y_true, y_pred, "Fear", "Sad")
-    assert (e.errors, e.errors_backed, e.correct, e.correct_backed) == (4, 3, 5, 1)
-    assert e.share_errors == pytest.approx(0.75) and e.share_correct == pytest.approx(0.2)
-    assert not e.clearly_more  # 3 of 4 against 1 of 5: the intervals overlap
-    from fer_lib.questions.q3_votes import crowd_pairs_table
-
-    row = crowd_pairs_table([e]).iloc[0]
-    assert (row["errors"], row["correct"], row["clearly_more"]) == (4, 5, False)
-    assert (row["errors_backed_low"], row["errors_backed_high"]) == pytest.approx(wilson_by_hand(3, 4))
-    assert (row["correct_backed_low"], row["correct_backed_high"]) == pytest.approx(wilson_by_hand(1, 5))
-    many = pair_evidence(np.repeat(votes, 20, axis=0), np.repeat(y_true, 20), np.repeat(y_pred, 20), "Fear", "Sad")
-    assert many.clearly_more  # the same shares on 20 times the faces: 75% vs 20% beyond noise
+    row = evidence(votes, y_true, y_pred).pair("Fear", "Sad")
+    assert (row["errors"], row["correct"]) == (4, 5)
+    assert row["errors_backed"] == pytest.approx(0.75) and row["correct_backed"] == pytest.approx(0.2)
+    assert (row["errors_low"], row["errors_high"]) == pytest.approx(wilson_by_hand(3, 4))
+    assert (row["correct_low"], row["correct_high"]) == pytest.approx(wilson_by_hand(1, 5))
+    assert not row["clearly_more"]  # 3 of 4 against 1 of 5: within noise
+    many = evidence(np.repeat(votes, 20, axis=0), np.repeat(y_true, 20), np.repeat(y_pred, 20)).pair("Fear", "Sad")
+    assert many["clearly_more"]  # the same shares on 20 times the faces: 75% vs 20% beyond noise
 
 
 def test_crowd_summary_on_known_votes():
@@ -90,20 +98,25 @@ def test_crowd_summary_on_known_votes():
     votes[1, [HA, SA]] = [6, 4]  # agrees, wrong, crowd backs Sad
     votes[2, [SA, NE]] = [4, 6]  # plurality Neutral: disagrees with the label; correct but split (6 Neutral)
     votes[3, [FE, SA, 9]] = [3, 2, 5]  # agrees (Fear is the 7-class plurality); wrong, only 2 Sad votes
-    s = crowd_summary(votes, y_true, y_pred)
-    assert s.faces[[HA, SA, FE]].tolist() == [2, 1, 1] and s.plurality_agrees[[HA, SA, FE]].tolist() == [2, 0, 1]
-    assert (s.errors, s.errors_backed, s.correct, s.correct_split) == (2, 1, 2, 1)
-    assert s.agreement == pytest.approx(0.75) and s.agreement_interval == pytest.approx(wilson_by_hand(3, 4))
-    table = s.agreement_table()
-    assert table.loc["Happy", "agreement"] == 1.0 and table.loc["Sad", "agreement"] == 0.0
+    crowd = evidence(votes, y_true, y_pred)
+    s, table = crowd.summary, crowd.agreement
+    assert table["faces"][["Happy", "Sad", "Fear"]].tolist() == [2, 1, 1]
+    assert table.loc["Happy", "share"] == 1.0 and table.loc["Sad", "share"] == 0.0 and table.loc["Fear", "share"] == 1
     assert (table.loc["Sad", "low"], table.loc["Sad", "high"]) == pytest.approx(wilson_by_hand(0, 1))
+    top = s.loc["label is the top class"]
+    assert (top["faces"], top["share"]) == (4, 0.75)
+    assert (top["low"], top["high"]) == pytest.approx(wilson_by_hand(3, 4))
+    assert (s.loc["errors backed", "faces"], s.loc["errors backed", "share"]) == (2, 0.5)
+    assert (s.loc["correct split", "faces"], s.loc["correct split", "share"]) == (2, 0.5)
     # a crowd majority (more than half of the annotators on one class) on faces 0 (Happy 10), 1 (Happy 6) and
     # 2 (Neutral 6), not on face 3 (Fear 3 of 10): the label is that majority on 2, the model's answer on 1
-    assert (s.majority_faces, s.majority_label_agrees, s.majority_model_agrees) == (3, 2, 1)
-    assert s.majority_accuracy == pytest.approx(1 / 3) and s.majority_label_share == pytest.approx(2 / 3)
-    assert s.majority_accuracy_interval == pytest.approx(wilson_by_hand(1, 3))
+    label = s.loc["label is the majority"]
+    assert label["faces"] == 3 and label["share"] == pytest.approx(2 / 3)
+    model = s.loc["model is the majority"]
+    assert model["share"] == pytest.approx(1 / 3)
+    assert (model["low"], model["high"]) == pytest.approx(wilson_by_hand(1, 3))
     votes[1, [HA, SA]] = [5, 5]  # exactly half is not a majority
-    assert crowd_summary(votes, y_true, y_pred).majority_faces == 2
+    assert evidence(votes, y_true, y_pred).summary.loc["model is the majority", "faces"] == 2
 
 
 def test_vote_gallery_and_frequency_plot_draw():
@@ -128,16 +141,15 @@ def test_vote_gallery_and_frequency_plot_draw():
 
 
 def test_crowd_evidence_uses_the_faces_ids_as_rows_and_is_optional(tmp_path):
-    from fer_lib.questions.q3_votes import Votes, crowd_evidence
-
     counts = np.zeros((6, 10), int)
     counts[:, NE] = 10
     counts[4, [FE, SA]] = [5, 5]  # row 4 is the one Fear face predicted Sad: the crowd backs Sad
     faces = FaceSet(np.zeros((2, 48, 48), np.uint8), np.array([FE, NE]), np.array([4, 1]))
     crowd = crowd_evidence(Votes(counts, tmp_path / "train_ferplus.csv"), faces, np.array([SA, NE]), [("Fear", "Sad")])
     assert crowd.votes.tolist() == counts[[4, 1]].tolist() and crowd.source == "train_ferplus.csv"
-    assert (crowd.pair("Fear", "Sad").errors, crowd.pair("Fear", "Sad").errors_backed) == (1, 1)
-    assert crowd.summary.majority_faces == 1 and crowd.summary.majority_accuracy == 1.0  # row 1: Neutral 10
+    assert (crowd.pair("Fear", "Sad")["errors"], crowd.pair("Fear", "Sad")["errors_backed"]) == (1, 1.0)
+    assert crowd.summary.loc["model is the majority", "faces"] == 1  # row 1: Neutral 10
+    assert crowd.summary.loc["model is the majority", "share"] == 1.0 and crowd.annotators == 10
     assert crowd_evidence(None, faces, np.array([SA, NE]), [("Fear", "Sad")]) is None
 
 

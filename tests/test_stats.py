@@ -10,7 +10,7 @@ matplotlib.use("Agg")
 import numpy as np
 import pytest
 
-from fer_lib.core.stats import counts_tie, proportions_tie, wilson_interval
+from fer_lib.core.stats import proportions_tie, wilson_interval
 
 # --------------------------------------------------------------------------------------------- intervals
 
@@ -43,11 +43,11 @@ def test_wilson_interval_agrees_with_scipy_and_broadcasts():
         assert (low[i], high[i]) == pytest.approx((ci.low, ci.high), abs=1e-6)
 
 
-def test_ties_between_counts_and_between_proportions():
-    assert counts_tie(60, 58)  # the seed's "Fear mostly as Sad": 60 vs 58 faces is noise
-    assert not counts_tie(60, 30)
-    assert counts_tie(0, 0)
-    assert proportions_tie(40, 100, 45, 100)
-    assert not proportions_tie(90, 100, 50, 100)
+def test_ties_between_proportions():
+    assert proportions_tie(60, 380, 58, 380)  # the seed's "Fear mostly as Sad": 60 vs 58 of 380 faces is noise
+    assert not proportions_tie(60, 380, 30, 380)
+    assert proportions_tie(40, 100, 45, 100) and not proportions_tie(90, 100, 50, 100)
+    assert proportions_tie(3, 3, 1, 3)  # the pooled error: 3/3 alone has no spread, yet 3 faces prove nothing
+    assert proportions_tie(0, 0, 5, 10)  # no faces: nothing to tell apart
 
 

@@ -1,4 +1,4 @@
-"""Shared statistics: Wilson intervals and ties between proportions and counts."""
+"""Shared statistics: Wilson intervals and ties between proportions."""
 from __future__ import annotations
 
 import numpy as np
@@ -33,60 +33,3 @@ def proportions_tie(k1: int, n1: int, k2: int, n2: int, z: float = Z95) -> bool:
     pooled = (k1 + k2) / (n1 + n2)
     se = np.sqrt(pooled * (1 - pooled) * (1 / n1 + 1 / n2))
     return bool(abs(k1 / n1 - k2 / n2) <= z * se)
-
-
-def counts_tie(k1: int, k2: int, z: float = Z95) -> bool:
-    """Whether two counts from the same faces (two confusions of one true class) are within noise.
-
-    Among the k1 + k2 faces that went to either class, equal rates mean each went to the first with probability
-    1/2; the counts tie when the Wilson interval of k1 / (k1 + k2) contains 1/2.
-    """
-    if k1 + k2 == 0:
-        return True
-    low, high = wilson_interval(k1, k1 + k2, z)
-    return bool(low <= 0.5 <= high)
-
-
-
-def bootstrap_interval(statistic, n: int, resamples: int = 1000, level: float = 0.95, seed: int = 0):
-    """Percentile bootstrap interval (low, high) of ``statistic(indices)`` over ``n`` items resampled with
-    replacement; the statistic may return an array (intervals elementwise)."""
-    rng = np.random.default_rng(seed)
-    values = np.array([statistic(rng.integers(0, n, n)) for _ in range(resamples)])
-    tail = (1 - level) / 2 * 100
-    return np.percentile(values, tail, axis=0), np.percentile(values, 100 - tail, axis=0)
-
-
-def rank_auroc(scores, positive) -> np.ndarray:
-    """AUROC per column of ``scores`` (N, F) for the bool labels ``positive`` (N,) or (N, F), from ranks (ties
-    share the mean rank): the chance that a random positive scores above a random negative, ties counting half.
-    Equal to ``sklearn.metrics.roc_auc_score`` column by column, for all columns at once; NaN without both kinds."""
-    from scipy.stats import rankdata
-
-    scores = np.asarray(scores, dtype=float)
-    scores = scores[:, None] if scores.ndim == 1 else scores
-    positive = np.broadcast_to(np.asarray(positive, bool).reshape(len(scores), -1), scores.shape)
-    n1 = positive.sum(0).astype(float)
-    n0 = len(scores) - n1
-    ranks = rankdata(scores, axis=0)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return ((ranks * positive).sum(0) - n1 * (n1 + 1) / 2) / (n1 * n0)
-
-
-def auroc_se(auc, n1, n0) -> np.ndarray:
-    """Hanley and McNeil's (1982) standard error of an AUROC from n1 positives and n0 negatives (arrays
-    broadcast): a cheap normal-approximation interval where a bootstrap per value would cost too much."""
-    auc, n1, n0 = (np.asarray(v, dtype=float) for v in (auc, n1, n0))
-    q1, q2 = auc / (2 - auc), 2 * auc ** 2 / (1 + auc)
-    return np.sqrt((auc * (1 - auc) + (n1 - 1) * (q1 - auc ** 2) + (n0 - 1) * (q2 - auc ** 2)) / (n1 * n0))
-
-
-def percentile_interval(samples: np.ndarray, level: float = 0.95) -> tuple[np.ndarray, np.ndarray]:
-    """The percentile interval of bootstrap ``samples`` along axis 0; NaN samples are left out (a column that is
-    NaN in every resample stays NaN)."""
-    import warnings
-
-    tail = (1 - level) / 2 * 100
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)
-        return np.nanpercentile(samples, tail, axis=0), np.nanpercentile(samples, 100 - tail, axis=0)

@@ -4,7 +4,6 @@ from __future__ import annotations
 import base64
 import html
 import io
-import re
 
 import matplotlib.pyplot as plt
 
@@ -40,14 +39,14 @@ def smallest_text_px(fig, png_width_px: int, dpi: int = FIGURE_DPI, page_width_p
     return smallest.get_fontsize() * dpi / 72 * scale, smallest.get_text()
 
 
-def figure_html(fig, alt: str, dpi: int = FIGURE_DPI, min_text_px: float = MIN_TEXT_PX) -> "Html":
-    """``fig`` as an <img> with ``alt`` text (what the figure shows), for a page or a ``details`` block; closes it.
+def figure_html(fig, alt: str, dpi: int = FIGURE_DPI, min_text_px: float = MIN_TEXT_PX) -> str:
+    """``fig`` as an <img> with ``alt`` text (what the figure shows); closes it.
 
     Raises ValueError when ``alt`` is empty or when the figure's smallest text would be under ``min_text_px`` CSS
     pixels at the page's width: enlarge that text or narrow the figure.
     """
     png, css_width = _checked_png(fig, alt, dpi, min_text_px)
-    return Html(_img_tag(base64.b64encode(png).decode(), css_width, alt))
+    return _img_tag(base64.b64encode(png).decode(), css_width, alt)
 
 
 def show_figure(fig, alt: str, dpi: int = FIGURE_DPI, min_text_px: float = MIN_TEXT_PX):
@@ -103,50 +102,19 @@ def _display_png(png: bytes, css_width: int, alt: str) -> None:
 # --------------------------------------------------------------------------------------------- page structure
 
 
-class Html(str):
-    """Text that is HTML already (a figure's <img>, a table): ``details`` puts it in as it is."""
-
-
-def markdown_html(text: str) -> Html:
-    """Markdown (tables and ``$...$`` formulas included) as HTML; formulas stay ``$...$`` so that the report
-    builder turns them into MathML with the rest of the page."""
-    import mistune
-
-    rendered = mistune.create_markdown(plugins=["math", "table"])(text)
-    rendered = re.sub(r'<span class="math">\\\((.+?)\\\)</span>', lambda m: "$" + m.group(1) + "$", rendered,
-                      flags=re.S)
-    rendered = re.sub(r'<div class="math">\$\$(.+?)\$\$</div>', lambda m: "$$" + m.group(1).strip() + "$$", rendered,
-                      flags=re.S)
-    return Html(rendered)
-
-
-def details(summary: str, *parts) -> Html:
-    """One collapsed ``<details>`` block: ``summary`` is its one-line title; each part is Markdown text, ``Html``
-    (``figure_html``), or a table (a DataFrame or a Styler). Returns the HTML; ``show_details`` displays it."""
-    body = []
-    for part in parts:
-        if isinstance(part, Html):
-            body.append(part)
-        elif isinstance(part, str):
-            body.append(markdown_html(part))
-        elif hasattr(part, "to_html"):  # a DataFrame or a pandas Styler
-            body.append(part.to_html(**({"index": False} if hasattr(part, "columns") else {})))
-        else:
-            raise TypeError(f"details() takes Markdown text, Html or a table, not {type(part).__name__}")
-    return Html(f'<details class="fer-evidence"><summary>{html.escape(summary)}</summary>'
-                f'<div class="fer-evidence-body">{"".join(body)}</div></details>')
-
-
-def show_details(summary: str, *parts) -> None:
-    """Display a collapsed block of evidence (methods, controls, intervals, tables) under the page's answer."""
-    from IPython.display import HTML, display
-
-    display(HTML(details(summary, *parts)))
+def interval(low: float, high: float, value: float | None = None, signed: bool = False, digits: int = 0) -> str:
+    """A 95% interval of a share as the pages write it: "64–69%", with its ``value`` "66% (64–69%)"; ``signed``,
+    a difference in points: "+1.0 to +2.9 points"."""
+    if signed:
+        return f"{low * 100:+.{digits}f} to {high * 100:+.{digits}f} points"
+    text = f"{low * 100:.{digits}f}–{high * 100:.{digits}f}%"
+    return text if value is None else f"{value * 100:.{digits}f}% ({text})"
 
 
 def show_caption(text: str) -> None:
     """The one-line caption under a figure: what to look at."""
+    import mistune
     from IPython.display import HTML, display
 
-    inner = markdown_html(text).strip().removeprefix("<p>").removesuffix("</p>")
+    inner = mistune.html(text).strip().removeprefix("<p>").removesuffix("</p>")
     display(HTML(f'<p class="fer-caption">{inner}</p>'))

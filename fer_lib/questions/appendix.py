@@ -13,28 +13,24 @@ _TEST_CLAUSE = re.compile(r"\b(hidden )?test(?!-time)(-set| set)?\b", re.I)
 def recipe_table(table):
     """The recipe's measurements (docs/ablation.csv) for the appendix page: missing values shown as "—", and any
     clause about test-set results left out (choices rest on validation only). Returns (table, clauses left out)."""
-    import pandas as pd
-
-    table = table.copy()
     dropped = 0
-    for column in table.columns:
-        cleaned = []
-        for value in table[column]:
-            if isinstance(value, str) and _TEST_CLAUSE.search(value):
-                parts = re.split(r";\s*", value)
-                kept = [p for p in parts if not _TEST_CLAUSE.search(p)]
-                dropped += len(parts) - len(kept)
-                value = "; ".join(kept)
-            cleaned.append(value)
-        table[column] = pd.Series(cleaned, index=table.index, dtype=object)
-    return table.astype(object).where(table.notna(), "—").replace("", "—"), dropped
+
+    def without_test_clauses(value):
+        nonlocal dropped
+        if not isinstance(value, str) or not _TEST_CLAUSE.search(value):
+            return value
+        parts = re.split(r";\s*", value)
+        kept = [p for p in parts if not _TEST_CLAUSE.search(p)]
+        dropped += len(parts) - len(kept)
+        return "; ".join(kept)
+
+    table = table.astype(object).map(without_test_clauses)
+    return table.where(table.notna(), "—").replace("", "—"), dropped
 
 
 def speedups(table, choice: str = "precision (speed)"):
     """The speed ratios measured in the first row of ``choice``: each "A vs B" of its result (the chosen setting's
     images per second against the alternative's) as A / B. Empty when the table has no such row."""
-    import numpy as np
-
     rows = table.loc[table["choice"] == choice, "result"]
     pairs = re.findall(r"(\d+(?:\.\d+)?) vs (\d+(?:\.\d+)?)", rows.iloc[0]) if len(rows) else []
     return np.array([float(a) / float(b) for a, b in pairs])
@@ -58,13 +54,46 @@ class PairedGain:
 
 def paired_gain(right_without: np.ndarray, right_with: np.ndarray, resamples: int = 2000,
                 seed: int = 0) -> PairedGain:
-    """:class:`PairedGain` of two per-face correctness vectors on the same faces: a percentile bootstrap of the
-    difference that resamples faces, so that what the two share (most faces are right or wrong under both) cancels."""
-    diff = np.asarray(right_with, dtype=np.int8) - np.asarray(right_without, dtype=np.int8)
-    n = len(diff)
-    if n == 0:
+    """:class:`PairedGain` of two per-face correctness vectors on the same faces: a paired percentile bootstrap
+    (faces resampled with both predictions kept together), so that what the two share cancels."""
+    from scipy.stats import bootstrap
+
+    right_with, right_without = (np.asarray(v, dtype=np.int8) for v in (right_with, right_without))
+    if len(right_with) == 0:
         raise ValueError("no faces to compare")
-    rng = np.random.default_rng(seed)
-    means = np.array([diff[rng.integers(0, n, n)].mean() for _ in range(resamples)])
-    low, high = np.percentile(means, [2.5, 97.5])
-    return PairedGain(float(diff.mean()), float(low), float(high), n, int((diff > 0).sum()), int((diff < 0).sum()))
+    diff = right_with - right_without
+    low, high = bootstrap((right_with, right_without), lambda a, b, axis=-1: (a - b).mean(axis), paired=True,
+                          vectorized=True, n_resamples=resamples, method="percentile", rng=seed).confidence_interval
+    return PairedGain(float(diff.mean()), float(low), float(high), len(diff), int((diff > 0).sum()),
+                      int((diff < 0).sum()))
+
+
+@dataclass
+class AppendixAnswer:
+    """Everything the appendix page shows."""
+
+    recipe: "object"  # recipe_table's table (docs/ablation.csv), None where the file is missing
+    clauses_left_out: int  # clauses about the test set left out of it
+    speedups: np.ndarray  # bf16 against float32, per input size
+    accuracy: "object"  # q2_history.RunAccuracy
+    views_gain: PairedGain | None  # the test-time views' gain on the same faces; None without views
+    copies: "object"  # q2_history.SplitCopies
+
+
+def appendix_answer(ctx, ablation) -> AppendixAnswer:
+    """The appendix's one call: ``ablation`` is docs/ablation.csv as a DataFrame (or None)."""
+    import json
+
+    from fer_lib.core.io import default_cache_dir
+    from fer_lib.questions.q2_history import run_accuracy, split_copies
+
+    shown, left_out = recipe_table(ablation) if ablation is not None else (None, 0)
+    accuracy = run_accuracy(json.loads((ctx.run_dir / "run.json").read_text()))
+    gain = None
+    if accuracy.views != "none":
+        labels = ctx.val.labels
+        gain = paired_gain(ctx.val_logits.argmax(1).numpy() == labels,
+                           ctx.val_logits_views.argmax(1).numpy() == labels, seed=ctx.config.seed)
+    cfg = ctx.config
+    return AppendixAnswer(shown, left_out, speedups(ablation) if ablation is not None else np.array([]), accuracy,
+                          gain, split_copies(ctx.dataset, ctx.split, cfg.val_fraction, cfg.seed, default_cache_dir()))

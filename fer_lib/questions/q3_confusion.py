@@ -1,17 +1,18 @@
 """Q3: the confusion matrix, per-class metrics, ranked confusions, calibration and accuracy by copy, as numbers.
 
-Ties: two rates of different classes are within noise of each other when their difference is within 1.96 standard
-errors (a two-proportion z-test at 5%: ``core.stats.proportions_tie``); two counts of faces out of the same faces (two
-cells of the matrix) when the first's share of both is within noise of one half (``core.stats.counts_tie``).
+One rule for ties: two shares (two recalls, two confusion rates, two cells' counts as shares of all faces) are tied
+when a two-proportion z-test at 5% finds no difference (``core.stats.proportions_tie``).
 """
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
 from fer_lib import CLASS_NAMES
-from fer_lib.core.stats import bootstrap_interval, counts_tie, proportions_tie, wilson_interval
+from fer_lib.core.stats import proportions_tie, wilson_interval
 
 RARE_FRACTION = 0.25  # a class with fewer validation faces than this share of the median class's is "rare"
 
@@ -62,49 +63,30 @@ class ConfusionFindings:
         """Classes by recall, worst first, leaving out the rare ones."""
         return [c for c in self.hardest if c not in self.rare]
 
-    @property
-    def errors(self) -> dict[str, int]:
-        """Misclassified validation faces per class."""
-        return {n: int(self.support[i] - self.counts[i, i]) for i, n in enumerate(CLASS_NAMES)}
-
     def ranked(self, by: str = "faces"):
         """The confusions ranked by ``faces`` (most faces first) or by ``rate`` (share of the true class), with
-        ``rank`` from 1 and ``ties_top``: within noise of rank 1 (two cells' counts: ``counts_tie``; the rates of
-        two true classes: ``proportions_tie``; of one true class: ``counts_tie``)."""
+        ``rank`` from 1 and ``ties_top``: tied with rank 1 (counts as shares of all faces, rates of their class)."""
         key = {"faces": ["faces", "rate"], "rate": ["rate", "faces"]}[by]
         table = self.pairs.sort_values(key, ascending=False, kind="stable").reset_index(drop=True)
         table.insert(0, "rank", np.arange(1, len(table) + 1))
-        if len(table):
-            top = table.iloc[0]
-            if by == "faces":
-                table["ties_top"] = [counts_tie(int(k), int(top["faces"])) for k in table["faces"]]
-            else:
-                n_top = self.support[CLASS_NAMES.index(top["true"])]
-                table["ties_top"] = [counts_tie(int(k), int(top["faces"])) if t == top["true"] else
-                                     proportions_tie(int(k), int(self.support[CLASS_NAMES.index(t)]),
-                                                     int(top["faces"]), int(n_top))
-                                     for t, k in zip(table["true"], table["faces"])]
-        else:
-            table["ties_top"] = []
+        of = [self.faces if by == "faces" else int(self.support[CLASS_NAMES.index(t)]) for t in table["true"]]
+        table["ties_top"] = [proportions_tie(int(k), n, int(table["faces"].iloc[0]), of[0])
+                             for k, n in zip(table["faces"], of)]
         return table
 
     def top_pairs(self, k: int = 3, by: str = "faces") -> list[tuple[str, str]]:
         """The ``k`` first (true, predicted) pairs of ``ranked(by)``."""
         return list(zip(*(self.ranked(by)[c][:k] for c in ("true", "predicted"))))
 
-    @property
-    def main_pair(self) -> tuple[str, str] | None:
-        """The main confusion: the off-diagonal cell with the most faces, or None without errors."""
-        pairs = self.top_pairs(1)
-        return pairs[0] if pairs else None
-
     def top_confusions(self, name: str) -> list[tuple[str, int]]:
-        """(predicted class, faces) of the class's most frequent confusion and of every other confusion within
-        noise of it (``counts_tie``), most faces first; empty when no face of the class was misclassified."""
+        """(predicted class, faces) of the class's most frequent confusion and of every other confusion tied with
+        it, most faces first; empty when no face of the class was misclassified."""
         i = CLASS_NAMES.index(name)
+        n = int(self.support[i])
         order = [j for j in np.argsort(-self.counts[i], kind="stable") if j != i and self.counts[i, j] > 0]
-        top = self.counts[i, order[0]] if order else 0
-        return [(CLASS_NAMES[j], int(self.counts[i, j])) for j in order if counts_tie(int(self.counts[i, j]), int(top))]
+        top = int(self.counts[i, order[0]]) if order else 0
+        return [(CLASS_NAMES[j], int(self.counts[i, j])) for j in order
+                if proportions_tie(int(self.counts[i, j]), n, top, n)]
 
     def frequency_correlation(self) -> float | None:
         """Spearman rank correlation between training frequency and validation recall over the classes present."""
@@ -152,9 +134,10 @@ class ConfusionFindings:
 
 
 def _f1_per_class(counts: np.ndarray) -> np.ndarray:
-    tp = np.diag(counts)
-    denominator = counts.sum(0) + counts.sum(1)
-    return np.divide(2 * tp, denominator, out=np.zeros(len(tp)), where=denominator > 0)
+    """F1 per class of confusion matrices (..., k, k): 2 TP / (predicted + true), 0 where both are 0."""
+    tp = np.diagonal(counts, axis1=-2, axis2=-1)
+    denominator = counts.sum(-2) + counts.sum(-1)
+    return np.divide(2 * tp, denominator, out=np.zeros(denominator.shape), where=denominator > 0)
 
 
 def confusion_findings(y_true: np.ndarray, y_pred: np.ndarray, train_labels: np.ndarray | None = None,
@@ -179,11 +162,19 @@ def confusion_findings(y_true: np.ndarray, y_pred: np.ndarray, train_labels: np.
     present = [i for i in labels if support[i] > 0]
     macro = float(f1_score(y_true, y_pred, labels=present, average="macro", zero_division=0)) if present else 0.0
 
-    def boot(idx):  # per-class F1 and macro-F1 of a resample
-        f = _f1_per_class(np.bincount(y_true[idx] * k + y_pred[idx], minlength=k * k).reshape(k, k))
-        return np.r_[f, f[present].mean() if present else 0.0]
+    def f1s(t, p, axis=-1):  # per-class F1 and macro-F1 of each resample (rows)
+        t, p = np.atleast_2d(t), np.atleast_2d(p)
+        cells = (t * k + p + k * k * np.arange(len(t))[:, None]).ravel()
+        f = _f1_per_class(np.bincount(cells, minlength=k * k * len(t)).reshape(len(t), k, k))
+        return np.concatenate([f, f[:, present].mean(1, keepdims=True)], 1).T
 
-    f_low, f_high = bootstrap_interval(boot, len(y_true), resamples) if len(y_true) else (np.zeros(k + 1),) * 2
+    if len(y_true):
+        from scipy.stats import bootstrap
+
+        f_low, f_high = bootstrap((y_true, y_pred), f1s, n_resamples=resamples, paired=True, vectorized=True,
+                                  method="percentile", batch=100, rng=0).confidence_interval
+    else:
+        f_low = f_high = np.zeros(k + 1)
     p_low, p_high = wilson_interval(np.diag(counts), counts.sum(0))
     r_low, r_high = wilson_interval(np.diag(counts), support)
     report = pd.DataFrame({"support": support, "precision": precision, "precision_low": p_low,
@@ -206,12 +197,6 @@ def confusion_findings(y_true: np.ndarray, y_pred: np.ndarray, train_labels: np.
         (float(f_low[k]), float(f_high[k])), [CLASS_NAMES[i] for i in by_recall],
         [CLASS_NAMES[i] for i in by_recall[::-1]], pairs.reset_index(drop=True),
         [CLASS_NAMES[i] for i in present if support[i] < rare_fraction * median], share)
-
-
-def misclassified(y_true: np.ndarray, y_pred: np.ndarray, true_name: str, pred_name: str, limit: int = 8) -> np.ndarray:
-    """Indices of faces of class ``true_name`` predicted as ``pred_name`` (first ``limit``)."""
-    t, p = CLASS_NAMES.index(true_name), CLASS_NAMES.index(pred_name)
-    return np.flatnonzero((np.asarray(y_true) == t) & (np.asarray(y_pred) == p))[:limit]
 
 
 # --------------------------------------------------------------------------------------------- calibration
@@ -278,34 +263,86 @@ def calibration_findings(logits, labels, seed: int = 0) -> CalibrationFindings:
 class CopyAccuracy:
     """Accuracy on validation faces with and without a copy in the training part (a split that allows copies)."""
 
-    with_copy: int
-    with_copy_correct: int
+    with_copy: int  # validation faces with a copy
+    accuracy_with: float
+    interval_with: tuple[float, float]  # 95% Wilson
     without_copy: int
-    without_copy_correct: int
-
-    @property
-    def accuracy_with(self) -> float:
-        return self.with_copy_correct / max(self.with_copy, 1)
-
-    @property
-    def accuracy_without(self) -> float:
-        return self.without_copy_correct / max(self.without_copy, 1)
-
-    @property
-    def interval_with(self) -> tuple[float, float]:
-        return tuple(float(x) for x in wilson_interval(self.with_copy_correct, self.with_copy))
-
-    @property
-    def interval_without(self) -> tuple[float, float]:
-        return tuple(float(x) for x in wilson_interval(self.without_copy_correct, self.without_copy))
-
-    @property
-    def tie(self) -> bool:
-        """Whether the two accuracies are within noise of each other (a two-proportion z-test at 5%)."""
-        return proportions_tie(self.with_copy_correct, self.with_copy, self.without_copy_correct, self.without_copy)
+    accuracy_without: float
+    interval_without: tuple[float, float]
+    tie: bool  # the two accuracies are within noise (a two-proportion z-test at 5%)
 
 
 def accuracy_by_copy(y_true: np.ndarray, y_pred: np.ndarray, has_copy: np.ndarray) -> CopyAccuracy:
-    right, has_copy = np.asarray(y_true) == np.asarray(y_pred), np.asarray(has_copy, dtype=bool)
-    return CopyAccuracy(int(has_copy.sum()), int((right & has_copy).sum()), int((~has_copy).sum()),
-                        int((right & ~has_copy).sum()))
+    right, has = np.asarray(y_true) == np.asarray(y_pred), np.asarray(has_copy, dtype=bool)
+    (k1, k2), (n1, n2) = (int(right[has].sum()), int(right[~has].sum())), (int(has.sum()), int((~has).sum()))
+    low, high = wilson_interval([k1, k2], [n1, n2])
+    return CopyAccuracy(n1, k1 / max(n1, 1), (float(low[0]), float(high[0])), n2, k2 / max(n2, 1),
+                        (float(low[1]), float(high[1])), proportions_tie(k1, n1, k2, n2))
+
+
+def random_split_accuracy(dataset, config, runs_root, random_run: str = "", cache_dir=None) -> CopyAccuracy | None:
+    """:class:`CopyAccuracy` of a finished run trained on the random split of the same data (``random_run``, or the
+    one the run cache holds for ``config`` with split "random"); None where there is none or the run's own split
+    is already random."""
+    import dataclasses
+
+    from fer_lib.data.duplicates import cached_duplicates
+    from fer_lib.model.inference import predict_logits
+    from fer_lib.training.runs import load_trained, prediction_tta, split_for
+    from fer_lib.training.train import find_run
+
+    if config.split == "random":
+        return None
+    run_dir = Path(random_run) if random_run else find_run(dataset, dataclasses.replace(config, split="random"),
+                                                            runs_root)
+    if run_dir is None or not (run_dir / "run.json").exists():
+        return None
+    model, random_config = load_trained(run_dir)
+    if random_config.split != "random":
+        raise ValueError(f"{run_dir} was not trained on the random split")
+    train, val = split_for(dataset, random_config)
+    test = None if dataset.test is None else dataset.test.images  # the cache entry the split copies use
+    group = cached_duplicates(dataset.train.images, test, cache_dir=cache_dir).group
+    has_copy = np.isin(group[val.ids], group[train.ids])
+    pred = predict_logits(model, val.images, random_config.input_size, tta=prediction_tta(run_dir)).argmax(1)
+    return accuracy_by_copy(val.labels, pred.numpy(), has_copy)
+
+
+# --------------------------------------------------------------------------------------------- the page's one call
+
+
+@dataclass
+class ConfusionAnswer:
+    """Everything the Q3 page shows, on the validation faces with the run's own test-time views."""
+
+    confusion: ConfusionFindings
+    accuracy: "object"  # q2_history.RunAccuracy: the run's recorded figures (plain and with views)
+    calibration: CalibrationFindings
+    shown_pairs: list[tuple[str, str]]  # the three largest confusions by count and the largest by rate
+    galleries: dict  # (true, predicted) -> indices of its first 8 faces in the validation set, data order
+    crowd: "object"  # q3_votes.CrowdEvidence, None without FER+ votes
+    copies: "object"  # q2_history.SplitCopies
+    random_split: CopyAccuracy | None  # a random-split run's accuracy with and without a training copy
+    test: dict | None  # the labelled test set's score, where the labels are known
+
+
+def confusion_answer(ctx, random_run: str = "") -> ConfusionAnswer:
+    """Q3's one call, from a report context (``fer_lib.report.context.Context``)."""
+    from fer_lib.core.io import default_cache_dir
+    from fer_lib.questions.q2_history import run_accuracy, split_copies
+    from fer_lib.questions.q3_votes import crowd_evidence, load_votes
+
+    logits, val = ctx.val_logits_views, ctx.val
+    y_pred = logits.argmax(1).numpy()
+    f = confusion_findings(val.labels, y_pred, train_labels=ctx.split[0].labels)
+    shown = f.top_pairs(3) + [p for p in f.top_pairs(1, by="rate") if p not in f.top_pairs(3)]
+    cfg, cache = ctx.config, default_cache_dir()
+    return ConfusionAnswer(
+        f, run_accuracy(json.loads((ctx.run_dir / "run.json").read_text())),
+        calibration_findings(logits, val.labels, seed=cfg.seed), shown,
+        {(t, p): np.flatnonzero((val.labels == CLASS_NAMES.index(t)) & (y_pred == CLASS_NAMES.index(p)))[:8]
+         for t, p in shown},
+        crowd_evidence(load_votes(ctx.dataset), val, y_pred, shown),
+        split_copies(ctx.dataset, ctx.split, cfg.val_fraction, cfg.seed, cache),
+        random_split_accuracy(ctx.dataset, cfg, ctx.runs_root, random_run, cache),
+        (ctx.test_outputs() or {}).get("test"))

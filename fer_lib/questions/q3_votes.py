@@ -9,9 +9,7 @@ keeps all its annotators (3 of 10 means 3 of 10, whatever the other 7 chose).
 """
 from __future__ import annotations
 
-import csv
-import gzip
-import io
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -78,48 +76,41 @@ def _rows_expected(dataset: Dataset) -> int:
 
 def read_votes(path: str | Path, expected_rows: int | None = None, train_file: str | Path | None = None) -> Votes:
     """Parse a FER+ votes file; errors name the file, the line and what was expected."""
+    import pandas as pd
+
     path = Path(path)
     try:
-        raw = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
-    except (OSError, EOFError, gzip.BadGzipFile) as e:
+        with warnings.catch_warnings():  # a first row longer than the header: an error, not a silent cut
+            warnings.simplefilter("error", pd.errors.ParserWarning)
+            table = pd.read_csv(path, dtype=str, keep_default_na=False, skip_blank_lines=False, index_col=False,
+                                encoding="utf-8-sig")
+    except pd.errors.EmptyDataError as e:
+        raise VotesError(f"{path}: empty file, expected a header with the FER+ vote columns") from e
+    except (OSError, EOFError, UnicodeDecodeError, pd.errors.ParserError, pd.errors.ParserWarning) as e:
         raise VotesError(f"{path}: cannot read the votes file ({e})") from e
-    reader = csv.reader(io.StringIO(raw.decode("utf-8-sig", "replace")))
-    header = next(reader, None)
-    if not header:
-        raise VotesError(f"{path}: empty file, expected a header with the FER+ vote columns")
-    lower = [h.strip().lower() for h in header]
+    by_name = {str(c).strip().lower(): c for c in table.columns}
     wanted = [FERPLUS_COLUMNS[c] for c in CLASS_NAMES] + list(EXTRA_COLUMNS)
-    missing = [w for w in wanted if w.lower() not in lower]
+    missing = [w for w in wanted if w.lower() not in by_name]
     if missing:
         raise VotesError(f"{path}, line 1: missing vote column(s) {', '.join(missing)}; expected the FER+ columns "
                          f"{', '.join(wanted)}")
-    cols = [lower.index(w.lower()) for w in wanted]
-    rows: list[list[int]] = []
-    blank_at = None
-    for line_no, fields in enumerate(reader, start=2):
-        if not fields or all(not f.strip() for f in fields):
-            blank_at = blank_at or line_no  # trailing blank lines are fine, a gap would shift every row after it
-            continue
-        if blank_at is not None:
-            raise VotesError(f"{path}, line {blank_at}: blank line inside the file; every row must match one face "
-                             "of the training file, in order")
-        if len(fields) != len(header):
-            raise VotesError(f"{path}, line {line_no}: {len(fields)} fields, expected {len(header)} "
-                             f"({','.join(header)})")
-        row = []
-        for c in cols:
-            value = fields[c].strip()
-            if not value.isdigit():
-                raise VotesError(f"{path}, line {line_no}: column {header[c]!r} is {value!r}, expected a whole "
-                                 "number of votes (0 or more)")
-            row.append(int(value))
-        rows.append(row)
-    counts = np.array(rows, dtype=np.int16).reshape(-1, len(wanted))
-    if expected_rows is not None and len(counts) != expected_rows:
+    table = table.apply(lambda column: column.str.strip())
+    blank = (table == "").all(axis=1).to_numpy()
+    rows = len(blank) - int(np.argmax(~blank[::-1])) if (~blank).any() else 0  # trailing blank lines are fine
+    if blank[:rows].any():  # a gap would shift every row after it
+        raise VotesError(f"{path}, line {int(np.argmax(blank)) + 2}: blank line inside the file; every row must "
+                         "match one face of the training file, in order")
+    votes = table[[by_name[w.lower()] for w in wanted]].iloc[:rows]
+    bad = np.argwhere(~votes.apply(lambda column: column.str.fullmatch(r"\d+")).to_numpy())
+    if len(bad):
+        line, col = bad[0]
+        raise VotesError(f"{path}, line {line + 2}: column {votes.columns[col]!r} is {votes.iat[line, col]!r}, "
+                         "expected a whole number of votes (0 or more)")
+    if expected_rows is not None and rows != expected_rows:
         against = f"{train_file} has" if train_file else "the training data has"
-        raise VotesError(f"{path}: {len(counts)} rows of votes, but {against} {expected_rows} faces; the rows must "
+        raise VotesError(f"{path}: {rows} rows of votes, but {against} {expected_rows} faces; the rows must "
                          "match the training file's one to one, in order")
-    return Votes(counts, path)
+    return Votes(votes.to_numpy(dtype=np.int16).reshape(-1, len(wanted)), path)
 
 
 def load_votes(dataset: Dataset) -> Votes | None:
@@ -133,175 +124,72 @@ def load_votes(dataset: Dataset) -> Votes | None:
 # --------------------------------------------------------------------------------------------- evidence
 
 
-def _share(k: int, n: int) -> float:
-    return k / n if n else float("nan")
-
-
-def _interval(k, n) -> tuple[float, float]:
-    low, high = wilson_interval(k, n)
-    return float(low), float(high)
-
-
-@dataclass
-class PairEvidence:
-    """For faces of class ``true`` predicted as ``predicted``: how often the crowd also saw ``predicted``."""
-
-    true: str
-    predicted: str
-    errors: int  # validation faces of `true` predicted as `predicted`
-    errors_backed: int  # ... on which at least `min_votes` annotators chose `predicted`
-    correct: int  # correctly classified faces of `true`
-    correct_backed: int  # ... on which at least `min_votes` annotators chose `predicted` all the same
-    min_votes: int = MIN_VOTES
-    annotators: int = 10
-
-    @property
-    def share_errors(self) -> float:
-        return _share(self.errors_backed, self.errors)
-
-    @property
-    def share_correct(self) -> float:
-        return _share(self.correct_backed, self.correct)
-
-    @property
-    def clearly_more(self) -> bool:
-        """Whether the crowd backs the error more often than it doubts correct answers, beyond noise (a
-        two-proportion z-test at 5%)."""
-        if not self.errors or not self.correct:
-            return False
-        return self.share_errors > self.share_correct and not proportions_tie(
-            self.errors_backed, self.errors, self.correct_backed, self.correct)
-
-
-def pair_evidence(votes: np.ndarray, y_true: np.ndarray, y_pred: np.ndarray, true: str, predicted: str,
-                  min_votes: int = MIN_VOTES, annotators: int = 10) -> PairEvidence:
-    """``votes``: (N, 10) votes of the same N faces as ``y_true``/``y_pred`` (e.g. ``votes[ctx.val.ids]``)."""
-    t, p = CLASS_NAMES.index(true), CLASS_NAMES.index(predicted)
-    y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
-    backed = np.asarray(votes)[:, p] >= min_votes
-    wrong = (y_true == t) & (y_pred == p)
-    right = (y_true == t) & (y_pred == t)
-    return PairEvidence(true, predicted, int(wrong.sum()), int((wrong & backed).sum()), int(right.sum()),
-                        int((right & backed).sum()), min_votes, annotators)
-
-
-def crowd_pairs_table(evidence: list[PairEvidence]):
-    """One row per confused pair: the crowd's support among the errors and among the correct faces, with 95%
-    Wilson intervals (``_low``/``_high``) and ``clearly_more``."""
+def _shares(hits, of, index):
+    """Shares hits / of with their 95% Wilson intervals, one row per name in ``index``."""
     import pandas as pd
 
-    rows = []
-    for e in evidence:
-        (el, eh), (cl, ch) = _interval(e.errors_backed, e.errors), _interval(e.correct_backed, e.correct)
-        rows.append({"true": e.true, "predicted": e.predicted, "errors": e.errors, "errors_backed": e.share_errors,
-                     "errors_backed_low": el, "errors_backed_high": eh, "correct": e.correct,
-                     "correct_backed": e.share_correct, "correct_backed_low": cl, "correct_backed_high": ch,
-                     "clearly_more": e.clearly_more})
-    return pd.DataFrame(rows)
-
-
-@dataclass
-class CrowdSummary:
-    """How the crowd relates to the labels and to all of the model's errors on a set of faces."""
-
-    faces: np.ndarray  # (7,) faces per (FER2013) class
-    plurality_agrees: np.ndarray  # (7,) faces whose label is (one of) the crowd's most-voted of the 7 classes
-    errors: int
-    errors_backed: int  # errors on which at least `min_votes` annotators chose the model's answer
-    correct: int
-    correct_split: int  # correct faces on which at least `min_votes` annotators chose one other class
-    majority_faces: int  # faces on which more than half of the annotators chose one of the 7 classes
-    majority_label_agrees: int  # ... whose FER2013 label is that majority class
-    majority_model_agrees: int  # ... on which the model predicts that majority class
-    min_votes: int = MIN_VOTES
-    annotators: int = 10
-
-    def agreement_table(self):
-        """Per class: faces, and the share whose FER2013 label is the crowd's most-voted class (95% interval)."""
-        import pandas as pd
-
-        low, high = wilson_interval(self.plurality_agrees, self.faces)
-        return pd.DataFrame({"faces": self.faces, "agreement": self.plurality_agrees / np.maximum(self.faces, 1),
-                             "low": low, "high": high}, index=list(CLASS_NAMES))
-
-    @property
-    def agreement(self) -> float:
-        """Share of the faces whose FER2013 label is (one of) the crowd's most-voted of the 7 classes."""
-        return _share(int(self.plurality_agrees.sum()), int(self.faces.sum()))
-
-    @property
-    def agreement_interval(self) -> tuple[float, float]:
-        return _interval(int(self.plurality_agrees.sum()), int(self.faces.sum()))
-
-    @property
-    def majority_label_share(self) -> float:
-        """On the faces with a crowd majority: how often the FER2013 label is that majority (label sets agree)."""
-        return _share(self.majority_label_agrees, self.majority_faces)
-
-    @property
-    def majority_label_interval(self) -> tuple[float, float]:
-        return _interval(self.majority_label_agrees, self.majority_faces)
-
-    @property
-    def majority_accuracy(self) -> float:
-        """The model's accuracy against the crowd's majority label, on the faces that have one."""
-        return _share(self.majority_model_agrees, self.majority_faces)
-
-    @property
-    def majority_accuracy_interval(self) -> tuple[float, float]:
-        return _interval(self.majority_model_agrees, self.majority_faces)
-
-    @property
-    def errors_backed_share(self) -> float:
-        return _share(self.errors_backed, self.errors)
-
-    @property
-    def correct_split_share(self) -> float:
-        return _share(self.correct_split, self.correct)
-
-
-def crowd_summary(votes: np.ndarray, y_true: np.ndarray, y_pred: np.ndarray, min_votes: int = MIN_VOTES,
-                  annotators: int = 10) -> CrowdSummary:
-    """``votes``: (N, 10) votes of the same faces as ``y_true``/``y_pred``."""
-    votes, y_true, y_pred = np.asarray(votes), np.asarray(y_true), np.asarray(y_pred)
-    n_classes = len(CLASS_NAMES)
-    seven = votes[:, :n_classes]
-    rows = np.arange(len(y_true))
-    agrees = (seven[rows, y_true] == seven.max(1)) & (seven.max(1) > 0)
-    wrong = y_true != y_pred
-    backed = seven[rows, y_pred] >= min_votes
-    others = seven.copy()
-    others[rows, y_true] = 0
-    split = others.max(1) >= min_votes
-    majority = seven.max(1) > MAJORITY * votes.sum(1)  # more than half of all its annotators: at most one class
-    top = seven.argmax(1)
-    return CrowdSummary(np.bincount(y_true, minlength=n_classes), np.bincount(y_true[agrees], minlength=n_classes),
-                        int(wrong.sum()), int((wrong & backed).sum()), int((~wrong).sum()),
-                        int((~wrong & split).sum()), int(majority.sum()), int((majority & (top == y_true)).sum()),
-                        int((majority & (top == y_pred)).sum()), min_votes, annotators)
+    hits, of = np.asarray(hits, dtype=int), np.asarray(of, dtype=int)
+    low, high = wilson_interval(hits, of)
+    return pd.DataFrame({"faces": of, "share": hits / np.maximum(of, 1), "low": low, "high": high}, index=index)
 
 
 @dataclass
 class CrowdEvidence:
-    """Everything Q3 shows from the votes, for one set of faces (the validation split)."""
+    """What the FER+ crowd says about one set of faces (the validation split) and the model's answers on them."""
 
     votes: np.ndarray  # (N, 10) votes of those faces, in VOTE_NAMES order
-    summary: CrowdSummary
-    pairs: list[PairEvidence]  # one per confused pair asked for
     source: str  # the votes file's name
+    annotators: int
+    summary: "object"  # DataFrame, one share per row (faces, share, low, high): see crowd_evidence
+    agreement: "object"  # DataFrame per class: how often the FER2013 label is the crowd's most-voted class
+    pairs: "object"  # DataFrame per confused pair asked for: the crowd's support among its errors and correct faces
 
-    def pair(self, true: str, predicted: str) -> PairEvidence | None:
-        return next((e for e in self.pairs if (e.true, e.predicted) == (true, predicted)), None)
+    def pair(self, true: str, predicted: str):
+        """The row of ``pairs`` for true -> predicted."""
+        return self.pairs[(self.pairs["true"] == true) & (self.pairs["predicted"] == predicted)].iloc[0]
 
 
 def crowd_evidence(votes: Votes | None, faces: FaceSet, y_pred: np.ndarray, pairs: list[tuple[str, str]],
                    min_votes: int = MIN_VOTES) -> CrowdEvidence | None:
-    """The crowd evidence for ``faces`` (whose ``ids`` are training-file rows) and the model's ``y_pred``;
-    None when the dataset has no votes."""
+    """The crowd evidence for ``faces`` (whose ``ids`` are training-file rows) and the model's ``y_pred``; None
+    when the dataset has no votes.
+
+    ``summary`` rows: the label is (one of) the crowd's most-voted of the 7 classes; on the faces with a crowd
+    majority (more than half of the annotators on one class), the label is it, the model's answer is it; errors on
+    which at least ``min_votes`` annotators chose the model's answer; correct faces on which at least ``min_votes``
+    chose one other class. A pair is ``clearly_more`` when the crowd backs the prediction more often on its errors
+    than on the true class's correct faces, beyond noise (a two-proportion z-test at 5%).
+    """
+    import pandas as pd
+
     if votes is None:
         return None
-    v = votes[faces.ids]
-    n = votes.annotators
-    return CrowdEvidence(v, crowd_summary(v, faces.labels, y_pred, min_votes, n),
-                         [pair_evidence(v, faces.labels, y_pred, t, p, min_votes, n) for t, p in pairs],
-                         votes.file.name)
+    v, y_true, y_pred = votes[faces.ids], np.asarray(faces.labels), np.asarray(y_pred)
+    seven, rows = v[:, :len(CLASS_NAMES)], np.arange(len(v))
+    top, top_class = seven.max(1), seven.argmax(1)
+    agrees = (seven[rows, y_true] == top) & (top > 0)
+    majority = top > MAJORITY * v.sum(1)  # more than half of all its annotators: at most one class
+    wrong = y_true != y_pred
+    others = seven.copy()
+    others[rows, y_true] = 0
+    masks = [(agrees, True), (majority & (top_class == y_true), majority), (majority & (top_class == y_pred), majority),
+             (wrong & (seven[rows, y_pred] >= min_votes), wrong), (~wrong & (others.max(1) >= min_votes), ~wrong)]
+    summary = _shares([np.sum(k & of) for k, of in masks], [np.sum(np.broadcast_to(of, rows.shape)) for _, of in masks],
+                      ["label is the top class", "label is the majority", "model is the majority", "errors backed",
+                       "correct split"])
+    agreement = _shares([np.sum(agrees & (y_true == c)) for c in range(len(CLASS_NAMES))],
+                        np.bincount(y_true, minlength=len(CLASS_NAMES)), list(CLASS_NAMES))
+    table = []
+    for true, predicted in pairs:
+        t, p = CLASS_NAMES.index(true), CLASS_NAMES.index(predicted)
+        backed = seven[:, p] >= min_votes
+        errors, correct = (y_true == t) & (y_pred == p), (y_true == t) & (y_pred == t)
+        k, n = [int(np.sum(errors & backed)), int(np.sum(correct & backed))], [int(errors.sum()), int(correct.sum())]
+        shares = _shares(k, n, ["errors", "correct"])
+        row = {"true": true, "predicted": predicted}
+        for kind in ("errors", "correct"):
+            row |= {kind: n[kind == "correct"], f"{kind}_backed": shares.at[kind, "share"],
+                    f"{kind}_low": shares.at[kind, "low"], f"{kind}_high": shares.at[kind, "high"]}
+        row["clearly_more"] = bool(all(n) and k[0] / n[0] > k[1] / n[1] and not proportions_tie(k[0], n[0], k[1], n[1]))
+        table.append(row)
+    return CrowdEvidence(v, votes.file.name, votes.annotators, summary, agreement, pd.DataFrame(table))
