@@ -1,5 +1,5 @@
-"""Q4, measured causally: cover one landmark region of a face at a time and measure the drop in the model's probability
-of the true class, against the same shape and area covered away from the features (a control for the area removed).
+"""Q4, measured causally: cover one landmark region of a face at a time (Captum's ``FeatureAblation``) and measure the
+drop in the model's probability of the true class, against the same shape and area covered away from the features.
 
 A covered pixel takes the value of the face blurred heavily (``FILL_SIGMA``): the feature's detail goes, the face's
 own brightness stays, and no edge appears at the patch's border (a black or mean-grey patch draws one, and a
@@ -14,17 +14,15 @@ import numpy as np
 import torch
 
 from fer_lib import CLASS_NAMES
-from fer_lib.core.stats import percentile_interval
-from fer_lib.data.regions import FEATURES, moved_off
-from fer_lib.questions.q4_saliency import MIN_FACES
+from fer_lib.data.regions import FEATURES, LANDMARK_REGIONS, moved_off
+from fer_lib.questions.q4_saliency import BOOTSTRAP, MIN_FACES, interval_sign, mean_interval
 
 if TYPE_CHECKING:
     import pandas as pd
     from torch import nn
 
-OCCLUDED = ("brows", "eyes", "nose", "mouth", "rest_of_face")  # covered one at a time (display order)
+OCCLUDED = LANDMARK_REGIONS[:5]  # brows, eyes, nose, mouth, rest of the face: covered one at a time
 FILL_SIGMA = 4.0  # px of the 48-px face: a brow or an eye (3-6 px high) is blurred away, the shading stays
-BOOTSTRAP = 2000  # resamples of the faces behind every 95% interval
 ALL = "all classes"  # the row label of the pooled faces
 
 
@@ -33,11 +31,6 @@ def fill(faces: np.ndarray, sigma: float = FILL_SIGMA) -> np.ndarray:
     from scipy.ndimage import gaussian_filter
 
     return gaussian_filter(np.asarray(faces, np.float32), sigma=(0, sigma, sigma), mode="nearest")
-
-
-def covered(grey: np.ndarray, blurred: np.ndarray, masks: np.ndarray) -> np.ndarray:
-    """Faces (N, H, W) with the pixels of masks (N, K, H, W) replaced by the blurred face: (N, K, H, W)."""
-    return np.where(masks, blurred[:, None], grey[:, None])
 
 
 def controls(regions: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -77,112 +70,96 @@ class Occlusion:
             cells = cells.droplevel("class")
             best = cells["effect"].idxmax()
             b = cells.loc[best]
-            members = np.arange(len(self.labels)) if cls == ALL else np.flatnonzero(
-                self.labels == CLASS_NAMES.index(cls))
-            resample = members[rng.integers(0, len(members), (n_boot, len(members)))]
-            j = OCCLUDED.index(best)
-            tied = []
-            for r in cells.index:
-                if r == best or not (b["low"] > 0 and cells.loc[r, "low"] > 0):
-                    continue
-                gap = (effect[:, j] - effect[:, OCCLUDED.index(r)])[resample].mean(1)
-                if percentile_interval(gap)[0] <= 0:
-                    tied.append(r)
+            members = self.labels >= 0 if cls == ALL else self.labels == CLASS_NAMES.index(cls)
+            others = [r for r in cells.index if r != best and b["low"] > 0 and cells.loc[r, "low"] > 0]
+            gaps = effect[members][:, [OCCLUDED.index(best)]] - effect[members][:, [OCCLUDED.index(r) for r in others]]
+            tied = [r for r, low in zip(others, mean_interval(gaps, n_boot, rng)[0]) if low <= 0] if others else []
             rows[cls] = {"region": best, **b.to_dict(), "clear": bool(b["low"] > 0), "tied": tied}
         out = pd.DataFrame(rows).T.rename_axis("class")
-        return out.astype({c: float for c in ("drop", "control", "effect", "low", "high")} | {"faces": int})
+        return out.astype(dict.fromkeys(("drop", "control", "effect", "low", "high"), float) | {"faces": int,
+                                                                                               "clear": bool})
+
 
 def occlusion(model: nn.Module, faces: np.ndarray, labels: np.ndarray, regions: dict[str, np.ndarray],
               found: np.ndarray, input_size: int = 48, sigma: float = FILL_SIGMA, n_boot: int = BOOTSTRAP,
               seed: int = 0, batch_size: int = 256) -> Occlusion:
-    """Cover each region of ``OCCLUDED`` (masks {region: (N, 48, 48)}), then its control, on every uint8 face
-    (N, 48, 48) whose landmarks were ``found`` (N,); faces without them are left out and counted."""
+    """Cover each region of ``OCCLUDED`` (masks {region: (N, 48, 48)}, a partition of each frame), then its control,
+    on every uint8 face (N, 48, 48) whose landmarks were ``found`` (N,); faces without them are left out, counted.
+
+    Two ``FeatureAblation`` runs with the blurred face as baseline: the regions as one feature mask per face, then
+    each control patch (a second feature in its own copy of the face; the rest of that copy is ablated too, unused).
+    """
     import pandas as pd
+    from captum.attr import FeatureAblation
 
     from fer_lib.model.inference import predict_logits
 
     found = np.asarray(found, bool)
     index = np.flatnonzero(found)
     y = np.asarray(labels)[index]
+    n, k = len(index), len(OCCLUDED)
     grey = np.asarray(faces)[index].astype(np.float32) / 255.0
-    own = {r: np.asarray(regions[r])[index] for r in OCCLUDED}
-    moved = controls({r: np.asarray(m)[index] for r, m in regions.items()})
-    masks = np.stack([own[r] for r in OCCLUDED] + [moved[r] for r in OCCLUDED], 1)  # (n, 2R, H, W)
-    features = np.any([np.asarray(regions[r])[index] for r in FEATURES], axis=0)
+    own = {r: np.asarray(regions[r])[index] for r in LANDMARK_REGIONS}
+    moved = controls(own)
+    features = np.any([own[r] for r in FEATURES], axis=0)
     on_features = np.stack([(moved[r] & (features | own[r])).sum((1, 2)) / np.maximum(own[r].sum((1, 2)), 1)
                             for r in OCCLUDED], 1)
-    images = np.concatenate([grey[:, None], covered(grey, fill(grey, sigma), masks)], 1)  # (n, 1 + 2R, H, W)
-    logits = predict_logits(model, torch.from_numpy(images.reshape(-1, *grey.shape[1:])), input_size, batch_size)
-    probs = torch.softmax(logits, 1).numpy().reshape(len(index), images.shape[1], -1)[np.arange(len(index)), :, y]
-    k = len(OCCLUDED)
-    drop, control = probs[:, :1] - probs[:, 1:1 + k], probs[:, :1] - probs[:, 1 + k:]
-    effect = drop - control
+
+    ablation = FeatureAblation(lambda x: torch.softmax(predict_logits(model, x[:, 0], input_size, batch_size), 1))
+    x, baseline = (torch.from_numpy(v[:, None]) for v in (grey, fill(grey, sigma)))
+    target = torch.as_tensor(y)
+    region_ids = np.argmax(np.stack([own[r] for r in LANDMARK_REGIONS], 1), 1)[:, None]  # (n, 1, H, W)
+    by_region = ablation.attribute(x, baselines=baseline, target=target, feature_mask=torch.from_numpy(region_ids))
+    control_ids = np.concatenate([moved[r][:, None] for r in OCCLUDED]).astype(np.int64)  # (k * n, 1, H, W)
+    by_control = ablation.attribute(x.repeat(k, 1, 1, 1), baselines=baseline.repeat(k, 1, 1, 1),
+                                    target=target.repeat(k), feature_mask=torch.from_numpy(control_ids))
+    # an attribution is P(intact) - P(ablated), the same on every pixel of the feature: read it on the feature
+    drop = np.stack([(by_region.numpy()[:, 0] * own[r]).sum((1, 2)) / np.maximum(own[r].sum((1, 2)), 1)
+                     for r in OCCLUDED], 1)
+    control = (by_control.numpy()[:, 0] * control_ids[:, 0]).sum((1, 2)) / np.maximum(control_ids.sum((1, 2, 3)), 1)
+    control = control.reshape(k, n).T
+    intact = torch.softmax(predict_logits(model, x[:, 0], input_size, batch_size), 1).numpy()[np.arange(n), y]
 
     rng = np.random.default_rng(seed)
-    groups = [(CLASS_NAMES[c], np.flatnonzero(y == c)) for c in np.unique(y) if (y == c).sum() >= MIN_FACES]
-    groups.append((ALL, np.arange(len(y))))
+    groups = [(CLASS_NAMES[c], y == c) for c in np.unique(y) if (y == c).sum() >= MIN_FACES] + [(ALL, y >= 0)]
     rows = {}
     for name, members in groups:
-        if not len(members):
+        if members.sum() < 2:
             continue
-        resample = members[rng.integers(0, len(members), (n_boot, len(members)))]
-        cell = {}
-        for key, values in (("drop", drop), ("control", control), ("effect", effect)):
-            low, high = percentile_interval(values[resample].mean(1))
-            label = "" if key == "effect" else f"{key} "
-            cell[key] = (values[members].mean(0), low, high, label)
+        values = np.concatenate([drop, control, drop - control], 1)[members]  # resampled together
+        means, (low, high) = values.mean(0).reshape(3, k), (b.reshape(3, k) for b in mean_interval(values, n_boot, rng))
         for j, r in enumerate(OCCLUDED):
-            row = {}
-            for key, (mean, low, high, label) in cell.items():
-                row |= {key: mean[j], f"{label}low": low[j], f"{label}high": high[j]}
-            rows[(name, r)] = row | {"faces": len(members)}
-    columns = ["drop", "drop low", "drop high", "control", "control low", "control high", "effect", "low", "high",
-               "faces"]
-    table = pd.DataFrame([rows[k] for k in rows], columns=columns,
-                         index=pd.MultiIndex.from_tuples(list(rows), names=["class", "region"]))
-    table = table.astype(float).astype({"faces": int})
-    table.insert(table.columns.get_loc("high") + 1, "sign",
-                 np.where(table["low"] > 0, 1, np.where(table["high"] < 0, -1, 0)).astype(int))
-    return Occlusion(index, y, probs[:, 0], drop, control, on_features, int((~found).sum()),
-                     int(images.shape[0] * images.shape[1]), table)
+            rows[(name, r)] = {"drop": means[0, j], "drop low": low[0, j], "drop high": high[0, j],
+                               "control": means[1, j], "control low": low[1, j], "control high": high[1, j],
+                               "effect": means[2, j], "low": low[2, j], "high": high[2, j], "faces": int(members.sum())}
+    table = pd.DataFrame.from_dict(rows, orient="index").rename_axis(["class", "region"])
+    table.insert(table.columns.get_loc("high") + 1, "sign", interval_sign(table["low"], table["high"]))
+    passes = n * (1 + len(LANDMARK_REGIONS)) + k * n * 3 + n  # every feature id ablated, and the intact faces
+    return Occlusion(index, y, intact, drop, control, on_features, int((~found).sum()), passes, table)
 
 
 def attribution_agreement(top: pd.DataFrame, by_class: pd.DataFrame, methods: list[str], area: dict[str, float]
                           ) -> pd.DataFrame:
-    """Per class with occlusion and attribution rows: for each method of ``methods`` with per-class rows
-    (``by_class``: index (class, method, region), column "difference", the map's share beyond the randomised
-    network), the occluded region that holds the most of its mass per unit of area (``area``: region -> share of
-    the frame; a large region holds more mass by its size alone, as it costs more to cover); "agree": how many of
-    those methods name the
-    costliest region to cover or one tied with it, "methods": how many name a region (a method whose maps of the
-    class hold no mass names none), "agrees": more than half of those do; "<method> agrees": whether that method
-    names it (None where it names no region); "chance": the share of the occluded regions that count as a match
-    (the costliest and those tied with it), what a method naming a region at random matches on average.
-    Only classes whose costliest region is clear (``top``'s "clear") have rows."""
+    """Per class whose costliest region is clear (``top``'s "clear") and with attribution rows (``by_class``: index
+    (class, method, region), column "difference", the map's share beyond the randomised network): for each method of
+    ``methods`` the occluded region holding the most of its mass per unit of ``area`` (region -> share of the frame:
+    a large region holds more mass by its size alone), None where its maps of the class are empty; "<method> agrees"
+    whether that is the costliest region or one tied with it; "agree" how many of the "methods" naming a region do;
+    "agrees" more than half; "chance" the share of the occluded regions that count as a match."""
     import pandas as pd
 
     have = [m for m in methods if m in set(by_class.index.get_level_values("method"))]
-    classes = set(by_class.index.get_level_values("class"))
-
-    def most_mass(cls: str, method: str) -> str | None:
-        if (cls, method) not in by_class.index.droplevel("region"):
-            return None  # no rows: every map of the class is empty (all zero)
-        shares = by_class["difference"].xs((cls, method), level=("class", "method")).reindex(list(OCCLUDED))
-        shares = (shares / pd.Series(area).reindex(list(OCCLUDED))).dropna()
-        return shares.idxmax() if len(shares) else None  # None: no map of the class has mass (an all-zero map)
-
+    per_area = by_class["difference"].unstack("region").reindex(columns=list(OCCLUDED)) / pd.Series(area)[
+        list(OCCLUDED)]
     rows = {}
-    for cls in top.index:
-        if not top.loc[cls, "clear"] or cls not in classes:
-            continue
+    for cls in top.index[top["clear"].astype(bool)]:
         costly = {top.loc[cls, "region"], *top.loc[cls, "tied"]}
-        row = {m: most_mass(cls, m) for m in have}
+        row = {m: per_area.loc[(cls, m)].dropna().idxmax() if (cls, m) in per_area.index
+               and per_area.loc[(cls, m)].notna().any() else None for m in have}
         named = [m for m in have if row[m] is not None]
-        if not named:
-            continue
-        agrees = {f"{m} agrees": row[m] in costly if row[m] is not None else None for m in have}
-        agree = sum(row[m] in costly for m in named)
-        rows[cls] = row | agrees | {"occlusion": top.loc[cls, "region"], "agree": agree, "methods": len(named),
-                                    "agrees": agree > len(named) / 2,
-                                    "chance": len(costly) / len(OCCLUDED)}
+        if named:
+            agree = sum(row[m] in costly for m in named)
+            rows[cls] = row | {f"{m} agrees": row[m] in costly if row[m] else None for m in have} | {
+                "occlusion": top.loc[cls, "region"], "agree": agree, "methods": len(named),
+                "agrees": agree > len(named) / 2, "chance": len(costly) / len(OCCLUDED)}
     return pd.DataFrame.from_dict(rows, orient="index").rename_axis("class")

@@ -31,7 +31,6 @@ from scipy.stats import false_discovery_control, norm
 from torch import nn
 
 from fer_lib import CLASS_NAMES
-from fer_lib.core.stats import Z95, auroc_se, rank_auroc
 
 LAST_CONV = "layer4.1.conv2"
 RESPONSE_LAYER = "layer4.1.bn2"
@@ -39,7 +38,6 @@ N_SHOWN = 16  # filters shown with their grown face and top faces
 TOP_K = 16  # top faces per filter (after removing second copies of a photo)
 MIN_PIXEL_STD = 4.0  # gray levels (of 255): a face below this is blank or near-uniform and never a "top face"
 N_PERMUTATIONS = 1000  # within-class attribute shuffles of the chance baseline
-N_BOOTSTRAP = 300  # resamples of the faces for the shown filters' AUROC intervals
 ALPHA = 0.05  # false-discovery rate of tuning; per-test level of the attribute shifts
 RANDOM_LEVEL = 0.95  # a tuned filter's AUROC also beats this share of the untrained filters (at their best class)
 QUIET = 0.2  # a filter is quiet for a class when its AUROC for it is below this (the class's faces respond least)
@@ -52,6 +50,8 @@ PENALTY = 100.0  # weight of the mean squared change in the loss (response units
 FOCUS = 1.5  # a grown face's change is "on" a face part when that part changes this many times the face's average
 COMPARED = ("mouth_open", "eye_open", "brow_height", "head_turn", "brightness", "contrast")  # of face_attributes
 FACE_PARTS = ("brows", "eyes", "nose", "mouth")  # landmark regions a grown face's change is measured on
+Z95 = norm.ppf(0.975)
+K_SHOWN = 10  # top faces per filter in the figure and the answer (the attribute shifts use all TOP_K)
 
 
 def _device(model: nn.Module) -> torch.device:
@@ -146,11 +146,6 @@ def top_faces(responses: np.ndarray, filters: np.ndarray, k: int = TOP_K, valid:
                     break
         out[f] = row
     return out
-
-
-def class_counts(labels: np.ndarray, top: np.ndarray, n_classes: int = len(CLASS_NAMES)) -> np.ndarray:
-    """(len(top), n_classes) int: how many of each filter's top faces belong to each class."""
-    return np.stack([np.bincount(labels[row], minlength=n_classes) for row in top])
 
 
 # --- tuning to each class over all faces, against a random network, and the last layer's votes ------------
@@ -257,17 +252,23 @@ class Tuning:
 
 def auroc_by_class(responses: np.ndarray, labels: np.ndarray,
                    n_classes: int = len(CLASS_NAMES)) -> tuple[np.ndarray, np.ndarray]:
-    """AUROC (n_classes, F) of each column of ``responses`` (N, F) for class c against the rest, and its
-    Hanley-McNeil standard error."""
-    from scipy.stats import rankdata
+    """AUROC (n_classes, F) of each column of ``responses`` (N, F) for class c against the rest (NaN for a class
+    without faces), and Hanley and McNeil's (1982) standard error: a cheap normal approximation where a bootstrap
+    of 512 x 7 AUROCs would cost too much."""
+    from sklearn.metrics import roc_auc_score
 
     labels = np.asarray(labels)
-    onehot = (labels[:, None] == np.arange(n_classes)[None]).astype(float)  # (N, n_classes)
-    n1 = onehot.sum(0)[:, None]
+    auc = np.full((n_classes, responses.shape[1]), np.nan)
+    for c in np.unique(labels):
+        if 0 < (labels == c).sum() < len(labels):
+            positive = np.repeat((labels == c)[:, None], responses.shape[1], 1)
+            auc[c] = roc_auc_score(positive, responses, average=None)  # every column at once
+    n1 = np.bincount(labels, minlength=n_classes)[:, None].astype(float)
     n0 = len(labels) - n1
-    with np.errstate(invalid="ignore", divide="ignore"):  # a class without faces: NaN
-        auc = (onehot.T @ rankdata(responses, axis=0) - n1 * (n1 + 1) / 2) / (n1 * n0)  # rank_auroc, ranked once
-    return auc, auroc_se(auc, n1, n0)
+    q1, q2 = auc / (2 - auc), 2 * auc ** 2 / (1 + auc)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        se = np.sqrt((auc * (1 - auc) + (n1 - 1) * (q1 - auc ** 2) + (n0 - 1) * (q2 - auc ** 2)) / (n1 * n0))
+    return auc, se
 
 
 def class_tuning(responses: np.ndarray, random_responses: np.ndarray, labels: np.ndarray, fc_weight: np.ndarray,
@@ -283,21 +284,6 @@ def class_tuning(responses: np.ndarray, random_responses: np.ndarray, labels: np
 def fc_weight(model: nn.Module) -> np.ndarray:
     """(n_classes, 512) the final linear layer's weight (``fc`` = Dropout + Linear)."""
     return model.fc[1].weight.detach().float().cpu().numpy()
-
-
-def bootstrap_auroc(responses: np.ndarray, labels: np.ndarray, classes: np.ndarray, resamples: int = N_BOOTSTRAP,
-                    level: float = 0.95, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """Percentile bootstrap interval (low, high), each (S,), of the AUROC of column s of ``responses`` (N, S) for
-    ``classes[s]`` against the rest, the faces resampled with replacement (all columns on the same resamples)."""
-    labels = np.asarray(labels)
-    positive = labels[:, None] == np.asarray(classes)[None]  # (N, S)
-    rng = np.random.default_rng(seed)
-    values = np.empty((resamples, responses.shape[1]))
-    for b in range(resamples):
-        idx = rng.integers(0, len(labels), len(labels))
-        values[b] = rank_auroc(responses[idx], positive[idx])
-    tail = (1 - level) / 2 * 100
-    return np.nanpercentile(values, tail, axis=0), np.nanpercentile(values, 100 - tail, axis=0)
 
 
 def pick_filters(tuning: Tuning, responses: np.ndarray, n: int = N_SHOWN, seed: int = 0) -> np.ndarray:
@@ -553,25 +539,24 @@ def growth_regions(start: np.ndarray, grown: np.ndarray) -> Growth:
     return Growth(FACE_PARTS, change, signed, delta, bool(found[0]))
 
 
-def shown_table(filters: np.ndarray, tuning: Tuning, interval: np.ndarray, random_interval: np.ndarray,
-                shift: AttributeShift, growth: Growth, before: np.ndarray, after: np.ndarray, best_face: np.ndarray,
-                control: Growth | None = None):
-    """One row per filter shown, numbers and labels only: its preferred class, AUROC with its bootstrap interval
-    (trained and random), tuned / mixed, its final-layer weight for the class and whether it votes for it, the
-    attribute shifts of its top faces, the part its grown face changes most (unless the untrained ``control``
-    changes it too, :meth:`Growth.named`), and its responses.
-
-    ``interval`` and ``random_interval`` are (2, shown) bootstrap bounds; ``tuning`` and ``shift`` cover all filters."""
+def shown_table(filters: np.ndarray, tuning: Tuning, shift: AttributeShift, growth: Growth, before: np.ndarray,
+                after: np.ndarray, best_face: np.ndarray, control: Growth | None = None):
+    """One row per filter shown, numbers and labels only: its preferred class, AUROC with its 95% interval (trained
+    and random, from Hanley-McNeil errors), tuned / mixed, its final-layer weight for the class and whether it votes
+    for it, the attribute shifts of its top faces, the part its grown face changes most (unless the untrained
+    ``control`` changes it too, :meth:`Growth.named`), and its responses."""
     import pandas as pd
 
     from fer_lib.data.face_attributes import ATTRIBUTES
 
     filters = np.asarray(filters)
     cls = tuning.preferred[filters]
+    half, random_half = (Z95 * se[cls, filters] for se in (tuning.se, tuning.random_se))
     table = pd.DataFrame({"filter": filters, "class": [CLASS_NAMES[c] for c in cls],
-                          "AUROC": tuning.best[filters], "AUROC low": interval[0], "AUROC high": interval[1],
-                          "random AUROC": tuning.random_best[filters], "random low": random_interval[0],
-                          "random high": random_interval[1], "tuned": tuning.tuned[filters],
+                          "AUROC": tuning.best[filters], "AUROC low": tuning.best[filters] - half,
+                          "AUROC high": tuning.best[filters] + half, "random AUROC": tuning.random_best[filters],
+                          "random low": tuning.random_best[filters] - random_half,
+                          "random high": tuning.random_best[filters] + random_half, "tuned": tuning.tuned[filters],
                           "mixed": tuning.mixed[filters], "fc weight": tuning.weight[filters],
                           "votes": tuning.votes[filters]})
     for a, name in enumerate(shift.names):
@@ -581,3 +566,73 @@ def shown_table(filters: np.ndarray, tuning: Tuning, interval: np.ndarray, rando
     table["best face"] = np.asarray(best_face, dtype=float)
     table["grown face"] = np.asarray(after, dtype=float)
     return table
+
+
+@dataclass
+class FiltersAnswer:
+    """What Q5's page shows: every filter's tuning against an untrained network and the last layer's votes, what
+    its top faces share beyond their class, and for the filters shown a face grown to excite it."""
+
+    tuning: Tuning
+    top: np.ndarray  # (filters, TOP_K) indices of each filter's strongest validation faces, one per photo
+    valid: np.ndarray  # (faces,) informative (not blank) faces
+    attributes: "object"  # DataFrame (faces): face_attributes()
+    shift: AttributeShift
+    shifts: "object"  # DataFrame: shift.table()
+    chosen: np.ndarray  # (shown,) the filters shown
+    start: np.ndarray  # (48, 48) in [0, 1]: the mean validation face every grown face starts from
+    grown: np.ndarray  # (shown, 48, 48) in [0, 1]
+    before: np.ndarray  # (shown,) response to the start
+    after: np.ndarray  # (shown,) response to the grown face
+    best_face: np.ndarray  # (shown,) response to the filter's strongest validation face
+    growth: Growth
+    control: Growth  # the same filters grown in the untrained network
+    changes: list  # per shown filter: [(attribute or part, +1 / -1)], what its grown face changes (see changes())
+    example: int  # the shown filter the answer describes: one-class, a change named, voting, largest margin
+    table: "object"  # DataFrame: shown_table()
+    map_side: int  # side of the response map
+
+
+def changes(growth: Growth, control: Growth, spread: "object", min_sd: float = 0.25) -> list:
+    """Per grown face: [(attribute, sign)] for mouth opening and brow height where its landmarks moved by at least
+    ``min_sd`` of ``spread`` (attribute -> the validation faces' standard deviation); else [(part, sign of the mean
+    change)] where the change is on a part the untrained control does not change; else []."""
+    out = []
+    for i, a in growth.attributes.iterrows():
+        moved = [(c, int(np.sign(a[c]))) for c in ("mouth_open", "brow_height")
+                 if np.isfinite(a[c]) and abs(a[c]) >= min_sd * spread[c]]
+        j = growth.focus[i]
+        part = [(growth.parts[j], -1 if growth.signed[i, j] < 0 else 1)] if growth.named(control)[i] else []
+        out.append(moved or part)
+    return out
+
+
+def filters_answer(model: nn.Module, images: np.ndarray, labels: np.ndarray, input_size: int = 48,
+                   n_shown: int = N_SHOWN, ascent_steps: int = 128, seed: int = 0) -> FiltersAnswer:
+    """Q5 on the validation faces ``images`` (uint8 (N, 48, 48)) and their ``labels``."""
+    from fer_lib.core.io import default_cache_dir
+    from fer_lib.data.face_attributes import face_attributes
+    from fer_lib.questions.q4_saliency import randomised_copy
+
+    responses = filter_responses(model, images, input_size)  # (faces, filters)
+    untrained = randomised_copy(model, seed)  # every layer re-initialised at random
+    random_responses = filter_responses(untrained, images, input_size)
+    valid = informative_faces(images)
+    top = top_faces(responses, np.arange(responses.shape[1]), valid=valid, groups=duplicate_groups(images))
+    tuning = class_tuning(responses, random_responses, labels, fc_weight(model), valid)
+    attributes = face_attributes(images, cache_dir=default_cache_dir())
+    shift = attribute_shift(attributes[list(COMPARED)].to_numpy(), labels, top, valid, seed=seed)
+    chosen = pick_filters(tuning, responses, n_shown, seed)
+    start = images[valid].mean(0) / 255  # one start for every filter: the differences compare across rows
+    grown, before, after = grow_faces(model, chosen, start, input_size, steps=ascent_steps, seed=seed)
+    growth = growth_regions(start, grown)
+    control = growth_regions(start, grow_faces(untrained, chosen, start, input_size, steps=ascent_steps,
+                                               seed=seed)[0])
+    said = changes(growth, control, attributes.std())
+    best_face = responses[top[chosen, 0], chosen]
+    margin = (tuning.best - tuning.random_best)[chosen]
+    order = [i for i in np.argsort(-margin, kind="stable") if tuning.one_class[chosen[i]] and said[i]]
+    example = ([i for i in order if tuning.votes[chosen[i]]] or order or [int(np.argmax(margin))])[0]
+    table = shown_table(chosen, tuning, shift, growth, before, after, best_face, control)
+    return FiltersAnswer(tuning, top, valid, attributes, shift, shift.table(), chosen, start, grown, before, after,
+                         best_face, growth, control, said, int(example), table, response_map_side(model, input_size))
