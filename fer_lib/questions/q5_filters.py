@@ -1,33 +1,22 @@
 """Q5: what the last convolution layer's filters respond to.
 
-A filter's *response* is its channel of ``layer4.1.bn2`` (the last convolution, ``layer4.1.conv2``,
-followed by its BatchNorm, a per-channel affine map), averaged over positions: positive means the filter
-fires. Four views:
-
-1. the validation faces that excite each filter most (blank images and second copies of a photo left out);
-2. tuning: per filter and class the AUROC of its response, class against the rest, over all validation faces,
-   set against the same filter index of a randomly initialised network (and above what 95% of that network's
-   filters reach for their best class), and the filter's weights in the final
-   linear layer (does the class it responds to get its vote?);
-3. what the top faces share beyond their class: mouth and eye opening, brow height, head turn, brightness and
-   contrast (``face_attributes``), compared with faces of the same classes, against within-class shuffles;
-4. for the filters shown, a face grown by gradient ascent from the mean validation face, kept near it by a
-   distance penalty (and a cap), under random jitter, zoom and rotation; where it changes says what the filter wants.
-
-Code that runs a model builds its inputs on the model's device and returns CPU numpy arrays.
+A filter's *response* is its channel of ``layer4.1.bn2`` (the last convolution followed by its BatchNorm) averaged
+over positions. Four views: the validation faces that excite it most (blank images and second copies of a photo
+left out); its tuning to each class (AUROC) against the same filter of a randomly initialised network, and its vote
+in the final layer; what its top faces share beyond their class (landmark attributes, against within-class
+shuffles); a face grown by gradient ascent from the mean face, and where that face changes.
 """
 from __future__ import annotations
 
 import copy
 import math
-import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from scipy.stats import false_discovery_control, norm
+from scipy.stats import false_discovery_control, norm, rankdata
 from torch import nn
 
 from fer_lib import CLASS_NAMES
@@ -129,105 +118,53 @@ def top_faces(responses: np.ndarray, filters: np.ndarray, k: int = TOP_K, valid:
     Faces with ``valid`` False (blank images) are never chosen; with ``groups`` (a copy-group id per face) a
     face is skipped when a stronger face of its group is already chosen, so no photo appears twice.
     """
-    scores = responses[:, filters].astype(float)
     allowed = np.ones(len(responses), bool) if valid is None else np.asarray(valid, bool)
-    if groups is None:
-        groups = np.arange(len(responses))
-    k = min(k, len(np.unique(np.asarray(groups)[allowed])))
-    order = np.argsort(-scores, axis=0, kind="stable")  # (N, F)
-    out = np.zeros((len(filters), k), dtype=np.int64)
-    for f in range(len(filters)):
-        seen, row = set(), []
-        for i in order[:, f]:
-            if allowed[i] and groups[i] not in seen:
-                seen.add(groups[i])
-                row.append(i)
-                if len(row) == k:
-                    break
-        out[f] = row
-    return out
+    groups = np.arange(len(responses)) if groups is None else np.asarray(groups)
+    k = min(k, len(np.unique(groups[allowed])))
+    rows = []
+    for order in np.argsort(-responses[:, filters].astype(float), axis=0, kind="stable").T:  # strongest first
+        order = order[allowed[order]]
+        rows.append(order[np.sort(np.unique(groups[order], return_index=True)[1])[:k]])  # each group's strongest
+    return np.array(rows, dtype=np.int64).reshape(len(filters), k)
 
 
 # --- tuning to each class over all faces, against a random network, and the last layer's votes ------------
 
 @dataclass
 class Tuning:
-    """Every filter's AUROC per class (response, class against the rest), trained and random network.
+    """Every filter's AUROC per class (response, class against the rest), trained and random network (the same
+    filter index), and what follows from it (all arrays (F,) unless noted).
 
     A filter is *tuned* when its preferred class's AUROC beats the random network's same filter for that class
     (one-sided z-test on Hanley-McNeil errors, times the number of classes for picking the best one), at a
     false-discovery rate of ``alpha`` over the filters, and exceeds ``random_threshold``, the ``random_level``
     quantile over the random network's filters of their best-class AUROC; *mixed* when tuned but its best two
-    classes tie (their difference within 1.96 combined errors); *one class* otherwise. ``fc`` (n_classes, F) is
-    the final linear layer's weight; a filter *votes* for its class when that class gets its largest weight.
+    classes tie (their difference within 1.96 combined errors); *one class* otherwise. A filter *votes* for its
+    class when that class gets its largest final-layer weight.
     """
 
     auroc: np.ndarray  # (n_classes, F) trained network
-    random_auroc: np.ndarray  # (n_classes, F) the same filter index in the randomly initialised network
+    random_auroc: np.ndarray  # (n_classes, F)
     se: np.ndarray  # (n_classes, F) Hanley-McNeil standard errors, trained
     random_se: np.ndarray  # (n_classes, F) and random
     fc: np.ndarray  # (n_classes, F) final-layer weights
     alpha: float = ALPHA
     random_level: float = RANDOM_LEVEL
 
-    @property
-    def preferred(self) -> np.ndarray:
-        """(F,) the class with the highest AUROC (a class without faces never)."""
-        return np.nan_to_num(self.auroc, nan=-1).argmax(0)
-
-    def _at(self, table: np.ndarray, classes: np.ndarray | None = None) -> np.ndarray:
-        classes = self.preferred if classes is None else classes
-        return table[classes, np.arange(table.shape[1])]
-
-    @property
-    def best(self) -> np.ndarray:
-        """(F,) AUROC for the preferred class."""
-        return self._at(self.auroc)
-
-    @property
-    def random_best(self) -> np.ndarray:
-        """(F,) the random network's AUROC for the trained filter's preferred class."""
-        return self._at(self.random_auroc)
-
-    @property
-    def random_threshold(self) -> float:
-        """The ``random_level`` quantile over the random network's filters of their own best-class AUROC."""
-        return float(np.percentile(np.nanmax(self.random_auroc, 0), 100 * self.random_level))
-
-    @property
-    def p(self) -> np.ndarray:
-        """(F,) one-sided p of trained > random at the preferred class, times the number of classes (capped at 1)."""
-        z = (self.best - self.random_best) / np.hypot(self._at(self.se), self._at(self.random_se))
-        return np.minimum(1.0, norm.sf(z) * len(self.auroc))
-
-    @property
-    def tuned(self) -> np.ndarray:
-        return (false_discovery_control(self.p) <= self.alpha) & (self.best > self.random_threshold)
-
-    @property
-    def second(self) -> np.ndarray:
-        """(F,) the class with the second-highest AUROC."""
-        return np.argsort(-np.nan_to_num(self.auroc, nan=-1), axis=0, kind="stable")[1]
-
-    @property
-    def mixed(self) -> np.ndarray:
-        """(F,) tuned, but the best two classes tie."""
-        gap = self.best - self._at(self.auroc, self.second)
-        return self.tuned & (gap <= Z95 * np.hypot(self._at(self.se), self._at(self.se, self.second)))
-
-    @property
-    def one_class(self) -> np.ndarray:
-        return self.tuned & ~self.mixed
-
-    @property
-    def weight(self) -> np.ndarray:
-        """(F,) the final-layer weight from the filter to its preferred class."""
-        return self._at(self.fc)
-
-    @property
-    def votes(self) -> np.ndarray:
-        """(F,) the preferred class gets the filter's largest final-layer weight."""
-        return self.fc.argmax(0) == self.preferred
+    def __post_init__(self):
+        filters = np.arange(self.auroc.shape[1])
+        ranked = np.argsort(-np.nan_to_num(self.auroc, nan=-1), axis=0, kind="stable")  # a class without faces last
+        self.preferred, self.second = ranked[0], ranked[1]
+        self.best, self.random_best = self.auroc[self.preferred, filters], self.random_auroc[self.preferred, filters]
+        self.random_threshold = float(np.percentile(np.nanmax(self.random_auroc, 0), 100 * self.random_level))
+        se, random_se = self.se[self.preferred, filters], self.random_se[self.preferred, filters]
+        self.p = np.minimum(1.0, norm.sf((self.best - self.random_best) / np.hypot(se, random_se)) * len(self.auroc))
+        self.tuned = (false_discovery_control(self.p) <= self.alpha) & (self.best > self.random_threshold)
+        gap = self.best - self.auroc[self.second, filters]
+        self.mixed = self.tuned & (gap <= Z95 * np.hypot(se, self.se[self.second, filters]))
+        self.one_class = self.tuned & ~self.mixed
+        self.weight = self.fc[self.preferred, filters]  # the weight from the filter to its preferred class
+        self.votes = self.fc.argmax(0) == self.preferred
 
     def chance_votes(self, among: np.ndarray) -> float:
         """Expected share of ``among`` (bool, F) that would vote for their class if votes ignored tuning: the
@@ -235,10 +172,8 @@ class Tuning:
         among = np.asarray(among, bool)
         if not among.any():
             return float("nan")
-        n = len(self.auroc)
-        prefer = np.bincount(self.preferred[among], minlength=n) / among.sum()
-        vote = np.bincount(self.fc[:, among].argmax(0), minlength=n) / among.sum()
-        return float(prefer @ vote)
+        prefer = np.bincount(self.preferred[among], minlength=len(self.auroc)) / among.sum()
+        return float(prefer @ (np.bincount(self.fc[:, among].argmax(0), minlength=len(self.auroc)) / among.sum()))
 
     def by_class(self, among: np.ndarray | None = None) -> np.ndarray:
         """(n_classes,) int: filters of ``among`` (default: the one-class filters) per preferred class."""
@@ -303,25 +238,13 @@ def pick_filters(tuning: Tuning, responses: np.ndarray, n: int = N_SHOWN, seed: 
 
 # --- what the top faces share beyond their class -------------------------------------------------------------
 
-def _null_p(null: np.ndarray) -> np.ndarray:
-    """(P, F): each shuffle's p-value against the other shuffles (the p-values a chance labelling would get)."""
-    ranked = np.sort(null, 0)
-    at_least = np.stack([len(null) - np.searchsorted(ranked[:, f], null[:, f] - 1e-12, side="left")
-                         for f in range(null.shape[1])], 1)  # shuffles >= each value, itself included
-    return at_least / len(null)
-
-
 def within_class_z(values: np.ndarray, labels: np.ndarray) -> np.ndarray:
     """(N, A): each attribute in standard deviations from the mean of the face's own class; missing stays missing."""
-    values = np.asarray(values, dtype=float)
-    out = np.full_like(values, np.nan)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)  # a class without any measured face
-        for c in np.unique(labels):
-            rows = labels == c
-            sd = np.nanstd(values[rows], 0)
-            out[rows] = (values[rows] - np.nanmean(values[rows], 0)) / np.where(sd > 0, sd, 1)
-    return out
+    import pandas as pd
+
+    by_class = pd.DataFrame(np.asarray(values, dtype=float)).groupby(np.asarray(labels))
+    sd = by_class.transform("std", ddof=0)
+    return ((by_class.obj - by_class.transform("mean")) / sd.where(sd > 0, 1)).to_numpy()
 
 
 def _top_mean(z: np.ndarray, top: np.ndarray) -> np.ndarray:
@@ -396,8 +319,8 @@ def attribute_shift(values: np.ndarray, labels: np.ndarray, top: np.ndarray, val
     null = np.nan_to_num(null)
     p = (1 + (np.abs(null) >= np.abs(shift)[None] - 1e-12).sum(0)) / (1 + n_permutations)
     p = np.where(np.isfinite(shift), p, np.nan)
-    null_p = np.stack([_null_p(np.abs(null[:, :, a])) for a in range(shift.shape[1])], -1)  # (P, F, A)
-    hit = null_p <= alpha
+    # each shuffle's own p against the shuffles (itself included): the p-values a chance labelling would get
+    hit = (n_permutations + 1 - rankdata(np.abs(null), method="min", axis=0)) / n_permutations <= alpha
     return AttributeShift(tuple(names), shift, p, (hit & (null > 0)).sum(1), (hit & (null < 0)).sum(1),
                           np.isfinite(z[top]).sum(1), alpha)
 
