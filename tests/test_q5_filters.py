@@ -18,6 +18,7 @@ from fer_lib.questions.q5_filters import (
     Growth,
     attribute_shift,
     auroc_by_class,
+    changes,
     class_tuning,
     grow_faces,
     growth_regions,
@@ -320,3 +321,18 @@ def test_a_part_the_untrained_growth_changes_too_is_not_named():
     assert grown.on_part.tolist() == [True, True, False]
     assert grown.named().tolist() == [True, True, False]  # without a control: every part-focused change
     assert grown.named(control).tolist() == [False, True, False]  # the nose changes untrained too
+
+
+def test_changes_name_landmark_moves_first_then_a_part_the_untrained_network_leaves_alone():
+    import pandas as pd
+
+    attrs = pd.DataFrame({"mouth_open": [-0.3, 0.01, np.nan], "brow_height": [0.2, 0.0, np.nan],
+                          "detected": [True, True, False]})
+    change = np.array([[1.0, 1.0, 1.0, 1.0], [1.0, 1.0, 2.0, 1.0], [1.0, 1.0, 2.0, 1.0]])  # faces 1, 2: on the nose
+    signed = np.full((3, 4), -0.1)
+    grown = Growth(FACE_PARTS, change, signed, attrs, True)
+    control = Growth(FACE_PARTS, np.array([[1.0] * 4, [1.0] * 4, [1.0, 1.0, 3.0, 1.0]]), signed, attrs, True)
+    said = changes(grown, control, pd.Series({"mouth_open": 0.5, "brow_height": 0.5}))
+    # face 0: the mouth closed by 0.6 SD (a quarter is enough), the brows rose by 0.4 SD; face 1: its nose darkened;
+    # face 2: the untrained network darkens the nose as much, so nothing is named
+    assert said == [[("mouth_open", -1), ("brow_height", 1)], [("nose", -1)], []]
