@@ -1,17 +1,10 @@
-"""Q4: attributions (Captum) with respect to the grey face, the Adebayo et al. randomisation check on every explained
-face, where the maps fall among each face's landmark regions against the randomised network on the same faces, and
-whether they are faithful (deletion and insertion).
+"""Q4: attribution maps (Captum) of the grey 48x48 face the model sees before resizing and normalisation, the
+Adebayo et al. randomisation check, where the maps fall among each face's landmark regions against the randomised
+network on the same faces, and their faithfulness (deletion and insertion); :func:`saliency_answer` is the page's call.
 
-Every method explains the grey 48x48 face the model sees before resizing and ImageNet normalisation (the three
-normalised channels differ, so a map per channel would be three different maps): it returns maps (B, 48, 48) in
-[0, 1] (absolute attribution divided by each map's maximum). It runs on a private copy of the model, on the
-model's device (inputs are moved there; maps come back as CPU numpy arrays), and never changes the model's
-parameters, buffers, mode or hooks, nor torch's global random state.
-
-torchvision's BasicBlock calls one in-place ``ReLU`` module twice. Module backward hooks (which
-Captum's guided backpropagation uses) then see one module firing twice per pass, and in-place ops
-clobber the tensors the hooks hold. :func:`explainable_copy` gives every ReLU call its own
-non-in-place module; the copy computes exactly the same function.
+Maps are (B, 48, 48) in [0, 1], taken on a private copy of the model (on its device) whose ReLUs are separate,
+non-in-place modules: torchvision's BasicBlock calls one in-place ReLU twice, which breaks the module backward hooks of
+guided backpropagation. The model's parameters, mode and hooks and torch's global random state are left untouched.
 """
 from __future__ import annotations
 
