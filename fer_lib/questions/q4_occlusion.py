@@ -86,39 +86,40 @@ def occlusion(model: nn.Module, faces: np.ndarray, labels: np.ndarray, regions: 
     """Cover each region of ``OCCLUDED`` (masks {region: (N, 48, 48)}, a partition of each frame), then its control,
     on every uint8 face (N, 48, 48) whose landmarks were ``found`` (N,); faces without them are left out, counted.
 
-    Two ``FeatureAblation`` runs with the blurred face as baseline: the regions as one feature mask per face, then
-    each control patch (a second feature in its own copy of the face; the rest of that copy is ablated too, unused).
+    The regions go through ``FeatureAblation`` with the blurred face as baseline and the regions as each face's
+    feature mask (the area outside the face is ablated too, unused). The controls overlap each other and the regions,
+    so they are no feature mask: each is covered the same way in its own copy of the face, one forward pass each.
     """
     import pandas as pd
-    from captum.attr import FeatureAblation
 
     from fer_lib.model.inference import predict_logits
+    from fer_lib.questions.q4_saliency import captum_attr
 
     found = np.asarray(found, bool)
     index = np.flatnonzero(found)
     y = np.asarray(labels)[index]
     n, k = len(index), len(OCCLUDED)
     grey = np.asarray(faces)[index].astype(np.float32) / 255.0
+    blurred = fill(grey, sigma)
     own = {r: np.asarray(regions[r])[index] for r in LANDMARK_REGIONS}
     moved = controls(own)
     features = np.any([own[r] for r in FEATURES], axis=0)
     on_features = np.stack([(moved[r] & (features | own[r])).sum((1, 2)) / np.maximum(own[r].sum((1, 2)), 1)
                             for r in OCCLUDED], 1)
 
-    ablation = FeatureAblation(lambda x: torch.softmax(predict_logits(model, x[:, 0], input_size, batch_size), 1))
-    x, baseline = (torch.from_numpy(v[:, None]) for v in (grey, fill(grey, sigma)))
-    target = torch.as_tensor(y)
-    region_ids = np.argmax(np.stack([own[r] for r in LANDMARK_REGIONS], 1), 1)[:, None]  # (n, 1, H, W)
-    by_region = ablation.attribute(x, baselines=baseline, target=target, feature_mask=torch.from_numpy(region_ids))
-    control_ids = np.concatenate([moved[r][:, None] for r in OCCLUDED]).astype(np.int64)  # (k * n, 1, H, W)
-    by_control = ablation.attribute(x.repeat(k, 1, 1, 1), baselines=baseline.repeat(k, 1, 1, 1),
-                                    target=target.repeat(k), feature_mask=torch.from_numpy(control_ids))
-    # an attribution is P(intact) - P(ablated), the same on every pixel of the feature: read it on the feature
-    drop = np.stack([(by_region.numpy()[:, 0] * own[r]).sum((1, 2)) / np.maximum(own[r].sum((1, 2)), 1)
-                     for r in OCCLUDED], 1)
-    control = (by_control.numpy()[:, 0] * control_ids[:, 0]).sum((1, 2)) / np.maximum(control_ids.sum((1, 2, 3)), 1)
-    control = control.reshape(k, n).T
-    intact = torch.softmax(predict_logits(model, x[:, 0], input_size, batch_size), 1).numpy()[np.arange(n), y]
+    def probs(x: torch.Tensor) -> torch.Tensor:  # (B, 1, H, W) grey faces -> (B, 7)
+        return torch.softmax(predict_logits(model, x[:, 0], input_size, batch_size), 1)
+
+    feature_mask = torch.from_numpy(np.argmax(np.stack([own[r] for r in LANDMARK_REGIONS], 1), 1)[:, None])
+    ablated = captum_attr().FeatureAblation(probs).attribute(
+        torch.from_numpy(grey[:, None]), baselines=torch.from_numpy(blurred[:, None]), target=torch.as_tensor(y),
+        feature_mask=feature_mask).numpy()[:, 0]  # P(intact) - P(region ablated), on every pixel of the region
+    drop = np.stack([(ablated * own[r]).sum((1, 2)) / np.maximum(own[r].sum((1, 2)), 1) for r in OCCLUDED], 1)
+    with_controls = np.concatenate([grey[:, None], np.where(np.stack([moved[r] for r in OCCLUDED], 1),
+                                                            blurred[:, None], grey[:, None])], 1)  # (n, 1 + k, H, W)
+    p = probs(torch.from_numpy(with_controls.reshape(-1, 1, *grey.shape[1:]))).numpy().reshape(n, 1 + k, -1)
+    intact = p[np.arange(n), 0, y]
+    control = intact[:, None] - p[np.arange(n), 1:, y]  # (n, k)
 
     rng = np.random.default_rng(seed)
     groups = [(CLASS_NAMES[c], y == c) for c in np.unique(y) if (y == c).sum() >= MIN_FACES] + [(ALL, y >= 0)]
@@ -134,7 +135,7 @@ def occlusion(model: nn.Module, faces: np.ndarray, labels: np.ndarray, regions: 
                                "effect": means[2, j], "low": low[2, j], "high": high[2, j], "faces": int(members.sum())}
     table = pd.DataFrame.from_dict(rows, orient="index").rename_axis(["class", "region"])
     table.insert(table.columns.get_loc("high") + 1, "sign", interval_sign(table["low"], table["high"]))
-    passes = n * (1 + len(LANDMARK_REGIONS)) + k * n * 3 + n  # every feature id ablated, and the intact faces
+    passes = n * (1 + len(LANDMARK_REGIONS)) + n * (1 + k)  # intact and every feature ablated; intact and controls
     return Occlusion(index, y, intact, drop, control, on_features, int((~found).sum()), passes, table)
 
 
