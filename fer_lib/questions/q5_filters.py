@@ -475,11 +475,11 @@ def shown_table(filters: np.ndarray, tuning: Tuning, shift: AttributeShift, grow
     filters = np.asarray(filters)
     cls = tuning.preferred[filters]
     half, random_half = (Z95 * se[cls, filters] for se in (tuning.se, tuning.random_se))
-    table = pd.DataFrame({"filter": filters, "class": [CLASS_NAMES[c] for c in cls],
-                          "AUROC": tuning.best[filters], "AUROC low": tuning.best[filters] - half,
-                          "AUROC high": tuning.best[filters] + half, "random AUROC": tuning.random_best[filters],
-                          "random low": tuning.random_best[filters] - random_half,
-                          "random high": tuning.random_best[filters] + random_half, "tuned": tuning.tuned[filters],
+    auc, random_auc = tuning.best[filters], tuning.random_best[filters]
+    table = pd.DataFrame({"filter": filters, "class": [CLASS_NAMES[c] for c in cls], "AUROC": auc,
+                          "AUROC low": np.clip(auc - half, 0, 1), "AUROC high": np.clip(auc + half, 0, 1),
+                          "random AUROC": random_auc, "random low": np.clip(random_auc - random_half, 0, 1),
+                          "random high": np.clip(random_auc + random_half, 0, 1), "tuned": tuning.tuned[filters],
                           "mixed": tuning.mixed[filters], "fc weight": tuning.weight[filters],
                           "votes": tuning.votes[filters]})
     for a, name in enumerate(shift.names):
