@@ -60,7 +60,7 @@ class Occlusion:
         """Per class (and ALL): the region whose covering costs the most beyond its control, its numbers, whether its
         effect's interval lies above 0 ("clear"), and "tied": the other regions whose intervals lie above 0 and whose
         paired difference from it (the same faces resampled together, 95% bootstrap) does not exclude 0 (empty when
-        it is not clear)."""
+        it is not clear); "verdict": "one part" (clear, no tie), "several parts" (clear, tied) or "none"."""
         import pandas as pd
 
         effect = self.drop - self.control_drop
@@ -74,7 +74,8 @@ class Occlusion:
             others = [r for r in cells.index if r != best and b["low"] > 0 and cells.loc[r, "low"] > 0]
             gaps = effect[members][:, [OCCLUDED.index(best)]] - effect[members][:, [OCCLUDED.index(r) for r in others]]
             tied = [r for r, low in zip(others, mean_interval(gaps, n_boot, rng)[0]) if low <= 0] if others else []
-            rows[cls] = {"region": best, **b.to_dict(), "clear": bool(b["low"] > 0), "tied": tied}
+            verdict = "one part" if b["low"] > 0 and not tied else "several parts" if tied else "none"
+            rows[cls] = {"region": best, **b.to_dict(), "clear": bool(b["low"] > 0), "tied": tied, "verdict": verdict}
         out = pd.DataFrame(rows).T.rename_axis("class")
         return out.astype(dict.fromkeys(("drop", "control", "effect", "low", "high"), float) | {"faces": int,
                                                                                                "clear": bool})
