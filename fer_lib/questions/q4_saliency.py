@@ -522,6 +522,7 @@ class SaliencyAnswer:
     strip_row: int  # that face's row in occlusion's arrays
     empty_maps: pd.DataFrame  # per one-pass method, faces with landmarks: all-zero maps (either network), on the
     # trained network, and the classes whose maps are all zero
+    aligned: dict  # aligned_class_means() of the saliency maps
 
 
 def saliency_answer(model: nn.Module, images: np.ndarray, labels: np.ndarray, logits, input_size: int = 48,
@@ -586,4 +587,29 @@ def saliency_answer(model: nn.Module, images: np.ndarray, labels: np.ndarray, lo
     return SaliencyAnswer(faces, y, probs[idx, y], ex, sanity, flagged, points, found, regions, findings,
                           findings.class_effects(), faith, occ, top, example, agreement,
                           pd.DataFrame.from_dict(matches, orient="index"), grid, strip, int(k),
-                          pd.DataFrame.from_dict(empty, orient="index"))
+                          pd.DataFrame.from_dict(empty, orient="index"),
+                          aligned_class_means(faces, ex.maps["saliency"], ex.random_maps["saliency"], points, y, found))
+
+
+def aligned_class_means(images: np.ndarray, maps: np.ndarray, random_maps: np.ndarray, points: np.ndarray,
+                        labels: np.ndarray, found: np.ndarray) -> dict[str, np.ndarray]:
+    """Per-class averages over the faces with landmarks, each face first warped onto the mean landmark shape (the
+    affine map that fits its 68 points to the mean points best, OpenCV), so that eyes fall on eyes before averaging:
+    {"shape": (68, 2), "classes": (C,) class indices, "faces" (C,) faces averaged, "face", "map", "random map":
+    (C, 48, 48) the mean grey face in [0, 1] and the mean trained and randomised network's maps}."""
+    import cv2
+
+    shape = points[found].mean(0).astype(np.float32)
+    classes = [c for c in np.unique(labels[found]) if (found & (labels == c)).sum() >= MIN_FACES]
+
+    def warped(values: np.ndarray, i: int) -> np.ndarray:
+        fit = cv2.estimateAffine2D(points[i].astype(np.float32), shape, method=cv2.LMEDS)[0]
+        return cv2.warpAffine(values.astype(np.float32), fit, values.shape[::-1], flags=cv2.INTER_LINEAR,
+                              borderMode=cv2.BORDER_REPLICATE)  # what moves in from outside: the frame's edge
+
+    out = {"shape": shape, "classes": np.array(classes, dtype=int),
+           "faces": np.array([(found & (labels == c)).sum() for c in classes], dtype=int)}
+    for key, values in (("face", images / 255.0), ("map", maps), ("random map", random_maps)):
+        out[key] = np.stack([np.mean([warped(values[i], i) for i in np.flatnonzero(found & (labels == c))], 0)
+                             for c in classes]) if classes else np.zeros((0, *images.shape[1:]))
+    return out
