@@ -602,9 +602,11 @@ def aligned_class_means(images: np.ndarray, maps: np.ndarray, random_maps: np.nd
     shape = points[found].mean(0).astype(np.float32)
     classes = [c for c in np.unique(labels[found]) if (found & (labels == c)).sum() >= MIN_FACES]
 
+    fits = {i: cv2.estimateAffine2D(points[i].astype(np.float32), shape, method=cv2.LMEDS)[0]
+            for i in np.flatnonzero(found)}
+
     def warped(values: np.ndarray, i: int) -> np.ndarray:
-        fit = cv2.estimateAffine2D(points[i].astype(np.float32), shape, method=cv2.LMEDS)[0]
-        return cv2.warpAffine(values.astype(np.float32), fit, values.shape[::-1], flags=cv2.INTER_LINEAR,
+        return cv2.warpAffine(values.astype(np.float32), fits[i], values.shape[::-1], flags=cv2.INTER_LINEAR,
                               borderMode=cv2.BORDER_REPLICATE)  # what moves in from outside: the frame's edge
 
     out = {"shape": shape, "classes": np.array(classes, dtype=int),
