@@ -7,6 +7,7 @@ network reacts to edges). Probabilities come from the model as it predicts (no t
 """
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -15,7 +16,6 @@ import torch
 
 from fer_lib import CLASS_NAMES
 from fer_lib.data.regions import FEATURES, LANDMARK_REGIONS, moved_off
-from fer_lib.questions.q4_saliency import BOOTSTRAP, MIN_FACES, interval_sign, mean_interval
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -24,6 +24,38 @@ if TYPE_CHECKING:
 OCCLUDED = LANDMARK_REGIONS[:5]  # brows, eyes, nose, mouth, rest of the face: covered one at a time
 FILL_SIGMA = 4.0  # px of the 48-px face: a brow or an eye (3-6 px high) is blurred away, the shading stays
 ALL = "all classes"  # the row label of the pooled faces
+BOOTSTRAP = 2000  # resamples of the faces behind every 95% interval
+MIN_FACES = 5  # a class with fewer faces (with landmarks) gets no per-class rows
+
+
+def captum_attr():
+    """``captum.attr``, imported without the warning tqdm.auto gives in a notebook without ipywidgets (no bars here)."""
+    from tqdm import TqdmWarning
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", TqdmWarning)
+        import captum.attr
+    return captum.attr
+
+
+def interval_sign(low, high) -> np.ndarray:
+    """+1 where a difference's 95% interval lies above 0, -1 below, 0 where it holds 0 (no clear difference)."""
+    return np.where(np.asarray(low) > 0, 1, np.where(np.asarray(high) < 0, -1, 0)).astype(int)
+
+
+def mean_interval(values: np.ndarray, n_boot: int = BOOTSTRAP, rng=None) -> tuple[np.ndarray, np.ndarray]:
+    """95% percentile bootstrap interval (low, high) of the column means of ``values`` (n, K), the rows (faces)
+    resampled together for every column (scipy.stats.bootstrap); NaN values are left out of each mean."""
+    from scipy.stats import bootstrap
+
+    values = np.asarray(values, dtype=float)
+    if len(values) < 2:
+        return np.full(values.shape[1:], np.nan), np.full(values.shape[1:], np.nan)
+    with warnings.catch_warnings():  # a resample holding nothing but NaN in a column has no mean
+        warnings.simplefilter("ignore", RuntimeWarning)
+        ci = bootstrap((values,), lambda x, axis: np.nanmean(x, axis=axis), n_resamples=n_boot, axis=0,
+                       method="percentile", random_state=rng).confidence_interval
+    return ci.low, ci.high
 
 
 def fill(faces: np.ndarray, sigma: float = FILL_SIGMA) -> np.ndarray:
@@ -94,7 +126,6 @@ def occlusion(model: nn.Module, faces: np.ndarray, labels: np.ndarray, regions: 
     import pandas as pd
 
     from fer_lib.model.inference import predict_logits
-    from fer_lib.questions.q4_saliency import captum_attr
 
     found = np.asarray(found, bool)
     index = np.flatnonzero(found)

@@ -22,6 +22,19 @@ from torch import nn
 
 from fer_lib import CLASS_NAMES
 from fer_lib.data.regions import FEATURES, LANDMARK_REGIONS, region_area, region_shares
+from fer_lib.questions.q4_occlusion import (
+    ALL,
+    BOOTSTRAP,
+    MIN_FACES,
+    OCCLUDED,
+    attribution_agreement,
+    captum_attr,
+    controls,
+    fill,
+    interval_sign,
+    mean_interval,
+    occlusion,
+)
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -34,8 +47,6 @@ COSTLY = ("SmoothGrad", "Integrated Gradients")  # 50 and 64 backward passes per
 FACES_PER_CLASS = 30  # correctly classified validation faces per class explained by the one-pass methods
 SANITY_THRESHOLD = 0.5  # a method whose maps still correlate above this once layer3 is random is flagged
 FLAG_STAGE = "layer3"  # the cascade step at which the threshold is read (fc, layer4 and layer3 random)
-BOOTSTRAP = 2000  # resamples of the faces behind every 95% interval
-MIN_FACES = 5  # a class with fewer faces (with landmarks) gets no per-class rows
 # deletion / insertion: shares of the 48x48 pixels removed (or revealed), denser where the curves move most
 FRACTIONS = (0.0, 0.02, 0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.7, 1.0)
 BLUR_SIGMA = 3.0  # px: a removed pixel takes its value from the face blurred this much (edges gone, shading kept)
@@ -44,16 +55,6 @@ BLUR_SIGMA = 3.0  # px: a removed pixel takes its value from the face blurred th
 def model_device(model: nn.Module) -> torch.device:
     """Where the model's parameters live: code that runs a model builds its inputs there."""
     return next(model.parameters()).device
-
-
-def captum_attr():
-    """``captum.attr``, imported without the warning tqdm.auto gives in a notebook without ipywidgets (no bars here)."""
-    from tqdm import TqdmWarning
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", TqdmWarning)
-        import captum.attr
-    return captum.attr
 
 
 @contextmanager
@@ -183,26 +184,6 @@ def _nanmean(x: np.ndarray, axis: int) -> np.ndarray:
     with warnings.catch_warnings():  # an all-zero map has nan shares; a column of nothing but nan stays nan
         warnings.simplefilter("ignore", RuntimeWarning)
         return np.nanmean(x, axis=axis)
-
-
-def interval_sign(low, high) -> np.ndarray:
-    """+1 where a difference's 95% interval lies above 0, -1 below, 0 where it holds 0 (no clear difference)."""
-    return np.where(np.asarray(low) > 0, 1, np.where(np.asarray(high) < 0, -1, 0)).astype(int)
-
-
-def mean_interval(values: np.ndarray, n_boot: int = BOOTSTRAP, rng=None) -> tuple[np.ndarray, np.ndarray]:
-    """95% percentile bootstrap interval (low, high) of the column means of ``values`` (n, K), the rows (faces)
-    resampled together for every column (scipy.stats.bootstrap); NaN values are left out of each mean."""
-    from scipy.stats import bootstrap
-
-    values = np.asarray(values, dtype=float)
-    if len(values) < 2:
-        return np.full(values.shape[1:], np.nan), np.full(values.shape[1:], np.nan)
-    with warnings.catch_warnings():  # a resample holding nothing but NaN in a column has no mean
-        warnings.simplefilter("ignore", RuntimeWarning)
-        ci = bootstrap((values,), lambda x, axis: np.nanmean(x, axis=axis), n_resamples=n_boot, axis=0,
-                       method="percentile", random_state=rng).confidence_interval
-    return ci.low, ci.high
 
 
 # ------------------------------------------------------------------------------------------ sanity check
@@ -533,7 +514,6 @@ def saliency_answer(model: nn.Module, images: np.ndarray, labels: np.ndarray, lo
 
     from fer_lib.data.landmarks import face_landmarks
     from fer_lib.data.regions import landmark_regions
-    from fer_lib.questions.q4_occlusion import ALL, OCCLUDED, attribution_agreement, controls, fill, occlusion
 
     probs = torch.softmax(torch.as_tensor(logits).float(), 1).numpy()
     idx = explained_faces(probs, labels, faces_per_class, seed)  # ordered by class
