@@ -20,6 +20,7 @@ from scipy.stats import false_discovery_control, norm, rankdata
 from torch import nn
 
 from fer_lib import CLASS_NAMES
+from fer_lib.questions.q4_saliency import model_device, randomised_copy
 
 LAST_CONV = "layer4.1.conv2"
 RESPONSE_LAYER = "layer4.1.bn2"
@@ -43,10 +44,6 @@ Z95 = norm.ppf(0.975)
 K_SHOWN = 10  # top faces per filter in the figure and the answer (the attribute shifts use all TOP_K)
 
 
-def _device(model: nn.Module) -> torch.device:
-    return next(model.parameters()).device
-
-
 @contextmanager
 def capture(model: nn.Module, layer: str):
     """Record ``layer``'s output in ``store["out"]`` during forward passes; the hook is always removed.
@@ -60,13 +57,6 @@ def capture(model: nn.Module, layer: str):
         yield store
     finally:
         handle.remove()
-
-
-def _frozen_twin(model: nn.Module) -> nn.Module:
-    twin = copy.deepcopy(model).eval()
-    for p in twin.parameters():
-        p.requires_grad_(False)
-    return twin
 
 
 def response_map_side(model: nn.Module, input_size: int = 48) -> int:
@@ -97,7 +87,7 @@ def filter_responses(model: nn.Module, images: np.ndarray, input_size: int = 48,
     from fer_lib.model.network import preprocess
 
     twin = copy.deepcopy(model).eval()
-    device = _device(model)
+    device = model_device(model)
     out = []
     with capture(twin, layer) as store:
         for start in range(0, len(images), batch_size):
@@ -359,8 +349,8 @@ def grow_faces(model: nn.Module, filters: list[int] | np.ndarray, start: np.ndar
     """
     from fer_lib.model.network import IMAGENET_MEAN, IMAGENET_STD
 
-    device = _device(model)
-    twin = _frozen_twin(model)
+    device = model_device(model)
+    twin = copy.deepcopy(model).eval().requires_grad_(False)
     filters = torch.as_tensor(np.asarray(filters), dtype=torch.long, device=device)
     g = torch.Generator().manual_seed(seed)
     side = start.shape[-1]
@@ -535,7 +525,6 @@ def filters_answer(model: nn.Module, images: np.ndarray, labels: np.ndarray, inp
     """Q5 on the validation faces ``images`` (uint8 (N, 48, 48)) and their ``labels``."""
     from fer_lib.core.io import default_cache_dir
     from fer_lib.data.face_attributes import face_attributes
-    from fer_lib.questions.q4_saliency import randomised_copy
 
     responses = filter_responses(model, images, input_size)  # (faces, filters)
     untrained = randomised_copy(model, seed)  # every layer re-initialised at random
