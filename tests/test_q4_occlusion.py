@@ -11,7 +11,8 @@ from torch import nn
 
 from fer_lib import CLASS_NAMES
 from fer_lib.data.regions import FEATURES, landmark_regions, moved_off
-from fer_lib.questions.q4_occlusion import ALL, OCCLUDED, Occlusion, attribution_agreement, controls, occlusion
+from fer_lib.model.inference import predict_logits
+from fer_lib.questions.q4_occlusion import ALL, OCCLUDED, Occlusion, attribution_agreement, controls, fill, occlusion
 from tests.test_q4_saliency import frontal_points
 
 HAPPY, SAD = CLASS_NAMES.index("Happy"), CLASS_NAMES.index("Sad")
@@ -27,6 +28,7 @@ class MouthReader(nn.Module):
         self.scale = nn.Parameter(torch.tensor(20.0))
 
     def forward(self, x):  # (B, 3, 48, 48) normalised
+        self.seen = getattr(self, "seen", 0) + len(x)
         detail = x[:, 0, MOUTH_BOX[0], MOUTH_BOX[1]].flatten(1).std(1) * 0.229  # back to the [0, 1] grey scale
         logits = torch.zeros(len(x), len(CLASS_NAMES))
         logits[:, HAPPY] = self.scale * detail - 2
@@ -57,7 +59,8 @@ def test_only_the_region_that_carries_the_signal_costs_beyond_its_control():
     faces, regions = _faces(12)
     labels = np.full(12, HAPPY)
     found = np.ones(12, bool)
-    occ = occlusion(MouthReader(), faces, labels, regions, found, input_size=48, n_boot=300)
+    model = MouthReader()
+    occ = occlusion(model, faces, labels, regions, found, input_size=48, n_boot=300)
     row = occ.table.loc[CLASS_NAMES[HAPPY]]
     assert row["effect"].idxmax() == "mouth"
     assert row.loc["mouth", "drop"] > 0.5 and abs(row.loc["mouth", "control"]) < 0.02
@@ -66,7 +69,23 @@ def test_only_the_region_that_carries_the_signal_costs_beyond_its_control():
     top = occ.top()
     assert top.loc[CLASS_NAMES[HAPPY], "region"] == "mouth" and top.loc[CLASS_NAMES[HAPPY], "clear"]
     assert "mouth" not in top.loc[CLASS_NAMES[HAPPY], "tied"]
-    assert occ.forward_passes == 12 * (1 + 2 * len(OCCLUDED))
+    assert occ.forward_passes == model.seen
+
+
+def test_each_drop_is_the_probability_lost_when_the_region_or_its_control_takes_the_blurred_face():
+    faces, regions = _faces(6, seed=2)
+    model = MouthReader()
+    occ = occlusion(model, faces, np.full(6, HAPPY), regions, np.ones(6, bool), input_size=48, n_boot=100)
+    grey = faces.astype(np.float32) / 255
+    moved = controls(regions)
+
+    def p_happy(images):
+        return torch.softmax(predict_logits(model, torch.from_numpy(images), 48), 1)[:, HAPPY].numpy()
+
+    np.testing.assert_allclose(occ.intact, p_happy(grey), atol=1e-6)
+    for j, r in enumerate(OCCLUDED):
+        for masks, drop in ((regions[r], occ.drop[:, j]), (moved[r], occ.control_drop[:, j])):
+            np.testing.assert_allclose(drop, occ.intact - p_happy(np.where(masks, fill(grey), grey)), atol=1e-6)
 
 
 def test_faces_without_landmarks_are_left_out_and_counted_and_intervals_bracket_the_means():
@@ -74,7 +93,8 @@ def test_faces_without_landmarks_are_left_out_and_counted_and_intervals_bracket_
     labels = np.r_[np.full(8, HAPPY), np.full(8, SAD)]
     found = np.ones(16, bool)
     found[[0, 9, 10]] = False
-    occ = occlusion(MouthReader(), faces, labels, regions, found, input_size=48, n_boot=300)
+    model = MouthReader()
+    occ = occlusion(model, faces, labels, regions, found, input_size=48, n_boot=300)
     assert occ.left_out == 3 and list(occ.index) == [i for i in range(16) if found[i]]
     assert occ.table.loc[(ALL, "mouth"), "faces"] == 13
     assert occ.table.loc[(CLASS_NAMES[HAPPY], "mouth"), "faces"] == 7

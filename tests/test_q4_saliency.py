@@ -17,6 +17,7 @@ from fer_lib.questions.q4_saliency import (
     METHODS,
     Explained,
     GreyInput,
+    aligned_class_means,
     explain,
     explainable_copy,
     explained_faces,
@@ -370,3 +371,27 @@ def test_empty_maps_drop_a_class_and_beyond_all_classes_uses_the_classes_with_ro
     assert set(c.index.get_level_values("class")) == {"Happy", "Angry"}  # no Sad rows, no all-NaN rows
     assert np.isfinite(c[["excess", "excess_low", "excess_high"]].to_numpy()).all()
     assert findings.vs_random.loc[("A", "brows"), "faces"] == int((labels != SAD).sum())
+
+
+def test_aligned_class_means_put_each_faces_mouth_on_the_mean_mouth():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from fer_lib.plots.q4_saliency import plot_aligned_maps
+    from fer_lib.plots.show import smallest_text_px
+
+    rng = np.random.default_rng(0)
+    points = np.stack([frontal_points(cx=23.5 + rng.uniform(-3, 3), cy=24 + rng.uniform(-3, 3),
+                                      scale=rng.uniform(0.8, 1.0), angle_deg=rng.uniform(-10, 10)) for _ in range(12)])
+    mouths = landmark_regions(points)["mouth"].astype(float)  # each face's map: all on its own mouth
+    labels, found = np.repeat([HAPPY, SAD], 6), np.ones(12, bool)
+    found[-1] = False  # left out: its points are not trusted
+    aligned = aligned_class_means(np.full((12, 48, 48), 128, np.uint8), mouths, np.zeros_like(mouths), points,
+                                  labels, found)
+    assert aligned["classes"].tolist() == [HAPPY, SAD] and aligned["faces"].tolist() == [6, 5]
+    mean_mouth = landmark_regions(aligned["shape"][None])["mouth"][0]
+    for mean_map in aligned["map"]:  # the warped maps pile up on the mean shape's mouth
+        assert mean_map[mean_mouth].mean() > 0.8 and mean_map[~mean_mouth].mean() < 0.05
+    np.testing.assert_allclose(aligned["face"], 128 / 255, atol=1e-6)  # the edges replicated, not black
+    fig = plot_aligned_maps(aligned, CLASS_NAMES)
+    assert smallest_text_px(fig, 900)[0] >= 9

@@ -9,7 +9,6 @@ import torch
 from sklearn.metrics import roc_auc_score
 
 from fer_lib import CLASS_NAMES
-from fer_lib.core.stats import auroc_se, rank_auroc
 from fer_lib.data import face_attributes as fa
 from fer_lib.data.face_attributes import attributes_from_landmarks
 from fer_lib.model.network import build_model
@@ -19,8 +18,7 @@ from fer_lib.questions.q5_filters import (
     Growth,
     attribute_shift,
     auroc_by_class,
-    bootstrap_auroc,
-    class_counts,
+    changes,
     class_tuning,
     grow_faces,
     growth_regions,
@@ -70,29 +68,16 @@ def test_top_faces_are_the_strongest_responders_and_inactive_filters_never_fire(
     assert inactive_filters(responses).tolist() == [2]
 
 
-def test_class_counts():
-    labels = np.array([5, 5, 5, 2, 3])
-    counts = class_counts(labels, np.array([[0, 1, 2], [2, 3, 4]]))
-    assert counts.shape == (2, len(CLASS_NAMES)) and counts.dtype.kind == "i"
-    assert counts[0].tolist() == [0, 0, 0, 0, 0, 3, 0] and counts[1].tolist() == [0, 0, 1, 1, 0, 1, 0]
-
-def test_rank_auroc_matches_sklearn_with_ties_and_every_column():
-    rng = np.random.default_rng(0)
-    labels = rng.random(300) < 0.2
-    scores = np.round(rng.normal(size=(300, 4)) + labels[:, None] * [0, 0.5, 2, -1], 1)  # rounding makes ties
-    expected = [roc_auc_score(labels, scores[:, j]) for j in range(4)]
-    np.testing.assert_allclose(rank_auroc(scores, labels), expected, atol=1e-12)
-    assert rank_auroc(scores[:, 2], labels)[0] > 0.85 and rank_auroc(scores[:, 3], labels)[0] < 0.35
-    assert np.isnan(rank_auroc(scores, np.zeros(300, bool))).all()  # no positives: undefined, not 0
-
-
-def test_auroc_se_shrinks_with_faces_and_matches_a_bootstrap():
-    assert auroc_se(0.8, 400, 2000) < auroc_se(0.8, 40, 200)
+def test_auroc_by_class_matches_sklearn_with_ties_and_its_error_matches_a_bootstrap():
     rng = np.random.default_rng(1)
-    labels = np.r_[np.ones(200, bool), np.zeros(800, bool)]
-    scores = rng.normal(size=1000) + labels
-    boot = [rank_auroc(scores[i], labels[i])[0] for i in rng.integers(0, 1000, (300, 1000))]
-    assert auroc_se(rank_auroc(scores, labels)[0], 200, 800) == pytest.approx(np.std(boot), rel=0.25)
+    labels = np.r_[np.full(200, 2), np.zeros(800, int)]
+    scores = np.round(rng.normal(size=(1000, 2)) + (labels == 2)[:, None] * [1, -1], 1)  # rounding makes ties
+    auc, se = auroc_by_class(scores, labels)
+    np.testing.assert_allclose(auc[2], [roc_auc_score(labels == 2, scores[:, j]) for j in range(2)])
+    assert auc[2, 0] > 0.7 and auc[2, 1] < 0.3 and np.isnan(auc[1]).all()  # no faces of class 1: undefined
+    boot = [roc_auc_score(labels[i] == 2, scores[i, 0]) for i in rng.integers(0, 1000, (300, 1000))]
+    assert se[2, 0] == pytest.approx(np.std(boot), rel=0.25)
+    assert auroc_by_class(scores[::5], labels[::5])[1][2, 0] > se[2, 0]  # fewer faces, a wider error
 
 
 def tuned_setup(seed=0, n=1400):
@@ -141,13 +126,6 @@ def test_blank_faces_are_left_out_of_the_tuning():
     valid[labels == 2] = False  # every Fear face blank: filter 0 has nothing to prefer
     t = class_tuning(responses, random_responses, labels, fc, valid)
     assert np.isnan(t.auroc[2]).all() and (t.preferred != 2).all()  # no Fear faces, no Fear preference
-
-
-def test_bootstrap_auroc_brackets_the_estimate():
-    labels, responses, _, _ = tuned_setup(3)
-    low, high = bootstrap_auroc(responses[:, :2], labels, np.array([2, 3]), resamples=200)
-    auc = [rank_auroc(responses[:, 0], labels == 2)[0], rank_auroc(responses[:, 1], labels == 3)[0]]
-    assert (low <= auc).all() and (np.array(auc) <= high).all() and (high - low < 0.1).all()
 
 
 def test_pick_filters_takes_the_clearest_per_class_then_random_active_ones():
@@ -214,12 +192,14 @@ def test_shown_table_holds_the_computed_numbers():
     chosen = np.array([0, 1])
     start = np.full((48, 48), 0.5)
     growth = growth_regions(start, np.stack([start, start]))
-    interval = np.array([[0.9, 0.8], [1.0, 0.9]])
-    table = shown_table(chosen, t, interval, interval - 0.4, shift, growth, np.zeros(2), np.ones(2), np.full(2, 2.0))
+    table = shown_table(chosen, t, shift, growth, np.zeros(2), np.ones(2), np.full(2, 2.0))
     assert table["filter"].tolist() == [0, 1] and table["class"][0] == CLASS_NAMES[2]
     np.testing.assert_allclose(table["AUROC"], t.best[chosen])
     np.testing.assert_allclose(table["random AUROC"], t.random_best[chosen])
-    assert table["AUROC low"].tolist() == [0.9, 0.8] and table["random high"].tolist() == pytest.approx([0.6, 0.5])
+    half = 1.959964 * t.se[t.preferred[chosen], chosen]  # a normal interval, capped at 1 (filter 0 nears it)
+    np.testing.assert_allclose(table["AUROC low"], t.best[chosen] - half)
+    np.testing.assert_allclose(table["AUROC high"], np.minimum(1, t.best[chosen] + half))
+    assert (table["random low"] < table["random AUROC"]).all() and (table["AUROC low"] < t.best[chosen]).all()
     assert table["tuned"].tolist() == [True, True] and table["mixed"].tolist() == [False, True]
     assert table["votes"].tolist() == [True, False] and table["fc weight"][0] == 1.0
     np.testing.assert_allclose(table["mouth opening"], shift.shift[chosen, 0])
@@ -342,3 +322,18 @@ def test_a_part_the_untrained_growth_changes_too_is_not_named():
     assert grown.on_part.tolist() == [True, True, False]
     assert grown.named().tolist() == [True, True, False]  # without a control: every part-focused change
     assert grown.named(control).tolist() == [False, True, False]  # the nose changes untrained too
+
+
+def test_changes_name_landmark_moves_first_then_a_part_the_untrained_network_leaves_alone():
+    import pandas as pd
+
+    attrs = pd.DataFrame({"mouth_open": [-0.3, 0.01, np.nan], "brow_height": [0.2, 0.0, np.nan],
+                          "detected": [True, True, False]})
+    change = np.array([[1.0, 1.0, 1.0, 1.0], [1.0, 1.0, 2.0, 1.0], [1.0, 1.0, 2.0, 1.0]])  # faces 1, 2: on the nose
+    signed = np.full((3, 4), -0.1)
+    grown = Growth(FACE_PARTS, change, signed, attrs, True)
+    control = Growth(FACE_PARTS, np.array([[1.0] * 4, [1.0] * 4, [1.0, 1.0, 3.0, 1.0]]), signed, attrs, True)
+    said = changes(grown, control, pd.Series({"mouth_open": 0.5, "brow_height": 0.5}))
+    # face 0: the mouth closed by 0.6 SD (a quarter is enough), the brows rose by 0.4 SD; face 1: its nose darkened;
+    # face 2: the untrained network darkens the nose as much, so nothing is named
+    assert said == [[("mouth_open", -1), ("brow_height", 1)], [("nose", -1)], []]

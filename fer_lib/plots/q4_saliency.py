@@ -238,3 +238,28 @@ def plot_occlusion_strip(images: np.ndarray, titles: list[str], row_titles: list
         ax.set_frame_on(bool(titles[r * cols]))
         ax.set_ylabel(row_titles[r], fontsize=SMALL + 1)
     return fig
+
+
+def plot_aligned_maps(aligned: dict, class_names: list[str]):
+    """Two rows, one column per class: the mean landmark-aligned face with the mean saliency map over it (top), and
+    the mean map of the trained network minus the randomised network's on the same faces (bottom, red more)."""
+    classes, maps = aligned["classes"], aligned["map"]
+    excess = maps - aligned["random map"]
+    span = float(np.abs(excess).max()) or 1.0
+    fig, axes = plt.subplots(2, len(classes), figsize=(1.15 * len(classes) + 1.4, 3.1), squeeze=False,
+                             layout="constrained")
+    for j, c in enumerate(classes):
+        top, bottom = axes[0, j], axes[1, j]
+        top.imshow(aligned["face"][j], cmap="gray", vmin=0, vmax=1)
+        top.imshow(_map_overlay(maps[j] / maps[j].max()))
+        image = bottom.imshow(excess[j], cmap="RdBu_r", vmin=-span, vmax=span)
+        for ax in (top, bottom):
+            ax.plot(*aligned["shape"].T, ".", color="white" if ax is top else "black", ms=1)
+            ax.set_xticks([])
+            ax.set_yticks([])
+        top.set_title(f"{class_names[c]}\n{aligned['faces'][j]} faces", fontsize=SMALL)
+    axes[0, 0].set_ylabel("mean map", fontsize=SMALL + 1)
+    axes[1, 0].set_ylabel("minus\nrandomised", fontsize=SMALL + 1)
+    bar = fig.colorbar(image, ax=axes[1, :], shrink=0.8)
+    bar.ax.tick_params(labelsize=SMALL)
+    return fig

@@ -1,5 +1,5 @@
-"""Q4, measured causally: cover one landmark region of a face at a time and measure the drop in the model's probability
-of the true class, against the same shape and area covered away from the features (a control for the area removed).
+"""Q4, measured causally: cover one landmark region of a face at a time (Captum's ``FeatureAblation``) and measure the
+drop in the model's probability of the true class, against the same shape and area covered away from the features.
 
 A covered pixel takes the value of the face blurred heavily (``FILL_SIGMA``): the feature's detail goes, the face's
 own brightness stays, and no edge appears at the patch's border (a black or mean-grey patch draws one, and a
@@ -7,6 +7,7 @@ network reacts to edges). Probabilities come from the model as it predicts (no t
 """
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -14,18 +15,47 @@ import numpy as np
 import torch
 
 from fer_lib import CLASS_NAMES
-from fer_lib.core.stats import percentile_interval
-from fer_lib.data.regions import FEATURES, moved_off
-from fer_lib.questions.q4_saliency import MIN_FACES
+from fer_lib.data.regions import FEATURES, LANDMARK_REGIONS, moved_off
 
 if TYPE_CHECKING:
     import pandas as pd
     from torch import nn
 
-OCCLUDED = ("brows", "eyes", "nose", "mouth", "rest_of_face")  # covered one at a time (display order)
+OCCLUDED = LANDMARK_REGIONS[:5]  # brows, eyes, nose, mouth, rest of the face: covered one at a time
 FILL_SIGMA = 4.0  # px of the 48-px face: a brow or an eye (3-6 px high) is blurred away, the shading stays
-BOOTSTRAP = 2000  # resamples of the faces behind every 95% interval
 ALL = "all classes"  # the row label of the pooled faces
+BOOTSTRAP = 2000  # resamples of the faces behind every 95% interval
+MIN_FACES = 5  # a class with fewer faces (with landmarks) gets no per-class rows
+
+
+def captum_attr():
+    """``captum.attr``, imported without the warning tqdm.auto gives in a notebook without ipywidgets (no bars here)."""
+    from tqdm import TqdmWarning
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", TqdmWarning)
+        import captum.attr
+    return captum.attr
+
+
+def interval_sign(low, high) -> np.ndarray:
+    """+1 where a difference's 95% interval lies above 0, -1 below, 0 where it holds 0 (no clear difference)."""
+    return np.where(np.asarray(low) > 0, 1, np.where(np.asarray(high) < 0, -1, 0)).astype(int)
+
+
+def mean_interval(values: np.ndarray, n_boot: int = BOOTSTRAP, rng=None) -> tuple[np.ndarray, np.ndarray]:
+    """95% percentile bootstrap interval (low, high) of the column means of ``values`` (n, K), the rows (faces)
+    resampled together for every column (scipy.stats.bootstrap); NaN values are left out of each mean."""
+    from scipy.stats import bootstrap
+
+    values = np.asarray(values, dtype=float)
+    if len(values) < 2:
+        return np.full(values.shape[1:], np.nan), np.full(values.shape[1:], np.nan)
+    with warnings.catch_warnings():  # a resample holding nothing but NaN in a column has no mean
+        warnings.simplefilter("ignore", RuntimeWarning)
+        ci = bootstrap((values,), lambda x, axis: np.nanmean(x, axis=axis), n_resamples=n_boot, axis=0,
+                       method="percentile", random_state=rng).confidence_interval
+    return ci.low, ci.high
 
 
 def fill(faces: np.ndarray, sigma: float = FILL_SIGMA) -> np.ndarray:
@@ -33,11 +63,6 @@ def fill(faces: np.ndarray, sigma: float = FILL_SIGMA) -> np.ndarray:
     from scipy.ndimage import gaussian_filter
 
     return gaussian_filter(np.asarray(faces, np.float32), sigma=(0, sigma, sigma), mode="nearest")
-
-
-def covered(grey: np.ndarray, blurred: np.ndarray, masks: np.ndarray) -> np.ndarray:
-    """Faces (N, H, W) with the pixels of masks (N, K, H, W) replaced by the blurred face: (N, K, H, W)."""
-    return np.where(masks, blurred[:, None], grey[:, None])
 
 
 def controls(regions: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -67,7 +92,7 @@ class Occlusion:
         """Per class (and ALL): the region whose covering costs the most beyond its control, its numbers, whether its
         effect's interval lies above 0 ("clear"), and "tied": the other regions whose intervals lie above 0 and whose
         paired difference from it (the same faces resampled together, 95% bootstrap) does not exclude 0 (empty when
-        it is not clear)."""
+        it is not clear); "verdict": "one part" (clear, no tie), "several parts" (clear, tied) or "none"."""
         import pandas as pd
 
         effect = self.drop - self.control_drop
@@ -77,26 +102,27 @@ class Occlusion:
             cells = cells.droplevel("class")
             best = cells["effect"].idxmax()
             b = cells.loc[best]
-            members = np.arange(len(self.labels)) if cls == ALL else np.flatnonzero(
-                self.labels == CLASS_NAMES.index(cls))
-            resample = members[rng.integers(0, len(members), (n_boot, len(members)))]
-            j = OCCLUDED.index(best)
-            tied = []
-            for r in cells.index:
-                if r == best or not (b["low"] > 0 and cells.loc[r, "low"] > 0):
-                    continue
-                gap = (effect[:, j] - effect[:, OCCLUDED.index(r)])[resample].mean(1)
-                if percentile_interval(gap)[0] <= 0:
-                    tied.append(r)
-            rows[cls] = {"region": best, **b.to_dict(), "clear": bool(b["low"] > 0), "tied": tied}
+            members = self.labels >= 0 if cls == ALL else self.labels == CLASS_NAMES.index(cls)
+            others = [r for r in cells.index if r != best and b["low"] > 0 and cells.loc[r, "low"] > 0]
+            gaps = effect[members][:, [OCCLUDED.index(best)]] - effect[members][:, [OCCLUDED.index(r) for r in others]]
+            tied = [r for r, low in zip(others, mean_interval(gaps, n_boot, rng)[0]) if low <= 0] if others else []
+            verdict = "one part" if b["low"] > 0 and not tied else "several parts" if tied else "none"
+            rows[cls] = {"region": best, **b.to_dict(), "clear": bool(b["low"] > 0), "tied": tied, "verdict": verdict}
         out = pd.DataFrame(rows).T.rename_axis("class")
-        return out.astype({c: float for c in ("drop", "control", "effect", "low", "high")} | {"faces": int})
+        return out.astype(dict.fromkeys(("drop", "control", "effect", "low", "high"), float) | {"faces": int,
+                                                                                               "clear": bool})
+
 
 def occlusion(model: nn.Module, faces: np.ndarray, labels: np.ndarray, regions: dict[str, np.ndarray],
               found: np.ndarray, input_size: int = 48, sigma: float = FILL_SIGMA, n_boot: int = BOOTSTRAP,
               seed: int = 0, batch_size: int = 256) -> Occlusion:
-    """Cover each region of ``OCCLUDED`` (masks {region: (N, 48, 48)}), then its control, on every uint8 face
-    (N, 48, 48) whose landmarks were ``found`` (N,); faces without them are left out and counted."""
+    """Cover each region of ``OCCLUDED`` (masks {region: (N, 48, 48)}, a partition of each frame), then its control,
+    on every uint8 face (N, 48, 48) whose landmarks were ``found`` (N,); faces without them are left out, counted.
+
+    The regions go through ``FeatureAblation`` with the blurred face as baseline and the regions as each face's
+    feature mask (the area outside the face is ablated too, unused). The controls overlap each other and the regions,
+    so they are no feature mask: each is covered the same way in its own copy of the face, one forward pass each.
+    """
     import pandas as pd
 
     from fer_lib.model.inference import predict_logits
@@ -104,85 +130,69 @@ def occlusion(model: nn.Module, faces: np.ndarray, labels: np.ndarray, regions: 
     found = np.asarray(found, bool)
     index = np.flatnonzero(found)
     y = np.asarray(labels)[index]
+    n, k = len(index), len(OCCLUDED)
     grey = np.asarray(faces)[index].astype(np.float32) / 255.0
-    own = {r: np.asarray(regions[r])[index] for r in OCCLUDED}
-    moved = controls({r: np.asarray(m)[index] for r, m in regions.items()})
-    masks = np.stack([own[r] for r in OCCLUDED] + [moved[r] for r in OCCLUDED], 1)  # (n, 2R, H, W)
-    features = np.any([np.asarray(regions[r])[index] for r in FEATURES], axis=0)
+    blurred = fill(grey, sigma)
+    own = {r: np.asarray(regions[r])[index] for r in LANDMARK_REGIONS}
+    moved = controls(own)
+    features = np.any([own[r] for r in FEATURES], axis=0)
     on_features = np.stack([(moved[r] & (features | own[r])).sum((1, 2)) / np.maximum(own[r].sum((1, 2)), 1)
                             for r in OCCLUDED], 1)
-    images = np.concatenate([grey[:, None], covered(grey, fill(grey, sigma), masks)], 1)  # (n, 1 + 2R, H, W)
-    logits = predict_logits(model, torch.from_numpy(images.reshape(-1, *grey.shape[1:])), input_size, batch_size)
-    probs = torch.softmax(logits, 1).numpy().reshape(len(index), images.shape[1], -1)[np.arange(len(index)), :, y]
-    k = len(OCCLUDED)
-    drop, control = probs[:, :1] - probs[:, 1:1 + k], probs[:, :1] - probs[:, 1 + k:]
-    effect = drop - control
+
+    def probs(x: torch.Tensor) -> torch.Tensor:  # (B, 1, H, W) grey faces -> (B, 7)
+        return torch.softmax(predict_logits(model, x[:, 0], input_size, batch_size), 1)
+
+    feature_mask = torch.from_numpy(np.argmax(np.stack([own[r] for r in LANDMARK_REGIONS], 1), 1)[:, None])
+    ablated = captum_attr().FeatureAblation(probs).attribute(
+        torch.from_numpy(grey[:, None]), baselines=torch.from_numpy(blurred[:, None]), target=torch.as_tensor(y),
+        feature_mask=feature_mask).numpy()[:, 0]  # P(intact) - P(region ablated), on every pixel of the region
+    drop = np.stack([(ablated * own[r]).sum((1, 2)) / np.maximum(own[r].sum((1, 2)), 1) for r in OCCLUDED], 1)
+    with_controls = np.concatenate([grey[:, None], np.where(np.stack([moved[r] for r in OCCLUDED], 1),
+                                                            blurred[:, None], grey[:, None])], 1)  # (n, 1 + k, H, W)
+    p = probs(torch.from_numpy(with_controls.reshape(-1, 1, *grey.shape[1:]))).numpy().reshape(n, 1 + k, -1)
+    intact = p[np.arange(n), 0, y]
+    control = intact[:, None] - p[np.arange(n), 1:, y]  # (n, k)
 
     rng = np.random.default_rng(seed)
-    groups = [(CLASS_NAMES[c], np.flatnonzero(y == c)) for c in np.unique(y) if (y == c).sum() >= MIN_FACES]
-    groups.append((ALL, np.arange(len(y))))
+    groups = [(CLASS_NAMES[c], y == c) for c in np.unique(y) if (y == c).sum() >= MIN_FACES] + [(ALL, y >= 0)]
     rows = {}
     for name, members in groups:
-        if not len(members):
+        if members.sum() < 2:
             continue
-        resample = members[rng.integers(0, len(members), (n_boot, len(members)))]
-        cell = {}
-        for key, values in (("drop", drop), ("control", control), ("effect", effect)):
-            low, high = percentile_interval(values[resample].mean(1))
-            label = "" if key == "effect" else f"{key} "
-            cell[key] = (values[members].mean(0), low, high, label)
+        values = np.concatenate([drop, control, drop - control], 1)[members]  # resampled together
+        means, (low, high) = values.mean(0).reshape(3, k), (b.reshape(3, k) for b in mean_interval(values, n_boot, rng))
         for j, r in enumerate(OCCLUDED):
-            row = {}
-            for key, (mean, low, high, label) in cell.items():
-                row |= {key: mean[j], f"{label}low": low[j], f"{label}high": high[j]}
-            rows[(name, r)] = row | {"faces": len(members)}
-    columns = ["drop", "drop low", "drop high", "control", "control low", "control high", "effect", "low", "high",
-               "faces"]
-    table = pd.DataFrame([rows[k] for k in rows], columns=columns,
-                         index=pd.MultiIndex.from_tuples(list(rows), names=["class", "region"]))
-    table = table.astype(float).astype({"faces": int})
-    table.insert(table.columns.get_loc("high") + 1, "sign",
-                 np.where(table["low"] > 0, 1, np.where(table["high"] < 0, -1, 0)).astype(int))
-    return Occlusion(index, y, probs[:, 0], drop, control, on_features, int((~found).sum()),
-                     int(images.shape[0] * images.shape[1]), table)
+            rows[(name, r)] = {"drop": means[0, j], "drop low": low[0, j], "drop high": high[0, j],
+                               "control": means[1, j], "control low": low[1, j], "control high": high[1, j],
+                               "effect": means[2, j], "low": low[2, j], "high": high[2, j], "faces": int(members.sum())}
+    table = pd.DataFrame.from_dict(rows, orient="index").rename_axis(["class", "region"])
+    table.insert(table.columns.get_loc("high") + 1, "sign", interval_sign(table["low"], table["high"]))
+    passes = n * (1 + len(LANDMARK_REGIONS)) + n * (1 + k)  # intact and every feature ablated; intact and controls
+    return Occlusion(index, y, intact, drop, control, on_features, int((~found).sum()), passes, table)
 
 
 def attribution_agreement(top: pd.DataFrame, by_class: pd.DataFrame, methods: list[str], area: dict[str, float]
                           ) -> pd.DataFrame:
-    """Per class with occlusion and attribution rows: for each method of ``methods`` with per-class rows
-    (``by_class``: index (class, method, region), column "difference", the map's share beyond the randomised
-    network), the occluded region that holds the most of its mass per unit of area (``area``: region -> share of
-    the frame; a large region holds more mass by its size alone, as it costs more to cover); "agree": how many of
-    those methods name the
-    costliest region to cover or one tied with it, "methods": how many name a region (a method whose maps of the
-    class hold no mass names none), "agrees": more than half of those do; "<method> agrees": whether that method
-    names it (None where it names no region); "chance": the share of the occluded regions that count as a match
-    (the costliest and those tied with it), what a method naming a region at random matches on average.
-    Only classes whose costliest region is clear (``top``'s "clear") have rows."""
+    """Per class whose costliest region is clear (``top``'s "clear") and with attribution rows (``by_class``: index
+    (class, method, region), column "difference", the map's share beyond the randomised network): for each method of
+    ``methods`` the occluded region holding the most of its mass per unit of ``area`` (region -> share of the frame:
+    a large region holds more mass by its size alone), None where its maps of the class are empty; "<method> agrees"
+    whether that is the costliest region or one tied with it; "agree" how many of the "methods" naming a region do;
+    "agrees" more than half; "chance" the share of the occluded regions that count as a match."""
     import pandas as pd
 
     have = [m for m in methods if m in set(by_class.index.get_level_values("method"))]
-    classes = set(by_class.index.get_level_values("class"))
-
-    def most_mass(cls: str, method: str) -> str | None:
-        if (cls, method) not in by_class.index.droplevel("region"):
-            return None  # no rows: every map of the class is empty (all zero)
-        shares = by_class["difference"].xs((cls, method), level=("class", "method")).reindex(list(OCCLUDED))
-        shares = (shares / pd.Series(area).reindex(list(OCCLUDED))).dropna()
-        return shares.idxmax() if len(shares) else None  # None: no map of the class has mass (an all-zero map)
-
+    per_area = by_class["difference"].unstack("region").reindex(columns=list(OCCLUDED)) / pd.Series(area)[
+        list(OCCLUDED)]
     rows = {}
-    for cls in top.index:
-        if not top.loc[cls, "clear"] or cls not in classes:
-            continue
+    for cls in top.index[top["clear"].astype(bool)]:
         costly = {top.loc[cls, "region"], *top.loc[cls, "tied"]}
-        row = {m: most_mass(cls, m) for m in have}
+        row = {m: per_area.loc[(cls, m)].dropna().idxmax() if (cls, m) in per_area.index
+               and per_area.loc[(cls, m)].notna().any() else None for m in have}
         named = [m for m in have if row[m] is not None]
-        if not named:
-            continue
-        agrees = {f"{m} agrees": row[m] in costly if row[m] is not None else None for m in have}
-        agree = sum(row[m] in costly for m in named)
-        rows[cls] = row | agrees | {"occlusion": top.loc[cls, "region"], "agree": agree, "methods": len(named),
-                                    "agrees": agree > len(named) / 2,
-                                    "chance": len(costly) / len(OCCLUDED)}
+        if named:
+            agree = sum(row[m] in costly for m in named)
+            rows[cls] = row | {f"{m} agrees": row[m] in costly if row[m] else None for m in have} | {
+                "occlusion": top.loc[cls, "region"], "agree": agree, "methods": len(named),
+                "agrees": agree > len(named) / 2, "chance": len(costly) / len(OCCLUDED)}
     return pd.DataFrame.from_dict(rows, orient="index").rename_axis("class")

@@ -1,17 +1,10 @@
-"""Q4: attributions (Captum) with respect to the grey face, the Adebayo et al. randomisation check on every explained
-face, where the maps fall among each face's landmark regions against the randomised network on the same faces, and
-whether they are faithful (deletion and insertion).
+"""Q4: attribution maps (Captum) of the grey 48x48 face the model sees before resizing and normalisation, the
+Adebayo et al. randomisation check, where the maps fall among each face's landmark regions against the randomised
+network on the same faces, and their faithfulness (deletion and insertion); :func:`saliency_answer` is the page's call.
 
-Every method explains the grey 48x48 face the model sees before resizing and ImageNet normalisation (the three
-normalised channels differ, so a map per channel would be three different maps): it returns maps (B, 48, 48) in
-[0, 1] (absolute attribution divided by each map's maximum). It runs on a private copy of the model, on the
-model's device (inputs are moved there; maps come back as CPU numpy arrays), and never changes the model's
-parameters, buffers, mode or hooks, nor torch's global random state.
-
-torchvision's BasicBlock calls one in-place ``ReLU`` module twice. Module backward hooks (which
-Captum's guided backpropagation uses) then see one module firing twice per pass, and in-place ops
-clobber the tensors the hooks hold. :func:`explainable_copy` gives every ReLU call its own
-non-in-place module; the copy computes exactly the same function.
+Maps are (B, 48, 48) in [0, 1], taken on a private copy of the model (on its device) whose ReLUs are separate,
+non-in-place modules: torchvision's BasicBlock calls one in-place ReLU twice, which breaks the module backward hooks of
+guided backpropagation. The model's parameters, mode and hooks and torch's global random state are left untouched.
 """
 from __future__ import annotations
 
@@ -20,6 +13,7 @@ import types
 import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import partial
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -27,8 +21,20 @@ import torch
 from torch import nn
 
 from fer_lib import CLASS_NAMES
-from fer_lib.core.stats import percentile_interval
 from fer_lib.data.regions import FEATURES, LANDMARK_REGIONS, region_area, region_shares
+from fer_lib.questions.q4_occlusion import (
+    ALL,
+    BOOTSTRAP,
+    MIN_FACES,
+    OCCLUDED,
+    attribution_agreement,
+    captum_attr,
+    controls,
+    fill,
+    interval_sign,
+    mean_interval,
+    occlusion,
+)
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -41,8 +47,6 @@ COSTLY = ("SmoothGrad", "Integrated Gradients")  # 50 and 64 backward passes per
 FACES_PER_CLASS = 30  # correctly classified validation faces per class explained by the one-pass methods
 SANITY_THRESHOLD = 0.5  # a method whose maps still correlate above this once layer3 is random is flagged
 FLAG_STAGE = "layer3"  # the cascade step at which the threshold is read (fc, layer4 and layer3 random)
-BOOTSTRAP = 2000  # resamples of the faces behind every 95% interval
-MIN_FACES = 5  # a class with fewer faces (with landmarks) gets no per-class rows
 # deletion / insertion: shares of the 48x48 pixels removed (or revealed), denser where the curves move most
 FRACTIONS = (0.0, 0.02, 0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.7, 1.0)
 BLUR_SIGMA = 3.0  # px: a removed pixel takes its value from the face blurred this much (edges gone, shading kept)
@@ -51,16 +55,6 @@ BLUR_SIGMA = 3.0  # px: a removed pixel takes its value from the face blurred th
 def model_device(model: nn.Module) -> torch.device:
     """Where the model's parameters live: code that runs a model builds its inputs there."""
     return next(model.parameters()).device
-
-
-@contextmanager
-def quiet_captum_import():
-    """Captum imports tqdm.auto, which warns in a notebook without ipywidgets; its bars are not used here."""
-    from tqdm import TqdmWarning
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", TqdmWarning)
-        yield
 
 
 @contextmanager
@@ -119,93 +113,43 @@ def grey_faces(faces, device: torch.device | str = "cpu") -> torch.Tensor:
     return x.unsqueeze(1).to(device)
 
 
-def _to_maps(attr: torch.Tensor) -> np.ndarray:
-    """(B, 1, H, W) attributions -> (B, H, W) in [0, 1]: |a|, divided by each map's maximum."""
-    maps = attr.detach().float().abs().amax(dim=1)
-    peak = maps.flatten(1).amax(1).clamp(min=1e-12).view(-1, 1, 1)
-    return (maps / peak).cpu().numpy()
-
-
-def _chunked(attribute, x: torch.Tensor, target, chunk: int) -> np.ndarray:
-    """Run ``attribute(x, target) -> (b, H, W)`` over chunks of the batch, on x's device."""
-    target = torch.as_tensor(target, device=x.device).expand(len(x))
-    if len(x) == 0:
-        return np.zeros((0, *x.shape[-2:]), dtype=np.float32)
-    return np.concatenate([attribute(x[i:i + chunk], target[i:i + chunk]) for i in range(0, len(x), chunk)])
-
-
-def _setup(model: nn.Module, faces, input_size: int) -> tuple[GreyInput, torch.Tensor]:
+def attribution_maps(method: str, model: nn.Module, faces, target, input_size: int = 48,
+                     samples: int = SMOOTHGRAD_SAMPLES) -> np.ndarray:
+    """``method``'s maps of grey ``faces`` for classes ``target`` (Captum, on an :func:`explainable_copy`):
+    |attribution| divided by each map's maximum, (B, 48, 48) in [0, 1]. SmoothGrad's noise (``samples`` copies) comes
+    from a private generator state seeded with 0: the same call gives the same maps."""
+    attr = captum_attr()
     device = model_device(model)
-    return GreyInput(explainable_copy(model), input_size).to(device), grey_faces(faces, device)
-
-
-def saliency(model: nn.Module, faces, target, input_size: int = 48) -> np.ndarray:
-    """Simonyan et al. 2013: |d logit_target / d grey pixel|."""
-    with quiet_captum_import():
-        from captum.attr import Saliency
-
-    net, x = _setup(model, faces, input_size)
-    return _chunked(lambda xb, tb: _to_maps(Saliency(net).attribute(xb.clone().requires_grad_(), target=tb, abs=True)),
-                    x, target, 64)
-
-
-def smoothgrad(model: nn.Module, faces, target, input_size: int = 48, samples: int = SMOOTHGRAD_SAMPLES,
-               noise: float = SMOOTHGRAD_NOISE, seed: int = 0) -> np.ndarray:
-    """Smilkov et al. 2017: saliency averaged over noisy copies (noise: std on the [0, 1] grey scale).
-
-    The noise is drawn from a private, seeded generator state: the same call gives the same maps.
-    """
-    with quiet_captum_import():
-        from captum.attr import NoiseTunnel, Saliency
-
-    net, x = _setup(model, faces, input_size)
-    tunnel = NoiseTunnel(Saliency(net))
-    with seeded(model_device(model), seed):
-        return _chunked(lambda xb, tb: _to_maps(tunnel.attribute(
-            xb.clone().requires_grad_(), nt_type="smoothgrad", nt_samples=samples, stdevs=noise, target=tb, abs=True)),
-            x, target, max(1, 128 // samples))  # 128 noisy faces per pass
-
-
-def integrated_gradients(model: nn.Module, faces, target, input_size: int = 48, steps: int = IG_STEPS) -> np.ndarray:
-    """Sundararajan et al. 2017, from a black face (grey 0)."""
-    with quiet_captum_import():
-        from captum.attr import IntegratedGradients
-
-    net, x = _setup(model, faces, input_size)
-    ig = IntegratedGradients(net)
-    return _chunked(lambda xb, tb: _to_maps(ig.attribute(xb, baselines=torch.zeros_like(xb), target=tb, n_steps=steps,
-                                                         internal_batch_size=128)), x, target, 128 // steps or 1)
-
-
-def grad_cam(model: nn.Module, faces, target, input_size: int = 48, layer: str = GRADCAM_LAYER) -> np.ndarray:
-    """Selvaraju et al. 2017 on ``layer``, upsampled bilinearly to the 48x48 face."""
-    with quiet_captum_import():
-        from captum.attr import LayerAttribution, LayerGradCam
-
-    net, x = _setup(model, faces, input_size)
-    cam = LayerGradCam(net, net.net.get_submodule(layer))
-
-    def attribute(xb, tb):
-        a = cam.attribute(xb, target=tb, relu_attributions=True)
-        return _to_maps(LayerAttribution.interpolate(a, tuple(xb.shape[-2:]), interpolate_mode="bilinear"))
-
-    return _chunked(attribute, x, target, 64)
-
-
-def guided_backprop(model: nn.Module, faces, target, input_size: int = 48) -> np.ndarray:
-    """Springenberg et al. 2015: gradients with negative signals stopped at every ReLU on the way back."""
-    with quiet_captum_import():
-        from captum.attr import GuidedBackprop
-
-    net, x = _setup(model, faces, input_size)
-    gbp = GuidedBackprop(net)
-    with warnings.catch_warnings():  # Captum announces its temporary ReLU hooks; they act on our copy only
+    net = GreyInput(explainable_copy(model), input_size).to(device)
+    x = grey_faces(faces, device)
+    target = torch.as_tensor(target, device=device).expand(len(x))
+    cam = attr.LayerGradCam(net, net.net.get_submodule(GRADCAM_LAYER))
+    chunk, attribute = {  # faces per pass: about 128 images through the network at once
+        "saliency": (64, lambda xb, tb: attr.Saliency(net).attribute(xb, target=tb, abs=True)),
+        "SmoothGrad": (max(1, 128 // samples), lambda xb, tb: attr.NoiseTunnel(attr.Saliency(net)).attribute(
+            xb, nt_type="smoothgrad", nt_samples=samples, stdevs=SMOOTHGRAD_NOISE, target=tb, abs=True)),
+        "Integrated Gradients": (2, lambda xb, tb: attr.IntegratedGradients(net).attribute(  # from a black face
+            xb, baselines=torch.zeros_like(xb), target=tb, n_steps=IG_STEPS, internal_batch_size=128)),
+        "Grad-CAM": (64, lambda xb, tb: attr.LayerAttribution.interpolate(
+            cam.attribute(xb, target=tb, relu_attributions=True), tuple(xb.shape[-2:]), interpolate_mode="bilinear")),
+        "guided backprop": (64, lambda xb, tb: attr.GuidedBackprop(net).attribute(xb, target=tb)),
+    }[method]
+    out = [np.zeros((0, *x.shape[-2:]), dtype=np.float32)]
+    with seeded(device, 0), warnings.catch_warnings():  # Captum announces its temporary ReLU hooks (on our copy)
         warnings.filterwarnings("ignore", message="Setting backward hooks on ReLU")
-        return _chunked(lambda xb, tb: _to_maps(gbp.attribute(xb.clone().requires_grad_(), target=tb)), x, target, 64)
+        for i in range(0, len(x), chunk):
+            xb = x[i:i + chunk].clone().requires_grad_()
+            maps = attribute(xb, target[i:i + chunk]).detach().float().abs().amax(1)  # |a|, (b, H, W)
+            out.append((maps / maps.flatten(1).amax(1).clamp(min=1e-12).view(-1, 1, 1)).cpu().numpy())
+    return np.concatenate(out)
 
 
-METHODS = {"saliency": saliency, "SmoothGrad": smoothgrad, "Integrated Gradients": integrated_gradients,
-           "Grad-CAM": grad_cam, "guided backprop": guided_backprop}
+saliency = partial(attribution_maps, "saliency")  # Simonyan et al. 2013: |d logit / d grey pixel|
+smoothgrad = partial(attribution_maps, "SmoothGrad")  # Smilkov et al. 2017: saliency averaged over noisy copies
+METHODS = {"saliency": saliency, "SmoothGrad": smoothgrad,
+           "Integrated Gradients": partial(attribution_maps, "Integrated Gradients"),  # Sundararajan et al. 2017
+           "Grad-CAM": partial(attribution_maps, "Grad-CAM"),  # Selvaraju et al. 2017, on GRADCAM_LAYER, upsampled
+           "guided backprop": partial(attribution_maps, "guided backprop")}  # Springenberg et al. 2015
 
 
 def explained_faces(probs: np.ndarray, labels: np.ndarray, per_class: int = FACES_PER_CLASS, seed: int = 0
@@ -240,11 +184,6 @@ def _nanmean(x: np.ndarray, axis: int) -> np.ndarray:
     with warnings.catch_warnings():  # an all-zero map has nan shares; a column of nothing but nan stays nan
         warnings.simplefilter("ignore", RuntimeWarning)
         return np.nanmean(x, axis=axis)
-
-
-def _sign(low, high) -> np.ndarray:
-    """+1 where a difference's 95% interval lies above 0, -1 below, 0 where it holds 0 (no clear difference)."""
-    return np.where(np.asarray(low) > 0, 1, np.where(np.asarray(high) < 0, -1, 0))
 
 
 # ------------------------------------------------------------------------------------------ sanity check
@@ -318,7 +257,7 @@ def sanity_table(explained: Explained, n_boot: int = BOOTSTRAP, seed: int = 0) -
     rows = {}
     for m, rho in explained.rho.items():
         n = rho.shape[1]
-        low, high = percentile_interval(_nanmean(rho[:, rng.integers(0, n, (n_boot, n))], 2).T)  # (steps,) each
+        low, high = mean_interval(rho.T, n_boot, rng)  # (steps,) each
         for s, stage in enumerate(explained.stages):
             rows[(m, stage)] = {"rho": float(_nanmean(rho[s], 0)), "low": low[s], "high": high[s], "faces": n}
     table = pd.DataFrame(rows).T.astype({"rho": float, "low": float, "high": float, "faces": int})
@@ -413,10 +352,8 @@ def region_findings(explained: Explained, regions: dict[str, np.ndarray], labels
                             for r in LANDMARK_REGIONS], 1) for v in (explained.maps[m], explained.random_maps[m])]
         trained, randomised = shares  # (n, R) each
         diff = trained - randomised
-        n = len(y)
         counted = np.isfinite(diff).all(1)  # an all-zero map (Grad-CAM's ReLU can give one) has no shares
-        no_faces = (np.full(6, np.nan),) * 2
-        low, high = percentile_interval(_nanmean(diff[rng.integers(0, n, (n_boot, n))], 1)) if n else no_faces
+        low, high = mean_interval(diff, n_boot, rng)
         for j, r in enumerate(LANDMARK_REGIONS):
             random_rows[(m, r)] = {"trained": _nanmean(trained[:, j], 0), "randomised": _nanmean(randomised[:, j], 0),
                                    "difference": _nanmean(diff[:, j], 0), "low": low[j], "high": high[j],
@@ -432,8 +369,8 @@ def region_findings(explained: Explained, regions: dict[str, np.ndarray], labels
         means = {c: _nanmean(diff[y == c], 0) for c in kept}
         mean_all = np.mean(list(means.values()), 0)
         for c in kept:
-            low, high = percentile_interval(boot[c])
-            e_low, e_high = percentile_interval(boot[c] - mean_boot)
+            low, high = np.nanpercentile(boot[c], [2.5, 97.5], axis=0)
+            e_low, e_high = np.nanpercentile(boot[c] - mean_boot, [2.5, 97.5], axis=0)
             t, z = _nanmean(trained[y == c], 0), _nanmean(randomised[y == c], 0)
             for j, r in enumerate(LANDMARK_REGIONS):
                 class_rows[(CLASS_NAMES[c], m, r)] = {
@@ -447,7 +384,7 @@ def region_findings(explained: Explained, regions: dict[str, np.ndarray], labels
             index=pd.MultiIndex.from_arrays([[]] * len(names)))
         table = table.astype(float).astype({"faces": int})
         table.index.names = names
-        table.insert(table.columns.get_loc("high") + 1, "sign", _sign(table["low"], table["high"]).astype(int))
+        table.insert(table.columns.get_loc("high") + 1, "sign", interval_sign(table["low"], table["high"]))
         tables.append(table)
     area = {r: float(np.mean(a)) if len(a) else np.nan
             for r, a in region_area({r: regions[r][found] for r in LANDMARK_REGIONS}).items()}
@@ -520,17 +457,141 @@ def faithfulness(model: nn.Module, faces: np.ndarray, target, maps: dict[str, np
     auc = {k: {name: np.trapezoid(c, fractions, axis=1) for name, c in v.items()} for k, v in curves.items()}
     rows = {}
     for m in maps:
-        n = len(idx[m])
-        resample = rng.integers(0, n, (n_boot, n))
         baseline = {k: auc[k]["random"][idx[m]] for k in auc}
         gains = {"deletion": baseline["deletion"] - auc["deletion"][m],  # a faster fall is better
                  "insertion": auc["insertion"][m] - baseline["insertion"]}  # a faster rise is better
-        row: dict = {"faces": n}
-        for kind, g in gains.items():
-            low, high = percentile_interval(g[resample].mean(1))
+        lows, highs = mean_interval(np.stack(list(gains.values()), 1), n_boot, rng)
+        row: dict = {"faces": len(idx[m])}
+        for (kind, g), low, high in zip(gains.items(), lows, highs):
             row |= {f"{kind} AUC": auc[kind][m].mean(), f"random {kind} AUC": baseline[kind].mean(),
                     f"{kind} gain": g.mean(), f"{kind} gain low": float(low), f"{kind} gain high": float(high),
                     f"{kind} better": bool(low > 0)}
         rows[m] = row
     del idx["random"]
     return Faithfulness(fractions, curves, idx, pd.DataFrame(rows).T.infer_objects())
+
+
+# ------------------------------------------------------------------------------------------ the page's one call
+
+
+@dataclass
+class SaliencyAnswer:
+    """What Q4's page shows: what covering each landmark region costs (the answer), the attribution maps with their
+    sanity check, where they fall among the regions against a randomised network, and how faithful they are."""
+
+    faces: np.ndarray  # (N, 48, 48) uint8 explained faces (correctly classified validation faces), ordered by class
+    labels: np.ndarray  # (N,) their classes
+    probs: np.ndarray  # (N,) the model's probability of each face's class
+    explained: Explained
+    sanity: pd.DataFrame  # sanity_table()
+    flagged: list[str]  # methods that fail the sanity check
+    points: np.ndarray  # (N, 68, 2) landmarks in the 48-px frame
+    found: np.ndarray  # (N,) the detector found the face (else its regions are not trusted: left out)
+    regions: dict[str, np.ndarray]  # {region: (N, 48, 48) bool}, a partition of each frame
+    findings: RegionFindings
+    effects: pd.DataFrame  # findings.class_effects()
+    faithfulness: Faithfulness
+    occlusion: object  # q4_occlusion.Occlusion
+    top: pd.DataFrame  # per class, then all classes: the costliest region to cover beyond its control, ties, clear
+    example: str | None  # the class whose clearest single costliest region costs the most (the strip's class)
+    agreement: pd.DataFrame  # q4_occlusion.attribution_agreement()
+    matches: pd.DataFrame  # per voting method: classes it names a region for, matched, chance, the one region it
+    # names for every class ("always", "" if none)
+    grid: np.ndarray  # one face per class that every method explains (its surest), indices into faces
+    strip: np.ndarray  # (2, 6, 48, 48) in [0, 1]: one face of `example` intact then each region covered; below, blank
+    # then each control patch covered
+    strip_row: int  # that face's row in occlusion's arrays
+    empty_maps: pd.DataFrame  # per one-pass method, faces with landmarks: all-zero maps (either network), on the
+    # trained network, and the classes whose maps are all zero
+    aligned: dict  # aligned_class_means() of the saliency maps
+
+
+def saliency_answer(model: nn.Module, images: np.ndarray, labels: np.ndarray, logits, input_size: int = 48,
+                    faces_per_class: int = FACES_PER_CLASS, faithfulness_faces: int = 64, costly_per_class: int = 1,
+                    seed: int = 0) -> SaliencyAnswer:
+    """Q4 on the validation faces ``images`` (uint8 (N, 48, 48)), ``labels`` and the model's ``logits`` on them."""
+    import pandas as pd
+
+    from fer_lib.data.landmarks import face_landmarks
+    from fer_lib.data.regions import landmark_regions
+
+    probs = torch.softmax(torch.as_tensor(logits).float(), 1).numpy()
+    idx = explained_faces(probs, labels, faces_per_class, seed)  # ordered by class
+    faces, y = images[idx], np.asarray(labels)[idx]
+    # SmoothGrad and Integrated Gradients cost 50-64 backward passes a face on 7 networks: a subset of the same draw
+    costly = np.flatnonzero(np.isin(idx, explained_faces(probs, labels, costly_per_class, seed)))
+    ex = explain(model, faces, y, input_size, subsets={m: costly for m in COSTLY}, seed=seed)
+    sanity = sanity_table(ex, seed=seed)
+    flagged = insensitive_methods(sanity)
+    points, found = face_landmarks(faces)
+    regions = landmark_regions(points)
+    one_pass = [m for m in METHODS if m not in COSTLY]  # the costly methods explain too few faces for region rows
+    findings = region_findings(ex, regions, y, found, flagged, seed=seed, methods=one_pass)
+    pick = np.sort(np.random.default_rng(seed).permutation(len(idx))[:faithfulness_faces])
+    on = {m: ex.faces[m] if m in COSTLY else pick for m in METHODS}  # the faces each method's curves use
+    every = np.unique(np.concatenate(list(on.values())))
+    faith = faithfulness(model, faces[every], y[every], {m: ex.maps[m][np.searchsorted(ex.faces[m], on[m])]
+                                                         for m in METHODS}, input_size,
+                         subsets={m: np.searchsorted(every, on[m]) for m in METHODS}, seed=seed)
+    occ = occlusion(model, faces, y, regions, found, input_size, seed=seed)
+    top = occ.top(seed=seed)
+    agreement = attribution_agreement(top, findings.by_class, findings.voters, findings.area)
+    matches = {}
+    for m in [m for m in findings.voters if m in agreement and agreement[m].notna().any()]:
+        said = agreement[m].dropna()
+        matches[m] = {"classes": len(said), "matched": int(agreement.loc[said.index, f"{m} agrees"].sum()),
+                      "chance": agreement.loc[said.index, "chance"].sum(),
+                      "always": said.iloc[0] if said.nunique() == 1 and len(said) > 2 else ""}
+
+    classes = top.drop(index=ALL)
+    clear = classes[classes["clear"].astype(bool)]
+    alone = clear[clear["tied"].map(len) == 0]
+    pool = alone if len(alone) else clear
+    example = pool["effect"].idxmax() if len(pool) else None
+    strip_class = CLASS_NAMES.index(example) if example else int(occ.labels[0])
+    rows = np.flatnonzero(occ.labels == strip_class)
+    k = rows[np.argmax(occ.intact[rows])]
+    i = occ.index[k]
+    grey = faces[i:i + 1].astype(np.float32) / 255.0
+    own = np.stack([regions[r][i] for r in OCCLUDED])
+    moved = np.stack([m[0] for m in controls({r: m[i:i + 1] for r, m in regions.items()}).values()])
+    masks = np.concatenate([np.zeros_like(own[:1]), own, np.zeros_like(own[:1]), moved])  # (12, H, W)
+    strip = np.where(masks, fill(grey)[0], grey[0]).reshape(2, len(OCCLUDED) + 1, *grey.shape[1:])
+
+    grid = np.array([costly[y[costly] == c][np.argmax(probs[idx[costly[y[costly] == c]], c])]
+                     for c in np.unique(y[costly])])  # per class, the surest of the faces every method explains
+    flat = {m: [v.reshape(len(v), -1).max(1) == 0 for v in (ex.maps[m], ex.random_maps[m])] for m in one_pass}
+    empty = {m: {"either network": int((t | r)[found].sum()), "trained": int(t[found].sum()),
+                 "classes all empty": [CLASS_NAMES[c] for c in np.unique(y[found]) if (t | r)[found & (y == c)].all()]}
+             for m, (t, r) in flat.items()}
+    return SaliencyAnswer(faces, y, probs[idx, y], ex, sanity, flagged, points, found, regions, findings,
+                          findings.class_effects(), faith, occ, top, example, agreement,
+                          pd.DataFrame.from_dict(matches, orient="index"), grid, strip, int(k),
+                          pd.DataFrame.from_dict(empty, orient="index"),
+                          aligned_class_means(faces, ex.maps["saliency"], ex.random_maps["saliency"], points, y, found))
+
+
+def aligned_class_means(images: np.ndarray, maps: np.ndarray, random_maps: np.ndarray, points: np.ndarray,
+                        labels: np.ndarray, found: np.ndarray) -> dict[str, np.ndarray]:
+    """Per-class averages over the faces with landmarks, each face first warped onto the mean landmark shape (the
+    affine map that fits its 68 points to the mean points best, OpenCV), so that eyes fall on eyes before averaging:
+    {"shape": (68, 2), "classes": (C,) class indices, "faces" (C,) faces averaged, "face", "map", "random map":
+    (C, 48, 48) the mean grey face in [0, 1] and the mean trained and randomised network's maps}."""
+    import cv2
+
+    shape = points[found].mean(0).astype(np.float32)
+    classes = [c for c in np.unique(labels[found]) if (found & (labels == c)).sum() >= MIN_FACES]
+
+    fits = {i: cv2.estimateAffine2D(points[i].astype(np.float32), shape, method=cv2.LMEDS)[0]
+            for i in np.flatnonzero(found)}
+
+    def warped(values: np.ndarray, i: int) -> np.ndarray:
+        return cv2.warpAffine(values.astype(np.float32), fits[i], values.shape[::-1], flags=cv2.INTER_LINEAR,
+                              borderMode=cv2.BORDER_REPLICATE)  # what moves in from outside: the frame's edge
+
+    out = {"shape": shape, "classes": np.array(classes, dtype=int),
+           "faces": np.array([(found & (labels == c)).sum() for c in classes], dtype=int)}
+    for key, values in (("face", images / 255.0), ("map", maps), ("random map", random_maps)):
+        out[key] = np.stack([np.mean([warped(values[i], i) for i in np.flatnonzero(found & (labels == c))], 0)
+                             for c in classes]) if classes else np.zeros((0, *images.shape[1:]))
+    return out

@@ -1,37 +1,26 @@
 """Q5: what the last convolution layer's filters respond to.
 
-A filter's *response* is its channel of ``layer4.1.bn2`` (the last convolution, ``layer4.1.conv2``,
-followed by its BatchNorm, a per-channel affine map), averaged over positions: positive means the filter
-fires. Four views:
-
-1. the validation faces that excite each filter most (blank images and second copies of a photo left out);
-2. tuning: per filter and class the AUROC of its response, class against the rest, over all validation faces,
-   set against the same filter index of a randomly initialised network (and above what 95% of that network's
-   filters reach for their best class), and the filter's weights in the final
-   linear layer (does the class it responds to get its vote?);
-3. what the top faces share beyond their class: mouth and eye opening, brow height, head turn, brightness and
-   contrast (``face_attributes``), compared with faces of the same classes, against within-class shuffles;
-4. for the filters shown, a face grown by gradient ascent from the mean validation face, kept near it by a
-   distance penalty (and a cap), under random jitter, zoom and rotation; where it changes says what the filter wants.
-
-Code that runs a model builds its inputs on the model's device and returns CPU numpy arrays.
+A filter's *response* is its channel of ``layer4.1.bn2`` (the last convolution followed by its BatchNorm) averaged
+over positions. Four views: the validation faces that excite it most (blank images and second copies of a photo
+left out); its tuning to each class (AUROC) against the same filter of a randomly initialised network, and its vote
+in the final layer; what its top faces share beyond their class (landmark attributes, against within-class
+shuffles); a face grown by gradient ascent from the mean face, and where that face changes.
 """
 from __future__ import annotations
 
 import copy
 import math
-import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from scipy.stats import false_discovery_control, norm
+from scipy.stats import false_discovery_control, norm, rankdata
 from torch import nn
 
 from fer_lib import CLASS_NAMES
-from fer_lib.core.stats import Z95, auroc_se, rank_auroc
+from fer_lib.questions.q4_saliency import model_device, randomised_copy
 
 LAST_CONV = "layer4.1.conv2"
 RESPONSE_LAYER = "layer4.1.bn2"
@@ -39,7 +28,6 @@ N_SHOWN = 16  # filters shown with their grown face and top faces
 TOP_K = 16  # top faces per filter (after removing second copies of a photo)
 MIN_PIXEL_STD = 4.0  # gray levels (of 255): a face below this is blank or near-uniform and never a "top face"
 N_PERMUTATIONS = 1000  # within-class attribute shuffles of the chance baseline
-N_BOOTSTRAP = 300  # resamples of the faces for the shown filters' AUROC intervals
 ALPHA = 0.05  # false-discovery rate of tuning; per-test level of the attribute shifts
 RANDOM_LEVEL = 0.95  # a tuned filter's AUROC also beats this share of the untrained filters (at their best class)
 QUIET = 0.2  # a filter is quiet for a class when its AUROC for it is below this (the class's faces respond least)
@@ -52,10 +40,8 @@ PENALTY = 100.0  # weight of the mean squared change in the loss (response units
 FOCUS = 1.5  # a grown face's change is "on" a face part when that part changes this many times the face's average
 COMPARED = ("mouth_open", "eye_open", "brow_height", "head_turn", "brightness", "contrast")  # of face_attributes
 FACE_PARTS = ("brows", "eyes", "nose", "mouth")  # landmark regions a grown face's change is measured on
-
-
-def _device(model: nn.Module) -> torch.device:
-    return next(model.parameters()).device
+Z95 = norm.ppf(0.975)
+K_SHOWN = 10  # top faces per filter in the figure and the answer (the attribute shifts use all TOP_K)
 
 
 @contextmanager
@@ -71,13 +57,6 @@ def capture(model: nn.Module, layer: str):
         yield store
     finally:
         handle.remove()
-
-
-def _frozen_twin(model: nn.Module) -> nn.Module:
-    twin = copy.deepcopy(model).eval()
-    for p in twin.parameters():
-        p.requires_grad_(False)
-    return twin
 
 
 def response_map_side(model: nn.Module, input_size: int = 48) -> int:
@@ -108,7 +87,7 @@ def filter_responses(model: nn.Module, images: np.ndarray, input_size: int = 48,
     from fer_lib.model.network import preprocess
 
     twin = copy.deepcopy(model).eval()
-    device = _device(model)
+    device = model_device(model)
     out = []
     with capture(twin, layer) as store:
         for start in range(0, len(images), batch_size):
@@ -129,110 +108,53 @@ def top_faces(responses: np.ndarray, filters: np.ndarray, k: int = TOP_K, valid:
     Faces with ``valid`` False (blank images) are never chosen; with ``groups`` (a copy-group id per face) a
     face is skipped when a stronger face of its group is already chosen, so no photo appears twice.
     """
-    scores = responses[:, filters].astype(float)
     allowed = np.ones(len(responses), bool) if valid is None else np.asarray(valid, bool)
-    if groups is None:
-        groups = np.arange(len(responses))
-    k = min(k, len(np.unique(np.asarray(groups)[allowed])))
-    order = np.argsort(-scores, axis=0, kind="stable")  # (N, F)
-    out = np.zeros((len(filters), k), dtype=np.int64)
-    for f in range(len(filters)):
-        seen, row = set(), []
-        for i in order[:, f]:
-            if allowed[i] and groups[i] not in seen:
-                seen.add(groups[i])
-                row.append(i)
-                if len(row) == k:
-                    break
-        out[f] = row
-    return out
-
-
-def class_counts(labels: np.ndarray, top: np.ndarray, n_classes: int = len(CLASS_NAMES)) -> np.ndarray:
-    """(len(top), n_classes) int: how many of each filter's top faces belong to each class."""
-    return np.stack([np.bincount(labels[row], minlength=n_classes) for row in top])
+    groups = np.arange(len(responses)) if groups is None else np.asarray(groups)
+    k = min(k, len(np.unique(groups[allowed])))
+    rows = []
+    for order in np.argsort(-responses[:, filters].astype(float), axis=0, kind="stable").T:  # strongest first
+        order = order[allowed[order]]
+        rows.append(order[np.sort(np.unique(groups[order], return_index=True)[1])[:k]])  # each group's strongest
+    return np.array(rows, dtype=np.int64).reshape(len(filters), k)
 
 
 # --- tuning to each class over all faces, against a random network, and the last layer's votes ------------
 
 @dataclass
 class Tuning:
-    """Every filter's AUROC per class (response, class against the rest), trained and random network.
+    """Every filter's AUROC per class (response, class against the rest), trained and random network (the same
+    filter index), and what follows from it (all arrays (F,) unless noted).
 
     A filter is *tuned* when its preferred class's AUROC beats the random network's same filter for that class
     (one-sided z-test on Hanley-McNeil errors, times the number of classes for picking the best one), at a
     false-discovery rate of ``alpha`` over the filters, and exceeds ``random_threshold``, the ``random_level``
     quantile over the random network's filters of their best-class AUROC; *mixed* when tuned but its best two
-    classes tie (their difference within 1.96 combined errors); *one class* otherwise. ``fc`` (n_classes, F) is
-    the final linear layer's weight; a filter *votes* for its class when that class gets its largest weight.
+    classes tie (their difference within 1.96 combined errors); *one class* otherwise. A filter *votes* for its
+    class when that class gets its largest final-layer weight.
     """
 
     auroc: np.ndarray  # (n_classes, F) trained network
-    random_auroc: np.ndarray  # (n_classes, F) the same filter index in the randomly initialised network
+    random_auroc: np.ndarray  # (n_classes, F)
     se: np.ndarray  # (n_classes, F) Hanley-McNeil standard errors, trained
     random_se: np.ndarray  # (n_classes, F) and random
     fc: np.ndarray  # (n_classes, F) final-layer weights
     alpha: float = ALPHA
     random_level: float = RANDOM_LEVEL
 
-    @property
-    def preferred(self) -> np.ndarray:
-        """(F,) the class with the highest AUROC (a class without faces never)."""
-        return np.nan_to_num(self.auroc, nan=-1).argmax(0)
-
-    def _at(self, table: np.ndarray, classes: np.ndarray | None = None) -> np.ndarray:
-        classes = self.preferred if classes is None else classes
-        return table[classes, np.arange(table.shape[1])]
-
-    @property
-    def best(self) -> np.ndarray:
-        """(F,) AUROC for the preferred class."""
-        return self._at(self.auroc)
-
-    @property
-    def random_best(self) -> np.ndarray:
-        """(F,) the random network's AUROC for the trained filter's preferred class."""
-        return self._at(self.random_auroc)
-
-    @property
-    def random_threshold(self) -> float:
-        """The ``random_level`` quantile over the random network's filters of their own best-class AUROC."""
-        return float(np.percentile(np.nanmax(self.random_auroc, 0), 100 * self.random_level))
-
-    @property
-    def p(self) -> np.ndarray:
-        """(F,) one-sided p of trained > random at the preferred class, times the number of classes (capped at 1)."""
-        z = (self.best - self.random_best) / np.hypot(self._at(self.se), self._at(self.random_se))
-        return np.minimum(1.0, norm.sf(z) * len(self.auroc))
-
-    @property
-    def tuned(self) -> np.ndarray:
-        return (false_discovery_control(self.p) <= self.alpha) & (self.best > self.random_threshold)
-
-    @property
-    def second(self) -> np.ndarray:
-        """(F,) the class with the second-highest AUROC."""
-        return np.argsort(-np.nan_to_num(self.auroc, nan=-1), axis=0, kind="stable")[1]
-
-    @property
-    def mixed(self) -> np.ndarray:
-        """(F,) tuned, but the best two classes tie."""
-        gap = self.best - self._at(self.auroc, self.second)
-        return self.tuned & (gap <= Z95 * np.hypot(self._at(self.se), self._at(self.se, self.second)))
-
-    @property
-    def one_class(self) -> np.ndarray:
-        return self.tuned & ~self.mixed
-
-    @property
-    def weight(self) -> np.ndarray:
-        """(F,) the final-layer weight from the filter to its preferred class."""
-        return self._at(self.fc)
-
-    @property
-    def votes(self) -> np.ndarray:
-        """(F,) the preferred class gets the filter's largest final-layer weight."""
-        return self.fc.argmax(0) == self.preferred
+    def __post_init__(self):
+        filters = np.arange(self.auroc.shape[1])
+        ranked = np.argsort(-np.nan_to_num(self.auroc, nan=-1), axis=0, kind="stable")  # a class without faces last
+        self.preferred, self.second = ranked[0], ranked[1]
+        self.best, self.random_best = self.auroc[self.preferred, filters], self.random_auroc[self.preferred, filters]
+        self.random_threshold = float(np.percentile(np.nanmax(self.random_auroc, 0), 100 * self.random_level))
+        se, random_se = self.se[self.preferred, filters], self.random_se[self.preferred, filters]
+        self.p = np.minimum(1.0, norm.sf((self.best - self.random_best) / np.hypot(se, random_se)) * len(self.auroc))
+        self.tuned = (false_discovery_control(self.p) <= self.alpha) & (self.best > self.random_threshold)
+        gap = self.best - self.auroc[self.second, filters]
+        self.mixed = self.tuned & (gap <= Z95 * np.hypot(se, self.se[self.second, filters]))
+        self.one_class = self.tuned & ~self.mixed
+        self.weight = self.fc[self.preferred, filters]  # the weight from the filter to its preferred class
+        self.votes = self.fc.argmax(0) == self.preferred
 
     def chance_votes(self, among: np.ndarray) -> float:
         """Expected share of ``among`` (bool, F) that would vote for their class if votes ignored tuning: the
@@ -240,10 +162,8 @@ class Tuning:
         among = np.asarray(among, bool)
         if not among.any():
             return float("nan")
-        n = len(self.auroc)
-        prefer = np.bincount(self.preferred[among], minlength=n) / among.sum()
-        vote = np.bincount(self.fc[:, among].argmax(0), minlength=n) / among.sum()
-        return float(prefer @ vote)
+        prefer = np.bincount(self.preferred[among], minlength=len(self.auroc)) / among.sum()
+        return float(prefer @ (np.bincount(self.fc[:, among].argmax(0), minlength=len(self.auroc)) / among.sum()))
 
     def by_class(self, among: np.ndarray | None = None) -> np.ndarray:
         """(n_classes,) int: filters of ``among`` (default: the one-class filters) per preferred class."""
@@ -257,17 +177,23 @@ class Tuning:
 
 def auroc_by_class(responses: np.ndarray, labels: np.ndarray,
                    n_classes: int = len(CLASS_NAMES)) -> tuple[np.ndarray, np.ndarray]:
-    """AUROC (n_classes, F) of each column of ``responses`` (N, F) for class c against the rest, and its
-    Hanley-McNeil standard error."""
-    from scipy.stats import rankdata
+    """AUROC (n_classes, F) of each column of ``responses`` (N, F) for class c against the rest (NaN for a class
+    without faces), and Hanley and McNeil's (1982) standard error: a cheap normal approximation where a bootstrap
+    of 512 x 7 AUROCs would cost too much."""
+    from sklearn.metrics import roc_auc_score
 
     labels = np.asarray(labels)
-    onehot = (labels[:, None] == np.arange(n_classes)[None]).astype(float)  # (N, n_classes)
-    n1 = onehot.sum(0)[:, None]
+    auc = np.full((n_classes, responses.shape[1]), np.nan)
+    for c in np.unique(labels):
+        if 0 < (labels == c).sum() < len(labels):
+            positive = np.repeat((labels == c)[:, None], responses.shape[1], 1)
+            auc[c] = roc_auc_score(positive, responses, average=None)  # every column at once
+    n1 = np.bincount(labels, minlength=n_classes)[:, None].astype(float)
     n0 = len(labels) - n1
-    with np.errstate(invalid="ignore", divide="ignore"):  # a class without faces: NaN
-        auc = (onehot.T @ rankdata(responses, axis=0) - n1 * (n1 + 1) / 2) / (n1 * n0)  # rank_auroc, ranked once
-    return auc, auroc_se(auc, n1, n0)
+    q1, q2 = auc / (2 - auc), 2 * auc ** 2 / (1 + auc)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        se = np.sqrt((auc * (1 - auc) + (n1 - 1) * (q1 - auc ** 2) + (n0 - 1) * (q2 - auc ** 2)) / (n1 * n0))
+    return auc, se
 
 
 def class_tuning(responses: np.ndarray, random_responses: np.ndarray, labels: np.ndarray, fc_weight: np.ndarray,
@@ -283,21 +209,6 @@ def class_tuning(responses: np.ndarray, random_responses: np.ndarray, labels: np
 def fc_weight(model: nn.Module) -> np.ndarray:
     """(n_classes, 512) the final linear layer's weight (``fc`` = Dropout + Linear)."""
     return model.fc[1].weight.detach().float().cpu().numpy()
-
-
-def bootstrap_auroc(responses: np.ndarray, labels: np.ndarray, classes: np.ndarray, resamples: int = N_BOOTSTRAP,
-                    level: float = 0.95, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """Percentile bootstrap interval (low, high), each (S,), of the AUROC of column s of ``responses`` (N, S) for
-    ``classes[s]`` against the rest, the faces resampled with replacement (all columns on the same resamples)."""
-    labels = np.asarray(labels)
-    positive = labels[:, None] == np.asarray(classes)[None]  # (N, S)
-    rng = np.random.default_rng(seed)
-    values = np.empty((resamples, responses.shape[1]))
-    for b in range(resamples):
-        idx = rng.integers(0, len(labels), len(labels))
-        values[b] = rank_auroc(responses[idx], positive[idx])
-    tail = (1 - level) / 2 * 100
-    return np.nanpercentile(values, tail, axis=0), np.nanpercentile(values, 100 - tail, axis=0)
 
 
 def pick_filters(tuning: Tuning, responses: np.ndarray, n: int = N_SHOWN, seed: int = 0) -> np.ndarray:
@@ -317,25 +228,13 @@ def pick_filters(tuning: Tuning, responses: np.ndarray, n: int = N_SHOWN, seed: 
 
 # --- what the top faces share beyond their class -------------------------------------------------------------
 
-def _null_p(null: np.ndarray) -> np.ndarray:
-    """(P, F): each shuffle's p-value against the other shuffles (the p-values a chance labelling would get)."""
-    ranked = np.sort(null, 0)
-    at_least = np.stack([len(null) - np.searchsorted(ranked[:, f], null[:, f] - 1e-12, side="left")
-                         for f in range(null.shape[1])], 1)  # shuffles >= each value, itself included
-    return at_least / len(null)
-
-
 def within_class_z(values: np.ndarray, labels: np.ndarray) -> np.ndarray:
     """(N, A): each attribute in standard deviations from the mean of the face's own class; missing stays missing."""
-    values = np.asarray(values, dtype=float)
-    out = np.full_like(values, np.nan)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)  # a class without any measured face
-        for c in np.unique(labels):
-            rows = labels == c
-            sd = np.nanstd(values[rows], 0)
-            out[rows] = (values[rows] - np.nanmean(values[rows], 0)) / np.where(sd > 0, sd, 1)
-    return out
+    import pandas as pd
+
+    by_class = pd.DataFrame(np.asarray(values, dtype=float)).groupby(np.asarray(labels))
+    sd = by_class.transform("std", ddof=0)
+    return ((by_class.obj - by_class.transform("mean")) / sd.where(sd > 0, 1)).to_numpy()
 
 
 def _top_mean(z: np.ndarray, top: np.ndarray) -> np.ndarray:
@@ -410,8 +309,8 @@ def attribute_shift(values: np.ndarray, labels: np.ndarray, top: np.ndarray, val
     null = np.nan_to_num(null)
     p = (1 + (np.abs(null) >= np.abs(shift)[None] - 1e-12).sum(0)) / (1 + n_permutations)
     p = np.where(np.isfinite(shift), p, np.nan)
-    null_p = np.stack([_null_p(np.abs(null[:, :, a])) for a in range(shift.shape[1])], -1)  # (P, F, A)
-    hit = null_p <= alpha
+    # each shuffle's own p against the shuffles (itself included): the p-values a chance labelling would get
+    hit = (n_permutations + 1 - rankdata(np.abs(null), method="min", axis=0)) / n_permutations <= alpha
     return AttributeShift(tuple(names), shift, p, (hit & (null > 0)).sum(1), (hit & (null < 0)).sum(1),
                           np.isfinite(z[top]).sum(1), alpha)
 
@@ -450,8 +349,8 @@ def grow_faces(model: nn.Module, filters: list[int] | np.ndarray, start: np.ndar
     """
     from fer_lib.model.network import IMAGENET_MEAN, IMAGENET_STD
 
-    device = _device(model)
-    twin = _frozen_twin(model)
+    device = model_device(model)
+    twin = copy.deepcopy(model).eval().requires_grad_(False)
     filters = torch.as_tensor(np.asarray(filters), dtype=torch.long, device=device)
     g = torch.Generator().manual_seed(seed)
     side = start.shape[-1]
@@ -553,25 +452,24 @@ def growth_regions(start: np.ndarray, grown: np.ndarray) -> Growth:
     return Growth(FACE_PARTS, change, signed, delta, bool(found[0]))
 
 
-def shown_table(filters: np.ndarray, tuning: Tuning, interval: np.ndarray, random_interval: np.ndarray,
-                shift: AttributeShift, growth: Growth, before: np.ndarray, after: np.ndarray, best_face: np.ndarray,
-                control: Growth | None = None):
-    """One row per filter shown, numbers and labels only: its preferred class, AUROC with its bootstrap interval
-    (trained and random), tuned / mixed, its final-layer weight for the class and whether it votes for it, the
-    attribute shifts of its top faces, the part its grown face changes most (unless the untrained ``control``
-    changes it too, :meth:`Growth.named`), and its responses.
-
-    ``interval`` and ``random_interval`` are (2, shown) bootstrap bounds; ``tuning`` and ``shift`` cover all filters."""
+def shown_table(filters: np.ndarray, tuning: Tuning, shift: AttributeShift, growth: Growth, before: np.ndarray,
+                after: np.ndarray, best_face: np.ndarray, control: Growth | None = None):
+    """One row per filter shown, numbers and labels only: its preferred class, AUROC with its 95% interval (trained
+    and random, from Hanley-McNeil errors), tuned / mixed, its final-layer weight for the class and whether it votes
+    for it, the attribute shifts of its top faces, the part its grown face changes most (unless the untrained
+    ``control`` changes it too, :meth:`Growth.named`), and its responses."""
     import pandas as pd
 
     from fer_lib.data.face_attributes import ATTRIBUTES
 
     filters = np.asarray(filters)
     cls = tuning.preferred[filters]
-    table = pd.DataFrame({"filter": filters, "class": [CLASS_NAMES[c] for c in cls],
-                          "AUROC": tuning.best[filters], "AUROC low": interval[0], "AUROC high": interval[1],
-                          "random AUROC": tuning.random_best[filters], "random low": random_interval[0],
-                          "random high": random_interval[1], "tuned": tuning.tuned[filters],
+    half, random_half = (Z95 * se[cls, filters] for se in (tuning.se, tuning.random_se))
+    auc, random_auc = tuning.best[filters], tuning.random_best[filters]
+    table = pd.DataFrame({"filter": filters, "class": [CLASS_NAMES[c] for c in cls], "AUROC": auc,
+                          "AUROC low": np.clip(auc - half, 0, 1), "AUROC high": np.clip(auc + half, 0, 1),
+                          "random AUROC": random_auc, "random low": np.clip(random_auc - random_half, 0, 1),
+                          "random high": np.clip(random_auc + random_half, 0, 1), "tuned": tuning.tuned[filters],
                           "mixed": tuning.mixed[filters], "fc weight": tuning.weight[filters],
                           "votes": tuning.votes[filters]})
     for a, name in enumerate(shift.names):
@@ -581,3 +479,72 @@ def shown_table(filters: np.ndarray, tuning: Tuning, interval: np.ndarray, rando
     table["best face"] = np.asarray(best_face, dtype=float)
     table["grown face"] = np.asarray(after, dtype=float)
     return table
+
+
+@dataclass
+class FiltersAnswer:
+    """What Q5's page shows: every filter's tuning against an untrained network and the last layer's votes, what
+    its top faces share beyond their class, and for the filters shown a face grown to excite it."""
+
+    tuning: Tuning
+    top: np.ndarray  # (filters, TOP_K) indices of each filter's strongest validation faces, one per photo
+    valid: np.ndarray  # (faces,) informative (not blank) faces
+    attributes: "object"  # DataFrame (faces): face_attributes()
+    shift: AttributeShift
+    shifts: "object"  # DataFrame: shift.table()
+    chosen: np.ndarray  # (shown,) the filters shown
+    start: np.ndarray  # (48, 48) in [0, 1]: the mean validation face every grown face starts from
+    grown: np.ndarray  # (shown, 48, 48) in [0, 1]
+    before: np.ndarray  # (shown,) response to the start
+    after: np.ndarray  # (shown,) response to the grown face
+    best_face: np.ndarray  # (shown,) response to the filter's strongest validation face
+    growth: Growth
+    control: Growth  # the same filters grown in the untrained network
+    changes: list  # per shown filter: [(attribute or part, +1 / -1)], what its grown face changes (see changes())
+    example: int  # the shown filter the answer describes: one-class, a change named, voting, largest margin
+    table: "object"  # DataFrame: shown_table()
+    map_side: int  # side of the response map
+
+
+def changes(growth: Growth, control: Growth, spread: "object", min_sd: float = 0.25) -> list:
+    """Per grown face: [(attribute, sign)] for mouth opening and brow height where its landmarks moved by at least
+    ``min_sd`` of ``spread`` (attribute -> the validation faces' standard deviation); else [(part, sign of the mean
+    change)] where the change is on a part the untrained control does not change; else []."""
+    out = []
+    for i, a in growth.attributes.iterrows():
+        moved = [(c, int(np.sign(a[c]))) for c in ("mouth_open", "brow_height")
+                 if np.isfinite(a[c]) and abs(a[c]) >= min_sd * spread[c]]
+        j = growth.focus[i]
+        part = [(growth.parts[j], -1 if growth.signed[i, j] < 0 else 1)] if growth.named(control)[i] else []
+        out.append(moved or part)
+    return out
+
+
+def filters_answer(model: nn.Module, images: np.ndarray, labels: np.ndarray, input_size: int = 48,
+                   n_shown: int = N_SHOWN, ascent_steps: int = 128, seed: int = 0) -> FiltersAnswer:
+    """Q5 on the validation faces ``images`` (uint8 (N, 48, 48)) and their ``labels``."""
+    from fer_lib.core.io import default_cache_dir
+    from fer_lib.data.face_attributes import face_attributes
+
+    responses = filter_responses(model, images, input_size)  # (faces, filters)
+    untrained = randomised_copy(model, seed)  # every layer re-initialised at random
+    random_responses = filter_responses(untrained, images, input_size)
+    valid = informative_faces(images)
+    top = top_faces(responses, np.arange(responses.shape[1]), valid=valid, groups=duplicate_groups(images))
+    tuning = class_tuning(responses, random_responses, labels, fc_weight(model), valid)
+    attributes = face_attributes(images, cache_dir=default_cache_dir())
+    shift = attribute_shift(attributes[list(COMPARED)].to_numpy(), labels, top, valid, seed=seed)
+    chosen = pick_filters(tuning, responses, n_shown, seed)
+    start = images[valid].mean(0) / 255  # one start for every filter: the differences compare across rows
+    grown, before, after = grow_faces(model, chosen, start, input_size, steps=ascent_steps, seed=seed)
+    growth = growth_regions(start, grown)
+    control = growth_regions(start, grow_faces(untrained, chosen, start, input_size, steps=ascent_steps,
+                                               seed=seed)[0])
+    said = changes(growth, control, attributes.std())
+    best_face = responses[top[chosen, 0], chosen]
+    margin = (tuning.best - tuning.random_best)[chosen]
+    order = [i for i in np.argsort(-margin, kind="stable") if tuning.one_class[chosen[i]] and said[i]]
+    example = ([i for i in order if tuning.votes[chosen[i]]] or order or [int(np.argmax(margin))])[0]
+    table = shown_table(chosen, tuning, shift, growth, before, after, best_face, control)
+    return FiltersAnswer(tuning, top, valid, attributes, shift, shift.table(), chosen, start, grown, before, after,
+                         best_face, growth, control, said, int(example), table, response_map_side(model, input_size))
