@@ -58,7 +58,7 @@ def fer_faces() -> np.ndarray:
 
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory) -> Path:
-    """A run folder as `train` ships it (config.json + float16 weights.pt) holding a seeded random ResNet18."""
+    """A run folder as `train` ships it (config.json, run.json, float16 weights.pt) holding a seeded random ResNet18."""
     from fer_lib.model.network import build_model
     from fer_lib.training.runs import WEIGHTS_FILE, TrainConfig
 
@@ -66,6 +66,7 @@ def tiny_run(tmp_path_factory) -> Path:
     torch.manual_seed(0)
     model, _ = build_model("random")
     (run / "config.json").write_text(json.dumps({"config": asdict(TrainConfig(weights="random"))}))
+    (run / "run.json").write_text(json.dumps({"tta": "flip"}))  # the test-time views chosen on validation
     torch.save({k: v.half() if v.is_floating_point() else v for k, v in model.state_dict().items()}, run / WEIGHTS_FILE)
     return run
 
@@ -469,7 +470,7 @@ def test_classify_help_explains_the_command(capsys):
 
     with pytest.raises(SystemExit):
         main(["classify", "--help"])
-    help_text = capsys.readouterr().out
+    help_text = " ".join(capsys.readouterr().out.split())  # argparse wraps the description at the terminal width
     assert "--run" in help_text and "HOG" in help_text and "landmarks" in help_text and "Exit status" in help_text
     assert "--fps" in help_text and "--frames" in help_text and "uncertain" in help_text
 

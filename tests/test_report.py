@@ -231,14 +231,14 @@ def test_a_build_killed_while_swapping_its_report_in_leaves_one_for_the_next_bui
 
     monkeypatch.setattr(os, "rename", dies_on_second_rename)
     with pytest.raises(KeyboardInterrupt):
-        report_mod._swap_in(staging, final)
+        report_mod.replace_directory(staging, final)
     monkeypatch.setattr(os, "rename", real_rename)
     assert not final.exists()
     report_mod.recover(final)
     assert (final / "index.html").read_text() == "old" and not staging.exists(), "old report back, staging gone"
     staging.mkdir()
     (staging / "index.html").write_text("new")
-    report_mod._swap_in(staging, final)
+    report_mod.replace_directory(staging, final)
     assert (final / "index.html").read_text() == "new" and sorted(p.name for p in tmp_path.iterdir()) == ["fer2013"]
 
 

@@ -122,12 +122,15 @@ def _line_of(path: Path, row: int) -> int:
 
 
 def _bad_row(path: Path, columns: list[str]) -> DataError:
-    """The error naming the first bad line of a key,pixels[,Usage] file and what is wrong with it."""
-    for line_no, line in _raw_lines(path)[1:]:
+    """The error naming the first bad line of a CSV file (its field count; for key,pixels[,Usage] files also the key
+    and pixels) and what is wrong with it."""
+    lines = _raw_lines(path)[1:]
+    for line_no, line in lines:
+        if len(line.split(",")) != len(columns):
+            return DataError(f"{path}, line {line_no}: expected {len(columns)} comma-separated fields "
+                             f"({','.join(columns)}), found {len(line.split(','))}")
+    for line_no, line in lines:
         where, fields = f"{path}, line {line_no}", line.split(",")
-        if len(fields) != len(columns):
-            return DataError(f"{where}: expected {len(columns)} comma-separated fields ({','.join(columns)}), "
-                             f"found {len(fields)}")
         if not fields[0].strip().lstrip("-").isdigit():
             return DataError(f"{where}: {columns[0]} {fields[0].strip()!r} is not an integer")
         tokens = fields[1].split()

@@ -289,7 +289,7 @@ def random_split_accuracy(dataset, config, runs_root, random_run: str = "", cach
     from fer_lib.data.duplicates import cached_duplicates
     from fer_lib.model.inference import predict_logits
     from fer_lib.training.runs import load_trained, prediction_tta, split_for
-    from fer_lib.training.train import find_run
+    from fer_lib.training.runs import find_run
 
     if config.split == "random":
         return None

@@ -195,4 +195,5 @@ def attribution_agreement(top: pd.DataFrame, by_class: pd.DataFrame, methods: li
             rows[cls] = row | {f"{m} agrees": row[m] in costly if row[m] else None for m in have} | {
                 "occlusion": top.loc[cls, "region"], "agree": agree, "methods": len(named),
                 "agrees": agree > len(named) / 2, "chance": len(costly) / len(OCCLUDED)}
-    return pd.DataFrame.from_dict(rows, orient="index").rename_axis("class")
+    columns = [*have, *(f"{m} agrees" for m in have), "occlusion", "agree", "methods", "agrees", "chance"]
+    return pd.DataFrame.from_dict(rows, orient="index", columns=columns).rename_axis("class")  # columns: none clear
