@@ -13,27 +13,13 @@ import pandas as pd
 from fer_lib import CLASS_NAMES
 from fer_lib.core.io import IMAGE_SUFFIXES, atomic_write
 from fer_lib.photos.clips import SAMPLE_FPS, VIDEO_SUFFIXES, ClipResult, classify_clip
-from fer_lib.photos.faces import (
-    DETECT_RECALL,
-    Face,
-    PhotoError,
-    PhotoResult,
-    classify_photo,
-    compose_faces,
-    match_faces,
-    open_photo,
-)
+from fer_lib.photos.faces import DETECT_RECALL, PhotoError, PhotoResult, Reader, compose_faces, match_faces, open_photo
 
-CSV_NAME = "faces.csv"
 # frame and time_s are empty for photos; for a clip, face is the track number (the same person across frames);
 # uncertain is 1 or 0 against the run's calibrated threshold, empty without calibration
 CSV_COLUMNS = ["file", "frame", "time_s", "face", "x", "y", "w", "h", *CLASS_NAMES, "label", "uncertain"]
 # a colour per class (matplotlib's tab10 without its gray, which vanishes on gray photos; white text reads on each)
 CLASS_COLOURS = ("#d62728", "#8c564b", "#9467bd", "#2ca02c", "#1f77b4", "#ff7f0e", "#e377c2")
-NO_MODEL_HELP = ("The project ships its model in report/fer2013/model/ (the default); every report carries the "
-                 "model it was rendered from (report/<dataset>/model/, e.g. report/fer2013-quick/model after "
-                 "`make report DATA=path/to/fer2013 PROFILE=quick`); or pass --run with a run folder made by "
-                 "`python -m fer_lib train` (runs/<dataset>-<hash>/).")
 
 
 def prob_text(prob: float, uncertain_below: float | None = None) -> str:
@@ -42,70 +28,59 @@ def prob_text(prob: float, uncertain_below: float | None = None) -> str:
     return f"{prob:.1%}" if near else f"{prob:.0%}"
 
 
-def face_text(face: Face, number: int | None = None, uncertain_below: float | None = None) -> str:
-    """'2 Happy 83%', with '?' after an uncertain face's label ('2 Sad? 38%')."""
-    return (f"{f'{number} ' if number else ''}{face.label}{'?' if face.uncertain else ''} "
-            f"{prob_text(face.prob, uncertain_below)}")
-
-
-def annotate(image, faces: list[Face], landmarks: bool = True, uncertain_below: float | None = None):
-    """An RGB copy of ``image`` with each face's box and "label probability" in its class colour (an uncertain
-    face: "label?" and a thinner box) and, with ``landmarks``, its 68 landmarks as faint dots."""
+def annotate(image, faces: list, landmarks: bool = True, uncertain_below: float | None = None):
+    """An RGB copy of ``image`` with each face's box and "number label probability" in its class colour (an
+    uncertain face: "label?" and a thinner box) and, with ``landmarks``, its 68 landmarks as faint dots."""
     from PIL import Image, ImageDraw, ImageFont
 
-    canvas = (image if isinstance(image, Image.Image) else Image.fromarray(np.asarray(image))).convert("RGBA")
-    long_side, dots = max(canvas.size), Image.new("RGBA", canvas.size, (0, 0, 0, 0))
+    canvas = (image if isinstance(image, Image.Image) else Image.fromarray(image)).convert("RGBA")
+    long_side, dots = max(canvas.size), Image.new("RGBA", canvas.size)
     width = max(2, round(long_side / 400))
     for face in faces if landmarks else []:  # what the check and the crop used: white, 45% opaque, dark rim
         r = max(1.0, face.box[2] / 90)
-        for px, py in face.landmarks if face.landmarks is not None else []:
-            ImageDraw.Draw(dots).ellipse([px - r, py - r, px + r, py + r], fill=(255, 255, 255, 115),
-                                         outline=(0, 0, 0, 70))
+        for px, py in face.landmarks:
+            ImageDraw.Draw(dots).ellipse([px - r, py - r, px + r, py + r], (255, 255, 255, 115), (0, 0, 0, 70))
     canvas = Image.alpha_composite(canvas, dots).convert("RGB")
     draw = ImageDraw.Draw(canvas)
     for i, face in enumerate(faces, 1):
         x, y, w, h = face.box
         colour = CLASS_COLOURS[int(face.probs.argmax())]
-        draw.rectangle([x, y, x + w - 1, y + h - 1], outline=colour,
-                       width=max(1, width // 2) if face.uncertain else width)
-        text = face_text(face, i if len(faces) > 1 else None, uncertain_below)
+        draw.rectangle([x, y, x + w - 1, y + h - 1], outline=colour, width=width // 2 if face.uncertain else width)
+        text = (f"{f'{i} ' if len(faces) > 1 else ''}{face.label}{'?' if face.uncertain else ''} "
+                f"{prob_text(face.prob, uncertain_below)}")
         # at least 1/70 of the long side: about 13 px on the page when the copy is shown 900 px wide
         font = ImageFont.load_default(size=int(np.clip(max(w / 6, long_side / 70), 11, 120)))
-        left, top, right, bottom = draw.textbbox((0, 0), text, font=font)
-        m = max(2, (bottom - top) // 4)
-        ty = y - (bottom - top) - 2 * m if y - (bottom - top) - 2 * m >= 0 else y  # above the box, else inside it
-        draw.rectangle([x, ty, x + right - left + 2 * m, ty + bottom - top + 2 * m], fill=colour)
-        draw.text((x + m - left, ty + m - top), text, fill="white", font=font)
+        m = max(2, int(font.size) // 6)
+        at, anchor = ((x + m, y - m), "ld") if draw.textbbox((x, y - m), text, font, "ld")[1] >= m else \
+            ((x + m, y + m), "la")  # above the box, else inside it
+        draw.rectangle(list(np.add(draw.textbbox(at, text, font, anchor), (-m, -m, m, m))), fill=colour)
+        draw.text(at, text, fill="white", font=font, anchor=anchor)
     if not faces:
         draw.text((width * 2, width * 2), "no face found", fill="#d62728", stroke_width=max(1, width // 2),
                   stroke_fill="white", font=ImageFont.load_default(size=int(np.clip(long_side / 30, 11, 120))))
     return canvas
 
 
-def plot_tracks(clip: ClipResult, max_tracks: int = 6, uncertain_below: float | None = None):
-    """A Figure: the 7 class probabilities over time (seconds, or frame numbers for a folder) of the clip's
-    ``max_tracks`` longest face tracks, a panel each; a dashed line at the uncertain threshold when given."""
+def plot_tracks(clip: ClipResult, uncertain_below: float | None = None):
+    """A Figure: the 7 class probabilities over time (seconds, or frame numbers for a folder) of the clip's six
+    longest face tracks, a panel each; a dashed line at the uncertain threshold when given."""
     from matplotlib.figure import Figure
 
-    tracks: dict[int, list] = {}
-    for frame in clip.frames:
-        for face in frame.faces:
-            tracks.setdefault(face.track, []).append((frame.frame if frame.time is None else frame.time, face.probs))
-    shown = sorted(sorted(tracks, key=lambda k: (-len(tracks[k]), k))[:max_tracks])
+    rows = pd.DataFrame([(face.track, frame.frame if frame.time is None else frame.time, *face.probs)
+                         for frame in clip.frames for face in frame.faces], columns=["track", "t", *CLASS_NAMES])
+    shown = sorted(rows["track"].value_counts().index[:6])
     fig = Figure(figsize=(7, 1.7 * max(1, len(shown)) + 0.6), layout="constrained")
     axes = fig.subplots(max(1, len(shown)), 1, sharex=True, squeeze=False)[:, 0]
     for ax, k in zip(axes, shown):
-        times, probs = np.array([t for t, _ in tracks[k]]), np.stack([p for _, p in tracks[k]])
-        for c, name in enumerate(CLASS_NAMES):
-            ax.plot(times, probs[:, c], color=CLASS_COLOURS[c], lw=1.5, marker="." if len(times) < 40 else None,
-                    label=name)
+        track = rows[rows["track"] == k]
+        for name, colour in zip(CLASS_NAMES, CLASS_COLOURS):
+            ax.plot(track["t"], track[name], color=colour, lw=1.5, marker="." if len(track) < 40 else None, label=name)
         if uncertain_below is not None:
             ax.axhline(uncertain_below, color="0.4", lw=0.8, ls="--")
         ax.set(ylim=(0, 1), ylabel=f"face {k}\nprobability")
         ax.grid(alpha=0.3)
     if not shown:
-        axes[0].text(0.5, 0.5, "no face found in any sampled frame", ha="center", va="center",
-                     transform=axes[0].transAxes)
+        axes[0].text(0.5, 0.5, "no face found in any sampled frame", ha="center", transform=axes[0].transAxes)
     axes[-1].set_xlabel("time (s)" if clip.fps else "frame")
     axes[0].legend(ncol=7, fontsize=7, loc="lower left", bbox_to_anchor=(0, 1.02), frameon=False)
     fig.suptitle(f"{clip.path.name}: expression of each face over time", fontsize=10)
@@ -116,38 +91,30 @@ def plot_tracks(clip: ClipResult, max_tracks: int = 6, uncertain_below: float | 
 # the `classify` command
 
 
-def expand_inputs(paths, exclude: Path | None = None, frames: bool = False) -> list[Path]:
+def expand_inputs(paths, exclude: Path, frames: bool = False) -> list[Path]:
     """The image and video files named by ``paths``: files as given, folders searched recursively (hidden files and
     anything under ``exclude``, the output folder, skipped), or with ``frames`` each folder kept as one clip.
     Order kept, duplicates dropped."""
-    exclude = Path(exclude).resolve() if exclude is not None else None
     found = []
     for p in map(Path, paths):
         found += [p] if frames or not p.is_dir() else sorted(
             f for f in p.rglob("*") if f.suffix.lower() in IMAGE_SUFFIXES + VIDEO_SUFFIXES and f.is_file()
             and not any(part.startswith(".") for part in f.relative_to(p).parts)
-            and not (exclude is not None and f.resolve().is_relative_to(exclude)))
+            and not f.resolve().is_relative_to(exclude.resolve()))
     unique: dict[Path, Path] = {}
     for f in found:
         unique.setdefault(f.resolve(), f)
     return list(unique.values())
 
 
-def show_progress(progress: bool = True) -> bool:
-    """Progress bars only on a terminal: piped into a log, tqdm's carriage-return frames are noise."""
-    return bool(progress) and sys.stderr.isatty()
-
-
-def classify_photos(paths: list[Path], model, input_size: int, out_dir: Path, device="cpu",
-                    progress: bool = True, tta: str = "flip", calibration: dict | None = None,
-                    fps: float = SAMPLE_FPS, frames: bool = False) -> list[PhotoResult | ClipResult]:
+def classify_photos(paths: list[Path], read: Reader, out_dir: Path, fps: float = SAMPLE_FPS,
+                    frames: bool = False) -> list[PhotoResult | ClipResult]:
     """Classify every face in every file; write OUT/<stem>.faces.<jpg|png> per readable photo, OUT/<stem>.tracks.png
     per clip (a video, or with ``frames`` a folder) and OUT/faces.csv. A file that cannot be read is recorded in its
-    result and the batch goes on."""
+    result and the batch goes on. Progress bars only on a terminal: in a log, tqdm's frames are noise."""
     from tqdm import tqdm
 
-    out_dir, bar, results, taken = Path(out_dir), show_progress(progress), [], set()
-    threshold = float(calibration["uncertain_below"]) if calibration else None
+    bar, results, taken = sys.stderr.isatty(), [], set()
 
     def target(path: Path, kind: str, ext: str) -> Path:  # <stem>.<kind><ext>, unique within the batch
         name, k = f"{path.stem}.{kind}{ext}", 2
@@ -156,14 +123,12 @@ def classify_photos(paths: list[Path], model, input_size: int, out_dir: Path, de
         taken.add(name)
         return out_dir / name
 
-    for path in tqdm(list(map(Path, paths)), desc="photos", unit="file", disable=not bar or len(paths) < 10,
-                     file=sys.stderr):
+    for path in tqdm(paths, desc="photos", unit="file", disable=not bar or len(paths) < 10, file=sys.stderr):
         if path.suffix.lower() in VIDEO_SUFFIXES or (frames and path.is_dir()):
-            results.append(classify_clip(path, model, input_size, device, tta, calibration, fps, progress=bar))
-            if results[-1].frames:
-                results[-1].plot = target(path, "tracks", ".png")
-                fig = plot_tracks(results[-1], uncertain_below=threshold)
-                atomic_write(results[-1].plot, lambda tmp: fig.savefig(tmp, format="png", dpi=110, facecolor="white"))
+            results.append(clip := classify_clip(path, read, fps, progress=bar))
+            if clip.frames:
+                clip.plot, fig = target(path, "tracks", ".png"), plot_tracks(clip, read.uncertain_below)
+                atomic_write(clip.plot, lambda tmp: fig.savefig(tmp, format="png", dpi=110, facecolor="white"))
             continue
         results.append(result := PhotoResult(path))
         try:
@@ -171,18 +136,14 @@ def classify_photos(paths: list[Path], model, input_size: int, out_dir: Path, de
         except PhotoError as err:
             result.error = str(err)
             continue
-        dropped: list[str] = []
-        result.faces = classify_photo(image, model, input_size, device, tta=tta, calibration=calibration,
-                                      dropped=dropped)
-        result.size, result.rejected = image.size, len(dropped)
+        result.faces, dropped = read(image)
         jpeg = path.suffix.lower() in (".jpg", ".jpeg")  # kept small
-        result.annotated = target(path, "faces", ".jpg" if jpeg else ".png")
-        drawn = annotate(image, result.faces)
-        atomic_write(result.annotated, lambda tmp: drawn.save(tmp, format="JPEG", quality=92) if jpeg
-                     else drawn.save(tmp, format="PNG"))
+        result.rejected, result.annotated = len(dropped), target(path, "faces", ".jpg" if jpeg else ".png")
+        drawn = annotate(image, result.faces, uncertain_below=read.uncertain_below)
+        atomic_write(result.annotated, lambda tmp: drawn.save(tmp, format="JPEG" if jpeg else "PNG", quality=92))
     table = faces_table(results)
-    atomic_write(out_dir / CSV_NAME, lambda tmp: table.to_csv(tmp, index=False, float_format="%.4f",
-                                                                   lineterminator="\r\n"))
+    atomic_write(out_dir / "faces.csv", lambda tmp: table.to_csv(tmp, index=False, float_format="%.4f",
+                                                                 lineterminator="\r\n"))
     return results
 
 
@@ -192,90 +153,72 @@ def faces_table(results: list) -> pd.DataFrame:
              *face.probs.astype(float), face.label, face.uncertain]
             for c in results for r in (c.frames if isinstance(c, ClipResult) else [c])
             for i, face in enumerate(r.faces, 1)]
-    table = pd.DataFrame(rows, columns=CSV_COLUMNS)
-    return table.astype({"frame": "Int64", "uncertain": "Int64"})
+    return pd.DataFrame(rows, columns=CSV_COLUMNS).astype({"frame": "Int64", "uncertain": "Int64"})
 
 
-def format_table(results: list) -> str:
-    """The printed summary: a line per face ('?' after an uncertain label), per image without faces, per clip track
-    and per unreadable file, then totals."""
-    width = min(40, max((len(r.path.name) for r in results), default=4))
-    lines = [f"{'file':<{width}}  face  {'box x,y,w,h':<20}  {'label':<9}  prob"]
+def summary(results: list) -> str:
+    """The printed summary: a line per face ('?' after an uncertain label), per clip and its tracks, per image
+    without a face and per unreadable file, then totals."""
+    lines, photos = [], [r for r in results if isinstance(r, PhotoResult)]
     for r in results:
-        name = r.path.name if len(r.path.name) <= width else r.path.name[:width - 1] + "~"
-        if r.error and not getattr(r, "frames", None):
-            lines.append(f"{name:<{width}}  -     unreadable (see below)")
-        elif isinstance(r, ClipResult):
-            tracks: dict[int, list[Face]] = {}
-            for face in (face for frame in r.frames for face in frame.faces):
-                tracks.setdefault(face.track, []).append(face)
-            lines.append(f"{name:<{width}}  clip  {len(r.frames)} frames" + (
-                f" sampled, every {r.every} of {r.fps:g} fps" if r.fps else "") + ("" if tracks else "; no face found"))
-            for k, faces in sorted(tracks.items()):
-                label, n = Counter(f.label for f in faces).most_common(1)[0]
-                unsure = sum(bool(f.uncertain) for f in faces)
-                lines.append(f"{'':<{width}}  {k:<4}  track in {len(faces)} frame(s): mostly {label} "
-                             f"({n / len(faces):.0%})" + (f", {unsure} uncertain" if unsure else ""))
-        elif not r.faces:
-            lines.append(f"{name:<{width}}  -     no face found")
-        for i, f in enumerate(getattr(r, "faces", []), 1):
-            label = f.label + ("?" if f.uncertain else "")
-            lines.append(f"{name:<{width}}  {i:<4}  {','.join(map(str, f.box)):<20}  {label:<9}  {f.prob:.2f}")
-    photos = [r for r in results if not isinstance(r, ClipResult)]
-    clips = [r for r in results if isinstance(r, ClipResult)]
+        if isinstance(r, ClipResult):
+            tracks = pd.DataFrame([(f.track, f.label, bool(f.uncertain)) for frame in r.frames for f in frame.faces],
+                                  columns=["track", "label", "uncertain"])
+            lines.append(f"{r.path.name}: clip, {len(r.frames)} frames" + (
+                f" sampled, every {r.every} of {r.fps:g} fps" if r.fps else "") + ("" if len(tracks) else "; no face"))
+            for k, t in tracks.groupby("track"):
+                share = t["label"].value_counts(normalize=True)
+                lines.append(f"  face {k} in {len(t)} frame(s): mostly {share.index[0]} ({share.iloc[0]:.0%}), "
+                             f"{t['uncertain'].sum()} uncertain")
+        else:
+            if not r.faces:
+                lines.append(f"{r.path.name}: " + ("unreadable (see below)" if r.error else "no face found"))
+            lines += [f"{r.path.name}: face {i} at {','.join(map(str, f.box))}: {f.label}{'?' * bool(f.uncertain)} "
+                      f"{f.prob:.2f}" for i, f in enumerate(r.faces, 1)]
     faces = [f for r in photos for f in r.faces]
-    counts = Counter(f.label for f in faces).most_common()
-    uncertain, rejected = sum(bool(f.uncertain) for f in faces), sum(r.rejected for r in results)
+    labels = ", ".join(f"{n} {c}" for c, n in Counter(f.label for f in faces).most_common())
+    rejected = sum(r.rejected for r in photos) + sum(f.rejected for c in results if isinstance(c, ClipResult)
+                                                      for f in c.frames)
     return "\n".join(lines + [
-        f"{len(photos)} image(s): {len(faces)} face(s)" + (f" ({', '.join(f'{n} {c}' for c, n in counts)})"
-                                                          if counts else "")
-        + (f", {uncertain} uncertain (?)" if uncertain else "")
-        + f"; {sum(1 for r in photos if not r.error and not r.faces)} with no face"
-        + (f"; {len(clips)} clip(s), {sum(len(c.frames) for c in clips)} frame(s)" if clips else "")
-        + (f"; {rejected} box(es) dropped by the landmark check" if rejected else "")
-        + f"; {sum(1 for r in results if r.error)} unreadable"])
+        f"{len(photos)} image(s): {len(faces)} face(s) ({labels}), "
+        f"{sum(bool(f.uncertain) for f in faces)} uncertain (?); "
+        f"{sum(not r.error and not r.faces for r in photos)} with no face; {len(results) - len(photos)} clip(s); "
+        f"{rejected} box(es) dropped by the landmark check; {sum(bool(r.error) for r in results)} unreadable"])
 
 
 def run_classify(inputs: list[str], run_dir: str | Path, out_dir: str | Path, device: str = "auto",
                  fps: float = SAMPLE_FPS, frames: bool = False) -> int:
     """The `classify` command; its exit status: 0 when every file was read (images without a face included), 1 when
     a file could not be read (the others are still done), 2 when there is no model."""
-    from fer_lib.model.calibration import read_calibration
-    from fer_lib.training.runs import WEIGHTS_FILE, load_trained, prediction_tta, resolve_device
+    from fer_lib.training.runs import WEIGHTS_FILE, resolve_device
 
     run_dir, out_dir = Path(run_dir), Path(out_dir)
     if not ((run_dir / "config.json").is_file() and (run_dir / WEIGHTS_FILE).is_file()):
-        print(f"error: no trained model in {run_dir} (expected config.json and {WEIGHTS_FILE}). {NO_MODEL_HELP}",
-              file=sys.stderr)
+        print(f"error: no trained model in {run_dir} (expected config.json and {WEIGHTS_FILE}). The project ships its "
+              "model in report/fer2013/model/ (the default); every report carries the model it was rendered from "
+              "(report/<dataset>/model/, e.g. after `make report DATA=path/to/fer2013 PROFILE=quick`); or pass --run "
+              "with a run folder made by `python -m fer_lib train` (runs/<dataset>-<hash>/).", file=sys.stderr)
         return 2
     if not fps > 0:
         print(f"error: --fps must be above 0, got {fps}", file=sys.stderr)
         return 2
-    paths = expand_inputs(inputs, exclude=out_dir, frames=frames)
-    for p in map(Path, inputs):
-        if p.is_dir() and not frames and not any(f.resolve().is_relative_to(p.resolve()) for f in paths):
-            print(f"warning: {p}: no image or video files in this folder", file=sys.stderr)
+    paths = expand_inputs(inputs, out_dir, frames)
     if not paths:
-        print("error: nothing to classify", file=sys.stderr)
+        print("error: no image or video files to classify", file=sys.stderr)
         return 1
-    dev = resolve_device(device)
-    model, config = load_trained(run_dir, dev)
-    calibration = read_calibration(run_dir)
+    read = Reader.from_run(run_dir, resolve_device(device))
     print(f"The model in {run_dir} has no calibration.json: probabilities are the model's raw softmax (usually "
-          "over-confident) and no face is marked uncertain" if calibration is None else
-          f"Probabilities are calibrated on validation (temperature {float(calibration['temperature']):.2f}); "
-          f"'?' marks a face whose top probability is below {float(calibration['uncertain_below']):.0%}.")
-    results = classify_photos(paths, model, config.input_size, out_dir, device=dev, tta=prediction_tta(run_dir),
-                              calibration=calibration, fps=fps, frames=frames)
-    print(format_table(results))
-    written, plots = sum(bool(getattr(r, "annotated", None)) for r in results), sum(bool(getattr(r, "plot", None))
-                                                                                  for r in results)
-    print(f"wrote {out_dir / CSV_NAME}, {written} annotated image(s)" + (f" and {plots} track plot(s)" if plots else "")
-          + f" in {out_dir}/")
+          "over-confident) and no face is marked uncertain" if read.uncertain_below is None else
+          f"Probabilities are calibrated on validation (temperature {read.temperature:.2f}); "
+          f"'?' marks a face whose top probability is below {read.uncertain_below:.0%}.")
+    results = classify_photos(paths, read, out_dir, fps, frames)
+    print(summary(results))
+    print(f"wrote {out_dir / 'faces.csv'}, {sum(bool(getattr(r, 'annotated', None)) for r in results)} annotated "
+          f"image(s) and {sum(bool(getattr(r, 'plot', None)) for r in results)} track plot(s) in {out_dir}/")
     for r in results:
         if r.error:
             print(f"error: {r.error}", file=sys.stderr)
-    return 1 if any(r.error for r in results) else 0
+    return int(any(r.error for r in results))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -288,10 +231,10 @@ class YourFaces:
     found ones compare with their labels and with the model's reading of each face as its own 48x48 image."""
     picture: object  # PIL image, upright
     name: str  # the photo's file name, or "composed"
-    faces: list[Face]
+    faces: list  # of Face
     dropped: list[str]  # why the landmark check dropped each other detector box
     uncertain_below: float | None  # the run's threshold; None without calibration
-    # a row per found face: face, x, y, w, h, label, (composed: true, read alone; "—" on no placed face),
+    # a row per found face: face, x, y, w, h, label, (composed: read alone, true; "—" on no placed face),
     # probability, uncertain, the 7 probabilities
     table: pd.DataFrame
     placed: np.ndarray | None = None  # composed: (N, 4) where each validation face was put
@@ -300,31 +243,26 @@ class YourFaces:
     counts: dict | None = None
 
 
-def your_faces(model, input_size: int, run_dir: str | Path, image: str | Path | None = None, val_images=None,
-               val_labels=None, val_logits=None, device="cpu", n: int = 8, seed: int = 0) -> YourFaces:
-    """Q7's one call: the faces in ``image``, or without it in ``n`` validation faces (drawn with ``seed``) composed
-    at 96-200 px, classified with the run's test-time views and calibration; ``val_logits`` (the run's logits on
-    ``val_images``) give each composed face's reading alone."""
+def your_faces(run_dir: str | Path, image: str | Path | None = None, val_images=None, val_labels=None,
+               val_logits=None, device="cpu") -> YourFaces:
+    """Q7's one call: the faces in ``image``, or without it in 8 validation faces composed at 96-200 px, read by
+    the run's model as its predictions are; ``val_logits`` (the run's on ``val_images``) give each composed face's
+    reading alone."""
     from PIL import Image
     from scipy.stats import binomtest
-
-    from fer_lib.model.calibration import read_calibration
-    from fer_lib.training.runs import prediction_tta
 
     if image:
         picture, name = open_photo(image), Path(image).name
     else:
-        picked = np.random.default_rng(seed).choice(len(val_images), min(n, len(val_images)), replace=False)
-        canvas, placed = compose_faces(np.asarray(val_images)[picked], size_range=(96, 200), per_row=4, seed=seed)
+        picked = np.random.default_rng(0).choice(len(val_images), min(8, len(val_images)), replace=False)
+        canvas, placed = compose_faces(np.asarray(val_images)[picked], per_row=4)
         picture, name = Image.fromarray(canvas), "composed"
-    calibration, dropped = read_calibration(Path(run_dir)), []
-    faces = classify_photo(picture, model, input_size, device=device, tta=prediction_tta(Path(run_dir)),
-                           calibration=calibration, dropped=dropped)
+    read = Reader.from_run(run_dir, device)
+    faces, dropped = read(picture)
     table = pd.DataFrame([[k, *f.box, f.label, f.prob, f.uncertain, *map(float, f.probs)]
                           for k, f in enumerate(faces, 1)],
                          columns=["face", "x", "y", "w", "h", "label", "probability", "uncertain", *CLASS_NAMES])
-    answer = YourFaces(picture, name, faces, dropped, float(calibration["uncertain_below"]) if calibration else None,
-                       table)
+    answer = YourFaces(picture, name, faces, dropped, read.uncertain_below, table)
     if not image:
         match = match_faces(faces, placed)
         on = {int(match[i]): i for i in np.flatnonzero(match >= 0)}  # found face -> the placed face it is on
