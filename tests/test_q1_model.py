@@ -92,12 +92,12 @@ def test_stage_sides_follow_the_input_size(model, size, sides):
 def test_architecture_makes_the_skips_explicit(model):
     arch = architecture(model, 72)
     assert [b.name for b in arch.blocks] == [f"layer{i}.{j}" for i in range(1, 5) for j in range(2)]
-    assert arch.downsampled == ["layer2.0", "layer3.0", "layer4.0"]
+    assert [b.name for b in arch.blocks if b.downsample] == ["layer2.0", "layer3.0", "layer4.0"]
     assert [b.stride for b in arch.blocks] == [1, 1, 2, 1, 2, 1, 2, 1]
-    assert arch.stages == ["layer1", "layer2", "layer3", "layer4"]
-    assert [arch.stage_output(s)[0] for s in arch.stages] == [64, 128, 256, 512]
-    assert (arch.stem_conv, arch.stem, arch.pooled) == ((64, 36, 36), (64, 18, 18), (512,))
-    assert (arch.parameters, arch.leaf_modules, arch.dropout, arch.classes) == (11_180_103, 53, 0.5, 7)
+    assert list(arch.outputs) == ["stem", "layer1", "layer2", "layer3", "layer4"]
+    assert [shape[0] for shape in arch.outputs.values()] == [64, 64, 128, 256, 512]
+    assert (arch.outputs["stem"], arch.pooled) == ((64, 18, 18), 512)
+    assert (arch.parameters, arch.dropout, arch.classes) == (11_180_103, 0.5, 7)
     assert (arch.blocks[2].input, arch.blocks[2].output) == ((64, 18, 18), (128, 9, 9))
 
 
@@ -108,8 +108,8 @@ def test_architecture_reads_the_model_not_a_template(model):
     changed.layer1[0].downsample = nn.Sequential(nn.Conv2d(64, 64, 1, bias=False), nn.BatchNorm2d(64))
     arch = architecture(changed, 48)
     assert [b.stride for b in arch.blocks] == [1, 1, 1, 1, 2, 1, 2, 1]
-    assert [arch.stage_output(s)[-1] for s in arch.stages] == [12, 12, 6, 3]
-    assert arch.downsampled == ["layer1.0", "layer2.0", "layer3.0", "layer4.0"]
+    assert [shape[-1] for shape in arch.outputs.values()] == [12, 12, 12, 6, 3]
+    assert [b.name for b in arch.blocks if b.downsample] == ["layer1.0", "layer2.0", "layer3.0", "layer4.0"]
 
 
 def test_block_diagram_is_legible(model):

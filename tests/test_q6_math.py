@@ -14,7 +14,6 @@ def test_closed_forms_agree_with_pytorch():
                   mathcheck.verify_softmax_cross_entropy(100)):
         assert check.passed and check.max_error <= check.tolerance, (check.name, check.max_error)
         assert check.cases >= 100
-        assert check.require() is check
 
 
 def test_conv_formula_by_hand():
@@ -24,6 +23,8 @@ def test_conv_formula_by_hand():
 
 
 def test_a_wrong_shape_formula_is_caught(monkeypatch):
+    from fer_lib.model.network import build_model
+
     def without_floor(batch, width, height, out_channels, kernel, stride, padding):
         return batch, round((width + 2 * padding[0] - kernel[0]) / stride[0] + 1), \
             round((height + 2 * padding[1] - kernel[1]) / stride[1] + 1), out_channels
@@ -31,8 +32,8 @@ def test_a_wrong_shape_formula_is_caught(monkeypatch):
     monkeypatch.setattr(mathcheck, "conv2d_output_shape", without_floor)
     check = mathcheck.verify_conv_shapes(300)
     assert not check.passed and check.max_error > 0
-    with pytest.raises(AssertionError):
-        check.require()
+    with pytest.raises(AssertionError):  # the page fails loudly
+        mathcheck.math_answer(build_model("random")[0], 48)
 
 
 def test_a_wrong_batchnorm_gradient_is_caught(monkeypatch):

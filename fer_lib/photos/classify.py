@@ -62,15 +62,15 @@ def annotate(image, faces: list, landmarks: bool = True, uncertain_below: float 
 
 
 def plot_tracks(clip: ClipResult, uncertain_below: float | None = None):
-    """A Figure: the 7 class probabilities over time (seconds, or frame numbers for a folder) of the clip's six
-    longest face tracks, a panel each; a dashed line at the uncertain threshold when given."""
+    """A Figure: the 7 class probabilities over time (seconds, or frame numbers for a folder) of the six longest face
+    tracks of a clip with faces, a panel each; a dashed line at the uncertain threshold when given."""
     from matplotlib.figure import Figure
 
     rows = pd.DataFrame([(face.track, frame.frame if frame.time is None else frame.time, *face.probs)
                          for frame in clip.frames for face in frame.faces], columns=["track", "t", *CLASS_NAMES])
     shown = sorted(rows["track"].value_counts().index[:6])
-    fig = Figure(figsize=(7, 1.7 * max(1, len(shown)) + 0.6), layout="constrained")
-    axes = fig.subplots(max(1, len(shown)), 1, sharex=True, squeeze=False)[:, 0]
+    fig = Figure(figsize=(7, 1.7 * len(shown) + 0.6), layout="constrained")
+    axes = fig.subplots(len(shown), 1, sharex=True, squeeze=False)[:, 0]
     for ax, k in zip(axes, shown):
         track = rows[rows["track"] == k]
         for name, colour in zip(CLASS_NAMES, CLASS_COLOURS):
@@ -79,8 +79,6 @@ def plot_tracks(clip: ClipResult, uncertain_below: float | None = None):
             ax.axhline(uncertain_below, color="0.4", lw=0.8, ls="--")
         ax.set(ylim=(0, 1), ylabel=f"face {k}\nprobability")
         ax.grid(alpha=0.3)
-    if not shown:
-        axes[0].text(0.5, 0.5, "no face found in any sampled frame", ha="center", transform=axes[0].transAxes)
     axes[-1].set_xlabel("time (s)" if clip.fps else "frame")
     axes[0].legend(ncol=7, fontsize=7, loc="lower left", bbox_to_anchor=(0, 1.02), frameon=False)
     fig.suptitle(f"{clip.path.name}: expression of each face over time", fontsize=10)
@@ -94,17 +92,11 @@ def plot_tracks(clip: ClipResult, uncertain_below: float | None = None):
 def expand_inputs(paths, exclude: Path, frames: bool = False) -> list[Path]:
     """The image and video files named by ``paths``: files as given, folders searched recursively (hidden files and
     anything under ``exclude``, the output folder, skipped), or with ``frames`` each folder kept as one clip.
-    Order kept, duplicates dropped."""
-    found = []
-    for p in map(Path, paths):
-        found += [p] if frames or not p.is_dir() else sorted(
-            f for f in p.rglob("*") if f.suffix.lower() in IMAGE_SUFFIXES + VIDEO_SUFFIXES and f.is_file()
-            and not any(part.startswith(".") for part in f.relative_to(p).parts)
-            and not f.resolve().is_relative_to(exclude.resolve()))
-    unique: dict[Path, Path] = {}
-    for f in found:
-        unique.setdefault(f.resolve(), f)
-    return list(unique.values())
+    Order kept."""
+    return [f for p in map(Path, paths) for f in ([p] if frames or not p.is_dir() else sorted(
+        f for f in p.rglob("*") if f.suffix.lower() in IMAGE_SUFFIXES + VIDEO_SUFFIXES and f.is_file()
+        and not any(part.startswith(".") for part in f.relative_to(p).parts)
+        and not f.resolve().is_relative_to(exclude.resolve())))]
 
 
 def classify_photos(paths: list[Path], read: Reader, out_dir: Path, fps: float = SAMPLE_FPS,
@@ -126,7 +118,7 @@ def classify_photos(paths: list[Path], read: Reader, out_dir: Path, fps: float =
     for path in tqdm(paths, desc="photos", unit="file", disable=not bar or len(paths) < 10, file=sys.stderr):
         if path.suffix.lower() in VIDEO_SUFFIXES or (frames and path.is_dir()):
             results.append(clip := classify_clip(path, read, fps, progress=bar))
-            if clip.frames:
+            if any(frame.faces for frame in clip.frames):
                 clip.plot, fig = target(path, "tracks", ".png"), plot_tracks(clip, read.uncertain_below)
                 atomic_write(clip.plot, lambda tmp: fig.savefig(tmp, format="png", dpi=110, facecolor="white"))
             continue
@@ -194,10 +186,9 @@ def run_classify(inputs: list[str], run_dir: str | Path, out_dir: str | Path, de
 
     run_dir, out_dir = Path(run_dir), Path(out_dir)
     if not ((run_dir / "config.json").is_file() and (run_dir / WEIGHTS_FILE).is_file()):
-        print(f"error: no trained model in {run_dir} (expected config.json and {WEIGHTS_FILE}). The project ships its "
-              "model in report/fer2013/model/ (the default); every report carries the model it was rendered from "
-              "(report/<dataset>/model/, e.g. after `make report DATA=path/to/fer2013 PROFILE=quick`); or pass --run "
-              "with a run folder made by `python -m fer_lib train` (runs/<dataset>-<hash>/).", file=sys.stderr)
+        print(f"error: no trained model in {run_dir} (expected config.json and {WEIGHTS_FILE}). Pass --run with the "
+              "model/ of a report (report/<dataset>/model/, made by `make report DATA=...`) or a run folder of "
+              "`python -m fer_lib train` (runs/<dataset>-<hash>/).", file=sys.stderr)
         return 2
     if not fps > 0:
         print(f"error: --fps must be above 0, got {fps}", file=sys.stderr)

@@ -27,23 +27,6 @@ class ClipResult:
     plot: Path | None = None  # the track plot written for it
 
 
-def natural_order(path: Path) -> list:
-    """Sort key: numbers in a name compare as numbers (frame2 before frame10)."""
-    return [int(t) if t.isdigit() else t.lower() for t in re.split(r"(\d+)", path.name)]
-
-
-def video_frames(cap, every: int, native: float):
-    """(frame number, seconds, (H, W) uint8 gray frame) of one frame in ``every``; the others are only grabbed."""
-    import cv2
-
-    index = 0
-    while cap.grab():
-        if index % every == 0:
-            yield index, index / native, cv2.cvtColor(cap.retrieve()[1], cv2.COLOR_BGR2GRAY)
-        index += 1
-    cap.release()
-
-
 def iou(a, b) -> float:
     """Intersection over union of two boxes (x, y, w, h)."""
     ix = max(0, min(a[0] + a[2], b[0] + b[2]) - max(a[0], b[0]))
@@ -76,14 +59,16 @@ def classify_clip(path: Path, read: Reader, fps: float = SAMPLE_FPS, progress: b
     clip = ClipResult(Path(path))
     if clip.path.is_dir():
         files = sorted((f for f in clip.path.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES
-                        and not f.name.startswith(".")), key=natural_order)
+                        and not f.name.startswith(".")),  # in natural order: frame2 before frame10
+                       key=lambda f: [int(t) if t.isdigit() else t.lower() for t in re.split(r"(\d+)", f.name)])
         frames, total = ((i, None, f) for i, f in enumerate(files)), len(files)
     else:
         cap = cv2.VideoCapture(str(clip.path))
         native = cap.get(cv2.CAP_PROP_FPS)
         clip.fps = native if native > 0 and math.isfinite(native) else 25.0  # unknown: the common rate
         clip.every, total = max(1, round(clip.fps / fps)), None
-        frames = video_frames(cap, clip.every, clip.fps)
+        frames = ((i, i / clip.fps, cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY))
+                  for i, frame in enumerate(iter(lambda: cap.read()[1], None)) if i % clip.every == 0)
     for index, time, frame in tqdm(frames, desc=clip.path.name, unit="frame", total=total, disable=not progress,
                                    file=sys.stderr, leave=False):
         try:

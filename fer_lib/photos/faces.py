@@ -10,10 +10,9 @@ import torch
 
 from fer_lib import CLASS_NAMES, IMAGE_SIZE
 
-# HOG scans an 80x80 window; one upsampling pass finds faces from about 40 px. Measured on pictures composed of
-# FER2013 test faces (192 a size): recall 69-81% at 40-200 px (1-78% without the pass), no box off the faces.
+# HOG (one upsampling pass: faces from about 40 px) found 69-81% of FER2013 test faces composed at 40-200 px
 MAX_DETECT_SIDE = 1600  # longer photos are downscaled for detection only; boxes map back, crops use the original
-DETECT_RECALL = 0.75  # share of FER2013 faces at 96-200 px found and kept by the landmark check (measured above)
+DETECT_RECALL = 0.75  # share of FER2013 faces at 96-200 px found and kept by the landmark check
 # FER2013's frame around a HOG box (brows to chin), measured on 226 found test faces: its side is 1.09-1.28 times
 # the box's (median 1.14-1.2) and its centre 0.06-0.13 of the side above the box's centre.
 CROP_SCALE, CROP_SHIFT_UP = 1.18, 0.10
@@ -27,25 +26,19 @@ MAX_FOLLOW, PROBE_MOVE = 0.7, 0.125  # the box is moved by PROBE_MOVE of its sid
 
 
 class PhotoError(ValueError):
-    """A photo or video that cannot be used; the message names the file and the problem."""
+    """A photo that cannot be used; the message names the file and the problem."""
 
 
 @dataclass
 class Face:
     box: tuple[int, int, int, int]  # x, y, w, h in the upright photo's pixels
     probs: np.ndarray  # (7,) softmax of the test-time-view logits / the run's temperature
+    label: str  # the most probable class
+    prob: float  # its probability
+    uncertain: bool | None  # prob below the run's threshold; None when the run has no calibration
     crop: np.ndarray  # (48, 48) uint8: what the model saw
     landmarks: np.ndarray  # (68, 2) x, y in the photo's pixels (iBUG 68 scheme)
-    uncertain: bool | None = None  # top probability below the run's threshold; None when the run has no calibration
     track: int | None = None  # in a clip: the same person from frame to frame
-
-    @property
-    def label(self) -> str:
-        return CLASS_NAMES[int(self.probs.argmax())]
-
-    @property
-    def prob(self) -> float:
-        return float(self.probs.max())
 
 
 @dataclass
@@ -196,7 +189,8 @@ class Reader:
         checked = [(tuple(int(v) for v in box), *check_face(gray, box)) for box in detect_faces(gray)]
         kept = [(box, pts) for box, pts, why in checked if why is None]
         crops = np.array([crop_face(gray, box) for box, _ in kept], np.uint8).reshape(-1, IMAGE_SIZE, IMAGE_SIZE)
-        faces = [Face(box, p, crop, pts, None if self.uncertain_below is None else bool(p.max() < self.uncertain_below))
+        faces = [Face(box, p, CLASS_NAMES[p.argmax()], float(p.max()),
+                      None if self.uncertain_below is None else bool(p.max() < self.uncertain_below), crop, pts)
                  for (box, pts), p, crop in zip(kept, self.probs(crops), crops)]
         return faces, [why for _, _, why in checked if why is not None]
 

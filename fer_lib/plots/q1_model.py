@@ -12,22 +12,13 @@ IDENTITY = "#7f7f7f"
 STAGE_FILL = "#e8eef7"
 
 
-def _side(shape) -> str:
-    return f"{shape[-1]}\u00d7{shape[-1]}"
+def _shape(shape) -> str:
+    return f"\u2192 {shape[0]}\u00d7{shape[-1]}\u00d7{shape[-1]}"
 
 
-def _box(ax, x, y, w, h, lines, fill="white", bold_first=True):
-    ax.add_patch(FancyBboxPatch((x, y), w, h, boxstyle="round,pad=0.02,rounding_size=0.06", fc=fill, ec="#333333",
-                                lw=1))
-    step = h / (len(lines) + 1)
-    for i, line in enumerate(lines):
-        ax.text(x + w / 2, y + h - step * (i + 1), line, ha="center", va="center", fontsize=FONT,
-                fontweight="bold" if (i == 0 and bold_first) else "normal")
-
-
-def _arrow(ax, start, end, color="#333333", **kw):
-    ax.add_patch(FancyArrowPatch(start, end, arrowstyle="-|>", mutation_scale=10, color=color, lw=1.2,
-                                 shrinkA=0, shrinkB=0, **kw))
+def _arrow(ax, start, end):
+    ax.add_patch(FancyArrowPatch(start, end, arrowstyle="-|>", mutation_scale=10, color="#333333", lw=1.2,
+                                 shrinkA=0, shrinkB=0))
 
 
 def plot_architecture(arch):
@@ -37,41 +28,35 @@ def plot_architecture(arch):
     w, h, pitch = 1.3, 1.0, 1.5  # box width and height, distance between box starts (inches)
     rows_y = (3.0, 0.55)  # bottom of the boxes in each row
     fig = plt.figure(figsize=(9, 5.1))
-    ax = fig.add_axes((0, 0, 1, 1))  # one data unit is one inch
-    ax.set_xlim(0, 9)
-    ax.set_ylim(-0.3, 4.8)
-    ax.set_aspect("equal")
+    ax = fig.add_axes((0, 0, 1, 1), xlim=(0, 9), ylim=(-0.3, 4.8), aspect="equal")  # one data unit is one inch
     ax.axis("off")
-
-    size = arch.input_size
-    face = f"{IMAGE_SIZE}\u00d7{IMAGE_SIZE} gray face"
-    elements = [("input", ["input", face, "on 3 channels", f"\u2192 3\u00d7{size}\u00d7{size}"]),
-                ("stem", ["stem", "7\u00d77 conv /2", "BN, ReLU", "3\u00d73 max-pool /2",
-                          f"\u2192 {arch.stem[0]}\u00d7{_side(arch.stem)}"])]
-    for b in arch.blocks:
-        first = f"3\u00d73 conv /{b.stride}" if b.stride > 1 else "3\u00d73 conv"
-        elements.append((b, [b.name, first, "3\u00d73 conv", f"\u2192 {b.output[0]}\u00d7{_side(b.output)}"]))
-    elements.append(("pool", ["avg pool", "global average", f"\u2192 {arch.pooled[0]}"]))
-    elements.append(("head", ["head", f"Dropout({arch.dropout:g})", f"Linear({arch.pooled[0]}, {arch.classes})",
-                              f"\u2192 {arch.classes} logits"]))
+    size, by = arch.input_size, "\u00d7"
+    elements = [("input", ["input", f"{IMAGE_SIZE}{by}{IMAGE_SIZE} gray face", "on 3 channels", _shape((3, size))]),
+                ("stem", ["stem", f"7{by}7 conv /2", "BN, ReLU", f"3{by}3 max-pool /2", _shape(arch.outputs["stem"])])]
+    elements += [(b, [b.name, f"3{by}3 conv" + (f" /{b.stride}" if b.stride > 1 else ""), f"3{by}3 conv",
+                      _shape(b.output)]) for b in arch.blocks]
+    elements += [("pool", ["avg pool", "global average", f"\u2192 {arch.pooled}"]),
+                 ("head", ["head", f"Dropout({arch.dropout:g})", f"Linear({arch.pooled}, {arch.classes})",
+                           f"\u2192 {arch.classes} logits"])]
     per_row = (len(elements) + 1) // 2
     places = [(0.1 + pitch * (i % per_row), rows_y[i // per_row]) for i in range(len(elements))]
 
     # the stages' backgrounds and labels, under the boxes
-    for stage in arch.stages:
+    for stage, out in list(arch.outputs.items())[1:]:
         xs = [place for (e, _), place in zip(elements, places)
               if not isinstance(e, str) and e.name.split(".")[0] == stage]
-        if len({y for _, y in xs}) != 1:
-            raise ValueError(f"{stage} would straddle the two rows of the diagram")
         (x0, y0), (x1, _) = xs[0], xs[-1]
         ax.add_patch(FancyBboxPatch((x0 - 0.06, y0 - 0.36), x1 - x0 + w + 0.12, h + 0.82,
                                     boxstyle="round,pad=0,rounding_size=0.08", fc=STAGE_FILL, ec="none", zorder=-1))
-        out = arch.stage_output(stage)
-        ax.text((x0 + x1 + w) / 2, y0 - 0.2, f"{stage}: {out[0]} channels, {_side(out)}", ha="center", va="center",
-                fontsize=FONT, color="#1f3b73")
+        ax.text((x0 + x1 + w) / 2, y0 - 0.2, f"{stage}: {out[0]} channels, {out[-1]}{by}{out[-1]}", ha="center",
+                va="center", fontsize=FONT, color="#1f3b73")
 
     for i, ((element, lines), (x, y)) in enumerate(zip(elements, places)):
-        _box(ax, x, y, w, h, lines, fill="#fff7ec" if element == "head" else "white")
+        ax.add_patch(FancyBboxPatch((x, y), w, h, boxstyle="round,pad=0.02,rounding_size=0.06", ec="#333333", lw=1,
+                                    fc="#fff7ec" if element == "head" else "white"))
+        for k, line in enumerate(lines):
+            ax.text(x + w / 2, y + h - h / (len(lines) + 1) * (k + 1), line, ha="center", va="center", fontsize=FONT,
+                    fontweight="normal" if k else "bold")
         if i + 1 < len(elements):
             nx, ny = places[i + 1]
             if ny == y:

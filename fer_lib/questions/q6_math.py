@@ -1,13 +1,10 @@
-"""Q6's closed forms (convolution shape, batch-norm gradients, softmax + cross-entropy gradient) and their checks.
-
-Each ``verify_*`` compares a closed form with PyTorch on many random cases and returns a
-:class:`Check`; ``Check.require()`` raises when any case disagrees, so the page fails loudly. ``math_answer``
-is the page's one call.
-"""
+"""Q6's closed forms (convolution shape, batch-norm gradients, softmax + cross-entropy gradient), each compared
+with PyTorch on many random cases (``verify_*``); ``math_answer``, the page's one call, raises if one disagrees."""
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
@@ -15,7 +12,6 @@ import torch.nn.functional as F
 
 @dataclass
 class Check:
-    """A closed form compared with PyTorch: ``cases`` random cases, the worst disagreement, the tolerance."""
     name: str
     cases: int
     max_error: float  # largest absolute difference (shapes: number of mismatching cases)
@@ -25,59 +21,33 @@ class Check:
     def passed(self) -> bool:
         return self.max_error <= self.tolerance
 
-    def require(self) -> "Check":
-        if not self.passed:
-            raise AssertionError(f"{self.name}: max error {self.max_error:.3g} over {self.cases} cases exceeds "
-                                 f"{self.tolerance:.3g}")
-        return self
-
-
-# ---------------------------------------------------------------------------------------------- convolution
-
 
 def conv2d_output_shape(batch: int, width: int, height: int, out_channels: int, kernel: tuple[int, int],
                         stride: tuple[int, int], padding: tuple[int, int]) -> tuple[int, int, int, int]:
-    """(B, W', H', C_out) for a (B, W, H, C_in) batch; p1 pads left and right, p2 top and bottom.
-
-    W' = floor((W + 2 p1 - k1) / s1) + 1 and H' = floor((H + 2 p2 - k2) / s2) + 1: the kernel's first
-    position plus one more for every full stride that still fits inside the padded input.
-    """
+    """(B, W', H', C_out) for a (B, W, H, C_in) batch, p1 padding left and right, p2 top and bottom: the kernel's
+    first position plus one more for every full stride that still fits inside the padded input."""
     (k1, k2), (s1, s2), (p1, p2) = kernel, stride, padding
     return batch, (width + 2 * p1 - k1) // s1 + 1, (height + 2 * p2 - k2) // s2 + 1, out_channels
 
 
 def verify_conv_shapes(cases: int = 300, seed: int = 0) -> Check:
     """The formula against nn.Conv2d on random sizes, asymmetric kernels, strides and paddings."""
-    g = torch.Generator().manual_seed(seed)
-
-    def draw(low: int, high: int) -> int:
-        return int(torch.randint(low, high + 1, (1,), generator=g))
-
+    draw = np.random.default_rng(seed).integers
     mismatches = 0
     for _ in range(cases):
-        b, c_in, c_out = draw(1, 3), draw(1, 4), draw(1, 5)
-        k = (draw(1, 7), draw(1, 7))
-        s = (draw(1, 4), draw(1, 4))
-        p = (draw(0, k[0] // 2), draw(0, k[1] // 2))  # PyTorch allows padding up to half the kernel
-        w, h = draw(k[0], 40), draw(k[1], 40)
-        conv = torch.nn.Conv2d(c_in, c_out, kernel_size=k, stride=s, padding=p, bias=False)
-        with torch.no_grad():
-            # PyTorch is channels-first: (B, C, W, H) with the first spatial axis paired with k1, s1, p1
-            out = conv(torch.zeros(b, c_in, w, h))
-        torch_shape = (out.shape[0], out.shape[2], out.shape[3], out.shape[1])
-        mismatches += torch_shape != conv2d_output_shape(b, w, h, c_out, k, s, p)
+        b, c_in, c_out, k, s = draw(1, 4), draw(1, 5), draw(1, 6), tuple(draw(1, 8, 2)), tuple(draw(1, 5, 2))
+        p = (draw(0, k[0] // 2 + 1), draw(0, k[1] // 2 + 1))  # PyTorch allows padding up to half the kernel
+        w, h = draw(k[0], 41), draw(k[1], 41)
+        # PyTorch is channels-first: (B, C, W, H) with the first spatial axis paired with k1, s1, p1
+        out = torch.nn.Conv2d(c_in, c_out, k, s, p, bias=False)(torch.zeros(b, c_in, w, h))
+        mismatches += (out.shape[0], out.shape[2], out.shape[3], out.shape[1]) != conv2d_output_shape(b, w, h, c_out,
+                                                                                                     k, s, p)
     return Check("convolution output shape", cases, float(mismatches), 0.0)
 
 
 def conv_shape_table(model: torch.nn.Module, input_size: int) -> pd.DataFrame:
-    """The formula applied to every convolution of ``model`` and to its max-pool (whose output side follows the same
-    formula), for one face at ``input_size``, in the order the data flows.
-
-    One row per layer: ``layer``, ``type`` (Conv2d or MaxPool2d), the input side, ``kernel``, ``stride``,
-    ``padding``, ``channels`` out, the side the formula gives (``formula side``, worked in ``formula``) and the side
-    the model produces (``traced side``, from Q1's :func:`~fer_lib.questions.q1_model.layer_shapes`); ``matches``
-    says they agree. Sides only: every input, kernel, stride and padding here is square.
-    """
+    """The formula worked on every convolution of ``model`` and its max-pool (same formula) for one face at
+    ``input_size``, in the order the data flows, beside the side Q1's trace gives (sides: all is square here)."""
     from fer_lib.questions.q1_model import layer_shapes
 
     shapes = layer_shapes(model, input_size)
@@ -92,9 +62,6 @@ def conv_shape_table(model: torch.nn.Module, input_size: int) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-# ---------------------------------------------------------------------------------------------- batch norm
-
-
 def batchnorm_forward(x: torch.Tensor, gamma: torch.Tensor, beta: torch.Tensor, eps: float = 1e-5):
     """y and the intermediates for an (m, features) mini-batch; the variance is the biased 1/m one."""
     mu = x.mean(0)
@@ -105,11 +72,8 @@ def batchnorm_forward(x: torch.Tensor, gamma: torch.Tensor, beta: torch.Tensor, 
 
 def batchnorm_gradients(x: torch.Tensor, gamma: torch.Tensor, dl_dy: torch.Tensor, eps: float = 1e-5) -> dict:
     """The closed forms derived in notebook 06, from dl/dy_i alone (dl/dx twice: step by step and collected)."""
-    m = x.shape[0]
-    mu = x.mean(0)
-    var = ((x - mu) ** 2).mean(0)
-    inv_std = 1 / torch.sqrt(var + eps)
-    x_hat = (x - mu) * inv_std
+    m, (_, t) = x.shape[0], batchnorm_forward(x, gamma, 0, eps)
+    mu, x_hat, inv_std = t["mu"], t["x_hat"], 1 / torch.sqrt(t["var"] + eps)
     dl_dxhat = dl_dy * gamma
     dl_dvar = (dl_dxhat * (x - mu)).sum(0) * -0.5 * inv_std ** 3
     dl_dmu = -(dl_dxhat * inv_std).sum(0) + dl_dvar * (-2 * (x - mu)).mean(0)  # second term is exactly 0
@@ -127,29 +91,23 @@ def verify_batchnorm(cases: int = 200, seed: int = 0, tolerance: float = 1e-10) 
     for _ in range(cases):
         m, f = int(torch.randint(2, 33, (1,), generator=g)), int(torch.randint(1, 9, (1,), generator=g))
         scale = float(torch.rand(1, generator=g)) * 5 + 0.1
-        x = (torch.randn(m, f, generator=g, dtype=torch.float64) * scale).requires_grad_()
-        gamma = torch.randn(f, generator=g, dtype=torch.float64).requires_grad_()
-        beta = torch.randn(f, generator=g, dtype=torch.float64).requires_grad_()
-        r = torch.randn(m, f, generator=g, dtype=torch.float64)  # loss l = sum(r * y), so dl/dy = r
+        # the loss is l = sum(r * y), so dl/dy = r
+        x, gamma, beta, r = (torch.randn(*s, generator=g, dtype=torch.float64) for s in ((m, f), (f,), (f,), (m, f)))
+        x, gamma, beta = (x * scale).requires_grad_(), gamma.requires_grad_(), beta.requires_grad_()
         y, inter = batchnorm_forward(x, gamma, beta)
         for t in inter.values():
             t.retain_grad()
         (r * y).sum().backward()
         closed = batchnorm_gradients(x.detach(), gamma.detach(), r)
-        auto = {"x_hat": inter["x_hat"].grad, "var": inter["var"].grad, "mu": inter["mu"].grad, "x": x.grad,
-                "x_compact": x.grad, "gamma": gamma.grad, "beta": beta.grad}
-        # note: autograd's dl/dmu counts only paths through mu, as the derivation does
-        for key in auto:
-            worst = max(worst, (closed[key] - auto[key]).abs().max().item())
+        # autograd's dl/dmu counts only paths through mu, as the derivation does
+        auto = {**{k: t.grad for k, t in inter.items()}, "x": x.grad, "x_compact": x.grad, "gamma": gamma.grad,
+                "beta": beta.grad}
         # and PyTorch's own batch norm layer (training mode) gives the same dx, dgamma, dbeta
         x2, g2, b2 = (t.detach().clone().requires_grad_() for t in (x, gamma, beta))
         (r * F.batch_norm(x2, None, None, g2, b2, training=True, eps=1e-5)).sum().backward()
-        for key, t in (("x", x2), ("gamma", g2), ("beta", b2)):
-            worst = max(worst, (closed[key] - t.grad).abs().max().item())
+        layer = {"x": x2.grad, "gamma": g2.grad, "beta": b2.grad}
+        worst = max(worst, *((closed[k] - v).abs().max().item() for grads in (auto, layer) for k, v in grads.items()))
     return Check("batch-norm gradients", cases, worst, tolerance)
-
-
-# ---------------------------------------------------------------------------------------------- softmax + CE
 
 
 def softmax_cross_entropy_gradient(z: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -170,9 +128,6 @@ def verify_softmax_cross_entropy(cases: int = 200, seed: int = 0, tolerance: flo
     return Check("softmax + cross-entropy gradient", cases, worst, tolerance)
 
 
-# ---------------------------------------------------------------------------------------------- the page
-
-
 @dataclass
 class MathAnswer:
     """Q6's page: the three checks (each passed, or the call raised) and the formula on every convolution."""
@@ -180,11 +135,7 @@ class MathAnswer:
     batchnorm: Check
     softmax: Check
     shapes: pd.DataFrame  # conv_shape_table, every row matching
-
-    @property
-    def checks(self) -> pd.DataFrame:
-        return pd.DataFrame([{"closed form": c.name, "random cases": c.cases, "largest difference": c.max_error,
-                              "tolerance": c.tolerance} for c in (self.conv, self.batchnorm, self.softmax)])
+    checks: pd.DataFrame  # a row per check: closed form, random cases, largest difference, tolerance
 
 
 def math_answer(model: torch.nn.Module, input_size: int) -> MathAnswer:
@@ -192,5 +143,9 @@ def math_answer(model: torch.nn.Module, input_size: int) -> MathAnswer:
     shapes = conv_shape_table(model, input_size)
     if not shapes["matches"].all():
         raise AssertionError("the shape formula disagrees with the model:\n" + shapes[~shapes["matches"]].to_string())
-    return MathAnswer(verify_conv_shapes(300).require(), verify_batchnorm(200).require(),
-                      verify_softmax_cross_entropy(200).require(), shapes)
+    checks = (verify_conv_shapes(300), verify_batchnorm(200), verify_softmax_cross_entropy(200))
+    if not all(c.passed for c in checks):
+        raise AssertionError("a closed form disagrees with PyTorch: " + "; ".join(map(str, checks)))
+    table = pd.DataFrame([(c.name, c.cases, c.max_error, c.tolerance) for c in checks],
+                         columns=["closed form", "random cases", "largest difference", "tolerance"])
+    return MathAnswer(*checks, shapes, table)
