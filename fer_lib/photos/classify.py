@@ -9,11 +9,16 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from matplotlib.figure import Figure
+from PIL import Image, ImageDraw, ImageFont
+from scipy.stats import binomtest
+from tqdm import tqdm
 
 from fer_lib import CLASS_NAMES
 from fer_lib.core.io import IMAGE_SUFFIXES, atomic_write
 from fer_lib.photos.clips import SAMPLE_FPS, VIDEO_SUFFIXES, ClipResult, classify_clip
 from fer_lib.photos.faces import DETECT_RECALL, PhotoError, PhotoResult, Reader, compose_faces, match_faces, open_photo
+from fer_lib.training.runs import WEIGHTS_FILE, resolve_device
 
 # frame and time_s are empty for photos; for a clip, face is the track number (the same person across frames);
 # uncertain is 1 or 0 against the run's calibrated threshold, empty without calibration
@@ -31,8 +36,6 @@ def prob_text(prob: float, uncertain_below: float | None = None) -> str:
 def annotate(image, faces: list, landmarks: bool = True, uncertain_below: float | None = None):
     """An RGB copy of ``image`` with each face's box and "number label probability" in its class colour (an
     uncertain face: "label?" and a thinner box) and, with ``landmarks``, its 68 landmarks as faint dots."""
-    from PIL import Image, ImageDraw, ImageFont
-
     canvas = (image if isinstance(image, Image.Image) else Image.fromarray(image)).convert("RGBA")
     long_side, dots = max(canvas.size), Image.new("RGBA", canvas.size)
     width = max(2, round(long_side / 400))
@@ -55,17 +58,12 @@ def annotate(image, faces: list, landmarks: bool = True, uncertain_below: float 
             ((x + m, y + m), "la")  # above the box, else inside it
         draw.rectangle(list(np.add(draw.textbbox(at, text, font, anchor), (-m, -m, m, m))), fill=colour)
         draw.text(at, text, fill="white", font=font, anchor=anchor)
-    if not faces:
-        draw.text((width * 2, width * 2), "no face found", fill="#d62728", stroke_width=max(1, width // 2),
-                  stroke_fill="white", font=ImageFont.load_default(size=int(np.clip(long_side / 30, 11, 120))))
     return canvas
 
 
 def plot_tracks(clip: ClipResult, uncertain_below: float | None = None):
     """A Figure: the 7 class probabilities over time (seconds, or frame numbers for a folder) of the six longest face
     tracks of a clip with faces, a panel each; a dashed line at the uncertain threshold when given."""
-    from matplotlib.figure import Figure
-
     rows = pd.DataFrame([(face.track, frame.frame if frame.time is None else frame.time, *face.probs)
                          for frame in clip.frames for face in frame.faces], columns=["track", "t", *CLASS_NAMES])
     shown = sorted(rows["track"].value_counts().index[:6])
@@ -85,14 +83,9 @@ def plot_tracks(clip: ClipResult, uncertain_below: float | None = None):
     return fig
 
 
-# ---------------------------------------------------------------------------------------------
-# the `classify` command
-
-
 def expand_inputs(paths, exclude: Path, frames: bool = False) -> list[Path]:
-    """The image and video files named by ``paths``: files as given, folders searched recursively (hidden files and
-    anything under ``exclude``, the output folder, skipped), or with ``frames`` each folder kept as one clip.
-    Order kept."""
+    """The image and video files named by ``paths``: files as given, folders searched recursively (skipping hidden
+    files and the output folder ``exclude``), or with ``frames`` each folder kept as one clip."""
     return [f for p in map(Path, paths) for f in ([p] if frames or not p.is_dir() else sorted(
         f for f in p.rglob("*") if f.suffix.lower() in IMAGE_SUFFIXES + VIDEO_SUFFIXES and f.is_file()
         and not any(part.startswith(".") for part in f.relative_to(p).parts)
@@ -101,11 +94,8 @@ def expand_inputs(paths, exclude: Path, frames: bool = False) -> list[Path]:
 
 def classify_photos(paths: list[Path], read: Reader, out_dir: Path, fps: float = SAMPLE_FPS,
                     frames: bool = False) -> list[PhotoResult | ClipResult]:
-    """Classify every face in every file; write OUT/<stem>.faces.<jpg|png> per readable photo, OUT/<stem>.tracks.png
-    per clip (a video, or with ``frames`` a folder) and OUT/faces.csv. A file that cannot be read is recorded in its
-    result and the batch goes on. Progress bars only on a terminal: in a log, tqdm's frames are noise."""
-    from tqdm import tqdm
-
+    """Every face in every file; writes OUT/<stem>.faces.<jpg|png> per photo, OUT/<stem>.tracks.png per clip with faces
+    and OUT/faces.csv. An unreadable file is its result's error. Progress bars only on a terminal (a log gets noise)."""
     bar, results, taken = sys.stderr.isatty(), [], set()
 
     def target(path: Path, kind: str, ext: str) -> Path:  # <stem>.<kind><ext>, unique within the batch
@@ -130,9 +120,9 @@ def classify_photos(paths: list[Path], read: Reader, out_dir: Path, fps: float =
             continue
         result.faces, dropped = read(image)
         jpeg = path.suffix.lower() in (".jpg", ".jpeg")  # kept small
-        result.rejected, result.annotated = len(dropped), target(path, "faces", ".jpg" if jpeg else ".png")
-        drawn = annotate(image, result.faces, uncertain_below=read.uncertain_below)
-        atomic_write(result.annotated, lambda tmp: drawn.save(tmp, format="JPEG" if jpeg else "PNG", quality=92))
+        result.rejected, drawn = len(dropped), annotate(image, result.faces, uncertain_below=read.uncertain_below)
+        atomic_write(target(path, "faces", ".jpg" if jpeg else ".png"),
+                     lambda tmp: drawn.save(tmp, "JPEG" if jpeg else "PNG", quality=92))
     table = faces_table(results)
     atomic_write(out_dir / "faces.csv", lambda tmp: table.to_csv(tmp, index=False, float_format="%.4f",
                                                                  lineterminator="\r\n"))
@@ -162,15 +152,13 @@ def summary(results: list) -> str:
                 share = t["label"].value_counts(normalize=True)
                 lines.append(f"  face {k} in {len(t)} frame(s): mostly {share.index[0]} ({share.iloc[0]:.0%}), "
                              f"{t['uncertain'].sum()} uncertain")
-        else:
-            if not r.faces:
-                lines.append(f"{r.path.name}: " + ("unreadable (see below)" if r.error else "no face found"))
-            lines += [f"{r.path.name}: face {i} at {','.join(map(str, f.box))}: {f.label}{'?' * bool(f.uncertain)} "
-                      f"{f.prob:.2f}" for i, f in enumerate(r.faces, 1)]
+        elif not r.faces:
+            lines.append(f"{r.path.name}: " + ("unreadable (see below)" if r.error else "no face found"))
+        lines += [f"{r.path.name}: face {i} at {','.join(map(str, f.box))}: {f.label}{'?' * bool(f.uncertain)} "
+                  f"{f.prob:.2f}" for i, f in enumerate(getattr(r, "faces", []), 1)]
     faces = [f for r in photos for f in r.faces]
     labels = ", ".join(f"{n} {c}" for c, n in Counter(f.label for f in faces).most_common())
-    rejected = sum(r.rejected for r in photos) + sum(f.rejected for c in results if isinstance(c, ClipResult)
-                                                      for f in c.frames)
+    rejected = sum(f.rejected for r in results for f in getattr(r, "frames", [r]))
     return "\n".join(lines + [
         f"{len(photos)} image(s): {len(faces)} face(s) ({labels}), "
         f"{sum(bool(f.uncertain) for f in faces)} uncertain (?); "
@@ -182,8 +170,6 @@ def run_classify(inputs: list[str], run_dir: str | Path, out_dir: str | Path, de
                  fps: float = SAMPLE_FPS, frames: bool = False) -> int:
     """The `classify` command; its exit status: 0 when every file was read (images without a face included), 1 when
     a file could not be read (the others are still done), 2 when there is no model."""
-    from fer_lib.training.runs import WEIGHTS_FILE, resolve_device
-
     run_dir, out_dir = Path(run_dir), Path(out_dir)
     if not ((run_dir / "config.json").is_file() and (run_dir / WEIGHTS_FILE).is_file()):
         print(f"error: no trained model in {run_dir} (expected config.json and {WEIGHTS_FILE}). Pass --run with the "
@@ -198,22 +184,18 @@ def run_classify(inputs: list[str], run_dir: str | Path, out_dir: str | Path, de
         print("error: no image or video files to classify", file=sys.stderr)
         return 1
     read = Reader.from_run(run_dir, resolve_device(device))
-    print(f"The model in {run_dir} has no calibration.json: probabilities are the model's raw softmax (usually "
-          "over-confident) and no face is marked uncertain" if read.uncertain_below is None else
+    print(f"The model in {run_dir} has no calibration.json: probabilities are the raw softmax, nothing is marked "
+          "uncertain" if read.uncertain_below is None else
           f"Probabilities are calibrated on validation (temperature {read.temperature:.2f}); "
           f"'?' marks a face whose top probability is below {read.uncertain_below:.0%}.")
     results = classify_photos(paths, read, out_dir, fps, frames)
     print(summary(results))
-    print(f"wrote {out_dir / 'faces.csv'}, {sum(bool(getattr(r, 'annotated', None)) for r in results)} annotated "
-          f"image(s) and {sum(bool(getattr(r, 'plot', None)) for r in results)} track plot(s) in {out_dir}/")
+    print(f"wrote faces.csv, {sum(isinstance(r, PhotoResult) and not r.error for r in results)} annotated image(s) "
+          f"and {sum(bool(getattr(r, 'plot', None)) for r in results)} track plot(s) in {out_dir}/")
     for r in results:
         if r.error:
             print(f"error: {r.error}", file=sys.stderr)
     return int(any(r.error for r in results))
-
-
-# ---------------------------------------------------------------------------------------------
-# Q7's page
 
 
 @dataclass
@@ -225,23 +207,17 @@ class YourFaces:
     faces: list  # of Face
     dropped: list[str]  # why the landmark check dropped each other detector box
     uncertain_below: float | None  # the run's threshold; None without calibration
-    # a row per found face: face, x, y, w, h, label, (composed: read alone, true; "—" on no placed face),
-    # probability, uncertain, the 7 probabilities
-    table: pd.DataFrame
+    table: pd.DataFrame  # a row per face: box, label, (composed: read alone, true), probability, uncertain, the 7
     placed: np.ndarray | None = None  # composed: (N, 4) where each validation face was put
-    # composed: placed, found, extra (boxes on no placed face), right (found with their true label), as_alone (found
-    # with the model's label for the face alone), recall_p (two-sided p of finding so many at DETECT_RECALL)
+    # composed: placed, found, extra (boxes on no placed face), right (found with their true label), as_alone (with
+    # the model's label for the face alone), recall_p (two-sided p of finding so many at DETECT_RECALL)
     counts: dict | None = None
 
 
 def your_faces(run_dir: str | Path, image: str | Path | None = None, val_images=None, val_labels=None,
                val_logits=None, device="cpu") -> YourFaces:
-    """Q7's one call: the faces in ``image``, or without it in 8 validation faces composed at 96-200 px, read by
-    the run's model as its predictions are; ``val_logits`` (the run's on ``val_images``) give each composed face's
-    reading alone."""
-    from PIL import Image
-    from scipy.stats import binomtest
-
+    """Q7's one call: the faces in ``image``, or else in 8 validation faces composed at 96-200 px, each beside its
+    label and the run's reading of it alone (``val_logits``, the run's on ``val_images``)."""
     if image:
         picture, name = open_photo(image), Path(image).name
     else:

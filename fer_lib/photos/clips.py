@@ -7,6 +7,9 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import cv2
+from tqdm import tqdm
+
 from fer_lib.core.io import IMAGE_SUFFIXES
 from fer_lib.photos.faces import PhotoError, PhotoResult, Reader, open_photo
 
@@ -50,12 +53,8 @@ def assign_tracks(frames: list[PhotoResult]) -> None:
 
 
 def classify_clip(path: Path, read: Reader, fps: float = SAMPLE_FPS, progress: bool = False) -> ClipResult:
-    """Faces in about ``fps`` frames a second of a video, or in every frame of a folder, tracked from frame to
-    frame. A video without a decodable frame, or a frame file that cannot be read, is the clip's error (frames read
-    before it are kept)."""
-    import cv2
-    from tqdm import tqdm
-
+    """Faces in about ``fps`` frames a second of a video, or in every frame of a folder, tracked from frame to frame;
+    no decodable frame, or an unreadable frame file, is the clip's error (frames read before it are kept)."""
     clip = ClipResult(Path(path))
     if clip.path.is_dir():
         files = sorted((f for f in clip.path.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES
@@ -68,7 +67,7 @@ def classify_clip(path: Path, read: Reader, fps: float = SAMPLE_FPS, progress: b
         clip.fps = native if native > 0 and math.isfinite(native) else 25.0  # unknown: the common rate
         clip.every, total = max(1, round(clip.fps / fps)), None
         frames = ((i, i / clip.fps, cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY))
-                  for i, frame in enumerate(iter(lambda: cap.read()[1], None)) if i % clip.every == 0)
+                  for i, (_, frame) in enumerate(iter(cap.read, (False, None))) if i % clip.every == 0)
     for index, time, frame in tqdm(frames, desc=clip.path.name, unit="frame", total=total, disable=not progress,
                                    file=sys.stderr, leave=False):
         try:

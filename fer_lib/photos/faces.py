@@ -5,10 +5,17 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import cv2
 import numpy as np
 import torch
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from fer_lib import CLASS_NAMES, IMAGE_SIZE
+from fer_lib.data.landmarks import LEFT_EYE, MOUTH, RIGHT_EYE, landmarks_in_box
+from fer_lib.data.landmarks import detect_faces as hog_faces
+from fer_lib.model.calibration import read_calibration
+from fer_lib.model.inference import predict_logits
+from fer_lib.training.runs import load_trained, prediction_tta
 
 # HOG (one upsampling pass: faces from about 40 px) found 69-81% of FER2013 test faces composed at 40-200 px
 MAX_DETECT_SIDE = 1600  # longer photos are downscaled for detection only; boxes map back, crops use the original
@@ -46,7 +53,6 @@ class PhotoResult:
     path: Path
     faces: list[Face] = field(default_factory=list)
     error: str | None = None  # why the file could not be used
-    annotated: Path | None = None  # the annotated copy written for it
     rejected: int = 0  # detector boxes dropped by the landmark check
     frame: int | None = None  # in a clip: the frame's number (0-based, at the video's own frame rate)
     time: float | None = None  # in a video: the frame's time in seconds
@@ -55,8 +61,6 @@ class PhotoResult:
 def open_photo(path: str | Path):
     """The photo upright (EXIF orientation) in mode "L" or "RGB": 16-bit gray scaled to 8 bits, transparency on
     white; PhotoError naming the file when it cannot be read."""
-    from PIL import Image, ImageOps, UnidentifiedImageError
-
     if not Path(path).is_file():
         raise PhotoError(f"{path}: no such file")
     try:
@@ -76,8 +80,6 @@ def open_photo(path: str | Path):
 
 def to_gray(image) -> np.ndarray:
     """(H, W) uint8 gray of a PIL image or an (H, W) / (H, W, 3) uint8 array: ITU-R 601 luma, PIL's "L" formula."""
-    from PIL import Image
-
     if isinstance(image, np.ndarray):
         if image.ndim == 2:
             return image
@@ -86,13 +88,8 @@ def to_gray(image) -> np.ndarray:
 
 
 def detect_faces(gray: np.ndarray, max_side: int = MAX_DETECT_SIDE) -> np.ndarray:
-    """dlib's HOG boxes (K, 4) x, y, w, h in ``gray``'s pixels, unchecked, in reading order (rows from the top, a
-    box joining the row whose first centre lies within half a median face height above it; each row left to
-    right). A photo with a side over ``max_side`` is detected area-downscaled, so 24 megapixels take as long as 2."""
-    import cv2
-
-    from fer_lib.data.landmarks import detect_faces as hog_faces
-
+    """dlib's HOG boxes (K, 4) x, y, w, h, unchecked, in reading order (rows from the top, each left to right); a
+    photo with a side over ``max_side`` is detected area-downscaled, so 24 megapixels take as long as 2."""
     h, w = gray.shape
     scale = min(1.0, max_side / max(h, w))
     small = gray if scale == 1 else cv2.resize(gray, (round(w * scale), round(h * scale)), interpolation=cv2.INTER_AREA)
@@ -101,7 +98,7 @@ def detect_faces(gray: np.ndarray, max_side: int = MAX_DETECT_SIDE) -> np.ndarra
     boxes = np.round(boxes / scale).astype(np.int64)
     cy = boxes[:, 1] + boxes[:, 3] / 2
     rows, row, start = np.zeros(len(boxes), np.int64), 0, -np.inf
-    for i in np.argsort(cy, kind="stable"):
+    for i in np.argsort(cy, kind="stable"):  # a row: centres within half a median face height of its first one
         if cy[i] - start > np.median(boxes[:, 3]) / 2:
             row, start = row + 1, cy[i]
         rows[i] = row
@@ -110,8 +107,6 @@ def detect_faces(gray: np.ndarray, max_side: int = MAX_DETECT_SIDE) -> np.ndarra
 
 def check_face(gray: np.ndarray, box) -> tuple[np.ndarray, str | None]:
     """The box's 68 landmarks (68, 2) in ``gray``'s pixels, and why the box is not a face (None when it is one)."""
-    from fer_lib.data.landmarks import LEFT_EYE, MOUTH, RIGHT_EYE, landmarks_in_box
-
     x, y, w, h = box
 
     def points(dx: int = 0, dy: int = 0) -> np.ndarray:
@@ -121,10 +116,9 @@ def check_face(gray: np.ndarray, box) -> tuple[np.ndarray, str | None]:
     right_eye, left_eye = pts[RIGHT_EYE].mean(0), pts[LEFT_EYE].mean(0)  # the subject's right eye is on the left
     nose, mouth, eyes = pts[30], pts[MOUTH].mean(0), (right_eye + left_eye) / 2
     key = np.stack([right_eye, left_eye, nose, mouth])
-    if not ((key[:, 0] >= x) & (key[:, 0] < x + w) & (key[:, 1] >= y) & (key[:, 1] < y + h)).all():
-        return pts, "eyes, nose or mouth outside the box"
-    if not (eyes[1] < nose[1] < mouth[1] and right_eye[0] < left_eye[0]):
-        return pts, "eyes, nose and mouth not in a face's order"
+    if not (((key[:, 0] >= x) & (key[:, 0] < x + w) & (key[:, 1] >= y) & (key[:, 1] < y + h)).all()
+            and eyes[1] < nose[1] < mouth[1] and right_eye[0] < left_eye[0]):
+        return pts, "eyes, nose and mouth not inside the box in a face's order"
     apart, below = np.linalg.norm(left_eye - right_eye) / w, (mouth[1] - eyes[1]) / h
     if not (EYE_DISTANCE[0] <= apart <= EYE_DISTANCE[1] and EYES_TO_MOUTH[0] <= below <= EYES_TO_MOUTH[1]):
         return pts, f"eyes {apart:.2f} of the box apart, mouth {below:.2f} below them: not a face's proportions"
@@ -146,8 +140,6 @@ def crop_box(box) -> tuple[int, int, int]:
 def crop_face(gray: np.ndarray, box) -> np.ndarray:
     """(48, 48) uint8: the frame around ``box``, edge pixels repeated where it leaves the photo, area-resampled
     down (cubic up, for faces smaller than 48 px)."""
-    import cv2
-
     x0, y0, side = crop_box(box)
     pad = max(0, -x0, -y0, x0 + side - gray.shape[1], y0 + side - gray.shape[0])
     region = cv2.copyMakeBorder(gray, pad, pad, pad, pad, cv2.BORDER_REPLICATE)[y0 + pad:y0 + pad + side,
@@ -167,9 +159,6 @@ class Reader:
 
     @classmethod
     def from_run(cls, run_dir: str | Path, device="cpu") -> Reader:
-        from fer_lib.model.calibration import read_calibration
-        from fer_lib.training.runs import load_trained, prediction_tta
-
         model, config = load_trained(Path(run_dir), device)
         calibration = read_calibration(Path(run_dir)) or {}
         return cls(model, config.input_size, prediction_tta(Path(run_dir)), float(calibration.get("temperature", 1)),
@@ -177,8 +166,6 @@ class Reader:
 
     def probs(self, crops: np.ndarray) -> np.ndarray:
         """(N, 7) probabilities of uint8 faces (N, 48, 48): softmax of the test-time-view logits / temperature."""
-        from fer_lib.model.inference import predict_logits
-
         logits = predict_logits(self.model, np.ascontiguousarray(crops), self.input_size, tta=self.tta)
         return torch.softmax(logits / self.temperature, dim=1).numpy()
 
@@ -196,11 +183,8 @@ class Reader:
 
 
 def compose_faces(faces: np.ndarray, sides=None, per_row: int | None = None, seed: int = 0):
-    """(canvas (H, W) uint8, boxes (N, 4) x, y, w, h): the 48x48 ``faces`` upscaled (bicubic) to ``sides``
-    (default: drawn uniformly from 96-200 px with ``seed``) on a gray canvas, in rows a third of the largest side
-    apart."""
-    import cv2
-
+    """(canvas (H, W) uint8, boxes (N, 4) x, y, w, h): the 48x48 ``faces`` upscaled to ``sides`` (default: drawn
+    from 96-200 px with ``seed``) on a gray canvas, in rows a third of the largest side apart."""
     n = len(faces)
     sides = np.random.default_rng(seed).integers(96, 201, n) if sides is None else np.asarray(sides, np.int64)
     per_row = per_row or int(np.ceil(np.sqrt(n)))

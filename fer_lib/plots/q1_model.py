@@ -22,9 +22,8 @@ def _arrow(ax, start, end):
 
 
 def plot_architecture(arch):
-    """The network of ``arch`` (:class:`fer_lib.questions.q1_model.Architecture`) as boxes, in two rows: input,
-    stem, the eight residual blocks grouped by stage (skip connections as arcs over each block, the 1x1
-    downsample ones highlighted), the pooling and the head, with shapes at ``arch.input_size``."""
+    """Q1's Architecture as two rows of boxes with shapes: input, stem, the blocks grouped by stage (skips as arcs
+    over each block, the 1x1 downsample ones highlighted), the pooling and the head."""
     w, h, pitch = 1.3, 1.0, 1.5  # box width and height, distance between box starts (inches)
     rows_y = (3.0, 0.55)  # bottom of the boxes in each row
     fig = plt.figure(figsize=(9, 5.1))

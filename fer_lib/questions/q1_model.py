@@ -2,13 +2,16 @@
 from __future__ import annotations
 
 import json
+from collections import namedtuple
 from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
 from torch import nn
+from torchinfo import summary
 
 Shape = tuple[int, ...]  # (C, H, W) of one face
+Block = namedtuple("Block", "name input output stride downsample")  # one residual block, see Architecture.blocks
 
 
 def module_lines(model: nn.Module) -> list[str]:
@@ -17,12 +20,8 @@ def module_lines(model: nn.Module) -> list[str]:
 
 
 def layer_shapes(model: nn.Module, input_size: int = 48) -> pd.DataFrame:
-    """A row per module call for one face, in the order the data flows (a block's ReLU, called twice, has two):
-    layer (dotted path), type, depth (1: a child of the model), leaf, input and output shapes without the batch
-    axis, kernel, stride and padding sides (0: none), parameters, and mult_adds (leaves only: the column sums to the
-    model's). The model is left on its device and in its mode."""
-    from torchinfo import summary
-
+    """A row per module call for one face, in the order the data flows (a block's ReLU, called twice, has two): its
+    dotted path, type, depth, shapes, kernel/stride/padding sides (0: none), parameters, mult_adds (leaves only)."""
     def side(value) -> int:  # every kernel, stride and padding here is square
         value = value[0] if isinstance(value, tuple) else value
         return value if isinstance(value, int) else 0
@@ -45,22 +44,14 @@ def layer_shapes(model: nn.Module, input_size: int = 48) -> pd.DataFrame:
 
 
 @dataclass(frozen=True)
-class Block:
-    """One residual block: relu(bn2(conv2(relu(bn1(conv1(x))))) + skip(x))."""
-    name: str  # e.g. "layer2.0"
-    input: Shape
-    output: Shape
-    stride: int  # of its first 3x3 convolution
-    downsample: bool  # the skip is a 1x1 convolution (stride ``stride``) + BatchNorm, not the identity
-
-
-@dataclass(frozen=True)
 class Architecture:
     """What Q1 reports about the network at one input size (numbers from :func:`layer_shapes`)."""
     input_size: int
     parameters: int
     mult_adds: int  # per face
     outputs: dict[str, Shape]  # leaving the stem (after the max-pool) and each stage, "layer1" ... "layer4"
+    # the residual blocks, relu(bn2(conv2(relu(bn1(conv1(x))))) + skip(x)): name ("layer2.0"), input, output, stride
+    # (of conv1), downsample (the skip is a 1x1 convolution of that stride + BatchNorm, not the identity)
     blocks: tuple[Block, ...]
     pooled: int  # features after the global average pool
     dropout: float
@@ -71,9 +62,9 @@ def architecture(model: nn.Module, input_size: int = 48, shapes: pd.DataFrame | 
     """The torchvision ResNet ``model`` summarised at ``input_size`` (``shapes``: its :func:`layer_shapes`)."""
     shapes = layer_shapes(model, input_size) if shapes is None else shapes
     by_name = shapes.drop_duplicates("layer").set_index("layer")
-    blocks = tuple(Block(row.layer, row.input, row.output, int(by_name.loc[f"{row.layer}.conv1", "stride"]),
-                         f"{row.layer}.downsample" in by_name.index)
-                   for row in shapes[shapes["type"] == "BasicBlock"].itertuples())
+    blocks = tuple(Block(n, by_name.loc[n, "input"], by_name.loc[n, "output"],
+                         int(by_name.loc[f"{n}.conv1", "stride"]), f"{n}.downsample" in by_name.index)
+                   for n in shapes.loc[shapes["type"] == "BasicBlock", "layer"])
     dropout, linear = model.fc
     return Architecture(input_size, int(shapes.loc[shapes["leaf"], "parameters"].sum()), int(shapes["mult_adds"].sum()),
                         {"stem": by_name.loc["maxpool", "output"]} | {b.name.split(".")[0]: b.output for b in blocks},

@@ -9,6 +9,8 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
+from fer_lib.questions.q1_model import layer_shapes
+
 
 @dataclass
 class Check:
@@ -48,8 +50,6 @@ def verify_conv_shapes(cases: int = 300, seed: int = 0) -> Check:
 def conv_shape_table(model: torch.nn.Module, input_size: int) -> pd.DataFrame:
     """The formula worked on every convolution of ``model`` and its max-pool (same formula) for one face at
     ``input_size``, in the order the data flows, beside the side Q1's trace gives (sides: all is square here)."""
-    from fer_lib.questions.q1_model import layer_shapes
-
     shapes = layer_shapes(model, input_size)
     rows = []
     for row in shapes[shapes["type"].isin(["Conv2d", "MaxPool2d"])].itertuples():
@@ -146,6 +146,5 @@ def math_answer(model: torch.nn.Module, input_size: int) -> MathAnswer:
     checks = (verify_conv_shapes(300), verify_batchnorm(200), verify_softmax_cross_entropy(200))
     if not all(c.passed for c in checks):
         raise AssertionError("a closed form disagrees with PyTorch: " + "; ".join(map(str, checks)))
-    table = pd.DataFrame([(c.name, c.cases, c.max_error, c.tolerance) for c in checks],
-                         columns=["closed form", "random cases", "largest difference", "tolerance"])
+    table = pd.DataFrame(checks).set_axis(["closed form", "random cases", "largest difference", "tolerance"], axis=1)
     return MathAnswer(*checks, shapes, table)
