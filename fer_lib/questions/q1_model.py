@@ -6,6 +6,7 @@ from collections import namedtuple
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 from torch import nn
 from torchinfo import summary
@@ -22,10 +23,6 @@ def module_lines(model: nn.Module) -> list[str]:
 def layer_shapes(model: nn.Module, input_size: int = 48) -> pd.DataFrame:
     """A row per module call for one face, in the order the data flows (a block's ReLU, called twice, has two): its
     dotted path, type, depth, shapes, kernel/stride/padding sides (0: none), parameters, mult_adds (leaves only)."""
-    def side(value) -> int:  # every kernel, stride and padding here is square
-        value = value[0] if isinstance(value, tuple) else value
-        return value if isinstance(value, int) else 0
-
     # on the model's own device: torchinfo would otherwise move a CPU model to a GPU
     stats = summary(model, input_size=(1, 3, input_size, input_size), depth=8, verbose=0,
                     device=next(model.parameters()).device)
@@ -36,9 +33,9 @@ def layer_shapes(model: nn.Module, input_size: int = 48) -> pd.DataFrame:
             parts, node = [node.var_name, *parts], node.parent_info
         rows.append({"layer": ".".join(parts), "type": info.class_name, "depth": info.depth,
                      "leaf": info.is_leaf_layer, "input": tuple(info.input_size[1:]),
-                     "output": tuple(info.output_size[1:]), "kernel": side(getattr(info.module, "kernel_size", 0)),
-                     "stride": side(getattr(info.module, "stride", 0)),
-                     "padding": side(getattr(info.module, "padding", 0)),
+                     "output": tuple(info.output_size[1:]),  # kernel, stride, padding: all square here, one side
+                     **{key: int(np.ravel(getattr(info.module, attr, 0))[0]) for key, attr in
+                        (("kernel", "kernel_size"), ("stride", "stride"), ("padding", "padding"))},
                      "parameters": info.num_params, "mult_adds": info.macs if info.is_leaf_layer else 0})
     return pd.DataFrame(rows)
 
