@@ -254,9 +254,9 @@ def test_empty_file(tmp_path, content):
 
 
 @pytest.mark.parametrize("header, message", [
-    ("label", r"missing \['feature'\]"),
-    ("label,pixels", r"unknown \['pixels'\]"),
-    ("emotion,feature,foo", "expected label,feature or id,feature"),
+    ("label", "line 1: columns label, expected label,feature or id,feature"),
+    ("label,pixels", "line 1: columns label,pixels, expected label,feature or id,feature"),
+    ("emotion,feature,foo", "line 1: columns emotion,feature,foo, expected label,feature or id,feature"),
 ])
 def test_missing_or_unknown_columns(tmp_path, rng, header, message):
     path = write_csv(tmp_path / "train.csv", header, labelled_rows(rng, 2))
@@ -280,8 +280,8 @@ def test_corrupt_gzip(tmp_path):
 
 def test_class_without_examples_warns(tmp_path, rng):
     path = write_csv(tmp_path / "train.csv", "label,feature", labelled_rows(rng, labels=[0, 2, 3, 4, 5, 6, 0]))
-    with pytest.warns(DataWarning, match="no training examples of Disgust"):
-        read_homework_csv(path)
+    with pytest.warns(DataWarning, match="train.csv: no training examples of Disgust"):
+        load_dataset(path)
 
 
 def test_corrupt_and_non_image_files_are_refused(tmp_path, rng):
