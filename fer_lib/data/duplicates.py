@@ -1,16 +1,12 @@
 """FER2013's repeated faces: exact pixel copies and near-copies, inside the training file and across to the test.
 
 FER2013 was collected by image search, so the same photo often appears more than once (identical pixels, or
-re-encoded / re-cropped / brightened copies); a validation split that ignores this puts copies of training faces
-into validation, where the model recognises them rather than generalises. An exact copy has the same 2,304 bytes.
-A near-copy is found by a cheap key first: the 12x12 block-mean thumbnails, mean-centred and of unit length, so that
-a dot product is their Pearson correlation; pairs at NEAR_KEY_MIN or more are candidates, kept when the full 48x48
-pixels also correlate at NEAR_PIXEL_MIN or more (two faces can share a blurry thumbnail, a copy keeps its detail).
-Copies are joined into groups (connected components), which the validation split keeps on one side.
-
-This is not the shipped model's notion of the same face (data.face_keys: 12 bytes of keys a face, no pixels to
-correlate). Counted with those keys (within 4 bits), FER2013's training file has 1,291 copy groups instead of 1,548,
-and 851 test faces a training copy instead of 951: re-cropped and brightened copies move the DCT key farther.
+re-encoded, re-cropped, brightened copies): a validation split that ignores this validates on copies of training
+faces, which the model recognises rather than generalises to. Near-copies are found by a cheap key first, the
+correlation of 12x12 block-mean thumbnails, then confirmed on the full pixels (two faces can share a blurry
+thumbnail, a copy keeps its detail). Copies are joined into groups, which the validation split keeps on one side.
+This is not the shipped model's notion of the same face (data.face_keys, without pixels): counted with its keys,
+FER2013's training file has 1,291 copy groups (not 1,548) and 851 test faces with a training copy (not 951).
 """
 from __future__ import annotations
 

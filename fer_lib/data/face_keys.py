@@ -1,13 +1,9 @@
 """Face identity by pixel keys: which faces a model was trained and validated on, recognised in any copy of FER2013.
 
 Two keys per face, never the pixels: an exact key (32 bits of a BLAKE2b hash of the 48x48 bytes) and a 64-bit
-perceptual key that survives JPEG or PNG re-encoding, so a copy stored as image files, reordered, with faces added
-or missing, still matches: the 11th to 74th DCT coefficients of the face in zigzag order (the lowest ten describe
-the shape every face shares), each compared with its median over the model's training faces. Measured on FER2013's
-28,555 training faces (README, "Repeated faces"): after JPEG at quality 75, 85 or 95 every key stays within 1 bit
-of its original; 202 faces (0.7%) have a face of another copy group (data.duplicates) within 4 bits, and the 16
-least alike of those pairs were each one photo re-edited (a caption, a watermark, contrast), while at 7-8 bits
-different people join.
+perceptual key that survives JPEG or PNG re-encoding, so that a copy stored as image files, reordered, with faces
+added or missing, still matches: the signs of 64 low-frequency DCT coefficients against their medians over the
+model's training faces. The README ("Repeated faces") gives what was measured on FER2013 to choose the thresholds.
 """
 from __future__ import annotations
 
@@ -39,24 +35,16 @@ def exact_keys(images: np.ndarray) -> np.ndarray:
 def _dct_band(images: np.ndarray) -> np.ndarray:
     from scipy.fft import dctn
 
-    x = images.reshape(len(images), 48, 48).astype(np.float32)
-    return dctn(x, axes=(1, 2), norm="ortho")[:, _BAND[:, 0], _BAND[:, 1]]
+    return dctn(images.reshape(len(images), 48, 48).astype(np.float32), axes=(1, 2), norm="ortho")[:, *_BAND.T]
 
 
-def _bits(flags: np.ndarray) -> np.ndarray:
-    """(N, 64) booleans -> (N,) uint64 with bit i = column i."""
-    return (flags.astype(np.uint64) << np.arange(64, dtype=np.uint64)).sum(axis=1, dtype=np.uint64)
-
-
-def perceptual_keys(images: np.ndarray, thresholds: np.ndarray) -> np.ndarray:
-    """(N,) uint64: bit i is set when the face's i-th band coefficient is above ``thresholds[i]``."""
-    return _bits(_dct_band(images) > thresholds)
-
-
-def reliable_bits(images: np.ndarray, thresholds: np.ndarray) -> np.ndarray:
-    """(N,) uint64: the bits of each face's perceptual key whose coefficient is at least ``MARGIN`` from its
-    threshold (the others may flip when the face is re-encoded)."""
-    return _bits(np.abs(_dct_band(images) - thresholds) >= MARGIN)
+def perceptual_keys(images: np.ndarray, thresholds: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(N,) uint64 keys, bit i set when the face's i-th band coefficient is above ``thresholds[i]``, and (N,) uint64
+    masks of the bits whose coefficient is at least ``MARGIN`` from its threshold (others may flip in a JPEG)."""
+    band = _dct_band(images)
+    bit = np.uint64(1) << np.arange(64, dtype=np.uint64)
+    return ((band > thresholds) * bit).sum(1, dtype=np.uint64), ((abs(band - thresholds) >= MARGIN) * bit).sum(
+        1, dtype=np.uint64)
 
 
 def hamming(a: np.ndarray, b: np.ndarray, mask=np.uint64(2**64 - 1)) -> np.ndarray:
@@ -89,8 +77,8 @@ class FaceKeys:
     @classmethod
     def of(cls, train_images: np.ndarray, val_images: np.ndarray) -> "FaceKeys":
         thresholds = np.median(_dct_band(train_images), axis=0).astype(np.float32)
-        return cls(thresholds, exact_keys(train_images), perceptual_keys(train_images, thresholds),
-                   exact_keys(val_images), perceptual_keys(val_images, thresholds))
+        return cls(thresholds, exact_keys(train_images), perceptual_keys(train_images, thresholds)[0],
+                   exact_keys(val_images), perceptual_keys(val_images, thresholds)[0])
 
     def save(self, folder: Path) -> None:
         atomic_savez(Path(folder) / KEYS_FILE, **vars(self))
@@ -130,7 +118,7 @@ def match_faces(images: np.ndarray, keys: FaceKeys) -> FaceMatch:
     farther than ``NEAR_BITS`` from both is new. A face equally near both sides counts as validation only when its
     exact key says so (copies of a face are kept on one side by the grouped split, so ties are rare)."""
     exact = exact_keys(images)
-    perceptual, steady = perceptual_keys(images, keys.thresholds), reliable_bits(images, keys.thresholds)
+    perceptual, steady = perceptual_keys(images, keys.thresholds)
     d_train, d_val = (nearest(perceptual, known, steady)[1] for known in (keys.train_perceptual, keys.val_perceptual))
     # identical pixels: the exact key is among the side's (the nearest perceptual key may be another copy's)
     exact_train = np.isin(exact, keys.train_exact) & (d_train == 0)

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import gzip
 import json
-import sys
 import warnings
 import zlib
 from dataclasses import dataclass, field
@@ -25,7 +24,8 @@ from fer_lib.core.io import IMAGE_SUFFIXES, array_sha256, atomic_savez, default_
 
 N_PIXELS = IMAGE_SIZE * IMAGE_SIZE
 _CACHE_FORMAT = 2  # bump when the parsed-array layout changes, so old cache entries are ignored
-_SPLIT_FORMAT = 1  # bump when the split's algorithm changes: cached splits are then recomputed
+_SPLIT_FORMAT = 2  # bump when the split's algorithm changes: cached splits are then recomputed
+_USAGES = ["Training", "PublicTest", "PrivateTest"]  # fer2013.csv's splits
 SYNTHETIC_MARKER = "SYNTHETIC.txt"  # a folder holding this file is the embedded demo dataset, whatever its name
 
 
@@ -77,10 +77,6 @@ def cached_arrays(entry: Path | None, compute) -> dict[str, np.ndarray]:
     return arrays
 
 
-# --------------------------------------------------------------------------------------------- CSV files
-# pandas reads the table, numpy the pixel strings; a bad row is looked for only once parsing failed
-
-
 def _open_text(path: Path):
     return (gzip.open if path.suffix == ".gz" else open)(path, "rt", encoding="utf-8-sig", errors="replace")
 
@@ -124,18 +120,25 @@ def _read_table(path: Path, *allowed: str):
     return table
 
 
-def _bad_row(path: Path, table) -> DataError:
-    """The error naming the first row whose key or pixels do not parse, and what is wrong with it."""
-    key, pixels = table.columns[:2]
-    for row, (key_text, pixel_text) in enumerate(zip(table[key].str.strip(), table[pixels].str.split())):
-        value = next((f"pixel {i} is {t!r}, expected an integer 0-255" for i, t in enumerate(pixel_text)
-                      if not t.isdigit() or int(t) > 255), None)
-        problem = (f"{key} {key_text!r} is not an integer" if not key_text.lstrip("-").isdigit() else
-                   f"expected {N_PIXELS} pixel values (48x48), found {len(pixel_text)}"
-                   if len(pixel_text) != N_PIXELS else value)
-        if problem:
-            return DataError(f"{path}, line {_line_of(path, row)}: {problem}")
-    return DataError(f"{path}: unreadable rows")  # not reached: the fast parse failed on a row checked above
+def _bad_row(path: Path, table, rows) -> DataError:
+    """The error naming the first of ``rows`` that does not parse, or whose label or Usage is out of range."""
+    for row in rows:
+        key_text, pixel_text, *usage = table.iloc[row].str.strip()
+        pixels = pixel_text.split()
+        if not key_text.lstrip("-").isdigit():
+            problem = f"{table.columns[0]} {key_text!r} is not an integer"
+        elif table.columns[0] != "id" and not 0 <= int(key_text) < len(CLASS_NAMES):
+            problem = f"label {key_text} is outside 0..6 ({', '.join(f'{i} {n}' for i, n in enumerate(CLASS_NAMES))})"
+        elif len(pixels) != N_PIXELS:
+            problem = f"expected {N_PIXELS} pixel values (48x48), found {len(pixels)}"
+        elif bad := [i for i, t in enumerate(pixels) if not t.isdigit() or int(t) > 255]:
+            problem = f"pixel {bad[0]} is {pixels[bad[0]]!r}, expected an integer 0-255"
+        elif usage and usage[0] not in _USAGES:
+            problem = f"Usage {usage[0]!r}, expected Training, PublicTest or PrivateTest"
+        else:
+            continue
+        return DataError(f"{path}, line {_line_of(path, row)}: {problem}")
+    return DataError(f"{path}: unreadable rows")  # not reached: the rows given hold a bad one
 
 
 def _check_unique_ids(path: Path, ids: np.ndarray) -> None:
@@ -158,25 +161,18 @@ def _parse_csv(path: Path, *allowed: str) -> dict[str, np.ndarray]:
         values = np.fromstring(" -1 ".join(table[pixel_column]) + " -1", dtype=np.int16, sep=" ")
         values = values.reshape(len(table), N_PIXELS + 1)
     except ValueError:  # a key or a pixel that is not an integer, or a row of another length
-        raise _bad_row(path, table) from None
-    if (values[:, -1] != -1).any() or (values[:, :-1] < 0).any() or (values[:, :-1] > 255).any():
-        raise _bad_row(path, table)
-    images = values[:, :-1].astype(np.uint8).reshape(-1, IMAGE_SIZE, IMAGE_SIZE)
+        raise _bad_row(path, table, range(len(table))) from None
+    bad = (values[:, -1] != -1) | (values[:, :-1] < 0).any(1) | (values[:, :-1] > 255).any(1)
+    bad |= (key != "id") & ((keys < 0) | (keys >= len(CLASS_NAMES)))
+    if "usage" in table:
+        bad |= ~table["usage"].str.strip().isin(_USAGES).to_numpy()
+    if bad.any():
+        raise _bad_row(path, table, np.flatnonzero(bad))
     if key == "id":
         _check_unique_ids(path, keys)
-        return {"images": images, "ids": keys}
-    bad = np.flatnonzero((keys < 0) | (keys >= len(CLASS_NAMES)))
-    if bad.size:
-        raise DataError(f"{path}, line {_line_of(path, bad[0])}: label {keys[bad[0]]} is outside 0..6 "
-                        f"({', '.join(f'{i} {n}' for i, n in enumerate(CLASS_NAMES))})")
-    if key == "label":
-        return {"images": images, "labels": keys, "ids": np.arange(len(keys), dtype=np.int64)}
-    usage = table["usage"].str.strip().to_numpy(dtype=str)
-    unknown = np.flatnonzero(~np.isin(usage, ["Training", "PublicTest", "PrivateTest"]))
-    if unknown.size:
-        raise DataError(f"{path}, line {_line_of(path, unknown[0])}: Usage {str(usage[unknown[0]])!r}, expected "
-                        "Training, PublicTest or PrivateTest")
-    return {"images": images, "labels": keys, "usage": usage}
+    usage = {"usage": table["usage"].str.strip().to_numpy(dtype=str)} if "usage" in table else {}
+    return {"images": values[:, :-1].astype(np.uint8).reshape(-1, IMAGE_SIZE, IMAGE_SIZE),
+            "ids" if key == "id" else "labels": keys, **usage}
 
 
 def _cached_csv(path: Path, cache_dir: Path | None, *allowed: str) -> dict[str, np.ndarray]:
@@ -189,7 +185,7 @@ def _cached_csv(path: Path, cache_dir: Path | None, *allowed: str) -> dict[str, 
 def read_homework_csv(path: Path, cache_dir: Path | None = None) -> FaceSet:
     """One homework CSV file: ``label,feature`` (training) or ``id,feature`` (unlabeled test)."""
     arrays = _cached_csv(Path(path), cache_dir, "label,feature", "id,feature")
-    return FaceSet(arrays["images"], arrays.get("labels"), arrays["ids"])
+    return FaceSet(arrays["images"], arrays.get("labels"), arrays.get("ids", np.arange(len(arrays["images"]))))
 
 
 def _read_id_labels(label_file: Path) -> tuple[np.ndarray, np.ndarray]:
@@ -207,16 +203,12 @@ def _read_id_labels(label_file: Path) -> tuple[np.ndarray, np.ndarray]:
     return ids, labels
 
 
-# --------------------------------------------------------------------------------------------- image files
-
-
 def _read_images(paths: list[Path]) -> np.ndarray:
     """48x48 uint8 faces from image files; colour or larger images are converted, with one warning for all."""
     from PIL import Image, UnidentifiedImageError
-    from tqdm import tqdm
 
     faces, converted = [], []
-    for path in tqdm(paths, desc="reading images", leave=False, disable=len(paths) < 2000 or not sys.stderr.isatty()):
+    for path in paths:
         try:
             with Image.open(path) as img:
                 if min(img.size) < IMAGE_SIZE:
@@ -255,24 +247,6 @@ def _images_by_id(folder: Path) -> dict[int, Path]:
             raise DataError(f"{path} and {by_id[face_id]}: two images for id {face_id}")
         by_id[face_id] = path
     return by_id
-
-
-def _read_class_folders(split_dir: Path) -> FaceSet:
-    classes = {**{n.lower(): i for i, n in enumerate(CLASS_NAMES)}, **{str(i): i for i in range(len(CLASS_NAMES))}}
-    paths, labels = [], []
-    for folder in sorted(p for p in split_dir.iterdir() if p.is_dir()):
-        if folder.name.lower() not in classes:
-            raise DataError(f"{folder}: unknown class folder {folder.name!r}; expected one of "
-                            f"{', '.join(CLASS_NAMES)} (or 0-6)")
-        paths += _image_files(folder)
-        labels += [classes[folder.name.lower()]] * (len(paths) - len(labels))
-    if not paths:
-        raise DataError(f"{split_dir}: no images found in its class folders")
-    return FaceSet(_read_images(paths), np.array(labels, dtype=np.int64), np.arange(len(paths), dtype=np.int64),
-                   names=np.array([p.relative_to(split_dir).as_posix() for p in paths]))
-
-
-# --------------------------------------------------------------------------------------------- the layouts
 
 
 def first_existing(root: Path, *names: str) -> Path | None:
@@ -319,8 +293,7 @@ def _image_ids(root: Path, _) -> tuple[FaceSet, FaceSet | None, list[Path]]:
     if missing:
         face_id = ids[missing[0]]
         raise DataError(f"{label_file}, line {_line_of(label_file, missing[0])}: no image for id {face_id} in "
-                        f"{root / 'train_img'}"
-                        f"(looked for {face_id}.jpg with any zero padding, e.g. {face_id:05d}.jpg)")
+                        f"{root / 'train_img'} (looked for {face_id:05d}.jpg, any zero padding)")
     test_images = _images_by_id(root / "test_img") if (root / "test_img").is_dir() else {}
     test_ids = np.array(sorted(test_images), dtype=np.int64)
     test = FaceSet(_read_images([test_images[i] for i in test_ids]), None, test_ids) if test_images else None
@@ -329,8 +302,22 @@ def _image_ids(root: Path, _) -> tuple[FaceSet, FaceSet | None, list[Path]]:
 
 def _class_folders(root: Path, _) -> tuple[FaceSet, FaceSet | None, list[Path]]:
     """Layout (d): train/<class>/*.jpg and optionally test/<class>/*.jpg (labeled)."""
-    test = _read_class_folders(root / "test") if (root / "test").is_dir() else None
-    return _read_class_folders(root / "train"), test, []
+    classes = {**{n.lower(): i for i, n in enumerate(CLASS_NAMES)}, **{str(i): i for i in range(len(CLASS_NAMES))}}
+
+    def read(split_dir: Path) -> FaceSet:
+        paths, labels = [], []
+        for folder in sorted(p for p in split_dir.iterdir() if p.is_dir()):
+            if folder.name.lower() not in classes:
+                raise DataError(f"{folder}: unknown class folder {folder.name!r}; expected one of "
+                                f"{', '.join(CLASS_NAMES)} (or 0-6)")
+            paths += _image_files(folder)
+            labels += [classes[folder.name.lower()]] * (len(paths) - len(labels))
+        if not paths:
+            raise DataError(f"{split_dir}: no images found in its class folders")
+        return FaceSet(_read_images(paths), np.array(labels, dtype=np.int64), np.arange(len(paths)),
+                       names=np.array([p.relative_to(split_dir).as_posix() for p in paths]))
+
+    return read(root / "train"), read(root / "test") if (root / "test").is_dir() else None, []
 
 
 def _is_fer2013_csv(path: Path) -> bool:
@@ -389,9 +376,6 @@ def load_test_faces(path: str | Path, cache_dir: Path | None = None) -> FaceSet:
     return test
 
 
-# --------------------------------------------------------------------------------------------- the split
-
-
 def train_val_split(faces: FaceSet, val_fraction: float = 0.1, seed: int = 0, groups: np.ndarray | None = None,
                     cache_dir: Path | None = None) -> tuple[FaceSet, FaceSet]:
     """Deterministic split stratified by class: every class keeps its share in both parts.
@@ -399,7 +383,7 @@ def train_val_split(faces: FaceSet, val_fraction: float = 0.1, seed: int = 0, gr
     ``groups`` (one id per face, e.g. copies of the same photo) keeps every group on one side, so no validation
     face has a copy in the training part. The split depends only on the labels, the groups, the fraction and the
     seed; with ``cache_dir`` it is stored there under a hash of those."""
-    from sklearn.model_selection import GroupShuffleSplit, StratifiedGroupKFold, train_test_split
+    from sklearn.model_selection import StratifiedGroupKFold, train_test_split
 
     if not 0 < val_fraction < 1:
         raise DataError(f"val_fraction must be in (0, 1), got {val_fraction}")
@@ -408,18 +392,14 @@ def train_val_split(faces: FaceSet, val_fraction: float = 0.1, seed: int = 0, gr
     entry = cache_dir and Path(cache_dir) / f"split-{array_sha256(*parts)[:16]}.npz"
 
     def split() -> dict[str, np.ndarray]:
-        labels, index = faces.labels, np.arange(len(faces))
-        counts = np.bincount(labels)[np.bincount(labels) > 0]
-        n_folds = max(2, round(1 / val_fraction))
-        # stratifying needs a few faces of every class and room for each in validation; tiny sets split plainly
-        stratify = len(labels) * val_fraction >= len(counts) and counts.min() >= (2 if groups is None else n_folds)
-        if groups is None:
+        index, counts = np.arange(len(faces)), np.bincount(faces.labels)
+        if groups is not None:  # the first of StratifiedGroupKFold's folds is the validation part
+            folds = StratifiedGroupKFold(max(2, round(1 / val_fraction)), shuffle=True, random_state=seed)
+            train, val = next(folds.split(index, faces.labels, groups))
+        else:  # stratified where every class has two faces and room in validation: tiny sets split plainly
+            fits = counts[counts > 0].min() >= 2 and len(faces) * val_fraction >= (counts > 0).sum()
             train, val = train_test_split(index, test_size=val_fraction, random_state=seed,
-                                          stratify=labels if stratify else None)
-        else:
-            folds = (StratifiedGroupKFold(n_folds, shuffle=True, random_state=seed) if stratify
-                     else GroupShuffleSplit(1, test_size=val_fraction, random_state=seed))
-            train, val = next(folds.split(index, labels, groups))
+                                          stratify=faces.labels if fits else None)
         return {"train": np.sort(train), "val": np.sort(val)}
 
     arrays = cached_arrays(entry, split)
