@@ -18,7 +18,7 @@ from fer_lib.data.face_keys import (
     exact_keys,
     hamming,
     match_faces,
-    nearest,
+    nearest_distance,
     perceptual_keys,
 )
 from fer_lib.data.synthetic import make_faces
@@ -62,8 +62,9 @@ def test_perceptual_keys_survive_jpeg_and_tell_faces_apart(faces):
     d = hamming(original[:, None], original[None, :])  # distinct faces: none within the threshold of another
     np.fill_diagonal(d, 64)
     assert d.min() > NEAR_BITS
-    index, distance = nearest(original[:5], original)
-    assert index.tolist() == [0, 1, 2, 3, 4] and distance.tolist() == [0] * 5
+    every_bit = np.full(5, 2**64 - 1, dtype=np.uint64)
+    assert nearest_distance(original[:5], original, every_bit).tolist() == [0] * 5
+    assert (nearest_distance(original[:5], original[5:], every_bit) > NEAR_BITS).all()
 
 
 @pytest.mark.parametrize("quality", [75, 95, None])

@@ -37,9 +37,8 @@ def _unit_rows(x: np.ndarray) -> np.ndarray:
 
 def _first_with_same_pixels(images: np.ndarray) -> np.ndarray:
     """(N,) int64: the index of the first face with the same pixels as each face."""
-    flat = np.ascontiguousarray(images.reshape(len(images), -1))
-    _, first, inverse = np.unique(flat.view(np.dtype((np.void, flat.shape[1]))).ravel(), return_index=True,
-                                  return_inverse=True)
+    flat = np.ascontiguousarray(images.reshape(len(images), -1))  # rows as single byte strings: 5x faster than axis=0
+    _, first, inverse = np.unique(flat.view(f"V{flat.shape[1]}").ravel(), return_index=True, return_inverse=True)
     return first[inverse.ravel()].astype(np.int64)
 
 
@@ -66,16 +65,13 @@ class Duplicates:
     exact_group: np.ndarray  # (N_train,) group id under exact copies only
     group: np.ndarray  # (N_train,) group id under exact and near copies: what the split keeps together
     test_copy: np.ndarray | None = None  # (N_test,) "exact", "near" or "" for each test face
-    test_match: np.ndarray | None = None  # (N_test,) index of a training face it copies, -1 if none
 
     def summary(self, labels: np.ndarray | None = None) -> dict:
         """Counts: copy groups, extra copies, groups whose copies disagree on the label, test copies."""
         out = {}
         for name, group in (("exact", self.exact_group), ("near_or_exact", self.group)):
-            sizes = np.bincount(group)
-            out |= {f"{name}_groups": int((sizes > 1).sum()),
-                    f"{name}_extra_copies": int(len(group) - (sizes > 0).sum()),
-                    f"{name}_faces_in_groups": int(sizes[sizes > 1].sum())}
+            sizes = np.bincount(group)[np.bincount(group) > 1]  # the groups of two faces or more
+            out |= {f"{name}_groups": len(sizes), f"{name}_extra_copies": int(sizes.sum()) - len(sizes)}
             if labels is not None:
                 labels_per_group = np.bincount(np.unique(np.stack([group, labels], 1), axis=0)[:, 0])
                 out[f"{name}_groups_with_conflicting_labels"] = int((labels_per_group > 1).sum())
@@ -93,20 +89,13 @@ def find_duplicates(train_images: np.ndarray, test_images: np.ndarray | None = N
     exact = _first_with_same_pixels(train_images)
     links = np.concatenate([np.stack([np.arange(n), exact], 1), near_pairs(train_images)[:, :2].astype(np.int64)])
     _, component = connected_components(coo_matrix((np.ones(len(links)), links.T), shape=(n, n)), directed=False)
-    first = np.full(component.max() + 1, n, dtype=np.int64)
-    np.minimum.at(first, component, np.arange(n))  # a group is named by its first face
+    group = np.unique(component, return_index=True)[1][component]  # a group is named by its first face
     if test_images is None:
-        return Duplicates(exact, first[component])
-    # exact copies by their bytes (constant faces too, which correlate with nothing); the others by their most
-    # correlated near-copy
-    same = _first_with_same_pixels(np.concatenate([train_images, test_images]))[n:]
-    match = np.where(same < n, same, -1)
-    pairs = near_pairs(test_images, train_images)
-    pairs = pairs[np.argsort(-pairs[:, 2], kind="stable")]
-    face, best = np.unique(pairs[:, 0].astype(np.int64), return_index=True)
-    near = match[face] < 0
-    match[face[near]] = pairs[best[near], 1]
-    return Duplicates(exact, first[component], np.where(same < n, "exact", np.where(match >= 0, "near", "")), match)
+        return Duplicates(exact, group)
+    # exact copies by their bytes (constant faces too, which correlate with nothing), then near ones
+    exact_test = _first_with_same_pixels(np.concatenate([train_images, test_images]))[n:] < n
+    near_test = np.isin(np.arange(len(test_images)), near_pairs(test_images, train_images)[:, 0])
+    return Duplicates(exact, group, np.where(exact_test, "exact", np.where(near_test, "near", "")))
 
 
 def cached_duplicates(train_images: np.ndarray, test_images: np.ndarray | None = None,

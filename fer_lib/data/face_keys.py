@@ -27,9 +27,8 @@ _BAND = np.array(sorted(np.ndindex(16, 16), key=lambda rc: (sum(rc), rc[0] if su
 
 def exact_keys(images: np.ndarray) -> np.ndarray:
     """(N,) uint32: 32 bits of BLAKE2b over each face's bytes (equal pixels <=> equal key, barring a 2^-32 chance)."""
-    flat = np.ascontiguousarray(images.reshape(len(images), -1), dtype=np.uint8)
-    return np.array([int.from_bytes(hashlib.blake2b(row.tobytes(), digest_size=4).digest(), "little")
-                     for row in flat], dtype=np.uint32)
+    return np.array([int.from_bytes(hashlib.blake2b(face.tobytes(), digest_size=4).digest(), "little")
+                     for face in images.astype(np.uint8)], dtype=np.uint32)
 
 
 def _dct_band(images: np.ndarray) -> np.ndarray:
@@ -52,16 +51,11 @@ def hamming(a: np.ndarray, b: np.ndarray, mask=np.uint64(2**64 - 1)) -> np.ndarr
     return np.bitwise_count(np.bitwise_and(np.bitwise_xor(a, b), mask)).astype(np.int32)
 
 
-def nearest(queries: np.ndarray, known: np.ndarray, masks: np.ndarray | None = None
-            ) -> tuple[np.ndarray, np.ndarray]:
-    """For each query key, the index of the nearest known key and its Hamming distance over the query's ``masks``
-    (all bits when None); an exact comparison with every known key, blockwise."""
-    index, distance = np.zeros(len(queries), np.int64), np.zeros(len(queries), np.int32)
-    masks = np.full(len(queries), 2**64 - 1, dtype=np.uint64) if masks is None else masks
-    for at in range(0, len(queries), _BLOCK):
-        d = hamming(queries[at:at + _BLOCK, None], known[None, :], masks[at:at + _BLOCK, None])
-        index[at:at + _BLOCK], distance[at:at + _BLOCK] = d.argmin(axis=1), d.min(axis=1)
-    return index, distance
+def nearest_distance(queries: np.ndarray, known: np.ndarray, masks: np.ndarray) -> np.ndarray:
+    """For each query key, its Hamming distance over its ``masks`` to the nearest known key (blockwise)."""
+    return np.concatenate([np.zeros(0, np.int32)] + [
+        hamming(queries[at:at + _BLOCK, None], known, masks[at:at + _BLOCK, None]).min(axis=1)
+        for at in range(0, len(queries), _BLOCK)])
 
 
 @dataclass(frozen=True)
@@ -103,7 +97,6 @@ class FaceMatch:
 
     @property
     def counts(self) -> dict[str, int]:
-        """{"exact": n, "near": n, "new": n} over all faces."""
         found = self.side != NEW
         return {"exact": int((found & self.exact).sum()), "near": int((found & ~self.exact).sum()),
                 "new": int((~found).sum())}
@@ -119,7 +112,8 @@ def match_faces(images: np.ndarray, keys: FaceKeys) -> FaceMatch:
     exact key says so (copies of a face are kept on one side by the grouped split, so ties are rare)."""
     exact = exact_keys(images)
     perceptual, steady = perceptual_keys(images, keys.thresholds)
-    d_train, d_val = (nearest(perceptual, known, steady)[1] for known in (keys.train_perceptual, keys.val_perceptual))
+    d_train = nearest_distance(perceptual, keys.train_perceptual, steady)
+    d_val = nearest_distance(perceptual, keys.val_perceptual, steady)
     # identical pixels: the exact key is among the side's (the nearest perceptual key may be another copy's)
     exact_train = np.isin(exact, keys.train_exact) & (d_train == 0)
     exact_val = np.isin(exact, keys.val_exact) & (d_val == 0)

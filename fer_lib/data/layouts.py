@@ -21,12 +21,12 @@ import numpy as np
 
 from fer_lib import CLASS_NAMES, IMAGE_SIZE
 from fer_lib.core.io import IMAGE_SUFFIXES, array_sha256, atomic_savez, default_cache_dir, file_sha256
+from fer_lib.data.synthetic import SYNTHETIC_MARKER
 
 N_PIXELS = IMAGE_SIZE * IMAGE_SIZE
 _CACHE_FORMAT = 2  # bump when the parsed-array layout changes, so old cache entries are ignored
 _SPLIT_FORMAT = 2  # bump when the split's algorithm changes: cached splits are then recomputed
 _USAGES = ["Training", "PublicTest", "PrivateTest"]  # fer2013.csv's splits
-SYNTHETIC_MARKER = "SYNTHETIC.txt"  # a folder holding this file is the embedded demo dataset, whatever its name
 
 
 class DataError(ValueError):
@@ -81,10 +81,14 @@ def _open_text(path: Path):
     return (gzip.open if path.suffix == ".gz" else open)(path, "rt", encoding="utf-8-sig", errors="replace")
 
 
-def _line_of(path: Path, row: int) -> int:
-    """The 1-based line of the file holding data row ``row`` (the reader skips blank lines)."""
+def _lines(path: Path) -> list[tuple[int, str]]:
+    """(1-based line number, text) of the header and of every data row (the reader skips blank lines)."""
     with _open_text(path) as f:
-        return [n for n, line in enumerate(f, start=1) if line.strip()][row + 1]
+        return [(n, line.strip()) for n, line in enumerate(f, start=1) if line.strip()]
+
+
+def _line_of(path: Path, row: int) -> int:
+    return _lines(path)[row + 1][0]
 
 
 def _read_table(path: Path, *allowed: str):
@@ -104,9 +108,7 @@ def _read_table(path: Path, *allowed: str):
     except (OSError, EOFError, zlib.error) as err:
         raise DataError(f"{path}: not a valid {'gzip' if path.suffix == '.gz' else 'CSV'} file ({err})") from None
     except (pd.errors.ParserError, pd.errors.ParserWarning):  # a row with more fields than the header
-        table = None
-        with _open_text(path) as f:
-            lines = [(n, line.strip().split(",")) for n, line in enumerate(f, start=1) if line.strip()]
+        table, lines = None, [(n, line.split(",")) for n, line in _lines(path)]
     header = [str(c).strip().lower() for c in (lines[0][1] if table is None else table.columns)]
     if ",".join(header) not in allowed:
         raise DataError(f"{path}, line 1: columns {','.join(header)}, expected {' or '.join(allowed)}")
@@ -278,9 +280,7 @@ def _kaggle(path: Path, cache_dir: Path | None) -> tuple[FaceSet, FaceSet, list[
     path = path if path.is_file() else first_existing(path, "fer2013.csv", "fer2013.csv.gz")
     arrays = _cached_csv(path, cache_dir, "emotion,pixels,usage")
     faces = FaceSet(arrays["images"], arrays["labels"], np.arange(len(arrays["labels"])), arrays["usage"].astype(str))
-    train, test = faces.subset(faces.usage == "Training"), faces.subset(faces.usage != "Training")
-    train.usage = None  # all "Training"
-    return train, test, [path]
+    return faces.subset(faces.usage == "Training"), faces.subset(faces.usage != "Training"), [path]
 
 
 def _image_ids(root: Path, _) -> tuple[FaceSet, FaceSet | None, list[Path]]:
@@ -349,12 +349,11 @@ def load_dataset(path: str | Path, cache_dir: Path | None = None) -> Dataset:
     """Load a dataset from a directory or file, detecting its layout (see the module docstring). The embedded
     synthetic dataset (marked by SYNTHETIC.txt beside its files) is always named "synthetic"."""
     path = Path(path)
-    if not path.exists():
-        raise DataError(f"{path}: no such file or directory")
     layout = detect_layout(path)
     if layout is None:
-        raise DataError(f"{path}: no dataset found. Expected one of: train.csv[.gz] (+ test.csv[.gz]); "
-                        "fer2013.csv[.gz]; train_img/ + train.csv; train/<class name>/*.jpg")
+        raise DataError(f"{path}: no dataset found{'' if path.exists() else ' (no such file or directory)'}. Expected "
+                        "one of: train.csv[.gz] (+ test.csv[.gz]); fer2013.csv[.gz]; train_img/ + train.csv; "
+                        "train/<class name>/*.jpg")
     train, test, files = _READERS[layout](path, default_cache_dir() if cache_dir is None else cache_dir)
     empty = [CLASS_NAMES[i] for i in np.flatnonzero(np.bincount(train.labels, minlength=len(CLASS_NAMES)) == 0)]
     if empty:
@@ -378,11 +377,9 @@ def load_test_faces(path: str | Path, cache_dir: Path | None = None) -> FaceSet:
 
 def train_val_split(faces: FaceSet, val_fraction: float = 0.1, seed: int = 0, groups: np.ndarray | None = None,
                     cache_dir: Path | None = None) -> tuple[FaceSet, FaceSet]:
-    """Deterministic split stratified by class: every class keeps its share in both parts.
-
-    ``groups`` (one id per face, e.g. copies of the same photo) keeps every group on one side, so no validation
-    face has a copy in the training part. The split depends only on the labels, the groups, the fraction and the
-    seed; with ``cache_dir`` it is stored there under a hash of those."""
+    """Deterministic split stratified by class: every class keeps its share in both parts. ``groups`` (one id per
+    face, e.g. copies of one photo) keeps every group on one side, so no validation face has a copy in training.
+    The split depends only on the labels, groups, fraction and seed; ``cache_dir`` stores it under their hash."""
     from sklearn.model_selection import StratifiedGroupKFold, train_test_split
 
     if not 0 < val_fraction < 1:

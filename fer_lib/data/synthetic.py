@@ -1,9 +1,6 @@
-"""The embedded default dataset: procedurally drawn 48x48 faces of the 7 expressions.
-
-Every face draws its cues around its class's prototype, with a random identity (face shape, skin and background
-tone), pose, lighting gradient and noise. The prototypes of Fear/Surprise, Sad/Neutral and Angry/Disgust are
-deliberately close, so a confusion matrix on this data has structure. Everything is deterministic given the seed.
-"""
+"""The embedded default dataset: 48x48 faces of the 7 expressions, drawn around each class's prototype cues with a
+random identity, pose, lighting and noise, deterministically from a seed. The prototypes of Fear/Surprise, Sad/Neutral
+and Angry/Disgust are deliberately close, so that a confusion matrix on this data has structure."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -11,6 +8,9 @@ from pathlib import Path
 import numpy as np
 
 from fer_lib import CLASS_NAMES, IMAGE_SIZE
+from fer_lib.core.io import atomic_write
+
+SYNTHETIC_MARKER = "SYNTHETIC.txt"  # a folder holding this file is the embedded demo dataset, whatever its name
 
 # cues, one row per class in CLASS_NAMES order: mouth curve (> 0 corners up), mouth opening (0..1), brow slant
 # (> 0 inner ends down: a frown), brow raise, eye opening (1 neutral), nose wrinkle (0..1)
@@ -60,8 +60,8 @@ def draw_face(cues: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, d
                                                  brow_y - 0.04 * brow_slant) - 0.055) * px) for side in (-1, 1)))
     # nose: a short ridge, nostrils, and horizontal wrinkles on the bridge
     nose = 0.5 * _soft((_segment_distance(u, v, 0.0, eye_y + 0.1, 0.03, 0.22 * aspect) - 0.025) * px)
-    for side in (-1, 1):
-        nose = np.maximum(nose, _soft((np.hypot(u - side * 0.1, v - 0.25 * aspect) - 0.045) * px))
+    nose = np.maximum(nose, np.maximum(*(_soft((np.hypot(u - side * 0.1, v - 0.25 * aspect) - 0.045) * px)
+                                         for side in (-1, 1))))
     for wy in eye_y + 0.05 + 0.07 * np.arange(3):
         d = _segment_distance(u, v, -0.13, wy, 0.13, wy)
         nose = np.maximum(nose, np.clip(nose_wrinkle, 0, 1) * 0.8 * _soft((d - 0.02) * px))
@@ -104,9 +104,6 @@ def write_synthetic_dataset(out: Path, n_train: int = 3500, n_test: int = 700, s
     SYNTHETIC.txt marker, by which the loader and every report page know this is not FER2013."""
     import pandas as pd
 
-    from fer_lib.core.io import atomic_write
-    from fer_lib.data.layouts import SYNTHETIC_MARKER
-
     (train_images, train_labels), (test_images, test_labels) = make_faces(n_train, seed), make_faces(
         n_test, seed + 1_000_003)  # a stream disjoint from the training faces'
     pixels = [" ".join(map(str, face.ravel().tolist())) for face in (*train_images, *test_images)]
@@ -123,8 +120,6 @@ def write_synthetic_dataset(out: Path, n_train: int = 3500, n_test: int = 700, s
 
 def ensure_synthetic_dataset(folder: Path, **sizes) -> Path:
     """``folder`` holding the embedded dataset, drawn on first use (deterministic, so redrawing is harmless)."""
-    from fer_lib.data.layouts import SYNTHETIC_MARKER
-
     if not all((Path(folder) / n).is_file() for n in ("train.csv", "test.csv", SYNTHETIC_MARKER)):
         write_synthetic_dataset(folder, **sizes)
     return Path(folder)
