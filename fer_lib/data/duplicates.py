@@ -1,10 +1,9 @@
 """FER2013's repeated faces: exact pixel copies and near-copies, inside the training file and across to the test.
 
-FER2013 was collected by image search, so the same photo often appears more than once (identical pixels, or
-re-encoded, re-cropped, brightened copies): a validation split that ignores this validates on copies of training
-faces, which the model recognises rather than generalises to. Near-copies are found by a cheap key first, the
-correlation of 12x12 block-mean thumbnails, then confirmed on the full pixels (two faces can share a blurry
-thumbnail, a copy keeps its detail). Copies are joined into groups, which the validation split keeps on one side.
+FER2013 was collected by image search, so one photo often appears more than once (identical pixels, or re-encoded,
+re-cropped, brightened copies): a split that ignores this validates on copies of training faces, recognised rather
+than generalised to. Near-copies are found by a cheap key, the correlation of 12x12 block-mean thumbnails, then
+confirmed on the full pixels (a copy keeps its fine detail). Copies form groups, which the split keeps on one side.
 This is not the shipped model's notion of the same face (data.face_keys, without pixels): counted with its keys,
 FER2013's training file has 1,291 copy groups (not 1,548) and 851 test faces with a training copy (not 951).
 """

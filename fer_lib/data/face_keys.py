@@ -1,9 +1,8 @@
 """Face identity by pixel keys: which faces a model was trained and validated on, recognised in any copy of FER2013.
 
-Two keys per face, never the pixels: an exact key (32 bits of a BLAKE2b hash of the 48x48 bytes) and a 64-bit
-perceptual key that survives JPEG or PNG re-encoding, so that a copy stored as image files, reordered, with faces
-added or missing, still matches: the signs of 64 low-frequency DCT coefficients against their medians over the
-model's training faces. The README ("Repeated faces") gives what was measured on FER2013 to choose the thresholds.
+Two keys per face, never the pixels: 32 bits of a BLAKE2b hash of its bytes, and 64 bits that survive JPEG or PNG
+re-encoding (a copy as image files, reordered, with faces added or missing, still matches): the signs of 64 DCT
+coefficients against their medians over the model's training faces (README, "Repeated faces", for the thresholds).
 """
 from __future__ import annotations
 

@@ -1,12 +1,10 @@
 """Reading FER2013 in every supported layout, with errors that name the file and line, and the split.
 
-Layouts, detected from the path given:
-  (a) homework CSV: ``train.csv`` (label,feature) and ``test.csv`` (id,feature), ``.csv`` or ``.csv.gz``, with
-      an optional ``test_labels.csv`` (id,label); a directory holding them is a dataset, a single file one split;
-  (b) the original ``fer2013.csv`` (emotion,pixels,Usage; Training / PublicTest / PrivateTest);
-  (c) ``train_img/<id>.jpg`` + ``train.csv`` (id,label), and ``test_img/<id>.jpg``;
-  (d) one folder per class: ``train/<class name>/*.jpg`` and ``test/<class name>/*.jpg``.
-Every image comes back as uint8 (N, 48, 48); labels are int64 in 0..6, or None for unlabeled test sets.
+Layouts, detected from the path given: (a) homework CSV, train.csv (label,feature) and test.csv (id,feature), .csv or
+.csv.gz, with an optional test_labels.csv (id,label), a folder or a single file; (b) the original fer2013.csv
+(emotion,pixels,Usage); (c) train_img/<id>.jpg + train.csv (id,label), and test_img/<id>.jpg; (d) one folder per
+class, train/<class name>/*.jpg and test/<class name>/*.jpg. Every image comes back as uint8 (N, 48, 48); labels are
+int64 in 0..6, or None for unlabeled test sets.
 """
 from __future__ import annotations
 
@@ -178,8 +176,7 @@ def _parse_csv(path: Path, *allowed: str) -> dict[str, np.ndarray]:
 
 
 def _cached_csv(path: Path, cache_dir: Path | None, *allowed: str) -> dict[str, np.ndarray]:
-    """:func:`_parse_csv`, from the cache when this content was parsed before (3 s -> 0.2 s for the real
-    train.csv.gz, which every page of a report loads)."""
+    """:func:`_parse_csv`, cached by content (3 s -> 0.2 s for the real train.csv.gz, which every page loads)."""
     entry = cache_dir and Path(cache_dir) / f"{file_sha256(path)}-v{_CACHE_FORMAT}.npz"
     return cached_arrays(entry, lambda: _parse_csv(path, *allowed))
 
@@ -256,8 +253,7 @@ def first_existing(root: Path, *names: str) -> Path | None:
 
 
 def _homework(path: Path, cache_dir: Path | None) -> tuple[FaceSet, FaceSet | None, list[Path]]:
-    """Layout (a): a single file, or a folder with train.csv, test.csv and the test labels where they are not
-    hidden (the synthetic demo writes them)."""
+    """Layout (a): one file, or a folder of train.csv, test.csv and test_labels.csv where the labels are not hidden."""
     if path.is_file():
         return read_homework_csv(path, cache_dir), None, [path]
     train_file, test_file = (first_existing(path, f"{name}.csv", f"{name}.csv.gz") for name in ("train", "test"))
@@ -275,11 +271,10 @@ def _homework(path: Path, cache_dir: Path | None) -> tuple[FaceSet, FaceSet | No
 
 
 def _kaggle(path: Path, cache_dir: Path | None) -> tuple[FaceSet, FaceSet, list[Path]]:
-    """Layout (b): Training is the train split; PublicTest + PrivateTest the (labeled) test, each face with its
-    Usage. Ids are the row numbers of the file (0 = its first face)."""
+    """Layout (b): Training is the train split, PublicTest + PrivateTest the labeled test; ids are the file's rows."""
     path = path if path.is_file() else first_existing(path, "fer2013.csv", "fer2013.csv.gz")
     arrays = _cached_csv(path, cache_dir, "emotion,pixels,usage")
-    faces = FaceSet(arrays["images"], arrays["labels"], np.arange(len(arrays["labels"])), arrays["usage"].astype(str))
+    faces = FaceSet(arrays["images"], arrays["labels"], np.arange(len(arrays["labels"])), arrays["usage"])
     return faces.subset(faces.usage == "Training"), faces.subset(faces.usage != "Training"), [path]
 
 
@@ -346,15 +341,14 @@ _READERS = {"homework-csv": _homework, "fer2013.csv": _kaggle, "image-ids": _ima
 
 
 def load_dataset(path: str | Path, cache_dir: Path | None = None) -> Dataset:
-    """Load a dataset from a directory or file, detecting its layout (see the module docstring). The embedded
-    synthetic dataset (marked by SYNTHETIC.txt beside its files) is always named "synthetic"."""
+    """A dataset from a folder or file, of the layout detected; the demo data (SYNTHETIC.txt) is named "synthetic"."""
     path = Path(path)
     layout = detect_layout(path)
     if layout is None:
         raise DataError(f"{path}: no dataset found{'' if path.exists() else ' (no such file or directory)'}. Expected "
                         "one of: train.csv[.gz] (+ test.csv[.gz]); fer2013.csv[.gz]; train_img/ + train.csv; "
                         "train/<class name>/*.jpg")
-    train, test, files = _READERS[layout](path, default_cache_dir() if cache_dir is None else cache_dir)
+    train, test, files = _READERS[layout](path, cache_dir or default_cache_dir())
     empty = [CLASS_NAMES[i] for i in np.flatnonzero(np.bincount(train.labels, minlength=len(CLASS_NAMES)) == 0)]
     if empty:
         warnings.warn(f"{path}: no training examples of {', '.join(empty)}; the model cannot learn these classes",
@@ -367,9 +361,8 @@ def load_dataset(path: str | Path, cache_dir: Path | None = None) -> Dataset:
 def load_test_faces(path: str | Path, cache_dir: Path | None = None) -> FaceSet:
     """The faces to predict: a test CSV file, or the test split of a dataset directory."""
     path = Path(path)
-    if path.is_file() and not _is_fer2013_csv(path):
-        return read_homework_csv(path, default_cache_dir() if cache_dir is None else cache_dir)
-    test = load_dataset(path, cache_dir).test
+    single = path.is_file() and not _is_fer2013_csv(path)
+    test = read_homework_csv(path, cache_dir or default_cache_dir()) if single else load_dataset(path, cache_dir).test
     if test is None:
         raise DataError(f"{path}: has no test split to predict")
     return test

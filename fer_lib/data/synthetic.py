@@ -54,7 +54,7 @@ def draw_face(cues: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, d
     # eyes: ellipses whose height follows the eye opening; brows: thick segments, slant moves the inner ends
     eye_y, eye_dx = -0.12 * aspect, rng.uniform(0.36, 0.44)
     brow_y = eye_y - 0.22 - 0.12 * brow_raise
-    eye = np.maximum(*(_soft((np.hypot((u - side * eye_dx) / 0.18, (v - eye_y) / max(0.09 * eye_open, 0.02)) - 1)
+    eye = np.maximum(*(_soft((np.hypot((u - side * eye_dx) / 0.18, (v - eye_y) / (0.09 * max(eye_open, 0.25))) - 1)
                              * 0.18 * px) for side in (-1, 1)))
     brow = np.maximum(*(_soft((_segment_distance(u, v, side * 0.14, brow_y + 0.11 * brow_slant, side * 0.62,
                                                  brow_y - 0.04 * brow_slant) - 0.055) * px) for side in (-1, 1)))
@@ -89,11 +89,7 @@ def make_faces(n: int, seed: int = 0, with_masks: bool = False):
     """``n`` faces: uint8 images (n, 48, 48), labels (n,), and, if asked, feature masks (n, 48, 48) per region."""
     rng = np.random.default_rng(seed)
     labels = rng.choice(len(CLASS_NAMES), size=n, p=CLASS_SHARES / CLASS_SHARES.sum()).astype(np.int64)
-    faces = []
-    for label in labels:
-        cues = PROTOTYPES[label] + rng.normal(0, CUE_SPREAD)
-        cues[4] = max(cues[4], 0.25)  # eyes open a little at least
-        faces.append(draw_face(cues, rng))
+    faces = [draw_face(PROTOTYPES[label] + rng.normal(0, CUE_SPREAD), rng) for label in labels]
     images = np.array([np.round(img * 255) for img, _ in faces], dtype=np.uint8).reshape(n, IMAGE_SIZE, IMAGE_SIZE)
     masks = {r: np.array([m[r] for _, m in faces], bool).reshape(images.shape) for r in ("eyes_brows", "nose", "mouth")}
     return (images, labels, masks) if with_masks else (images, labels)
