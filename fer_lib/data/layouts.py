@@ -385,7 +385,11 @@ def train_val_split(faces: FaceSet, val_fraction: float = 0.1, seed: int = 0, gr
         index, counts = np.arange(len(faces)), np.bincount(faces.labels)
         if groups is not None:  # the first of StratifiedGroupKFold's folds is the validation part
             folds = StratifiedGroupKFold(max(2, round(1 / val_fraction)), shuffle=True, random_state=seed)
-            train, val = next(folds.split(index, faces.labels, groups))
+            try:
+                train, val = next(folds.split(index, faces.labels, groups))
+            except ValueError as err:  # fewer groups than folds: sklearn's words, with what to do
+                raise DataError(f"{len(faces)} training faces are too few for a {val_fraction:.0%} validation split "
+                                f"that keeps copies on one side ({err}); add faces") from None
         else:  # stratified where every class has two faces and room in validation: tiny sets split plainly
             fits = counts[counts > 0].min() >= 2 and len(faces) * val_fraction >= (counts > 0).sum()
             train, val = train_test_split(index, test_size=val_fraction, random_state=seed,
