@@ -4,9 +4,7 @@ from __future__ import annotations
 import matplotlib.pyplot as plt
 from matplotlib.ticker import MaxNLocator, PercentFormatter
 
-
-def _recorded(history, column: str) -> bool:
-    return column in history.columns and bool(history[column].notna().all())
+from fer_lib.questions.q2_history import recorded
 
 
 def plot_history(history, title: str, kept_epoch: int, rise_from_epoch: int | None = None,
@@ -24,7 +22,7 @@ def plot_history(history, title: str, kept_epoch: int, rise_from_epoch: int | No
                                                  layout="constrained")
     epochs = history["epoch"]
     kept = history.loc[history["epoch"] == kept_epoch].iloc[0]
-    every_epoch = _recorded(history, "train_eval_loss")
+    every_epoch = recorded(history, "train_eval_loss")
     if every_epoch:
         ax_loss.plot(epochs, history["train_eval_loss"], "-", color="C0", lw=2, label="training, like validation")
     ax_loss.plot(epochs, history["train_ce"], ":" if every_epoch else "-", color="C0", alpha=0.6,
@@ -42,8 +40,8 @@ def plot_history(history, title: str, kept_epoch: int, rise_from_epoch: int | No
                 label="training faces, scored like validation")
     ax_acc.plot(epochs, history["train_acc"], ":", color="C0", alpha=0.6, label="training batches (augmented)")
     ax_acc.plot(epochs, history["val_acc"], "-", color="C1", lw=2, label="validation (kept, averaged weights)"
-                if _recorded(history, "val_acc_raw") else "validation")
-    if _recorded(history, "val_acc_raw"):
+                if recorded(history, "val_acc_raw") else "validation")
+    if recorded(history, "val_acc_raw"):
         ax_acc.plot(epochs, history["val_acc_raw"], "--", color="C2", label="validation (stepped weights)")
     ax_acc.set_ylabel("accuracy")
     ax_acc.yaxis.set_major_formatter(PercentFormatter(1.0))
