@@ -79,7 +79,7 @@ def plot_vote_gallery(images: np.ndarray, votes: np.ndarray, titles: list[str], 
                       min_votes: int = 3, ncols: int = 4, title: str = ""):
     """Faces, each beside its FER+ vote bars: the 7 classes and one 'other' bar (contempt, unknown, not a face).
 
-    ``votes``: (N, 10) in q3_votes.VOTE_NAMES order. The true class's bar is green, the predicted one red;
+    ``votes``: (N, 10) in q3_votes.FERPLUS_COLUMNS order. The true class's bar is green, the predicted one red;
     the dashed line marks ``min_votes``. Laid out so that every text is at least 8 points on a figure under
     9.4 inches wide (10 CSS px on the page).
     """
