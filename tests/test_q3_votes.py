@@ -133,9 +133,7 @@ def test_vote_gallery_and_frequency_plot_draw():
     width = Image.open(io.BytesIO(figure_png(fig, dpi=40))).size[0]
     assert smallest_text_px(fig, width, dpi=40)[0] >= MIN_TEXT_PX  # the vote-bar ticks included
     findings = confusion_findings(*labels_from_matrix(TIE_MATRIX), train_labels=np.arange(7).repeat(10))
-    r = findings.report
-    assert plot_recall_vs_frequency(findings.train_share, r["recall"], r["recall_low"], r["recall_high"],
-                                    findings.support) is not None
+    assert plot_recall_vs_frequency(findings) is not None
 
 
 def test_crowd_evidence_uses_the_faces_ids_as_rows_and_is_optional(tmp_path):
@@ -155,8 +153,6 @@ def test_frequency_plot_survives_recalls_of_0_and_100_percent():
     from fer_lib.plots.q3_confusion import plot_recall_vs_frequency
 
     findings = confusion_findings(np.array([HA, HA, SA, SA]), np.array([HA, HA, HA, HA]), train_labels=np.arange(7))
-    r = findings.report
-    assert plot_recall_vs_frequency(findings.train_share, r["recall"], r["recall_low"], r["recall_high"],
-                                    findings.support) is not None
+    assert plot_recall_vs_frequency(findings) is not None
 
 
