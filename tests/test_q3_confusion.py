@@ -10,7 +10,7 @@ import torch
 
 from fer_lib import CLASS_NAMES
 from fer_lib.model.calibration import ECE_BINS
-from fer_lib.questions.q3_confusion import accuracy_by_copy, calibration_findings, confusion_findings
+from fer_lib.questions.q3_confusion import calibration_findings, confusion_findings
 
 AN, DI, FE, HA, SA, SU, NE = range(7)
 from tests.test_stats import wilson_by_hand  # noqa: E402
@@ -177,20 +177,6 @@ def test_temperature_scaling_undoes_a_known_overconfidence_and_one_binning_serve
     assert calibrated.temperature == pytest.approx(1, abs=0.1) and not calibrated.scaling_helps
 
 
-def test_accuracy_by_copy_counts_and_flags_a_tie():
-    y = np.array([0, 1, 2, 3, 4, 5])
-    a = accuracy_by_copy(y, np.array([0, 1, 2, 3, 0, 0]), np.array([1, 1, 1, 0, 0, 0]))
-    assert (a.with_copy, a.without_copy) == (3, 3)
-    assert a.accuracy_with == 1 and a.accuracy_without == pytest.approx(1 / 3)
-    assert a.interval_without == pytest.approx(wilson_by_hand(1, 3)) and a.tie  # 3 faces each: within noise
-    big = accuracy_by_copy(np.zeros(400, int), np.r_[np.zeros(290, int), np.ones(110, int)],
-                           np.r_[np.ones(200), np.zeros(200)])  # 100% vs 45%
-    assert not big.tie and big.accuracy_without == pytest.approx(0.45)
-
-
-# --------------------------------------------------------------------------------------------- the page's one call
-
-
 def fake_context(tmp_path, views=True, votes=True):
     """A finished run's context as the Q3 and appendix pages read it: stored logits, run.json, the split."""
     import json
@@ -225,7 +211,7 @@ def test_the_q3_page_scores_the_stored_logits_with_the_runs_views(tmp_path, monk
 
     monkeypatch.setattr("fer_lib.core.io.default_cache_dir", lambda: None)
     ctx = fake_context(tmp_path)
-    q = confusion_answer(ctx, random_run=str(tmp_path / "no-such-run"))
+    q = confusion_answer(ctx)
     y_pred = ctx.val_logits_views.argmax(1).numpy()
     assert (q.confusion.counts == confusion_matrix(ctx.val.labels, y_pred, labels=range(7))).all()
     by_faces = q.confusion.ranked("faces")[["true", "predicted"]].values
@@ -235,7 +221,7 @@ def test_the_q3_page_scores_the_stored_logits_with_the_runs_views(tmp_path, monk
                                 for i in idx)
     assert q.calibration.faces == len(ctx.val) and q.accuracy.with_views == 0.51
     assert q.crowd.votes.shape == (len(ctx.val), 10) and q.copies.near == 0
-    assert q.random_split is None and q.test is None
+    assert q.test is None
 
 
 def test_the_appendix_pairs_the_plain_and_the_viewed_predictions(tmp_path, monkeypatch):

@@ -1,4 +1,4 @@
-"""Q3: the confusion matrix, per-class metrics, ranked confusions, calibration and accuracy by copy, as numbers.
+"""Q3: the confusion matrix, per-class metrics, ranked confusions and calibration, as numbers.
 
 One rule for ties: two shares (two recalls, two confusion rates, two cells' counts as shares of all faces) are tied
 when a two-proportion z-test at 5% finds no difference (``core.stats.proportions_tie``).
@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
@@ -199,53 +198,6 @@ def calibration_findings(logits, labels, seed: int = 0) -> CalibrationFindings:
 
 
 @dataclass
-class CopyAccuracy:
-    """Accuracy on validation faces with and without a copy in the training part (a split that allows copies)."""
-
-    with_copy: int  # validation faces with a copy
-    accuracy_with: float
-    interval_with: tuple[float, float]  # 95% Wilson
-    without_copy: int
-    accuracy_without: float
-    interval_without: tuple[float, float]
-    tie: bool  # the two accuracies are within noise (a two-proportion z-test at 5%)
-
-
-def accuracy_by_copy(y_true: np.ndarray, y_pred: np.ndarray, has_copy: np.ndarray) -> CopyAccuracy:
-    right, has = np.asarray(y_true) == np.asarray(y_pred), np.asarray(has_copy, dtype=bool)
-    (k1, k2), (n1, n2) = (int(right[has].sum()), int(right[~has].sum())), (int(has.sum()), int((~has).sum()))
-    low, high = wilson_interval([k1, k2], [n1, n2])
-    return CopyAccuracy(n1, k1 / max(n1, 1), (float(low[0]), float(high[0])), n2, k2 / max(n2, 1),
-                        (float(low[1]), float(high[1])), proportions_tie(k1, n1, k2, n2))
-
-
-def random_split_accuracy(dataset, config, runs_root, random_run: str = "", cache_dir=None) -> CopyAccuracy | None:
-    """:class:`CopyAccuracy` of a finished run trained on the random split of the same data (``random_run``, or the
-    one the run cache holds for ``config`` with split "random"); None where there is none or the run's own split
-    is already random."""
-    import dataclasses
-
-    from fer_lib.data.duplicates import cached_duplicates
-    from fer_lib.model.inference import predict_logits
-    from fer_lib.training.runs import find_run, load_trained, prediction_tta, split_for
-
-    if config.split == "random":
-        return None
-    run_dir = Path(random_run) if random_run else find_run(dataset, dataclasses.replace(config, split="random"),
-                                                            runs_root)
-    if run_dir is None or not (run_dir / "run.json").exists():
-        return None
-    model, random_config = load_trained(run_dir)
-    if random_config.split != "random":
-        raise ValueError(f"{run_dir} was not trained on the random split")
-    train, val = split_for(dataset, random_config)
-    test = None if dataset.test is None else dataset.test.images  # the cache entry the split copies use
-    group = cached_duplicates(dataset.train.images, test, cache_dir=cache_dir).group
-    pred = predict_logits(model, val.images, random_config.input_size, tta=prediction_tta(run_dir)).argmax(1)
-    return accuracy_by_copy(val.labels, pred.numpy(), np.isin(group[val.ids], group[train.ids]))
-
-
-@dataclass
 class ConfusionAnswer:
     """Everything the Q3 page shows, on the validation faces with the run's own test-time views."""
 
@@ -256,11 +208,10 @@ class ConfusionAnswer:
     # confusions by count, then the largest by rate
     crowd: "object"  # q3_votes.CrowdEvidence, None without FER+ votes
     copies: "object"  # q2_history.SplitCopies
-    random_split: CopyAccuracy | None  # a random-split run's accuracy with and without a training copy
     test: dict | None  # the labelled test set's score, where the labels are known
 
 
-def confusion_answer(ctx, random_run: str = "") -> ConfusionAnswer:
+def confusion_answer(ctx) -> ConfusionAnswer:
     """Q3's one call, from a report context (``fer_lib.report.context.Context``)."""
     from fer_lib.core.io import default_cache_dir
     from fer_lib.questions.q2_history import run_accuracy, split_copies
@@ -271,13 +222,12 @@ def confusion_answer(ctx, random_run: str = "") -> ConfusionAnswer:
     f = confusion_findings(val.labels, y_pred, train_labels=ctx.split[0].labels)
     shown = list(dict.fromkeys([tuple(r) for r in f.ranked("faces")[["true", "predicted"]].to_numpy()[:3]]
                                + [tuple(r) for r in f.ranked("rate")[["true", "predicted"]].to_numpy()[:1]]))
-    cfg, cache = ctx.config, default_cache_dir()
+    cfg = ctx.config
     return ConfusionAnswer(
         f, run_accuracy(json.loads((ctx.run_dir / "run.json").read_text())),
         calibration_findings(logits, val.labels, seed=cfg.seed),
         {(t, p): np.flatnonzero((val.labels == CLASS_NAMES.index(t)) & (y_pred == CLASS_NAMES.index(p)))[:8]
          for t, p in shown},
         crowd_evidence(load_votes(ctx.dataset), val, y_pred, shown),
-        split_copies(ctx.dataset, ctx.split, cfg.val_fraction, cfg.seed, cache),
-        random_split_accuracy(ctx.dataset, cfg, ctx.runs_root, random_run, cache),
+        split_copies(ctx.dataset, ctx.split, cfg.val_fraction, cfg.seed, default_cache_dir()),
         (ctx.test_outputs() or {}).get("test"))
