@@ -19,9 +19,7 @@ def plot_confusion(counts: np.ndarray, rates: np.ndarray, title: str = "Confusio
                 annot_kws={"fontsize": 10}, xticklabels=CLASS_NAMES, yticklabels=CLASS_NAMES,
                 cbar_kws={"label": "% of the true class"})
     for ax, sub in zip(axes, ("counts", "row-normalised, % (diagonal = recall)")):
-        ax.set_xlabel("predicted")
-        ax.set_ylabel("true")
-        ax.set_title(sub)
+        ax.set(xlabel="predicted", ylabel="true", title=sub)
         ax.tick_params(axis="y", rotation=0)
     fig.suptitle(title)
     return fig
@@ -40,25 +38,20 @@ def plot_reliability(before, after, ece_before: float, ece_after: float, tempera
         ax.bar(centre, table["accuracy"], width=width * 0.95, color="C0", alpha=0.75, label="accuracy in the bin")
         ax.plot(table["confidence"], table["accuracy"], "o", color="C1", ms=4, label="at the bin's mean confidence")
         ax.plot([0, 1], [0, 1], "--", color="grey", lw=1, label="perfect calibration")
-        ax.set_xlim(0, 1)
-        ax.set_ylim(0, 1)
+        ax.set(xlim=(0, 1), ylim=(0, 1), ylabel="accuracy")
         ax.set_title(title, fontsize=11)
-        ax.set_ylabel("accuracy")
         ax.grid(alpha=0.3)
-        count.bar(centre, table["faces"], width=width * 0.95, color="0.5")
-        count.set_ylabel("faces")
-        count.set_xlabel("top probability (confidence)")
-        for a in (ax, count):
-            a.xaxis.set_major_formatter(PercentFormatter(1.0))
         ax.yaxis.set_major_formatter(PercentFormatter(1.0))
+        count.bar(centre, table["faces"], width=width * 0.95, color="0.5")
+        count.set(ylabel="faces", xlabel="top probability (confidence)")
+        count.xaxis.set_major_formatter(PercentFormatter(1.0))  # shared with the diagram above
     axes[0, 0].legend(fontsize=9, loc="upper left", framealpha=0.95)
     return fig
 
 
 def plot_gallery(images: np.ndarray, titles: list[str], ncols: int = 8, title: str = ""):
     """A row-wrapped gallery of faces with a caption each."""
-    n = max(len(images), 1)
-    nrows = (n + ncols - 1) // ncols
+    nrows = max(1, -(-len(images) // ncols))
     fig, axes = plt.subplots(nrows, ncols, figsize=(ncols * 1.25, nrows * 1.45), squeeze=False)
     for i, ax in enumerate(axes.flat):
         ax.axis("off")

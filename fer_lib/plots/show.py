@@ -7,9 +7,7 @@ import io
 
 import matplotlib.pyplot as plt
 
-# The pages show figures at most this wide (CSS pixels: the page style caps the content at 960 px, less padding);
-# a wider figure is scaled down to it, and its text with it.
-PAGE_WIDTH_PX = 900
+PAGE_WIDTH_PX = 900  # the widest figure a page shows (CSS px; content is capped at 960): wider ones shrink, text too
 MIN_TEXT_PX = 10  # the smallest text a page may show, at PAGE_WIDTH_PX
 FIGURE_DPI = 120
 

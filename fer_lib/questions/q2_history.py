@@ -94,14 +94,11 @@ def rising_run(values) -> int:
 def history_findings(history, n_val: int, train_faces: int, kept_epoch: int, gap_overfit: float = 0.10,
                      underfit_train_acc: float = 0.6, window: int | None = None, min_rise: int = 3,
                      anneal_fraction: float = 0.25) -> HistoryFindings:
-    """Findings from a history table (runs.HISTORY_COLUMNS); ``kept_epoch``: run.json's selected_epoch.
-
-    Overfitting shows three ways: the kept weights score more than ``gap_overfit`` higher on ``train_faces``
-    training faces scored like validation than on validation; validation loss rose in each of the last ``min_rise``
-    epochs or more; validation accuracy declined over the last ``window`` epochs (default a fifth of the run) by
-    more than one standard error sqrt(p(1-p)/n). A rise while the learning rate ends below ``anneal_fraction`` of its
-    peak is the schedule's doing ("annealing_rise"). The thresholds are rules of thumb.
-    """
+    """Findings from a history table (runs.HISTORY_COLUMNS); ``kept_epoch``: run.json's selected_epoch. Overfitting
+    shows three ways: the kept weights score over ``gap_overfit`` higher on ``train_faces`` training faces scored like
+    validation than on validation; validation loss rose in each of the last ``min_rise`` epochs or more; validation
+    accuracy declined over the last ``window`` epochs (default a fifth of the run) by over one standard error. A rise
+    while the learning rate ends below ``anneal_fraction`` of its peak is the schedule's ("annealing_rise")."""
     epochs = len(history)
     val_acc, val_loss = history["val_acc"].to_numpy(dtype=float), history["val_loss"].to_numpy(dtype=float)
     epoch_no, lr = history["epoch"].to_numpy(dtype=int), history["lr"].to_numpy(dtype=float)

@@ -46,9 +46,6 @@ class ConfusionFindings:
     def faces(self) -> int:
         return int(self.counts.sum())
 
-    def recall_of(self, name: str) -> float:
-        return float(self.rates[CLASS_NAMES.index(name), CLASS_NAMES.index(name)])
-
     def recalls_tie(self, a: str, b: str) -> bool:
         i, j = CLASS_NAMES.index(a), CLASS_NAMES.index(b)
         return proportions_tie(self.counts[i, i], self.support[i], self.counts[j, j], self.support[j])
@@ -204,8 +201,7 @@ class ConfusionAnswer:
     confusion: ConfusionFindings
     accuracy: "object"  # q2_history.RunAccuracy: the run's recorded figures (plain and with views)
     calibration: CalibrationFindings
-    galleries: dict  # (true, predicted) -> its first 8 faces' indices in the validation set: the three largest
-    # confusions by count, then the largest by rate
+    galleries: dict  # (true, predicted) -> first 8 validation faces, for the 3 top confusions by count and 1 by rate
     crowd: "object"  # q3_votes.CrowdEvidence, None without FER+ votes
     copies: "object"  # q2_history.SplitCopies
     test: dict | None  # the labelled test set's score, where the labels are known

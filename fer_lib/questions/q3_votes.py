@@ -1,11 +1,9 @@
 """FER+ crowd votes (10 annotators per training face): reading and checking the file, and the evidence they give
 about the model's errors. Votes are outside evidence only: they never become training targets.
 
-The FER+ file (Barsoum et al. 2016) has one row per face of the training file, in the same order, with the
-columns ``neutral, happiness, surprise, sadness, anger, disgust, fear, contempt, unknown, NF`` (annotator counts;
-``Usage`` and ``Image name`` may precede them). The 7 shared categories are mapped to CLASS_NAMES by name;
-contempt, unknown and NF (not a face) match none of the 7 classes and are kept as three extra columns, so a face
-keeps all its annotators (3 of 10 means 3 of 10, whatever the other 7 chose).
+The FER+ file (Barsoum et al. 2016) has one row per face of the training file, in the same order, with annotator
+counts in the columns FERPLUS_COLUMNS (mapped to CLASS_NAMES by name). Contempt, unknown and NF (not a face) are
+kept as three extra columns, so a face keeps all its annotators (3 of 10 means 3 of 10, whatever the others chose).
 """
 from __future__ import annotations
 
