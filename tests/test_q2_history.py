@@ -73,10 +73,9 @@ def test_history_overfitting_that_costs_accuracy():
     f = findings(history(acc, train, loss), N_VAL)
     assert f.verdict == "overfits" and f.trend == "declining" and f.costs_accuracy
     assert (f.rise_epochs, f.rise_from_epoch, f.val_loss_min_epoch) == (6, 4, 4)
-    assert (f.rise_loss_start, f.final_val_loss) == (pytest.approx(1.1), pytest.approx(1.42))
+    assert f.final_val_loss == pytest.approx(1.42)
     assert f.final_val_acc - f.rise_acc_start == pytest.approx(-0.05)
     assert f.final_train_acc - f.final_val_acc == pytest.approx(0.35)
-    assert not f.rise_while_annealing  # the rate is constant here
 
 
 def shipped_like(n=60, rise=10):
@@ -94,11 +93,10 @@ def test_a_steady_late_rise_of_validation_loss_is_mild_overfitting_not_noise():
     # the rise is 3.4% of the loss, under the old "5% is noise" rule; ten rises in a row are a signal
     f = findings(shipped_like(), N_VAL, kept_epoch=60)
     assert (f.rise_epochs, f.rise_from_epoch) == (10, 50) and f.loss_rising
-    assert f.final_val_loss / f.rise_loss_start - 1 < 0.05
     assert f.rise_acc_start == pytest.approx(0.671) and f.final_val_acc == pytest.approx(0.663)
     assert -f.val_se < (f.final_val_acc - f.rise_acc_start) < 0  # the accuracy slip alone is within one standard error
-    assert f.verdict == "overfits" and not f.costs_accuracy and f.rise_while_annealing
-    assert f.memorises and f.gap_low < f.gap_at_kept < f.gap_high and f.gap_low > 0.1
+    assert f.verdict == "overfits" and not f.costs_accuracy
+    assert f.gap_low < f.gap_at_kept < f.gap_high and f.gap_low > 0.1
     # a shorter run of rises than min_rise is not counted; a bigger slip costs accuracy
     assert not findings(shipped_like(rise=2), N_VAL).loss_rising
     h = shipped_like()
@@ -142,13 +140,14 @@ def test_overfitting_is_judged_on_training_faces_scored_like_validation():
     h = history(acc, train_acc=np.asarray(acc) + 0.03)
     h["train_acc"] = np.asarray(acc) - 0.03
     f = findings(h, N_VAL)
-    assert f.verdict == "fits well" and not f.memorises
+    assert f.verdict == "fits well" and f.gap_at_kept < 0.1
     h["train_eval_acc"] = np.asarray(acc) + np.linspace(0.01, 0.22, len(acc))  # the clean view: 22 points above
     f = findings(h, N_VAL, train_faces=1000)
-    assert f.verdict == "overfits" and f.memorises
+    assert f.verdict == "overfits"
     assert f.gap_at_kept == pytest.approx(0.22) and f.train_faces == 1000
     # the gap's standard error combines both samples: 1,000 training faces and the validation faces
-    assert f.gap_se == pytest.approx(math.sqrt(0.87 * 0.13 / 1000 + 0.65 * 0.35 / N_VAL))
+    se = math.sqrt(0.87 * 0.13 / 1000 + 0.65 * 0.35 / N_VAL)
+    assert (f.gap_low, f.gap_high) == (pytest.approx(0.22 - 1.959964 * se), pytest.approx(0.22 + 1.959964 * se))
     assert not f.loss_rising and not f.costs_accuracy  # no decline, no rising loss
 
 

@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from fer_lib import CLASS_NAMES
-from fer_lib.questions.q3_confusion import accuracy_by_copy, calibration_findings, confusion_findings
+from fer_lib.model.calibration import ECE_BINS
+from fer_lib.questions.q3_confusion import calibration_findings, confusion_findings
 
 AN, DI, FE, HA, SA, SU, NE = range(7)
 from tests.test_stats import wilson_by_hand  # noqa: E402
@@ -46,12 +47,12 @@ def test_confusions_are_ranked_by_faces_and_by_rate_with_tie_flags():
     assert list(by_rate["rate"]) == sorted(by_rate["rate"], reverse=True)
     assert list(by_faces["rank"][:3]) == [1, 2, 3] and len(by_faces) == len(by_rate) == 35
     # by faces: Sad -> Neutral (80), then Fear -> Sad and Neutral -> Sad (60 each, ordered by rate)
-    assert f.top_pairs(3) == [("Sad", "Neutral"), ("Fear", "Sad"), ("Neutral", "Sad")]
+    assert by_faces[["true", "predicted"]][:3].values.tolist() == [
+        ["Sad", "Neutral"], ["Fear", "Sad"], ["Neutral", "Sad"]]
     # by rate: Disgust -> Angry, 4 of Disgust's 10 faces (40%), a pair the count ranking puts far down
     top = by_rate.iloc[0]
     assert (top["true"], top["predicted"], top["faces"]) == ("Disgust", "Angry", 4)
     assert top["rate"] == pytest.approx(0.4) and (top["low"], top["high"]) == pytest.approx(wilson_by_hand(4, 10))
-    assert f.top_pairs(1, by="rate") == [("Disgust", "Angry")]
     # ties with the top: overlapping 95% intervals (counts as shares of all faces)
     second = by_faces.iloc[1]
     assert second["ties_top"] == overlap(wilson_by_hand(60, n), wilson_by_hand(80, n))
@@ -104,7 +105,7 @@ def test_per_class_metrics_and_macro_f1_match_scikit_learn_with_intervals():
 def test_rare_class_is_lowest_but_the_hardest_claim_is_checked_among_classes_with_enough_faces():
     f = confusion_findings(*labels_from_matrix(TIE_MATRIX))
     assert f.rare == ["Disgust"]
-    assert f.hardest[0] == "Disgust" and f.common_hardest[:2] == ["Fear", "Sad"] and f.easiest[0] == "Happy"
+    assert f.easiest[-1] == "Disgust" and f.common_hardest[:2] == ["Fear", "Sad"] and f.easiest[0] == "Happy"
     claim = {c.claim: c for c in f.seed_claims()}["fear_hardest"]
     fear, sad = wilson_by_hand(200, 380), wilson_by_hand(280, 450)
     assert (claim.holds, claim.rival, claim.tie) == (True, "Sad", overlap(fear, sad))
@@ -163,8 +164,8 @@ def test_temperature_scaling_undoes_a_known_overconfidence_and_one_binning_serve
     c = calibration_findings(torch.tensor(base * 3), labels)
     assert c.temperature == pytest.approx(3, rel=0.1)
     assert c.ece_before > 0.1 and c.ece_after < 0.03 and c.ece_after_held_out < 0.04
-    assert c.over_confident and c.scaling_helps
-    assert c.before["faces"].sum() == c.after["faces"].sum() == n and len(c.before) <= c.bins
+    assert c.mean_confidence > c.accuracy and c.scaling_helps
+    assert c.before["faces"].sum() == c.after["faces"].sum() == n and len(c.before) <= ECE_BINS
     # the ECE is the face-weighted gap of the diagram's own bins
     for table, ece in ((c.before, c.ece_before), (c.after, c.ece_after)):
         assert (table["faces"] * (table["accuracy"] - table["confidence"]).abs()).sum() / n == pytest.approx(ece)
@@ -174,20 +175,6 @@ def test_temperature_scaling_undoes_a_known_overconfidence_and_one_binning_serve
     assert not hasattr(q3_confusion, "reliability_bins")  # no second binning
     calibrated = calibration_findings(torch.tensor(base), labels)
     assert calibrated.temperature == pytest.approx(1, abs=0.1) and not calibrated.scaling_helps
-
-
-def test_accuracy_by_copy_counts_and_flags_a_tie():
-    y = np.array([0, 1, 2, 3, 4, 5])
-    a = accuracy_by_copy(y, np.array([0, 1, 2, 3, 0, 0]), np.array([1, 1, 1, 0, 0, 0]))
-    assert (a.with_copy, a.without_copy) == (3, 3)
-    assert a.accuracy_with == 1 and a.accuracy_without == pytest.approx(1 / 3)
-    assert a.interval_without == pytest.approx(wilson_by_hand(1, 3)) and a.tie  # 3 faces each: within noise
-    big = accuracy_by_copy(np.zeros(400, int), np.r_[np.zeros(290, int), np.ones(110, int)],
-                           np.r_[np.ones(200), np.zeros(200)])  # 100% vs 45%
-    assert not big.tie and big.accuracy_without == pytest.approx(0.45)
-
-
-# --------------------------------------------------------------------------------------------- the page's one call
 
 
 def fake_context(tmp_path, views=True, votes=True):
@@ -224,16 +211,17 @@ def test_the_q3_page_scores_the_stored_logits_with_the_runs_views(tmp_path, monk
 
     monkeypatch.setattr("fer_lib.core.io.default_cache_dir", lambda: None)
     ctx = fake_context(tmp_path)
-    q = confusion_answer(ctx, random_run=str(tmp_path / "no-such-run"))
+    q = confusion_answer(ctx)
     y_pred = ctx.val_logits_views.argmax(1).numpy()
     assert (q.confusion.counts == confusion_matrix(ctx.val.labels, y_pred, labels=range(7))).all()
-    assert q.shown_pairs[:3] == q.confusion.top_pairs(3) and len(q.galleries) == len(q.shown_pairs)
+    by_faces = q.confusion.ranked("faces")[["true", "predicted"]].values
+    assert list(q.galleries)[:3] == [tuple(r) for r in by_faces[:3]]
     for (true, predicted), idx in q.galleries.items():
         assert len(idx) and all(CLASS_NAMES[ctx.val.labels[i]] == true and CLASS_NAMES[y_pred[i]] == predicted
                                 for i in idx)
     assert q.calibration.faces == len(ctx.val) and q.accuracy.with_views == 0.51
     assert q.crowd.votes.shape == (len(ctx.val), 10) and q.copies.near == 0
-    assert q.random_split is None and q.test is None
+    assert q.test is None
 
 
 def test_the_appendix_pairs_the_plain_and_the_viewed_predictions(tmp_path, monkeypatch):

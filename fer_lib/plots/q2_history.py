@@ -4,27 +4,20 @@ from __future__ import annotations
 import matplotlib.pyplot as plt
 from matplotlib.ticker import MaxNLocator, PercentFormatter
 
-
-def _recorded(history, column: str) -> bool:
-    return column in history.columns and bool(history[column].notna().all())
+from fer_lib.questions.q2_history import recorded
 
 
 def plot_history(history, title: str, kept_epoch: int, rise_from_epoch: int | None = None,
                  kept_train_loss: float | None = None):
-    """Loss, accuracy and learning rate per epoch, the kept weights' epoch marked and, from ``rise_from_epoch`` on,
-    the epochs over which validation loss kept rising shaded.
-
-    Training curves compare like with like: ``train_eval_loss`` / ``train_eval_acc`` score a fixed sample of
-    training faces as validation is scored (eval mode, no augmentation); the augmented batches are drawn dotted.
-    A history without ``train_eval_loss`` has one like-for-like training loss, ``kept_train_loss`` (the kept
-    weights', run.json's ``train_eval``): a diamond at the kept epoch. With an average of the weights,
-    ``val_acc_raw`` (the stepped weights) is drawn beside the average's ``val_acc``.
-    """
+    """Loss, accuracy and learning rate per epoch, the kept epoch marked, the epochs from ``rise_from_epoch`` on
+    (validation loss rising) shaded. Training curves score training faces as validation is (``train_eval_*``), the
+    augmented batches dotted; without ``train_eval_loss``, the kept weights' ``kept_train_loss`` is one diamond.
+    With averaged weights, ``val_acc_raw`` (the stepped ones) is drawn beside ``val_acc``."""
     fig, (ax_loss, ax_acc, ax_lr) = plt.subplots(1, 3, figsize=(10, 3.9), width_ratios=[1, 1.35, 0.75],
                                                  layout="constrained")
     epochs = history["epoch"]
     kept = history.loc[history["epoch"] == kept_epoch].iloc[0]
-    every_epoch = _recorded(history, "train_eval_loss")
+    every_epoch = recorded(history, "train_eval_loss")
     if every_epoch:
         ax_loss.plot(epochs, history["train_eval_loss"], "-", color="C0", lw=2, label="training, like validation")
     ax_loss.plot(epochs, history["train_ce"], ":" if every_epoch else "-", color="C0", alpha=0.6,
@@ -42,19 +35,18 @@ def plot_history(history, title: str, kept_epoch: int, rise_from_epoch: int | No
                 label="training faces, scored like validation")
     ax_acc.plot(epochs, history["train_acc"], ":", color="C0", alpha=0.6, label="training batches (augmented)")
     ax_acc.plot(epochs, history["val_acc"], "-", color="C1", lw=2, label="validation (kept, averaged weights)"
-                if _recorded(history, "val_acc_raw") else "validation")
-    if _recorded(history, "val_acc_raw"):
+                if recorded(history, "val_acc_raw") else "validation")
+    if recorded(history, "val_acc_raw"):
         ax_acc.plot(epochs, history["val_acc_raw"], "--", color="C2", label="validation (stepped weights)")
-    ax_acc.set_ylabel("accuracy")
+    ax_acc.set(ylabel="accuracy")
     ax_acc.yaxis.set_major_formatter(PercentFormatter(1.0))
     ax_acc.annotate(f"kept {kept['val_acc']:.1%}\nepoch {int(kept['epoch'])}", (kept["epoch"], kept["val_acc"]),
                     textcoords="offset points", xytext=(-62, -38), fontsize=9, arrowprops={"arrowstyle": "->"})
     ax_lr.plot(epochs, history["lr"], "-", color="0.3")
-    ax_lr.set_ylabel("learning rate")
-    ax_lr.set_ylim(bottom=0)
+    ax_lr.set(ylabel="learning rate", ylim=(0, None))
     for ax in (ax_loss, ax_acc, ax_lr):
         ax.axvline(kept["epoch"], color="grey", ls="--", lw=1)
-        ax.set_xlabel("epoch")
+        ax.set(xlabel="epoch")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         if len(epochs) == 1:  # a one-epoch run: one tick, not a fractional axis
             ax.set_xticks(epochs)

@@ -19,9 +19,7 @@ def plot_confusion(counts: np.ndarray, rates: np.ndarray, title: str = "Confusio
                 annot_kws={"fontsize": 10}, xticklabels=CLASS_NAMES, yticklabels=CLASS_NAMES,
                 cbar_kws={"label": "% of the true class"})
     for ax, sub in zip(axes, ("counts", "row-normalised, % (diagonal = recall)")):
-        ax.set_xlabel("predicted")
-        ax.set_ylabel("true")
-        ax.set_title(sub)
+        ax.set(xlabel="predicted", ylabel="true", title=sub)
         ax.tick_params(axis="y", rotation=0)
     fig.suptitle(title)
     return fig
@@ -40,25 +38,20 @@ def plot_reliability(before, after, ece_before: float, ece_after: float, tempera
         ax.bar(centre, table["accuracy"], width=width * 0.95, color="C0", alpha=0.75, label="accuracy in the bin")
         ax.plot(table["confidence"], table["accuracy"], "o", color="C1", ms=4, label="at the bin's mean confidence")
         ax.plot([0, 1], [0, 1], "--", color="grey", lw=1, label="perfect calibration")
-        ax.set_xlim(0, 1)
-        ax.set_ylim(0, 1)
+        ax.set(xlim=(0, 1), ylim=(0, 1), ylabel="accuracy")
         ax.set_title(title, fontsize=11)
-        ax.set_ylabel("accuracy")
         ax.grid(alpha=0.3)
-        count.bar(centre, table["faces"], width=width * 0.95, color="0.5")
-        count.set_ylabel("faces")
-        count.set_xlabel("top probability (confidence)")
-        for a in (ax, count):
-            a.xaxis.set_major_formatter(PercentFormatter(1.0))
         ax.yaxis.set_major_formatter(PercentFormatter(1.0))
+        count.bar(centre, table["faces"], width=width * 0.95, color="0.5")
+        count.set(ylabel="faces", xlabel="top probability (confidence)")
+        count.xaxis.set_major_formatter(PercentFormatter(1.0))  # shared with the diagram above
     axes[0, 0].legend(fontsize=9, loc="upper left", framealpha=0.95)
     return fig
 
 
 def plot_gallery(images: np.ndarray, titles: list[str], ncols: int = 8, title: str = ""):
     """A row-wrapped gallery of faces with a caption each."""
-    n = max(len(images), 1)
-    nrows = (n + ncols - 1) // ncols
+    nrows = max(1, -(-len(images) // ncols))
     fig, axes = plt.subplots(nrows, ncols, figsize=(ncols * 1.25, nrows * 1.45), squeeze=False)
     for i, ax in enumerate(axes.flat):
         ax.axis("off")
@@ -77,36 +70,23 @@ VOTE_LETTERS = {"Angry": "A", "Disgust": "D", "Fear": "F", "Happy": "H", "Sad": 
 
 def plot_vote_gallery(images: np.ndarray, votes: np.ndarray, titles: list[str], true: str, predicted: str,
                       min_votes: int = 3, ncols: int = 4, title: str = ""):
-    """Faces, each beside its FER+ vote bars: the 7 classes and one 'other' bar (contempt, unknown, not a face).
-
-    ``votes``: (N, 10) in q3_votes.VOTE_NAMES order. The true class's bar is green, the predicted one red;
-    the dashed line marks ``min_votes``. Laid out so that every text is at least 8 points on a figure under
-    9.4 inches wide (10 CSS px on the page).
-    """
-    n = max(len(images), 1)
-    nrows = (n + ncols - 1) // ncols
-    # laid out in inches: per column a 1-inch face and, right of it, its bars; per row a caption and tick labels
-    col_w, face_w, bar_w, caption_h, face_h, labels_h, header_h, left = 2.3, 0.95, 1.0, 0.25, 0.95, 0.25, 0.75, 0.15
-    row_h = caption_h + face_h + labels_h
-    width, height = left + ncols * col_w, header_h + nrows * row_h
-    fig = plt.figure(figsize=(width, height))
-
-    def axes_at(x: float, y: float, w: float, h: float):  # inches from the bottom left
-        return fig.add_axes((x / width, y / height, w / width, h / height))
-
+    """Faces, each beside its FER+ vote bars (``votes``: (N, 10) in q3_votes.FERPLUS_COLUMNS order): the 7 classes
+    and one 'other' bar (contempt, unknown, not a face), the true class's bar green, the predicted one red, a dashed
+    line at ``min_votes``. Sized so that every text is at least 10 CSS px on the page."""
+    nrows = max(1, -(-len(images) // ncols))
+    fig, axes = plt.subplots(nrows, 2 * ncols, figsize=(ncols * 2.3, 0.8 + nrows * 1.5), squeeze=False,
+                             layout="constrained")
     short = [VOTE_LETTERS[c] for c in CLASS_NAMES] + ["O"]  # one letter each, spelled out in the title
     colours = ["0.65"] * len(short)
     colours[CLASS_NAMES.index(true)], colours[CLASS_NAMES.index(predicted)] = "tab:green", "tab:red"
     top = max(int(np.asarray(votes).sum(1).max()) if len(votes) else 10, 1)
-    for i in range(len(images)):
-        r, c = divmod(i, ncols)
-        x = left + c * col_w
-        face_bottom = height - header_h - r * row_h - caption_h - face_h
-        face = axes_at(x, face_bottom, face_w, face_h)
+    for i, (face, bars) in enumerate(zip(axes.ravel()[::2], axes.ravel()[1::2])):
+        if i >= len(images):
+            fig.delaxes(face), fig.delaxes(bars)
+            continue
         face.imshow(images[i], cmap="gray", vmin=0, vmax=255)
         face.set_title(titles[i], fontsize=9, pad=2)
         face.axis("off")
-        bars = axes_at(x + face_w + 0.25, face_bottom, bar_w, face_h)  # room for the tick labels
         v = np.asarray(votes[i])
         bars.bar(range(len(short)), np.r_[v[:len(CLASS_NAMES)], v[len(CLASS_NAMES):].sum()], color=colours)
         bars.axhline(min_votes, color="k", ls="--", lw=0.7)
@@ -117,28 +97,22 @@ def plot_vote_gallery(images: np.ndarray, votes: np.ndarray, titles: list[str], 
     fig.suptitle((title + "\n" if title else "") + f"FER+ votes: green = true class ({true}), "
                  f"red = predicted ({predicted}), dashed = {min_votes} votes\n"
                  + ", ".join(f"{VOTE_LETTERS[c]} {c}" for c in CLASS_NAMES)
-                 + ", O other (contempt, unknown, not a face)",
-                 fontsize=10, y=1 - 0.05 / height, va="top")
+                 + ", O other (contempt, unknown, not a face)", fontsize=10)
     return fig
 
 
-def plot_recall_vs_frequency(train_share: np.ndarray, recall: np.ndarray, low: np.ndarray, high: np.ndarray,
-                             support: np.ndarray):
-    """Each class's validation recall (with its 95% interval) against its share of the training faces."""
-    fig, ax = plt.subplots(figsize=(6.5, 4.2))
-    present = np.asarray(support) > 0
-    x, y = np.asarray(train_share) * 100, np.asarray(recall) * 100
-    err = np.vstack([y - np.asarray(low) * 100, np.asarray(high) * 100 - y]).clip(min=0)  # rounding at 0% / 100%
+def plot_recall_vs_frequency(findings):
+    """Each class's validation recall (with its 95% interval) against its share of the training faces
+    (``findings``: a q3_confusion.ConfusionFindings with ``train_share``)."""
+    r, present = findings.report, findings.support > 0
+    x, y = findings.train_share * 100, r["recall"].to_numpy() * 100
+    err = np.vstack([y - r["recall_low"] * 100, r["recall_high"] * 100 - y]).clip(min=0)  # rounding at 0% / 100%
+    fig, ax = plt.subplots(figsize=(6.5, 4.2), layout="constrained")
     ax.errorbar(x[present], y[present], yerr=err[:, present], fmt="o", capsize=3)
     for i in np.flatnonzero(present):
-        ax.annotate(f"{CLASS_NAMES[i]} ({support[i]})", (x[i], y[i]), textcoords="offset points", xytext=(5, 4),
-                    fontsize=8)
-    ax.set_xlabel("share of the training faces (%)")
-    ax.set_ylabel("validation recall (%), 95% interval")
-    ax.set_ylim(0, 100)
+        ax.annotate(f"{CLASS_NAMES[i]} ({findings.support[i]})", (x[i], y[i]), textcoords="offset points",
+                    xytext=(5, 4), fontsize=8)
+    ax.set(xlabel="share of the training faces (%)", ylabel="validation recall (%), 95% interval", ylim=(0, 100))
     ax.grid(alpha=0.3)
     ax.set_title("Recall against training frequency (validation faces per class in brackets)", fontsize=9)
-    fig.tight_layout()
     return fig
-
-

@@ -13,19 +13,14 @@ _TEST_CLAUSE = re.compile(r"\b(hidden )?test(?!-time)(-set| set)?\b", re.I)
 def recipe_table(table):
     """The recipe's measurements (docs/ablation.csv) for the appendix page: missing values shown as "—", and any
     clause about test-set results left out (choices rest on validation only). Returns (table, clauses left out)."""
-    dropped = 0
-
-    def without_test_clauses(value):
-        nonlocal dropped
-        if not isinstance(value, str) or not _TEST_CLAUSE.search(value):
-            return value
-        parts = re.split(r";\s*", value)
+    def clauses(value):  # (the ;-separated clauses of a cell that mentions the test set, how many of them do)
+        parts = re.split(r";\s*", value) if isinstance(value, str) and _TEST_CLAUSE.search(value) else []
         kept = [p for p in parts if not _TEST_CLAUSE.search(p)]
-        dropped += len(parts) - len(kept)
-        return "; ".join(kept)
+        return ("; ".join(kept) if parts else value), len(parts) - len(kept)
 
-    table = table.astype(object).map(without_test_clauses)
-    return table.where(table.notna(), "—").replace("", "—"), dropped
+    cells = table.astype(object).map(clauses)
+    shown = cells.map(lambda cell: cell[0])
+    return shown.where(shown.notna(), "—").replace("", "—"), int(cells.map(lambda cell: cell[1]).to_numpy().sum())
 
 
 def speedups(table, choice: str = "precision (speed)"):
@@ -54,8 +49,8 @@ class PairedGain:
 
 def paired_gain(right_without: np.ndarray, right_with: np.ndarray, resamples: int = 2000,
                 seed: int = 0) -> PairedGain:
-    """:class:`PairedGain` of two per-face correctness vectors on the same faces: a paired percentile bootstrap
-    (faces resampled with both predictions kept together), so that what the two share cancels."""
+    """:class:`PairedGain` of two per-face correctness vectors on the same faces: a paired percentile bootstrap,
+    so that what the two share cancels."""
     from scipy.stats import bootstrap
 
     right_with, right_without = (np.asarray(v, dtype=np.int8) for v in (right_with, right_without))
@@ -88,12 +83,8 @@ def appendix_answer(ctx, ablation) -> AppendixAnswer:
     from fer_lib.questions.q2_history import run_accuracy, split_copies
 
     shown, left_out = recipe_table(ablation) if ablation is not None else (None, 0)
-    accuracy = run_accuracy(json.loads((ctx.run_dir / "run.json").read_text()))
-    gain = None
-    if accuracy.views != "none":
-        labels = ctx.val.labels
-        gain = paired_gain(ctx.val_logits.argmax(1).numpy() == labels,
-                           ctx.val_logits_views.argmax(1).numpy() == labels, seed=ctx.config.seed)
-    cfg = ctx.config
+    accuracy, cfg, labels = run_accuracy(json.loads((ctx.run_dir / "run.json").read_text())), ctx.config, ctx.val.labels
+    gain = None if accuracy.views == "none" else paired_gain(
+        ctx.val_logits.argmax(1).numpy() == labels, ctx.val_logits_views.argmax(1).numpy() == labels, seed=cfg.seed)
     return AppendixAnswer(shown, left_out, speedups(ablation) if ablation is not None else np.array([]), accuracy,
                           gain, split_copies(ctx.dataset, ctx.split, cfg.val_fraction, cfg.seed, default_cache_dir()))

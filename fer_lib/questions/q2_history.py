@@ -8,15 +8,10 @@ import numpy as np
 
 from fer_lib.core.stats import Z95, wilson_interval
 
-# --------------------------------------------------------------------------------------------- one set of numbers
-
 
 @dataclass
 class RunAccuracy:
-    """The validation accuracies every page quotes, read once from a finished run's run.json.
-
-    They are measured with the shipped (float16) weights, the ones the pages and the test predictions use.
-    """
+    """The validation accuracies every page quotes, from run.json: measured with the shipped (float16) weights."""
 
     plain: float  # no test-time views
     plain_low: float  # its 95% Wilson interval on `faces`
@@ -29,16 +24,11 @@ class RunAccuracy:
 
 
 def run_accuracy(run: dict) -> RunAccuracy:
-    """:class:`RunAccuracy` from a run.json dict (its ``val_acc_by_tta``, ``tta`` and ``val_faces``)."""
     by = {mode: float(acc) for mode, acc in run["val_acc_by_tta"].items()}
-    views = run.get("tta", "none")
-    picked = views != "none" and sum(mode != "none" for mode in by) > 1
-    low, high = wilson_interval(round(by["none"] * run["val_faces"]), run["val_faces"])
-    return RunAccuracy(by["none"], float(low), float(high), views, by.get(views, by["none"]), int(run["val_faces"]),
-                       by, picked)
-
-
-# --------------------------------------------------------------------------------------------- Q2: history
+    views, n = run.get("tta", "none"), int(run["val_faces"])
+    low, high = wilson_interval(round(by["none"] * n), n)
+    return RunAccuracy(by["none"], float(low), float(high), views, by.get(views, by["none"]), n, by,
+                       views != "none" and sum(mode != "none" for mode in by) > 1)
 
 
 @dataclass
@@ -59,7 +49,6 @@ class HistoryFindings:
     train_faces: int
     train_acc_at_kept: float
     gap_at_kept: float  # training - validation accuracy of the kept weights
-    gap_se: float
     gap_low: float  # its 95% interval (normal approximation)
     gap_high: float
     final_train_acc: float
@@ -79,16 +68,11 @@ class HistoryFindings:
     val_loss_min_epoch: int
     rise_epochs: int  # length of the final run of epochs whose validation loss rose over the epoch before (0: none)
     rise_from_epoch: int  # the epoch the run starts from (its low point); the last epoch when rise_epochs is 0
-    rise_loss_start: float
     rise_acc_start: float
-    rise_lr_start: float
     # -- averaged weights (an exponential moving average of the stepped weights), where the run keeps one
     raw_at_kept: float | None  # the stepped weights' validation accuracy at the kept epoch
     raw_best: float | None
-    # -- flags
-    memorises: bool  # training faces score more than gap_overfit above validation at the kept epoch
     loss_rising: bool  # validation loss rose for at least min_rise epochs in a row at the end
-    rise_while_annealing: bool  # ... while the learning rate fell, from below anneal_fraction of its peak
     costs_accuracy: bool  # validation accuracy fell by more than one standard error (over the rise, or at the end)
     verdict: str  # "overfits", "underfits" or "fits well"
 
@@ -97,66 +81,53 @@ class HistoryFindings:
         return self.raw_at_kept is not None
 
 
-def _recorded(history, column: str) -> bool:
+def recorded(history, column: str) -> bool:
     return column in history.columns and bool(history[column].notna().all())
 
 
-def rising_run(values: np.ndarray) -> int:
+def rising_run(values) -> int:
     """How many of the last steps of ``values`` each rose over the one before (0 when the last one did not)."""
-    steps = np.diff(np.asarray(values, dtype=float)) > 0
-    return len(steps) - int(np.flatnonzero(~steps)[-1]) - 1 if not steps.all() else len(steps)
+    falls = np.flatnonzero(np.diff(np.asarray(values, dtype=float)) <= 0)
+    return len(values) - 1 - (falls[-1] + 1 if len(falls) else 0)
 
 
 def history_findings(history, n_val: int, train_faces: int, kept_epoch: int, gap_overfit: float = 0.10,
                      underfit_train_acc: float = 0.6, window: int | None = None, min_rise: int = 3,
                      anneal_fraction: float = 0.25) -> HistoryFindings:
-    """Findings from a history table (runs.HISTORY_COLUMNS); ``kept_epoch``: run.json's selected_epoch.
-
-    Overfitting shows three ways, each a flag: the kept weights score more than ``gap_overfit`` higher on
-    ``train_faces`` training faces scored like validation (``train_eval_acc``) than on validation; validation loss
-    rose in each of the last ``min_rise`` epochs or more; validation accuracy declined at the end. It costs accuracy
-    when validation accuracy fell by more than one standard error sqrt(p(1-p)/n) over the rise or over the last
-    ``window`` epochs (default a fifth of the run). A rise over epochs whose learning rate ends below
-    ``anneal_fraction`` of its peak is the schedule's doing ("annealing_rise"). The thresholds are rules of thumb.
-    """
+    """Findings from a history table (runs.HISTORY_COLUMNS); ``kept_epoch``: run.json's selected_epoch. Overfitting
+    shows three ways: the kept weights score over ``gap_overfit`` higher on ``train_faces`` training faces scored like
+    validation than on validation; validation loss rose in each of the last ``min_rise`` epochs or more; validation
+    accuracy declined over the last ``window`` epochs (default a fifth of the run) by over one standard error. A rise
+    while the learning rate ends below ``anneal_fraction`` of its peak is the schedule's ("annealing_rise")."""
     epochs = len(history)
-    val_acc = history["val_acc"].to_numpy(dtype=float)
-    val_loss = history["val_loss"].to_numpy(dtype=float)
-    epoch_no = history["epoch"].to_numpy(dtype=int)
-    lr = history["lr"].to_numpy(dtype=float)
-    best = history.iloc[int(val_acc.argmax())]  # the first best epoch
+    val_acc, val_loss = history["val_acc"].to_numpy(dtype=float), history["val_loss"].to_numpy(dtype=float)
+    epoch_no, lr = history["epoch"].to_numpy(dtype=int), history["lr"].to_numpy(dtype=float)
     rows = history[history["epoch"] == kept_epoch]
     if rows.empty:
         raise ValueError(f"kept epoch {kept_epoch} is not in the history (epochs 1-{epochs})")
-    kept = rows.iloc[0]
+    kept, best = rows.iloc[0], history.iloc[int(val_acc.argmax())]
     top_tta = (None, None)
-    if _recorded(history, "val_acc_tta"):
+    if recorded(history, "val_acc_tta"):
         top = history.loc[history["val_acc_tta"].astype(float).idxmax()]
         top_tta = (int(top["epoch"]), float(top["val_acc_tta"]))
 
     p, q = float(kept["val_acc"]), float(kept["train_eval_acc"])
     se = float(np.sqrt(p * (1 - p) / max(n_val, 1)))
     gap, gap_se = q - p, float(np.sqrt(se ** 2 + q * (1 - q) / max(train_faces, 1)))
-
     window = min(window or max(1, round(epochs / 5)), epochs - 1)
     if window >= 1:
         recent, earlier = float(val_acc[-window:].max()), float(val_acc[:-window].max())
-        annealed = bool(lr[-1] < anneal_fraction * lr.max())
-        trend = ("annealing_rise" if annealed else "improving") if recent - earlier > se else (
-            "declining" if recent - earlier < -se else "flat")
+        rising = "annealing_rise" if lr[-1] < anneal_fraction * lr.max() else "improving"
+        trend = rising if recent - earlier > se else "declining" if recent - earlier < -se else "flat"
     else:
         recent, earlier, trend, window = float(val_acc.max()), None, "too_short", 0
 
     rise = rising_run(val_loss)
     start = epochs - 1 - rise
     loss_rising = rise >= min_rise
-    rise_while_annealing = bool(loss_rising and lr[start] < anneal_fraction * lr.max()
-                                and np.all(np.diff(lr[start:]) <= 0))
-    costs_accuracy = bool(trend == "declining" or (loss_rising and val_acc[-1] - val_acc[start] < -se))
-    train_loss = "train_eval_loss" if _recorded(history, "train_eval_loss") else "train_ce"
-    raw = _recorded(history, "val_acc_raw") and not np.allclose(history["val_acc_raw"], history["val_acc"])
-    memorises = gap > gap_overfit
-    if memorises or loss_rising or trend == "declining":
+    train_loss = "train_eval_loss" if recorded(history, "train_eval_loss") else "train_ce"
+    raw = recorded(history, "val_acc_raw") and not np.allclose(history["val_acc_raw"], history["val_acc"])
+    if gap > gap_overfit or loss_rising or trend == "declining":
         verdict = "overfits"
     elif q < underfit_train_acc and gap < gap_overfit / 2:
         verdict = "underfits"
@@ -165,13 +136,13 @@ def history_findings(history, n_val: int, train_faces: int, kept_epoch: int, gap
     low = int(val_loss.argmin())
     return HistoryFindings(
         epochs, int(kept["epoch"]), p, float(kept["val_loss"]), int(best["epoch"]), float(best["val_acc"]),
-        *top_tta, n_val, se, train_faces, q, gap, gap_se, gap - Z95 * gap_se, gap + Z95 * gap_se,
+        *top_tta, n_val, se, train_faces, q, gap, gap - Z95 * gap_se, gap + Z95 * gap_se,
         float(history["train_eval_acc"].iloc[-1]), float(val_acc[-1]), window, recent, earlier, trend,
         float(lr.max()), float(lr[-1]), train_loss == "train_eval_loss", float(history[train_loss].iloc[-1]),
         float(val_loss[-1]), float(val_loss[low]), int(epoch_no[low]), rise, int(epoch_no[start]),
-        float(val_loss[start]), float(val_acc[start]), float(lr[start]),
+        float(val_acc[start]),
         float(kept["val_acc_raw"]) if raw else None, float(history["val_acc_raw"].max()) if raw else None,
-        memorises, loss_rising, rise_while_annealing, costs_accuracy, verdict)
+        loss_rising, bool(trend == "declining" or (loss_rising and val_acc[-1] - val_acc[start] < -se)), verdict)
 
 
 HISTORY_LABELS = {"epoch": "epoch", "lr": "learning rate",
@@ -183,11 +154,7 @@ HISTORY_LABELS = {"epoch": "epoch", "lr": "learning rate",
 
 def history_table(history):
     """The per-epoch table a reader needs, with words for column names (timings and duplicate columns left out)."""
-    shown = history[[c for c in HISTORY_LABELS if _recorded(history, c)]]
-    return shown.rename(columns=HISTORY_LABELS)
-
-
-# --------------------------------------------------------------------------------------------- copies across the split
+    return history[[c for c in HISTORY_LABELS if recorded(history, c)]].rename(columns=HISTORY_LABELS)
 
 
 @dataclass
@@ -216,22 +183,17 @@ def split_copies(dataset, split, val_fraction: float, seed: int, cache_dir=None)
     from fer_lib.data.duplicates import cached_duplicates
     from fer_lib.data.layouts import train_val_split
 
-    test = dataset.test
-    dup = cached_duplicates(dataset.train.images, None if test is None else test.images, cache_dir=cache_dir)
-    faces = dataset.train
+    faces, test = dataset.train, dataset.test
+    dup = cached_duplicates(faces.images, None if test is None else test.images, cache_dir=cache_dir)
     order = np.argsort(faces.ids)  # face ids -> positions in the training file, where the groups are indexed
-    at = {"run": lambda ids: order[np.searchsorted(faces.ids, ids, sorter=order)], "random": lambda ids: ids}
     random = train_val_split(type(faces)(faces.images, faces.labels, np.arange(len(faces))), val_fraction, seed,
-                             cache_dir=cache_dir)
+                             cache_dir=cache_dir)  # ids here are already positions
     out = []
-    for which, (train, val) in (("run", split), ("random", random)):
-        train_at, val_at = at[which](train.ids), at[which](val.ids)
-        out += [len(val)] + [int(np.isin(g[val_at], g[train_at]).sum()) for g in (dup.exact_group, dup.group)]
+    for (train, val), at in ((split, lambda ids: order[np.searchsorted(faces.ids, ids, sorter=order)]),
+                             (random, lambda ids: ids)):
+        out += [len(val)] + [int(np.isin(g[at(val.ids)], g[at(train.ids)]).sum()) for g in (dup.exact_group, dup.group)]
     s = dup.summary()
     return SplitCopies(*out, s.get("test_faces", 0), s.get("test_exact_copies", 0), s.get("test_near_copies", 0))
-
-
-# --------------------------------------------------------------------------------------------- the page's one call
 
 
 @dataclass
@@ -256,8 +218,7 @@ class HistoryAnswer:
 
 
 def history_answer(ctx) -> HistoryAnswer:
-    """Q2's one call, from a report context (``fer_lib.report.context.Context``): the run's history, accuracies
-    and training score, and the copies across its split."""
+    """Q2's one call, from a report context: the run's history, accuracies, training score and split copies."""
     from fer_lib.core.io import default_cache_dir
     from fer_lib.training.runs import read_history
     from fer_lib.training.train import TRAIN_EVAL_SAMPLE

@@ -1,4 +1,4 @@
-"""Q3: the confusion matrix, per-class metrics, ranked confusions, calibration and accuracy by copy, as numbers.
+"""Q3: the confusion matrix, per-class metrics, ranked confusions and calibration, as numbers.
 
 One rule for ties: two shares (two recalls, two confusion rates, two cells' counts as shares of all faces) are tied
 when a two-proportion z-test at 5% finds no difference (``core.stats.proportions_tie``).
@@ -7,14 +7,11 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
 from fer_lib import CLASS_NAMES
 from fer_lib.core.stats import proportions_tie, wilson_interval
-
-RARE_FRACTION = 0.25  # a class with fewer validation faces than this share of the median class's is "rare"
 
 
 @dataclass
@@ -36,10 +33,9 @@ class ConfusionFindings:
     accuracy_interval: tuple[float, float]  # 95% Wilson
     macro_f1: float  # unweighted mean of the per-class F1 over the classes with validation faces (scikit-learn)
     macro_f1_interval: tuple[float, float]  # 95% percentile bootstrap over the faces
-    easiest: list[str]  # classes by recall, best first
-    hardest: list[str]  # classes by recall, worst first
+    easiest: list[str]  # classes with faces by recall, best first
     pairs: "object"  # DataFrame, one row per off-diagonal cell with faces: true, predicted, faces, rate, low, high
-    rare: list[str]  # classes with under RARE_FRACTION of the median class's validation faces
+    rare: list[str]  # classes with under a quarter of the median class's validation faces (FER2013's Disgust)
     train_share: np.ndarray | None = None  # (7,) share of each class among the training faces, when given
 
     @property
@@ -50,156 +46,114 @@ class ConfusionFindings:
     def faces(self) -> int:
         return int(self.counts.sum())
 
-    def recall_of(self, name: str) -> float:
-        i = CLASS_NAMES.index(name)
-        return float(self.rates[i, i])
-
     def recalls_tie(self, a: str, b: str) -> bool:
         i, j = CLASS_NAMES.index(a), CLASS_NAMES.index(b)
         return proportions_tie(self.counts[i, i], self.support[i], self.counts[j, j], self.support[j])
 
     @property
     def common_hardest(self) -> list[str]:
-        """Classes by recall, worst first, leaving out the rare ones."""
-        return [c for c in self.hardest if c not in self.rare]
+        """Classes by recall, worst first, leaving out the rare ones (too few faces to rank)."""
+        return [c for c in self.easiest[::-1] if c not in self.rare]
 
     def ranked(self, by: str = "faces"):
         """The confusions ranked by ``faces`` (most faces first) or by ``rate`` (share of the true class), with
         ``rank`` from 1 and ``ties_top``: tied with rank 1 (counts as shares of all faces, rates of their class)."""
-        key = {"faces": ["faces", "rate"], "rate": ["rate", "faces"]}[by]
-        table = self.pairs.sort_values(key, ascending=False, kind="stable").reset_index(drop=True)
+        table = self.pairs.sort_values([by, "rate" if by == "faces" else "faces"], ascending=False, kind="stable")
+        table = table.reset_index(drop=True)
         table.insert(0, "rank", np.arange(1, len(table) + 1))
         of = [self.faces if by == "faces" else int(self.support[CLASS_NAMES.index(t)]) for t in table["true"]]
-        table["ties_top"] = [proportions_tie(int(k), n, int(table["faces"].iloc[0]), of[0])
-                             for k, n in zip(table["faces"], of)]
+        table["ties_top"] = [proportions_tie(k, n, table["faces"].iloc[0], of[0]) for k, n in zip(table["faces"], of)]
         return table
-
-    def top_pairs(self, k: int = 3, by: str = "faces") -> list[tuple[str, str]]:
-        """The ``k`` first (true, predicted) pairs of ``ranked(by)``."""
-        return list(zip(*(self.ranked(by)[c][:k] for c in ("true", "predicted"))))
 
     def top_confusions(self, name: str) -> list[tuple[str, int]]:
         """(predicted class, faces) of the class's most frequent confusion and of every other confusion tied with
         it, most faces first; empty when no face of the class was misclassified."""
         i = CLASS_NAMES.index(name)
-        n = int(self.support[i])
-        order = [j for j in np.argsort(-self.counts[i], kind="stable") if j != i and self.counts[i, j] > 0]
-        top = int(self.counts[i, order[0]]) if order else 0
+        n, order = int(self.support[i]), [j for j in np.argsort(-self.counts[i], kind="stable") if j != i]
+        top = int(self.counts[i, order[0]])
         return [(CLASS_NAMES[j], int(self.counts[i, j])) for j in order
-                if proportions_tie(int(self.counts[i, j]), n, top, n)]
+                if self.counts[i, j] and proportions_tie(int(self.counts[i, j]), n, top, n)]
 
     def frequency_correlation(self) -> float | None:
         """Spearman rank correlation between training frequency and validation recall over the classes present."""
-        if self.train_share is None:
-            return None
         from scipy.stats import spearmanr
 
         present = self.support > 0
-        if present.sum() < 3:
+        if self.train_share is None or present.sum() < 3:
             return None
         rho = spearmanr(self.train_share[present], np.diag(self.rates)[present]).statistic
         return None if np.isnan(rho) else float(rho)
 
-    # ------------------------------------------------------------------ the seed report's claims
     def seed_claims(self) -> list[ClaimCheck]:
         """The seed report's three claims: Happy and Surprise easiest, Fear hardest, Fear mostly taken for Sad."""
-        return [self._claim_easiest(), self._claim_fear_hardest(), self._claim_fear_to_sad()]
-
-    def _claim_easiest(self) -> ClaimCheck:
-        top, claimed = self.easiest, ("Happy", "Surprise")
-        if len(top) < 3 or not set(claimed) <= set(top):
-            return ClaimCheck("happy_surprise_easiest", None, None, False)
-        if set(top[:2]) == set(claimed):  # the rival: the third class, within noise of the second or not
-            return ClaimCheck("happy_surprise_easiest", True, top[2], self.recalls_tie(top[1], top[2]))
-        rival = next(c for c in top if c not in claimed)  # the class that took a claimed place
-        loser = max(claimed, key=top.index)
-        return ClaimCheck("happy_surprise_easiest", False, rival, self.recalls_tie(loser, rival))
-
-    def _claim_fear_hardest(self) -> ClaimCheck:
-        common = self.common_hardest
-        if "Fear" not in common or len(common) < 2:
-            return ClaimCheck("fear_hardest", None, None, False)
-        if common[0] == "Fear":
-            return ClaimCheck("fear_hardest", True, common[1], self.recalls_tie("Fear", common[1]))
-        return ClaimCheck("fear_hardest", False, common[0], self.recalls_tie("Fear", common[0]))
-
-    def _claim_fear_to_sad(self) -> ClaimCheck:
-        tops = self.top_confusions("Fear")
-        if not tops:
-            return ClaimCheck("fear_to_sad", None, None, False)
-        names = [p for p, _ in tops]
-        if names[0] == "Sad":
-            return ClaimCheck("fear_to_sad", True, names[1] if len(names) > 1 else None, len(names) > 1)
-        return ClaimCheck("fear_to_sad", False, names[0], "Sad" in names)
-
-
-def _f1_per_class(counts: np.ndarray) -> np.ndarray:
-    """F1 per class of confusion matrices (..., k, k): 2 TP / (predicted + true), 0 where both are 0."""
-    tp = np.diagonal(counts, axis1=-2, axis2=-1)
-    denominator = counts.sum(-2) + counts.sum(-1)
-    return np.divide(2 * tp, denominator, out=np.zeros(denominator.shape), where=denominator > 0)
+        top, claimed, hard = self.easiest, ("Happy", "Surprise"), self.common_hardest
+        easiest = ClaimCheck("happy_surprise_easiest", None, None, False)
+        if len(top) >= 3 and set(claimed) <= set(top):
+            # it holds: the rival is the third class; it fails: the class that took a claimed place
+            holds = set(top[:2]) == set(claimed)
+            rival = top[2] if holds else next(c for c in top if c not in claimed)
+            easiest = ClaimCheck(easiest.claim, holds, rival, self.recalls_tie(top[1] if holds else
+                                                                               max(claimed, key=top.index), rival))
+        hardest = ClaimCheck("fear_hardest", None, None, False)
+        if "Fear" in hard and len(hard) >= 2:
+            rival = hard[1] if hard[0] == "Fear" else hard[0]
+            hardest = ClaimCheck(hardest.claim, hard[0] == "Fear", rival, self.recalls_tie("Fear", rival))
+        names = [p for p, _ in self.top_confusions("Fear")]
+        to_sad = ClaimCheck("fear_to_sad", None, None, False)
+        if names and names[0] == "Sad":
+            to_sad = ClaimCheck(to_sad.claim, True, names[1] if len(names) > 1 else None, len(names) > 1)
+        elif names:
+            to_sad = ClaimCheck(to_sad.claim, False, names[0], "Sad" in names)
+        return [easiest, hardest, to_sad]
 
 
 def confusion_findings(y_true: np.ndarray, y_pred: np.ndarray, train_labels: np.ndarray | None = None,
-                       rare_fraction: float = RARE_FRACTION, resamples: int = 1000) -> ConfusionFindings:
+                       resamples: int = 1000) -> ConfusionFindings:
     """Confusion matrix, per-class precision/recall/F1 (scikit-learn) with 95% intervals (Wilson for precision and
-    recall, a bootstrap over the faces for F1 and macro-F1), the confusions and the Q3 findings.
-
-    A class is *rare* when it has fewer than ``rare_fraction`` of the median class's validation faces (FER2013's
-    Disgust): its recall is ranked, but the hardest-class claim is checked without it. ``train_labels`` (the run's
-    training faces) adds each class's training frequency.
-    """
+    recall, a bootstrap over the faces for F1 and macro-F1), the confusions and the Q3 findings; ``train_labels``
+    (the run's training faces) adds each class's training frequency."""
     import pandas as pd
-    from sklearn.metrics import confusion_matrix, f1_score, precision_recall_fscore_support
+    from scipy.stats import bootstrap
+    from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 
     y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
-    k = len(CLASS_NAMES)
-    labels = list(range(k))
+    k, labels = len(CLASS_NAMES), list(range(len(CLASS_NAMES)))
     counts = confusion_matrix(y_true, y_pred, labels=labels)
     support = counts.sum(1)
     rates = counts / support[:, None].clip(min=1)
     precision, recall, f1, _ = precision_recall_fscore_support(y_true, y_pred, labels=labels, zero_division=0)
     present = [i for i in labels if support[i] > 0]
-    macro = float(f1_score(y_true, y_pred, labels=present, average="macro", zero_division=0)) if present else 0.0
 
-    def f1s(t, p, axis=-1):  # per-class F1 and macro-F1 of each resample (rows)
+    def f1s(t, p, axis=-1):  # per-class F1 and macro-F1 (last row) of each resample, from its confusion matrix
         t, p = np.atleast_2d(t), np.atleast_2d(p)
         cells = (t * k + p + k * k * np.arange(len(t))[:, None]).ravel()
-        f = _f1_per_class(np.bincount(cells, minlength=k * k * len(t)).reshape(len(t), k, k))
+        m = np.bincount(cells, minlength=k * k * len(t)).reshape(len(t), k, k)
+        both = m.sum(-2) + m.sum(-1)
+        f = np.divide(2 * np.diagonal(m, axis1=-2, axis2=-1), both, out=np.zeros(both.shape), where=both > 0)
         return np.concatenate([f, f[:, present].mean(1, keepdims=True)], 1).T
 
+    f_low = f_high = np.zeros(k + 1)
     if len(y_true):
-        from scipy.stats import bootstrap
-
         f_low, f_high = bootstrap((y_true, y_pred), f1s, n_resamples=resamples, paired=True, vectorized=True,
                                   method="percentile", batch=100, rng=0).confidence_interval
-    else:
-        f_low = f_high = np.zeros(k + 1)
-    p_low, p_high = wilson_interval(np.diag(counts), counts.sum(0))
-    r_low, r_high = wilson_interval(np.diag(counts), support)
+    (p_low, r_low), (p_high, r_high) = wilson_interval(np.diag(counts), np.stack([counts.sum(0), support]))
     report = pd.DataFrame({"support": support, "precision": precision, "precision_low": p_low,
                            "precision_high": p_high, "recall": recall, "recall_low": r_low, "recall_high": r_high,
                            "F1": f1, "F1_low": f_low[:k], "F1_high": f_high[:k]}, index=list(CLASS_NAMES))
-    by_recall = sorted(present, key=lambda i: -recall[i])
     cells = [(i, j) for i in present for j in labels if i != j and counts[i, j] > 0]
     low, high = wilson_interval([counts[c] for c in cells], [support[i] for i, _ in cells])
     pairs = pd.DataFrame({"true": [CLASS_NAMES[i] for i, _ in cells], "predicted": [CLASS_NAMES[j] for _, j in cells],
                           "faces": [int(counts[c]) for c in cells], "rate": [float(rates[c]) for c in cells],
-                          "low": low, "high": high}).sort_values(["faces", "rate"], ascending=False, kind="stable")
+                          "low": low, "high": high})
     median = np.median(support[present]) if present else 0
-    share = None
-    if train_labels is not None and len(train_labels):
-        share = np.bincount(np.asarray(train_labels), minlength=k) / len(train_labels)
+    share = None if train_labels is None or not len(train_labels) else np.bincount(train_labels, minlength=k) / len(
+        train_labels)
     n, correct = int(support.sum()), int(np.trace(counts))
-    a_low, a_high = wilson_interval(correct, n)
     return ConfusionFindings(
-        counts, rates, report, correct / max(n, 1), (float(a_low), float(a_high)), macro,
-        (float(f_low[k]), float(f_high[k])), [CLASS_NAMES[i] for i in by_recall],
-        [CLASS_NAMES[i] for i in by_recall[::-1]], pairs.reset_index(drop=True),
-        [CLASS_NAMES[i] for i in present if support[i] < rare_fraction * median], share)
-
-
-# --------------------------------------------------------------------------------------------- calibration
+        counts, rates, report, correct / max(n, 1), tuple(map(float, wilson_interval(correct, n))),
+        float(f1s(y_true, y_pred)[k, 0]) if present else 0.0, (float(f_low[k]), float(f_high[k])),
+        [CLASS_NAMES[i] for i in sorted(present, key=lambda i: -recall[i])], pairs,
+        [CLASS_NAMES[i] for i in present if support[i] < 0.25 * median], share)
 
 
 @dataclass
@@ -213,11 +167,6 @@ class CalibrationFindings:
     faces: int
     before: "object"  # calibration.reliability_table before scaling
     after: "object"  # ... after
-    bins: int  # equal-width confidence bins of the ECE and of the tables
-
-    @property
-    def over_confident(self) -> bool:
-        return self.mean_confidence > self.accuracy
 
     @property
     def scaling_helps(self) -> bool:
@@ -230,85 +179,19 @@ def calibration_findings(logits, labels, seed: int = 0) -> CalibrationFindings:
     """Temperature scaling on validation logits: ECE before, after, and after with T fitted on the other half."""
     import torch
 
-    from fer_lib.model.calibration import (
-        ECE_BINS,
-        calibrate,
-        expected_calibration_error,
-        fit_temperature,
-        reliability_table,
-    )
+    from fer_lib.model.calibration import calibrate, expected_calibration_error, fit_temperature, reliability_table
 
-    logits = torch.as_tensor(logits, dtype=torch.float32)
-    labels = np.asarray(labels)
+    logits, labels = torch.as_tensor(logits, dtype=torch.float32), np.asarray(labels)
     fitted = calibrate(logits, labels)
     t = fitted["temperature"]
-    before = torch.softmax(logits, 1).numpy()
-    after = torch.softmax(logits / t, 1).numpy()
+    before, after = torch.softmax(logits, 1).numpy(), torch.softmax(logits / t, 1).numpy()
     halves = np.array_split(np.random.default_rng(seed).permutation(len(labels)), 2)
-    held_out = []
-    for fit, test in ((halves[0], halves[1]), (halves[1], halves[0])):
-        if len(fit) and len(test):
-            t_half = fit_temperature(logits[fit], labels[fit])
-            held_out.append(expected_calibration_error(torch.softmax(logits[test] / t_half, 1).numpy(), labels[test]))
+    held_out = [expected_calibration_error(torch.softmax(logits[b] / fit_temperature(logits[a], labels[a]), 1).numpy(),
+                                           labels[b]) for a, b in (halves, halves[::-1]) if len(a) and len(b)]
     return CalibrationFindings(t, fitted["ece_before"], fitted["ece_after"],
                                float(np.mean(held_out)) if held_out else float("nan"),
                                float(before.max(1).mean()), float((before.argmax(1) == labels).mean()), len(labels),
-                               reliability_table(before, labels), reliability_table(after, labels), ECE_BINS)
-
-
-# --------------------------------------------------------------------------------------------- copies
-
-
-@dataclass
-class CopyAccuracy:
-    """Accuracy on validation faces with and without a copy in the training part (a split that allows copies)."""
-
-    with_copy: int  # validation faces with a copy
-    accuracy_with: float
-    interval_with: tuple[float, float]  # 95% Wilson
-    without_copy: int
-    accuracy_without: float
-    interval_without: tuple[float, float]
-    tie: bool  # the two accuracies are within noise (a two-proportion z-test at 5%)
-
-
-def accuracy_by_copy(y_true: np.ndarray, y_pred: np.ndarray, has_copy: np.ndarray) -> CopyAccuracy:
-    right, has = np.asarray(y_true) == np.asarray(y_pred), np.asarray(has_copy, dtype=bool)
-    (k1, k2), (n1, n2) = (int(right[has].sum()), int(right[~has].sum())), (int(has.sum()), int((~has).sum()))
-    low, high = wilson_interval([k1, k2], [n1, n2])
-    return CopyAccuracy(n1, k1 / max(n1, 1), (float(low[0]), float(high[0])), n2, k2 / max(n2, 1),
-                        (float(low[1]), float(high[1])), proportions_tie(k1, n1, k2, n2))
-
-
-def random_split_accuracy(dataset, config, runs_root, random_run: str = "", cache_dir=None) -> CopyAccuracy | None:
-    """:class:`CopyAccuracy` of a finished run trained on the random split of the same data (``random_run``, or the
-    one the run cache holds for ``config`` with split "random"); None where there is none or the run's own split
-    is already random."""
-    import dataclasses
-
-    from fer_lib.data.duplicates import cached_duplicates
-    from fer_lib.model.inference import predict_logits
-    from fer_lib.training.runs import load_trained, prediction_tta, split_for
-    from fer_lib.training.runs import find_run
-
-    if config.split == "random":
-        return None
-    run_dir = Path(random_run) if random_run else find_run(dataset, dataclasses.replace(config, split="random"),
-                                                            runs_root)
-    if run_dir is None or not (run_dir / "run.json").exists():
-        return None
-    model, random_config = load_trained(run_dir)
-    if random_config.split != "random":
-        raise ValueError(f"{run_dir} was not trained on the random split")
-    train, val = split_for(dataset, random_config)
-    test = None if dataset.test is None else dataset.test.images  # the cache entry the split copies use
-    group = cached_duplicates(dataset.train.images, test, cache_dir=cache_dir).group
-    has_copy = np.isin(group[val.ids], group[train.ids])
-    pred = predict_logits(model, val.images, random_config.input_size, tta=prediction_tta(run_dir)).argmax(1)
-    return accuracy_by_copy(val.labels, pred.numpy(), has_copy)
-
-
-# --------------------------------------------------------------------------------------------- the page's one call
+                               reliability_table(before, labels), reliability_table(after, labels))
 
 
 @dataclass
@@ -318,15 +201,13 @@ class ConfusionAnswer:
     confusion: ConfusionFindings
     accuracy: "object"  # q2_history.RunAccuracy: the run's recorded figures (plain and with views)
     calibration: CalibrationFindings
-    shown_pairs: list[tuple[str, str]]  # the three largest confusions by count and the largest by rate
-    galleries: dict  # (true, predicted) -> indices of its first 8 faces in the validation set, data order
+    galleries: dict  # (true, predicted) -> first 8 validation faces, for the 3 top confusions by count and 1 by rate
     crowd: "object"  # q3_votes.CrowdEvidence, None without FER+ votes
     copies: "object"  # q2_history.SplitCopies
-    random_split: CopyAccuracy | None  # a random-split run's accuracy with and without a training copy
     test: dict | None  # the labelled test set's score, where the labels are known
 
 
-def confusion_answer(ctx, random_run: str = "") -> ConfusionAnswer:
+def confusion_answer(ctx) -> ConfusionAnswer:
     """Q3's one call, from a report context (``fer_lib.report.context.Context``)."""
     from fer_lib.core.io import default_cache_dir
     from fer_lib.questions.q2_history import run_accuracy, split_copies
@@ -335,14 +216,14 @@ def confusion_answer(ctx, random_run: str = "") -> ConfusionAnswer:
     logits, val = ctx.val_logits_views, ctx.val
     y_pred = logits.argmax(1).numpy()
     f = confusion_findings(val.labels, y_pred, train_labels=ctx.split[0].labels)
-    shown = f.top_pairs(3) + [p for p in f.top_pairs(1, by="rate") if p not in f.top_pairs(3)]
-    cfg, cache = ctx.config, default_cache_dir()
+    shown = list(dict.fromkeys([tuple(r) for r in f.ranked("faces")[["true", "predicted"]].to_numpy()[:3]]
+                               + [tuple(r) for r in f.ranked("rate")[["true", "predicted"]].to_numpy()[:1]]))
+    cfg = ctx.config
     return ConfusionAnswer(
         f, run_accuracy(json.loads((ctx.run_dir / "run.json").read_text())),
-        calibration_findings(logits, val.labels, seed=cfg.seed), shown,
+        calibration_findings(logits, val.labels, seed=cfg.seed),
         {(t, p): np.flatnonzero((val.labels == CLASS_NAMES.index(t)) & (y_pred == CLASS_NAMES.index(p)))[:8]
          for t, p in shown},
         crowd_evidence(load_votes(ctx.dataset), val, y_pred, shown),
-        split_copies(ctx.dataset, ctx.split, cfg.val_fraction, cfg.seed, cache),
-        random_split_accuracy(ctx.dataset, cfg, ctx.runs_root, random_run, cache),
+        split_copies(ctx.dataset, ctx.split, cfg.val_fraction, cfg.seed, default_cache_dir()),
         (ctx.test_outputs() or {}).get("test"))

@@ -1,11 +1,9 @@
-"""FER+ crowd votes (10 annotators per training face): finding, reading and checking the file, and the evidence
-they give about the model's errors. Votes are outside evidence only: they never become training targets.
+"""FER+ crowd votes (10 annotators per training face): reading and checking the file, and the evidence they give
+about the model's errors. Votes are outside evidence only: they never become training targets.
 
-The FER+ file (Barsoum et al. 2016) has one row per face of the training file, in the same order, with the
-columns ``neutral, happiness, surprise, sadness, anger, disgust, fear, contempt, unknown, NF`` (annotator counts;
-``Usage`` and ``Image name`` may precede them). The 7 shared categories are mapped to CLASS_NAMES by name;
-contempt, unknown and NF (not a face) match none of the 7 classes and are kept as three extra columns, so a face
-keeps all its annotators (3 of 10 means 3 of 10, whatever the other 7 chose).
+The FER+ file (Barsoum et al. 2016) has one row per face of the training file, in the same order, with annotator
+counts in the columns FERPLUS_COLUMNS (mapped to CLASS_NAMES by name). Contempt, unknown and NF (not a face) are
+kept as three extra columns, so a face keeps all its annotators (3 of 10 means 3 of 10, whatever the others chose).
 """
 from __future__ import annotations
 
@@ -19,63 +17,19 @@ from fer_lib import CLASS_NAMES
 from fer_lib.core.stats import proportions_tie, wilson_interval
 from fer_lib.data.layouts import DataError, Dataset, FaceSet
 
-# FER+ column for each of the 7 classes, by name
-FERPLUS_COLUMNS = {"Angry": "anger", "Disgust": "disgust", "Fear": "fear", "Happy": "happiness", "Sad": "sadness",
-                   "Surprise": "surprise", "Neutral": "neutral"}
-EXTRA_COLUMNS = ("contempt", "unknown", "NF")  # FER+ categories outside the 7 classes
-VOTE_NAMES = CLASS_NAMES + ("contempt", "unknown", "not a face")  # the columns of Votes.counts, in order
+# the FER+ columns in CLASS_NAMES order, then the three outside the 7 classes
+FERPLUS_COLUMNS = ("anger", "disgust", "fear", "happiness", "sadness", "surprise", "neutral", "contempt", "unknown",
+                   "NF")
 MIN_VOTES = 3  # "at least 3 of 10 annotators chose it": a minority view too common to be a slip
-MAJORITY = 0.5  # a face has a crowd majority label when more than this share of its annotators chose one class
 
 
 class VotesError(DataError):
     """A votes file that cannot be read or does not line up with the training file."""
 
 
-@dataclass
-class Votes:
-    counts: np.ndarray  # (N, 10) int: annotators per category in VOTE_NAMES order, one row per training-file row
-    file: Path
-
-    def __len__(self) -> int:
-        return len(self.counts)
-
-    def __getitem__(self, index) -> np.ndarray:
-        """Votes of the given training-file rows (a FaceSet's ``ids``): ``votes[ctx.val.ids]``, (n, 10)."""
-        return self.counts[index]
-
-    @property
-    def annotators(self) -> int:
-        """Annotators per face (the typical row total; FER+ has 10)."""
-        return int(np.median(self.counts.sum(1))) if len(self.counts) else 0
-
-
-def votes_file_for(dataset: Dataset) -> Path | None:
-    """The FER+ votes file next to the dataset's training file, or None.
-
-    Looked for: ``<train file stem>_ferplus.csv[.gz]`` (e.g. train_ferplus.csv.gz beside train.csv.gz) and, for
-    the original fer2013.csv, FER+'s own name ``fer2013new.csv``. Only layouts whose face ids are row indices of
-    one file (homework CSV, fer2013.csv) can line up with it.
-    """
-    if dataset.layout not in ("homework-csv", "fer2013.csv") or not dataset.files:
-        return None
-    train_file = Path(dataset.files[0])
-    stem = train_file.name.split(".")[0]
-    names = [f"{stem}_ferplus.csv", f"{stem}_ferplus.csv.gz"]
-    if dataset.layout == "fer2013.csv":
-        names += ["fer2013new.csv", "fer2013new.csv.gz"]
-    return next((train_file.parent / n for n in names if (train_file.parent / n).is_file()), None)
-
-
-def _rows_expected(dataset: Dataset) -> int:
-    """Rows of the file the training ids index: the training file, or all of fer2013.csv."""
-    if dataset.layout == "fer2013.csv" and dataset.test is not None:
-        return len(dataset.train) + len(dataset.test)
-    return len(dataset.train)
-
-
-def read_votes(path: str | Path, expected_rows: int | None = None, train_file: str | Path | None = None) -> Votes:
-    """Parse a FER+ votes file; errors name the file, the line and what was expected."""
+def read_votes(path: str | Path, expected_rows: int | None = None, train_file: str | Path | None = None) -> np.ndarray:
+    """(N, 10) annotator counts in FERPLUS_COLUMNS order from a FER+ votes file; errors name the file, the line
+    and what was expected."""
     import pandas as pd
 
     path = Path(path)
@@ -89,39 +43,43 @@ def read_votes(path: str | Path, expected_rows: int | None = None, train_file: s
     except (OSError, EOFError, UnicodeDecodeError, pd.errors.ParserError, pd.errors.ParserWarning) as e:
         raise VotesError(f"{path}: cannot read the votes file ({e})") from e
     by_name = {str(c).strip().lower(): c for c in table.columns}
-    wanted = [FERPLUS_COLUMNS[c] for c in CLASS_NAMES] + list(EXTRA_COLUMNS)
-    missing = [w for w in wanted if w.lower() not in by_name]
+    missing = [w for w in FERPLUS_COLUMNS if w.lower() not in by_name]
     if missing:
         raise VotesError(f"{path}, line 1: missing vote column(s) {', '.join(missing)}; expected the FER+ columns "
-                         f"{', '.join(wanted)}")
+                         f"{', '.join(FERPLUS_COLUMNS)}")
     table = table.apply(lambda column: column.str.strip())
     blank = (table == "").all(axis=1).to_numpy()
     rows = len(blank) - int(np.argmax(~blank[::-1])) if (~blank).any() else 0  # trailing blank lines are fine
     if blank[:rows].any():  # a gap would shift every row after it
         raise VotesError(f"{path}, line {int(np.argmax(blank)) + 2}: blank line inside the file; every row must "
                          "match one face of the training file, in order")
-    votes = table[[by_name[w.lower()] for w in wanted]].iloc[:rows]
+    votes = table[[by_name[w.lower()] for w in FERPLUS_COLUMNS]].iloc[:rows]
     bad = np.argwhere(~votes.apply(lambda column: column.str.fullmatch(r"\d+")).to_numpy())
     if len(bad):
         line, col = bad[0]
         raise VotesError(f"{path}, line {line + 2}: column {votes.columns[col]!r} is {votes.iat[line, col]!r}, "
                          "expected a whole number of votes (0 or more)")
     if expected_rows is not None and rows != expected_rows:
-        against = f"{train_file} has" if train_file else "the training data has"
-        raise VotesError(f"{path}: {rows} rows of votes, but {against} {expected_rows} faces; the rows must "
-                         "match the training file's one to one, in order")
-    return Votes(votes.to_numpy(dtype=np.int16).reshape(-1, len(wanted)), path)
+        raise VotesError(f"{path}: {rows} rows of votes, but {train_file or 'the training data'} has "
+                         f"{expected_rows} faces; the rows must match the training file's one to one, in order")
+    return votes.to_numpy(dtype=np.int16)
 
 
-def load_votes(dataset: Dataset) -> Votes | None:
-    """The dataset's FER+ votes, checked against its training file, or None when it has none."""
-    path = votes_file_for(dataset)
-    if path is None:
+def load_votes(dataset: Dataset) -> np.ndarray | None:
+    """The dataset's FER+ votes, checked against its training file, or None when it has none.
+
+    Looked for next to the training file: ``<its stem>_ferplus.csv[.gz]`` and, beside the original fer2013.csv,
+    FER+'s own ``fer2013new.csv``. Only layouts whose face ids are row indices of one file can line up with it.
+    """
+    if dataset.layout not in ("homework-csv", "fer2013.csv") or not dataset.files:
         return None
-    return read_votes(path, _rows_expected(dataset), dataset.files[0])
-
-
-# --------------------------------------------------------------------------------------------- evidence
+    train_file = Path(dataset.files[0])
+    names = [f"{train_file.name.split('.')[0]}_ferplus.csv"] + ["fer2013new.csv"] * (dataset.layout == "fer2013.csv")
+    path = next((train_file.parent / (n + gz) for n in names for gz in ("", ".gz")
+                 if (train_file.parent / (n + gz)).is_file()), None)
+    fer2013_test = dataset.layout == "fer2013.csv" and dataset.test is not None  # ids index all of fer2013.csv
+    rows = len(dataset.train) + (len(dataset.test) if fer2013_test else 0)
+    return None if path is None else read_votes(path, rows, train_file)
 
 
 def _shares(hits, of, index):
@@ -137,9 +95,8 @@ def _shares(hits, of, index):
 class CrowdEvidence:
     """What the FER+ crowd says about one set of faces (the validation split) and the model's answers on them."""
 
-    votes: np.ndarray  # (N, 10) votes of those faces, in VOTE_NAMES order
-    source: str  # the votes file's name
-    annotators: int
+    votes: np.ndarray  # (N, 10) votes of those faces, in FERPLUS_COLUMNS order
+    annotators: int  # per face (the typical row total; FER+ has 10)
     summary: "object"  # DataFrame, one share per row (faces, share, low, high): see crowd_evidence
     agreement: "object"  # DataFrame per class: how often the FER2013 label is the crowd's most-voted class
     pairs: "object"  # DataFrame per confused pair asked for: the crowd's support among its errors and correct faces
@@ -149,16 +106,16 @@ class CrowdEvidence:
         return self.pairs[(self.pairs["true"] == true) & (self.pairs["predicted"] == predicted)].iloc[0]
 
 
-def crowd_evidence(votes: Votes | None, faces: FaceSet, y_pred: np.ndarray, pairs: list[tuple[str, str]],
+def crowd_evidence(votes: np.ndarray | None, faces: FaceSet, y_pred: np.ndarray, pairs: list[tuple[str, str]],
                    min_votes: int = MIN_VOTES) -> CrowdEvidence | None:
-    """The crowd evidence for ``faces`` (whose ``ids`` are training-file rows) and the model's ``y_pred``; None
-    when the dataset has no votes.
+    """The crowd evidence for ``faces`` (whose ``ids`` are rows of ``votes``, load_votes's) and the model's
+    ``y_pred``; None when the dataset has no votes.
 
     ``summary`` rows: the label is (one of) the crowd's most-voted of the 7 classes; on the faces with a crowd
-    majority (more than half of the annotators on one class), the label is it, the model's answer is it; errors on
-    which at least ``min_votes`` annotators chose the model's answer; correct faces on which at least ``min_votes``
-    chose one other class. A pair is ``clearly_more`` when the crowd backs the prediction more often on its errors
-    than on the true class's correct faces, beyond noise (a two-proportion z-test at 5%).
+    majority (more than half of all the annotators on one class), the label is it, the model's answer is it;
+    errors on which at least ``min_votes`` annotators chose the model's answer; correct faces on which at least
+    ``min_votes`` chose one other class. A pair is ``clearly_more`` when the crowd backs the prediction more often
+    on its errors than on the true class's correct faces, beyond noise (a two-proportion z-test at 5%).
     """
     import pandas as pd
 
@@ -168,7 +125,7 @@ def crowd_evidence(votes: Votes | None, faces: FaceSet, y_pred: np.ndarray, pair
     seven, rows = v[:, :len(CLASS_NAMES)], np.arange(len(v))
     top, top_class = seven.max(1), seven.argmax(1)
     agrees = (seven[rows, y_true] == top) & (top > 0)
-    majority = top > MAJORITY * v.sum(1)  # more than half of all its annotators: at most one class
+    majority = top > 0.5 * v.sum(1)
     wrong = y_true != y_pred
     others = seven.copy()
     others[rows, y_true] = 0
@@ -192,4 +149,4 @@ def crowd_evidence(votes: Votes | None, faces: FaceSet, y_pred: np.ndarray, pair
                     f"{kind}_low": shares.at[kind, "low"], f"{kind}_high": shares.at[kind, "high"]}
         row["clearly_more"] = bool(all(n) and k[0] / n[0] > k[1] / n[1] and not proportions_tie(k[0], n[0], k[1], n[1]))
         table.append(row)
-    return CrowdEvidence(v, votes.file.name, votes.annotators, summary, agreement, pd.DataFrame(table))
+    return CrowdEvidence(v, int(np.median(v.sum(1))) if len(v) else 0, summary, agreement, pd.DataFrame(table))
