@@ -2,41 +2,34 @@
 from __future__ import annotations
 
 import argparse
+import ast
 import sys
 import warnings
+from dataclasses import fields
 from pathlib import Path
 
+from fer_lib import ConfigError
 
-def _add_train_options(p: argparse.ArgumentParser) -> None:
+DEVICE_HELP = "cpu, cuda or auto (cuda when available; default)"
+NO_WAIT_HELP = "when another process holds the run (or the report), stop with an error instead of waiting for it"
+
+
+def add_train_options(p: argparse.ArgumentParser) -> None:
     """--profile, --device, and one flag per TrainConfig setting (its help and choices from the field)."""
-    from dataclasses import fields
-
     from fer_lib.training.runs import PROFILES, TrainConfig
 
     p.add_argument("--profile", choices=sorted(PROFILES), default=None,
-                   help="a named recipe: quick (minutes, a subset), full (the real-data recipe: 60 epochs at 72 px "
-                        "with an average of the weights, about 100 min on 2 CPU cores with native bf16), "
-                        "long (300 epochs at 96 px, for a GPU), synthetic (the demo data), smoke (seconds, tests) "
-                        "(default: full for real data, synthetic for the embedded dataset); the flags below "
-                        "override its settings")
+                   help="a named recipe (default: full for real data, synthetic for the demo data): quick (minutes, "
+                        "a subset), full (60 epochs at 72 px with an average of the weights, about 100 min on 2 CPU "
+                        "cores with native bf16), long (300 epochs at 96 px, for a GPU), smoke (seconds, tests); "
+                        "the flags below override its settings")
     for f in fields(TrainConfig):
-        if "help" not in f.metadata:
-            continue  # the augmentation settings: the profiles' own
-        kind = type(f.default)
-        options = {"action": argparse.BooleanOptionalAction} if kind is bool else {"type": kind}
-        p.add_argument(f"--{f.name.replace('_', '-')}", default=None, choices=f.metadata["choices"] or None,
-                       help=f"{f.metadata['help']} (default {f.default!r} unless the profile sets it)", **options)
-    p.add_argument("--device", default="auto", help="cpu, cuda or auto (cuda when available; default)")
-
-
-def config_from_args(args, dataset):
-    from dataclasses import fields
-
-    from fer_lib.report.context import default_profile
-    from fer_lib.training.runs import TrainConfig, config_for
-
-    overrides = {f.name: getattr(args, f.name) for f in fields(TrainConfig) if getattr(args, f.name, None) is not None}
-    return config_for(args.profile or default_profile(dataset), **overrides)
+        if "help" in f.metadata:  # the augmentation settings are the profiles' own
+            kind = type(f.default)
+            options = {"action": argparse.BooleanOptionalAction} if kind is bool else {"type": kind}
+            p.add_argument(f"--{f.name.replace('_', '-')}", default=None, choices=f.metadata["choices"] or None,
+                           help=f"{f.metadata['help']} (default {f.default!r} unless the profile sets it)", **options)
+    p.add_argument("--device", default="auto", help=DEVICE_HELP)
 
 
 def cmd_synth(args) -> None:
@@ -48,11 +41,13 @@ def cmd_synth(args) -> None:
 
 def cmd_train(args) -> None:
     from fer_lib.data.layouts import load_dataset
-    from fer_lib.training.runs import find_run, run_key
+    from fer_lib.report.context import default_profile
+    from fer_lib.training.runs import TrainConfig, config_for, find_run, run_key
     from fer_lib.training.train import train
 
     dataset = load_dataset(args.data)
-    config = config_from_args(args, dataset)
+    overrides = {f.name: getattr(args, f.name) for f in fields(TrainConfig) if getattr(args, f.name, None) is not None}
+    config = config_for(args.profile or default_profile(dataset), **overrides)
     if args.out:
         run_dir = train(dataset, config, Path(args.out), device=args.device, resume=not args.no_resume,
                         wait=not args.no_wait)
@@ -104,8 +99,6 @@ def cmd_report(args) -> None:
 
 def notebook_parameter(text: str) -> tuple[str, object]:
     """--param NAME=VALUE: a number or a string, as papermill's -p reads it."""
-    import ast
-
     name, sep, value = text.partition("=")
     if not sep or not name.isidentifier():
         raise argparse.ArgumentTypeError(f"expected NAME=VALUE (such as ascent_steps=32), got {text!r}")
@@ -128,7 +121,7 @@ def main(argv: list[str] | None = None) -> None:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("synth", help="write the embedded synthetic dataset as homework CSV files",
-                       description="Draw synthetic faces of the 7 expressions; write DIR/train.csv (label,feature), "
+                       description="Draw synthetic faces of the 7 expressions into DIR/train.csv (label,feature), "
                                    "DIR/test.csv (id,feature) and DIR/test_labels.csv (id,label, for scoring).")
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--n-train", type=int, default=3500, help="training faces (default 3500)")
@@ -138,49 +131,45 @@ def main(argv: list[str] | None = None) -> None:
 
     p = sub.add_parser("train", help="train the model (resumable; cached by config and data)",
                        description="Train the seed ResNet18. Without --out the run goes to RUNS/<dataset>-<hash of "
-                                   "config and data> and is reused when it already exists; an interrupted run "
-                                   "resumes from its last checkpoint.")
+                                   "config and data> and is reused when it exists; an interrupted run resumes from "
+                                   "its last checkpoint.")
     p.add_argument("--data", required=True, help="dataset directory or file (any supported layout)")
     p.add_argument("--out", help="run directory (default: the cache under --runs)")
     p.add_argument("--runs", default="runs", help="root of the run cache (default ./runs)")
     p.add_argument("--no-resume", action="store_true",
                    help="start over even if --out holds a checkpoint or a finished run (its files are removed first)")
-    p.add_argument("--no-wait", action="store_true",
-                   help="when another process is training into the same run folder, stop with an error instead of "
-                        "waiting for it")
-    _add_train_options(p)
+    p.add_argument("--no-wait", action="store_true", help=NO_WAIT_HELP)
+    add_train_options(p)
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("predict", help="write id,label predictions for a test file",
-                       description="Predict the test faces with a trained run's best-validation weights and write "
-                                   "the leaderboard format (id,label), one row per face.")
+                       description="Predict the test faces with a trained run's weights and write the leaderboard "
+                                   "format (id,label), one row per face.")
     p.add_argument("--run", required=True, help="run directory made by `train`, or a report's shipped model "
                                                  "(e.g. report/fer2013/model)")
     p.add_argument("--data", required=True, help="test CSV (id,feature) or a dataset directory with a test split")
     p.add_argument("--out", default="predictions.csv", help="predictions CSV to write (default ./predictions.csv)")
     p.add_argument("--no-tta", action="store_true",
-                   help="predict each face once (default: the test-time views the run chose on validation, "
-                        "in its run.json)")
-    p.add_argument("--device", default="auto")
+                   help="predict each face once (default: the test-time views the run chose on validation)")
+    p.add_argument("--device", default="auto", help=DEVICE_HELP)
     p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser("classify", help="find and classify the faces in your own photos and videos",
-                       description="Find the faces (dlib's HOG detector; boxes whose 68 landmarks form a plausible "
-                                   "face), crop them as FER2013 frames its faces, and classify them with the run's "
-                                   "test-time views and calibration (below its threshold a face is uncertain, '?'). "
-                                   "Writes OUT/<name>.faces.png|jpg per photo, OUT/<name>.tracks.png per video or "
-                                   "folder of frames and OUT/faces.csv (one row per face and frame). Exit status 0 "
-                                   "when every file was read, 1 when one could not be, 2 when there is no model.")
-    p.add_argument("paths", nargs="+", metavar="PATH", help="image files (PNG, JPEG, ...), videos (MP4, AVI, MOV, "
-                                                            "MKV, ...) or folders (searched recursively)")
+                       description="Find the faces (dlib's HOG detector, checked by their 68 landmarks), crop them "
+                                   "as FER2013 frames its faces and classify them with the run's test-time views and "
+                                   "calibration (below its threshold a face is uncertain, '?'). Writes "
+                                   "OUT/<name>.faces.png|jpg per photo, OUT/<name>.tracks.png per video or folder of "
+                                   "frames and OUT/faces.csv. Exit status 0 when every file was read, 1 when one "
+                                   "could not be, 2 when there is no model.")
+    p.add_argument("paths", nargs="+", metavar="PATH",
+                   help="image files, videos (MP4, AVI, MOV, MKV, ...) or folders (searched recursively)")
     p.add_argument("--run", default="report/fer2013/model",
-                   help="trained model: a report's shipped model or a run folder (default report/fer2013/model, "
-                        "made by `make report DATA=path/to/fer2013`)")
+                   help="trained model: a report's shipped model or a run folder (default report/fer2013/model)")
     p.add_argument("--out", default="classified", help="output folder (default ./classified)")
     p.add_argument("--fps", type=float, default=5.0, help="frames per second classified from a video (default 5)")
     p.add_argument("--frames", action="store_true",
                    help="each folder PATH is one clip: its images are frames, in name order, every one classified")
-    p.add_argument("--device", default="auto", help="cpu, cuda or auto (cuda when available; default)")
+    p.add_argument("--device", default="auto", help=DEVICE_HELP)
     p.set_defaults(func=cmd_classify)
 
     p = sub.add_parser("score", help="accuracy of a predictions file against id,label truth")
@@ -190,37 +179,32 @@ def main(argv: list[str] | None = None) -> None:
 
     p = sub.add_parser("report", help="execute the notebooks and render report/<dataset>/",
                        description="Train (or reuse) the run, execute every notebook with papermill and render "
-                                   "self-contained HTML pages, index.html and metrics.json into OUT/<dataset>/. "
-                                   "Without --data, uses ./data if it holds a dataset, else the synthetic demo.")
-    p.add_argument("--data", default=None, help="dataset path (default: ./data, else synthetic demo data)")
+                                   "self-contained HTML pages, index.html and metrics.json into OUT/<dataset>/.")
+    p.add_argument("--data", default=None, help="dataset path (default: ./data, else the synthetic demo data)")
     p.add_argument("--profile", default=None, help="quick, full or long (default: full for real data, synthetic for "
                                                    "the demo data)")
     p.add_argument("--out", default="report", help="report root (default ./report)")
     p.add_argument("--runs", default="runs", help="run cache root (default ./runs)")
-    p.add_argument("--device", default="auto")
+    p.add_argument("--device", default="auto", help=DEVICE_HELP)
     p.add_argument("--notebooks", nargs="*", default=None,
-                   help="rebuild only these notebooks (numbers like 02, or names); the report's other pages are kept "
-                        "when they come from the same run")
-    p.add_argument("--no-wait", action="store_true",
-                   help="when another build or training holds the run or the report, stop with an error instead of "
-                        "waiting for it")
+                   help="rebuild only these notebooks (numbers like 02, or names); the other pages are kept when "
+                        "they come from the same run")
+    p.add_argument("--no-wait", action="store_true", help=NO_WAIT_HELP)
     p.add_argument("--retrain", action="store_true",
-                   help="train this data's own model (cached in --runs) even where a shipped model (report/*/model) "
-                        "would serve it; the console says how long it will take first")
+                   help="train this data's own model even where a shipped model (report/*/model) would serve it")
     p.add_argument("--param", action="append", default=[], type=notebook_parameter, metavar="NAME=VALUE",
-                   help="set a notebook parameter for this build, e.g. --param ascent_steps=32 (fewer gradient-ascent "
-                        "steps in 05); repeatable; `papermill --help-notebook notebooks/05_filters.ipynb` lists them")
+                   help="set a notebook parameter for this build, e.g. --param ascent_steps=32; repeatable "
+                        "(`papermill --help-notebook notebooks/05_filters.ipynb` lists them)")
     p.set_defaults(func=cmd_report)
 
-    p = sub.add_parser("bench", help="images/s of training pipelines, and CSV load time")
-    p.add_argument("--data", default=None, help="FER2013 directory for the load-time comparison")
+    p = sub.add_parser("bench", help="images/s of the training recipe, and CSV load time")
+    p.add_argument("--data", default=None, help="a dataset to time the loading of")
     p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--steps", type=int, default=8, help="timed steps per pipeline")
+    p.add_argument("--steps", type=int, default=8, help="timed steps")
     p.set_defaults(func=cmd_bench)
 
     args = parser.parse_args(argv)
     warnings.simplefilter("default")
-    from fer_lib import ConfigError
     from fer_lib.data.layouts import DataError
 
     try:
