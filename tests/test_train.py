@@ -64,9 +64,10 @@ def test_history_checkpoint_and_provenance(tiny, tmp_path):
     import torch.nn.functional as F
 
     from fer_lib.model.inference import predict_logits
-    from fer_lib.training.runs import blank_model, split_for
+    from fer_lib.model.network import build_model
+    from fer_lib.training.runs import split_for
 
-    last = blank_model()
+    last = build_model("random")[0]
     last.load_state_dict(ckpt["model"])
     faces, val = split_for(tiny, cfg)
     sample = np.random.default_rng(cfg.seed).permutation(len(faces))[:1000]

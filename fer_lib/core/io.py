@@ -16,7 +16,6 @@ from fer_lib import ConfigError
 
 # image files read from folders: FER2013 layouts of one image per face, and photos to classify (Pillow reads all)
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".pgm", ".gif", ".webp", ".tif", ".tiff")
-FILE_MODE = 0o644  # what atomic_write gives its files: mkstemp makes 0600 ones, unreadable to other users
 
 
 def atomic_write(path: Path, write) -> None:
@@ -27,7 +26,7 @@ def atomic_write(path: Path, write) -> None:
     os.close(fd)
     try:
         write(Path(tmp))
-        os.chmod(tmp, FILE_MODE)
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600 files, unreadable to other users
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -35,8 +34,7 @@ def atomic_write(path: Path, write) -> None:
 
 
 def atomic_savez(path: Path, **arrays) -> None:
-    """``np.savez`` through atomic_write (a file object: np.savez would append ".npz" to a bare name): the
-    caches of parsed arrays, duplicate groups and splits."""
+    """``np.savez`` through atomic_write (into a file object: np.savez would append ".npz" to a bare name)."""
     import numpy as np
 
     def write(tmp: Path) -> None:
@@ -67,27 +65,22 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("FER_CACHE", Path.home() / ".cache" / "fer-report"))
 
 
-def _cpuinfo() -> str:
-    try:
-        return Path("/proc/cpuinfo").read_text()
-    except OSError:  # not Linux
-        return ""
-
-
 def cpu_has_fast_bf16() -> bool:
     """True on CPUs with native bfloat16 instructions (AMX or AVX-512 BF16); elsewhere bf16 is emulated
     and about 13x slower than float32 (measured on an AVX2-only machine)."""
-    return any(flag in _cpuinfo().split() for flag in ("amx_bf16", "avx512_bf16"))
+    return bool({"amx_bf16", "avx512_bf16"} & set(_cpuinfo().split()))
 
 
 def cpu_model() -> str:
     """The CPU's model name and whether it has native bf16: the context every timing needs."""
-    name = platform.processor() or platform.machine()
-    for line in _cpuinfo().splitlines():
-        if line.startswith("model name"):
-            name = line.split(":", 1)[1].strip()
-            break
+    names = [line.split(":", 1)[1].strip() for line in _cpuinfo().splitlines() if line.startswith("model name")]
+    name = names[0] if names else platform.processor() or platform.machine()
     return f"{name} ({'native bf16' if cpu_has_fast_bf16() else 'no native bf16'})"
+
+
+def _cpuinfo() -> str:
+    path = Path("/proc/cpuinfo")  # Linux only
+    return path.read_text() if path.exists() else ""
 
 
 class LockBusy(ConfigError):

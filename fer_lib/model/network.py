@@ -31,11 +31,9 @@ class WeightsWarning(UserWarning):
 
 
 def resolve_weights(weights: str | Path | None, warn: bool = True) -> tuple[Path | None, str]:
-    """(file to load or None, what the run will start from: the file's sha256 or "random").
-
-    "imagenet" falls back to random initialisation with a warning when torchvision's cache lacks the file
-    (no download is ever attempted); a path that is not a file is an error, since it is most likely a typo.
-    """
+    """(file to load or None, what the run will start from: the file's sha256 or "random") for "imagenet"
+    (torchvision's cache, never a download: random with a warning where it lacks the file), "random" or None, or a
+    ResNet18 state dict's path (one that is not a file is an error: most likely a typo)."""
     if weights in (None, "random"):
         return None, "random"
     if weights == "imagenet":
@@ -55,11 +53,8 @@ def resolve_weights(weights: str | Path | None, warn: bool = True) -> tuple[Path
 
 
 def build_model(weights: str | Path | None = "imagenet", dropout: float = 0.5) -> tuple[nn.Module, str]:
-    """The seed's ResNet18 and where its initial weights came from (the run records this note).
-
-    ``weights``: "imagenet" (torchvision's cache, never a download), a path to a ResNet18 state dict,
-    or None / "random".
-    """
+    """The seed's ResNet18 and where its initial weights came from (the run records this note); ``weights`` as
+    :func:`resolve_weights` takes them."""
     from torchvision.models import resnet18
 
     model = resnet18(weights=None)
@@ -87,10 +82,7 @@ def imagenet_weights_path() -> Path:
 
 def preprocess(images: torch.Tensor, input_size: int = 48) -> torch.Tensor:
     """uint8 or float (B, 48, 48) faces -> normalised float (B, 3, input_size, input_size)."""
-    x = images.float()
-    if images.dtype == torch.uint8:
-        x = x / 255.0
-    x = x.unsqueeze(1)  # (B, 1, H, W)
+    x = (images.float() / 255.0 if images.dtype == torch.uint8 else images.float()).unsqueeze(1)  # (B, 1, H, W)
     if x.shape[-1] != input_size:
         x = F.interpolate(x, size=(input_size, input_size), mode="bilinear", align_corners=False)
     mean = torch.tensor(IMAGENET_MEAN, device=x.device).view(1, 3, 1, 1)

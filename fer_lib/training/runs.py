@@ -76,17 +76,11 @@ class TrainConfig:
             if f.metadata.get("choices") and getattr(self, f.name) not in f.metadata["choices"]:
                 raise ConfigError(f"{f.name} must be one of {', '.join(f.metadata['choices'])}, "
                                   f"got {getattr(self, f.name)!r}")
-        if not 0 <= self.cutmix <= 1:
-            raise ConfigError(f"cutmix is a probability (0 = off), got {self.cutmix}")
-        if not 0 <= self.ema_decay < 1:
-            raise ConfigError(f"ema_decay must be 0 (off) or in (0, 1), got {self.ema_decay}")
+        if not (0 <= self.cutmix <= 1 and 0 <= self.ema_decay < 1):
+            raise ConfigError(f"cutmix is a probability and ema_decay in [0, 1), got {self.cutmix}, {self.ema_decay}")
 
     @classmethod
     def from_dict(cls, d: dict) -> "TrainConfig":
-        d = dict(d)
-        unknown = set(d) - {f.name for f in dataclasses.fields(cls)}
-        if unknown:
-            raise ConfigError(f"unknown training settings: {sorted(unknown)}")
         return cls(**{**d, "augment": AugmentConfig(**d.get("augment", {}))})
 
 
@@ -110,17 +104,13 @@ def config_for(profile: str, **overrides) -> TrainConfig:
     return TrainConfig.from_dict({**PROFILES[profile], **overrides})
 
 
-def data_fingerprint(faces: FaceSet) -> str:
-    """sha256 of the training images and labels: the same faces give the same run, whatever the layout."""
-    return array_sha256(faces.images, faces.labels.astype(np.int64))
-
-
 def run_record(dataset: Dataset, config: TrainConfig) -> dict:
-    """config.json: the settings, the training faces, the initial weights actually used (a file's sha256, or
-    "random" where the ImageNet file is missing) and ``run_key``, the hash of the settings (with the weights actually
-    used: a fallback to random is the run that asks for random) and the faces, which names the run."""
-    record = {"config": asdict(config), "data_fingerprint": data_fingerprint(dataset.train), "dataset": dataset.name,
-              "weights_used": resolve_weights(config.weights, warn=False)[1]}
+    """config.json: the settings, the training faces' sha256 (whatever the layout), the initial weights actually
+    used (a file's sha256, or "random" where the ImageNet file is missing) and ``run_key``, the hash of these that
+    names the run (a fallback to random is the run that asks for random)."""
+    faces = dataset.train
+    record = {"config": asdict(config), "data_fingerprint": array_sha256(faces.images, faces.labels.astype(np.int64)),
+              "dataset": dataset.name, "weights_used": resolve_weights(config.weights, warn=False)[1]}
     blob = json.dumps({"config": {**record["config"], "weights": record["weights_used"]},
                        "data_fingerprint": record["data_fingerprint"]}, sort_keys=True)
     return {**record, "run_key": hashlib.sha256(blob.encode()).hexdigest()[:12]}
@@ -156,9 +146,8 @@ def resolve_precision(precision: str, device: torch.device) -> str:
     """"fp32" or "bf16": what ``precision`` means on ``device`` ("auto" picks bf16 only where it is fast)."""
     if precision != "auto":
         return precision
-    if device.type == "cuda":
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
-    return "bf16" if cpu_has_fast_bf16() else "fp32"
+    fast = torch.cuda.is_bf16_supported() if device.type == "cuda" else cpu_has_fast_bf16()
+    return "bf16" if fast else "fp32"
 
 
 def default_threads() -> int:
@@ -167,9 +156,7 @@ def default_threads() -> int:
 
 
 def resolve_device(device: str = "auto") -> torch.device:
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    return torch.device(device)
+    return torch.device(("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device)
 
 
 def read_history(run_dir: Path):
@@ -183,13 +170,6 @@ def selected_row(history: list[dict], averaged: bool) -> dict:
     one-cycle schedule anneals to zero and the average smooths the end (a maximum over noisy epochs would only add
     selection bias). Without: the first epoch with the highest validation accuracy with flip views."""
     return history[-1] if averaged else max(history, key=lambda r: r["val_acc_tta"])
-
-
-def selection_rule(averaged: bool) -> str:
-    """The words run.json records for selected_row's choice."""
-    if averaged:
-        return "the final epoch's averaged weights (the schedule anneals to zero; no selection over epochs)"
-    return "the epoch with the highest validation accuracy with flip views"
 
 
 def split_for(dataset: Dataset, config: TrainConfig) -> tuple[FaceSet, FaceSet]:
@@ -217,16 +197,11 @@ def run_lock(run_dir: Path) -> Path:
     return run_dir.parent / f".{run_dir.name}.lock"
 
 
-def blank_model():
-    """The network that a state dict is then loaded into, built without touching the caller's global random
-    state (initialising a ResNet18 draws from it)."""
-    with torch.random.fork_rng(devices=[]):
-        return build_model("random")[0]
-
-
 def load_trained_weights(path: Path, device: str | torch.device = "cpu"):
-    """The model in eval mode, in float32, from a state dict (the shipped float16 one, or best.pt)."""
-    model = blank_model()
+    """The model in eval mode, in float32, from a state dict (the shipped float16 one, or best.pt); built without
+    touching the caller's global random state (initialising a ResNet18 draws from it)."""
+    with torch.random.fork_rng(devices=[]):
+        model = build_model("random")[0]
     state = torch.load(path, map_location="cpu", weights_only=True)
     model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()})
     return model.to(device).eval()
@@ -242,6 +217,3 @@ def load_trained(run_dir: Path, device: str | torch.device = "cpu"):
 def prediction_tta(run_dir: Path) -> str:
     """The test-time views a finished run's predictions use (chosen on validation, in run.json)."""
     return json.loads((Path(run_dir) / "run.json").read_text())["tta"]
-
-
-cache_key = run_key  # the name notebook 03 looks a sibling run up by

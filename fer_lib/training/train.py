@@ -6,7 +6,6 @@ finish step (finish.py) writes what the finished run knows; the run folder's lay
 """
 from __future__ import annotations
 
-import csv
 import json
 import sys
 import time
@@ -14,6 +13,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import torch
 import torch.nn.functional as F
 
@@ -21,10 +21,10 @@ from fer_lib import CLASS_NAMES, ConfigError
 from fer_lib.core.io import atomic_write, exclusive_lock
 from fer_lib.data.layouts import Dataset
 from fer_lib.model.inference import accuracy, predict_logits
-from fer_lib.model.network import build_model, imagenet_weights_path, preprocess, resolve_weights
+from fer_lib.model.network import build_model, preprocess
 from fer_lib.training.augment import augment, cutmix
 from fer_lib.training.finish import finish_run
-from fer_lib.training.runs import (  # noqa: F401 - TRAIN_EVAL_SAMPLE: the sample's size, read by notebook 02
+from fer_lib.training.runs import (  # noqa: F401 - TRAIN_EVAL_SAMPLE: the sample's size, read by questions.q2
     HISTORY_COLUMNS,
     TRAIN_EVAL_SAMPLE,
     TrainConfig,
@@ -50,26 +50,15 @@ def class_weights(labels: np.ndarray, mode: str) -> torch.Tensor | None:
 
 
 def make_optimizer(model, config: TrainConfig, steps_per_epoch: int):
-    decay = [p for p in model.parameters() if p.ndim > 1]  # no decay on batch-norm weights and biases
-    no_decay = [p for p in model.parameters() if p.ndim <= 1]
-    groups = [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    if config.optimizer == "adamw":
-        opt = torch.optim.AdamW(groups, lr=config.lr)
-    else:
-        opt = torch.optim.SGD(groups, lr=config.lr, momentum=0.9, nesterov=True)
+    # no decay on batch-norm weights and biases
+    groups = [{"params": [p for p in model.parameters() if p.ndim > 1], "weight_decay": config.weight_decay},
+              {"params": [p for p in model.parameters() if p.ndim <= 1], "weight_decay": 0.0}]
+    opt = (torch.optim.AdamW(groups, lr=config.lr) if config.optimizer == "adamw"
+           else torch.optim.SGD(groups, lr=config.lr, momentum=0.9, nesterov=True))
     # OneCycleLR needs a few steps per phase; tiny smoke runs simply stop before the schedule ends
     total_steps = max(config.epochs * steps_per_epoch, 8)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=config.lr, total_steps=total_steps, pct_start=0.25)
     return opt, sched
-
-
-def make_ema(model, decay: float):
-    """An exponential moving average of ``model``'s weights and batch-norm statistics (None when decay is 0)."""
-    if not decay:
-        return None
-    from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
-
-    return AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
 
 
 def train_step(model, optimizer, scheduler, images: torch.Tensor, labels: torch.Tensor, config: TrainConfig,
@@ -135,7 +124,9 @@ def evaluate(model, images: np.ndarray, labels, input_size: int, device, flip: b
     return out
 
 
-validate = evaluate  # the name questions.q2_history imports
+# a run's files, run.json first (from then on the folder is no finished run): starting over removes them
+RUN_OUTPUTS = ("run.json", "config.json", "history.csv", "checkpoint.pt", "best.pt", "weights.pt", "faces.npz",
+               "calibration.json", "val_logits.npz", "predictions.csv", "test_duplicates.csv", "test_outputs.json")
 
 
 def train(dataset: Dataset, config: TrainConfig, run_dir: Path, device: str = "auto", resume: bool = True,
@@ -148,7 +139,6 @@ def train(dataset: Dataset, config: TrainConfig, run_dir: Path, device: str = "a
     it was."""
     run_dir = Path(run_dir)
     record = run_record(dataset, config)
-    weights_path, _ = resolve_weights(config.weights)  # warns here when the ImageNet weights are missing
     dev = resolve_device(device)
     precision = resolve_precision(config.precision, dev)
     with exclusive_lock(run_lock(run_dir), f"training into {run_dir}", wait=wait):
@@ -165,16 +155,16 @@ def train(dataset: Dataset, config: TrainConfig, run_dir: Path, device: str = "a
         # the initial weights come from the run's seed, without touching the caller's global RNG
         with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []):
             torch.manual_seed(config.seed)
-            model, weights_origin = build_model(weights_path)
-        if weights_path is None and config.weights != "random":
-            weights_origin = f"random initialisation (ImageNet weights not found at {imagenet_weights_path()})"
-        model.to(dev)
-        if config.channels_last:
-            model.to(memory_format=torch.channels_last)
+            model, weights_origin = build_model(config.weights)  # warns when the ImageNet weights are missing
+        model.to(dev, memory_format=torch.channels_last if config.channels_last else torch.preserve_format)
         optimizer, scheduler = make_optimizer(model, config, max(1, len(train_set) // config.batch_size))
         loss_weight = class_weights(train_set.labels, config.class_weighting)
         loss_weight = None if loss_weight is None else loss_weight.to(dev)
-        ema = make_ema(model, config.ema_decay)
+        ema = None  # an exponential moving average of the weights and batch-norm statistics, when asked for
+        if config.ema_decay:
+            from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+            ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(config.ema_decay), use_buffers=True)
         start_epoch, history = 0, []
         if ckpt is not None:
             model.load_state_dict(ckpt["model"])
@@ -186,8 +176,9 @@ def train(dataset: Dataset, config: TrainConfig, run_dir: Path, device: str = "a
             if progress and start_epoch < config.epochs:
                 print(f"resuming {run_dir} from its checkpoint at epoch {start_epoch + 1}/{config.epochs} "
                       "(--no-resume starts over)", file=sys.stderr, flush=True)
-        else:
-            start_over(run_dir, progress)
+        else:  # a previous run's files go, run.json first: a new run never sits beside the old one's weights
+            for name in RUN_OUTPUTS:
+                (run_dir / name).unlink(missing_ok=True)
         run_dir.mkdir(parents=True, exist_ok=True)
         atomic_write(run_dir / "config.json", lambda tmp: tmp.write_text(json.dumps(record, indent=2)))
 
@@ -218,7 +209,8 @@ def train(dataset: Dataset, config: TrainConfig, run_dir: Path, device: str = "a
                      "weights_origin": weights_origin, "run_key": record["run_key"], "config": asdict(config),
                      **({"ema": ema.state_dict()} if ema is not None else {})}
             atomic_write(run_dir / "checkpoint.pt", lambda tmp: torch.save(state, tmp))
-            write_history(run_dir / "history.csv", history)
+            atomic_write(run_dir / "history.csv",
+                         lambda tmp: pd.DataFrame(history, columns=HISTORY_COLUMNS).to_csv(tmp, index=False))
             if progress:
                 print(f"epoch {epoch + 1}/{config.epochs}: train loss {row['train_loss']:.3f} "
                       f"(CE {row['train_ce']:.3f}) acc {row['train_acc']:.3f} | val loss {row['val_loss']:.3f} "
@@ -227,32 +219,6 @@ def train(dataset: Dataset, config: TrainConfig, run_dir: Path, device: str = "a
         finish_run(run_dir, dataset, config, train_set, val_set, history, dev,
                    {"weights_origin": weights_origin, "weights_used": record["weights_used"], "precision": precision})
     return run_dir
-
-
-def write_history(path: Path, history: list[dict]) -> None:
-    def write(tmp: Path) -> None:
-        with open(tmp, "w", newline="") as f:
-            w = csv.DictWriter(f, HISTORY_COLUMNS)
-            w.writeheader()
-            w.writerows(history)
-
-    atomic_write(path, write)
-
-
-# a finished run's files: starting over removes them, run.json first (from then on the folder is no finished run)
-RUN_OUTPUTS = ("run.json", "config.json", "history.csv", "checkpoint.pt", "best.pt", "weights.pt", "faces.npz",
-               "calibration.json", "val_logits.npz", "predictions.csv", "test_duplicates.csv", "test_outputs.json")
-
-
-def start_over(run_dir: Path, progress: bool) -> None:
-    """Remove a previous run's files, so that a new run never sits beside the old one's weights and run.json
-    (which would serve the old weights under the new settings)."""
-    old = [run_dir / name for name in RUN_OUTPUTS if (run_dir / name).exists()]
-    for path in old:
-        path.unlink()
-    if old and progress:
-        print(f"note: starting over in {run_dir}: removed the previous run's {', '.join(p.name for p in old)}",
-              file=sys.stderr)
 
 
 def progress_bar(iterable, desc: str, enabled: bool = True):
