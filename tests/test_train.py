@@ -131,7 +131,7 @@ def test_run_cache_trains_once(tiny_dataset, tmp_path, capsys, monkeypatch):
             "--max-train", "96", "--weights", "random")
     code, out, err = run_cli(capsys, *args)
     assert code == 0, err
-    monkeypatch.setattr(train_mod, "train", lambda *a, **k: pytest.fail("trained again despite the cache"))
+    monkeypatch.setattr(train_mod, "train_one_epoch", lambda *a, **k: pytest.fail("trained again despite the cache"))
     assert run_cli(capsys, *args)[1] == out.splitlines()[-1] + "\n", "the same run, found in the cache"
     with pytest.raises(pytest.fail.Exception):
         run_cli(capsys, *args, "--seed", "7")  # another config is another run

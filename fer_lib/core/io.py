@@ -1,16 +1,18 @@
-"""Core I/O: atomic writes and folder replacement, file hashes, locks, the cache folder and the CPU's description.
-Imports nothing of fer_lib's beyond the package constants, so every other module can use it."""
+"""Core I/O: atomic writes and folder replacement, hashes, locks, the cache folder and the CPU's description."""
 from __future__ import annotations
 
 import fcntl
 import hashlib
 import os
 import platform
+import shutil
 import sys
 import tempfile
 import time
 from contextlib import contextmanager
 from pathlib import Path
+
+import numpy as np
 
 from fer_lib import ConfigError
 
@@ -35,8 +37,6 @@ def atomic_write(path: Path, write) -> None:
 
 def atomic_savez(path: Path, **arrays) -> None:
     """``np.savez`` through atomic_write (into a file object: np.savez would append ".npz" to a bare name)."""
-    import numpy as np
-
     def write(tmp: Path) -> None:
         with open(tmp, "wb") as f:
             np.savez(f, **arrays)
@@ -52,8 +52,6 @@ def file_sha256(path: Path) -> str:
 
 def array_sha256(*arrays) -> str:
     """Hex sha256 of arrays' bytes, one after the other (C order): the fingerprint of faces held in memory."""
-    import numpy as np
-
     h = hashlib.sha256()
     for a in arrays:
         h.update(np.ascontiguousarray(a).tobytes())
@@ -83,18 +81,11 @@ def _cpuinfo() -> str:
     return path.read_text() if path.exists() else ""
 
 
-class LockBusy(ConfigError):
-    """Another process holds the lock and the caller asked not to wait."""
-
-
 @contextmanager
 def exclusive_lock(lock_path: Path, what: str, wait: bool = True):
-    """Hold an exclusive ``fcntl.flock`` on ``lock_path`` while the block runs.
-
-    When another process holds it, say whom we wait for (its pid, command and start time, which the holder
-    writes into the lock file) and block until it is done, or raise LockBusy when ``wait`` is False. The
-    kernel drops the lock when its holder exits, however it exits, so a crash never leaves a stale lock.
-    """
+    """Hold an exclusive ``fcntl.flock`` on ``lock_path`` while the block runs; where another process holds it, say
+    whom we wait for (the holder writes its pid, command and start time into the file), or raise ConfigError when
+    ``wait`` is False. The kernel drops the lock when its holder exits, however it exits: no stale lock."""
     lock_path = Path(lock_path)
     lock_path.parent.mkdir(parents=True, exist_ok=True)
     with open(lock_path, "a+") as f:
@@ -104,8 +95,8 @@ def exclusive_lock(lock_path: Path, what: str, wait: bool = True):
             f.seek(0)
             holder = f.read().strip() or "another process (it did not say what it is doing)"
             if not wait:
-                raise LockBusy(f"{lock_path}: held by {holder}; try again when it is done "
-                               "(or leave out --no-wait to wait for it)") from None
+                raise ConfigError(f"{lock_path}: held by {holder}; try again when it is done "
+                                  "(or leave out --no-wait to wait for it)") from None
             print(f"waiting for {holder} ({lock_path})", file=sys.stderr, flush=True)
             fcntl.flock(f, fcntl.LOCK_EX)
         f.seek(0)
@@ -124,11 +115,8 @@ def replace_directory(new: Path, final: Path) -> None:
     """Put the folder ``new`` in place of ``final`` by two renames through ``.<final>.previous`` beside it. Killed
     between them, ``final`` is missing but the previous folder is whole under that name, and the next call (or
     :func:`restore_directory`, which this one calls first) puts it back before anything else happens."""
-    import shutil
-
-    new, final = Path(new), Path(final)
-    previous = restore_directory(final)
-    if final.exists():
+    previous = restore_directory(Path(final))
+    if os.path.exists(final):
         shutil.rmtree(previous, ignore_errors=True)
         os.rename(final, previous)
     os.rename(new, final)
@@ -136,8 +124,7 @@ def replace_directory(new: Path, final: Path) -> None:
 
 
 def restore_directory(final: Path) -> Path:
-    """After a :func:`replace_directory` killed between its renames: the previous folder back at ``final``.
-    Returns where the previous folder waits during a replacement."""
+    """The previous folder back at ``final`` after a replacement killed between its renames; returns its place."""
     final = Path(final)
     previous = final.with_name(f".{final.name}.previous")
     if not final.exists() and previous.is_dir():

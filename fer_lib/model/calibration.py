@@ -1,9 +1,6 @@
-"""Calibrated probabilities: temperature scaling fitted on validation, and the "uncertain" threshold.
-
-A network trained with cross-entropy is usually over-confident; dividing its logits by one temperature T,
-fitted to minimise the validation negative log-likelihood, fixes most of that without changing a single
-prediction (Guo et al., 2017). A run's calibration lives in ``calibration.json`` beside its weights.
-"""
+"""Calibrated probabilities: one temperature dividing the logits, fitted on validation, undoes most of a network's
+over-confidence without changing a prediction (Guo et al., 2017); and the "uncertain" threshold. A run's
+calibration lives in ``calibration.json`` beside its weights."""
 from __future__ import annotations
 
 import json
@@ -67,8 +64,7 @@ def calibrate(logits: torch.Tensor, labels) -> dict:
     """Temperature, uncertain threshold and ECE before / after, from validation logits and labels."""
     logits = torch.as_tensor(logits, dtype=torch.float32)
     t = fit_temperature(logits, labels)
-    before = torch.softmax(logits, 1).numpy()
-    after = torch.softmax(logits / t, 1).numpy()
+    before, after = torch.softmax(logits, 1).numpy(), torch.softmax(logits / t, 1).numpy()
     return {"temperature": t, "uncertain_below": uncertain_threshold(after, labels),
             "ece_before": expected_calibration_error(before, labels),
             "ece_after": expected_calibration_error(after, labels), "faces": int(len(after))}

@@ -28,8 +28,7 @@ def tta_views(x: torch.Tensor, mode: str) -> list[torch.Tensor]:
 def predict_logits(model: nn.Module, images: np.ndarray | torch.Tensor, input_size: int = 48,
                    batch_size: int = 256, tta: str = "none", device: str | torch.device | None = None
                    ) -> torch.Tensor:
-    """Logits (N, 7) for uint8 faces (N, 48, 48), averaged over the test-time views of ``tta``, in eval mode, on
-    ``device`` (default: where the model's parameters are)."""
+    """Logits (N, 7) for uint8 faces (N, 48, 48), averaged over the views of ``tta``, on ``device`` or the model's."""
     device = device or next(model.parameters()).device
     was_training = model.training
     model.eval()

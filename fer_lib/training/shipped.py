@@ -1,12 +1,8 @@
 """Shipped models (``report/<name>/model/``, committed with their report) serve any copy of their data: a user's
-FER2013, in whatever layout, order or encoding, is matched face by face to the faces the model was trained and
-validated on (data.face_keys).
-
-The rule: a shipped model trained with the same recipe serves a dataset when at least ``SERVE_MIN_SHARE`` of the
-dataset's training faces are among the model's faces (exactly or nearly). Its validation faces are then the
-user's faces that match the model's validation faces; faces the model never saw in any form are counted, and
-stay out of validation (the model's own split is what makes validation honest).
-"""
+FER2013, in any layout, order or encoding, is matched face by face to the model's faces (data.face_keys). A model
+trained with the same recipe serves a dataset when at least ``SERVE_MIN_SHARE`` of its training faces are among the
+model's (exactly or nearly); validation is then the user's faces that are the model's validation faces (faces it
+never saw are counted and stay out: the model's own split is what keeps validation honest)."""
 from __future__ import annotations
 
 import json
@@ -48,25 +44,21 @@ class ServedCopy:
                 "found_share": round(self.match.found_share, 4), **self.match.counts, "by_side": sides}
 
 
-def cached_match(images: np.ndarray, model_dir: Path, cache_dir: Path) -> FaceMatch:
-    """``match_faces`` of ``images`` against the model's keys, cached by the faces' and the keys' hashes."""
-    entry = Path(cache_dir) / f"facematch-{array_sha256(images)[:16]}-{file_sha256(model_dir / KEYS_FILE)[:16]}.npz"
-    if entry.exists():
-        with np.load(entry) as z:
-            return FaceMatch(side=z["side"], exact=z["exact"], distance=z["distance"])
-    match = match_faces(images, FaceKeys.load(model_dir))
-    atomic_savez(entry, side=match.side, exact=match.exact, distance=match.distance)
-    return match
-
-
 def serve_copy(dataset: Dataset, config: TrainConfig, models: list[Path], cache_dir: Path) -> ServedCopy | None:
-    """The first shipped model with the same recipe (its initial weights' origin aside: recorded apart) whose
-    faces cover the dataset's training faces, or None."""
+    """The first shipped model with the same recipe (initial weights aside) covering the training faces, or None."""
     for model_dir in map(Path, models):
         shipped = json.loads((model_dir / "config.json").read_text())["config"]
         if {**shipped, "weights": None} != {**asdict(config), "weights": None}:
             continue
-        match = cached_match(dataset.train.images, model_dir, cache_dir)
+        # the match of these faces against the model's keys, cached by the hashes of both
+        keys = model_dir / KEYS_FILE
+        entry = Path(cache_dir) / f"facematch-{array_sha256(dataset.train.images)[:16]}-{file_sha256(keys)[:16]}.npz"
+        if entry.exists():
+            with np.load(entry) as z:
+                match = FaceMatch(side=z["side"], exact=z["exact"], distance=z["distance"])
+        else:
+            match = match_faces(dataset.train.images, FaceKeys.load(model_dir))
+            atomic_savez(entry, side=match.side, exact=match.exact, distance=match.distance)
         if match.found_share >= SERVE_MIN_SHARE:
             return ServedCopy(model_dir, match)
     return None

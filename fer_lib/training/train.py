@@ -1,9 +1,6 @@
-"""Training, read top to bottom: the optimiser, one epoch, evaluation, and the loop with its checkpoint.
-
-Each epoch draws its shuffling, augmentation and dropout randomness from generators seeded with (seed, epoch),
-so a resumed run repeats exactly what an uninterrupted one would have done. When the last epoch is done the
-finish step (finish.py) writes what the finished run knows; the run folder's layout is in runs.py.
-"""
+"""Training, read top to bottom: the optimiser, one epoch, evaluation, and the loop with its checkpoint. Each epoch
+draws its shuffling, augmentation and dropout from generators seeded with (seed, epoch), so a resumed run repeats
+exactly what an uninterrupted one would have done; then the finish step (finish.py) writes what the run knows."""
 from __future__ import annotations
 
 import json
@@ -22,23 +19,10 @@ from fer_lib.core.io import atomic_write, exclusive_lock
 from fer_lib.data.layouts import Dataset
 from fer_lib.model.inference import accuracy, predict_logits
 from fer_lib.model.network import build_model, preprocess
+from fer_lib.training import runs
 from fer_lib.training.augment import augment, cutmix
 from fer_lib.training.finish import finish_run
-from fer_lib.training.runs import (  # noqa: F401 - TRAIN_EVAL_SAMPLE: the sample's size, read by questions.q2
-    HISTORY_COLUMNS,
-    TRAIN_EVAL_SAMPLE,
-    TrainConfig,
-    default_threads,
-    is_complete,
-    recorded_key,
-    resolve_device,
-    resolve_precision,
-    run_lock,
-    run_record,
-    selected_row,
-    split_for,
-    train_eval_indices,
-)
+from fer_lib.training.runs import TRAIN_EVAL_SAMPLE, TrainConfig  # noqa: F401 - questions.q2_history reads it here
 
 
 def class_weights(labels: np.ndarray, mode: str) -> torch.Tensor | None:
@@ -91,8 +75,7 @@ def train_step(model, optimizer, scheduler, images: torch.Tensor, labels: torch.
 def train_one_epoch(model, ema, optimizer, scheduler, images: torch.Tensor, labels: torch.Tensor,
                     config: TrainConfig, loss_weight, epoch: int, device: torch.device, precision: str,
                     progress: bool) -> dict:
-    """One pass over the training faces in an order drawn from (seed, epoch); returns the epoch's training loss,
-    plain cross-entropy and accuracy (on the augmented batches)."""
+    """One pass in an order drawn from (seed, epoch): the epoch's loss, plain cross-entropy and accuracy."""
     generator = torch.Generator().manual_seed(config.seed * 100_003 + epoch)
     order = torch.randperm(len(images), generator=generator)
     steps = max(1, len(images) // config.batch_size)  # the last partial batch is dropped
@@ -113,8 +96,7 @@ def train_one_epoch(model, ema, optimizer, scheduler, images: torch.Tensor, labe
 
 
 def evaluate(model, images: np.ndarray, labels, input_size: int, device, flip: bool = True) -> dict:
-    """Loss and accuracy in eval mode on unaugmented faces (plain, and with flip views unless ``flip`` is False),
-    in float32 like every prediction the report makes."""
+    """Loss and accuracy in eval mode on unaugmented faces in float32, plain and (``flip``) with flip views."""
     labels = torch.as_tensor(labels)
     logits = predict_logits(model, images, input_size, device=device)
     out = {"loss": F.cross_entropy(logits, labels).item(), "acc": accuracy(logits, labels), "acc_tta": None}
@@ -131,26 +113,23 @@ RUN_OUTPUTS = ("run.json", "config.json", "history.csv", "checkpoint.pt", "best.
 
 def train(dataset: Dataset, config: TrainConfig, run_dir: Path, device: str = "auto", resume: bool = True,
           stop_after: int | None = None, progress: bool = True, wait: bool = True) -> Path:
-    """Train into ``run_dir`` under its lock, resuming its checkpoint when ``resume`` (from the epoch after the
-    last one saved), then finish the run; returns ``run_dir``. ``stop_after`` ends after that many epochs (tests).
-
-    A second process for the same folder waits (``wait=False``: is refused), then finds the run finished.
-    Everything that can be refused is checked before anything is written, so a refused run leaves the folder as
-    it was."""
+    """Train into ``run_dir`` under its lock (a second process waits, or with ``wait=False`` is refused, then finds
+    the run finished), resuming its checkpoint when ``resume``, then finish the run. ``stop_after``: epochs, for
+    tests. What can be refused is checked before anything is written: a refused run leaves the folder as it was."""
     run_dir = Path(run_dir)
-    record = run_record(dataset, config)
-    dev = resolve_device(device)
-    precision = resolve_precision(config.precision, dev)
-    with exclusive_lock(run_lock(run_dir), f"training into {run_dir}", wait=wait):
-        if resume and is_complete(run_dir) and recorded_key(run_dir) == record["run_key"]:
+    record = runs.run_record(dataset, config)
+    dev = runs.resolve_device(device)
+    precision = runs.resolve_precision(config.precision, dev)
+    with exclusive_lock(runs.run_lock(run_dir), f"training into {run_dir}", wait=wait):
+        if resume and runs.is_complete(run_dir) and runs.recorded_key(run_dir) == record["run_key"]:
             return run_dir  # finished while we waited (or earlier)
         ckpt_path = run_dir / "checkpoint.pt"
         ckpt = torch.load(ckpt_path, map_location=dev, weights_only=True) if resume and ckpt_path.exists() else None
         if ckpt is not None and ckpt["run_key"] != record["run_key"]:
             raise ConfigError(f"{ckpt_path}: checkpoint of another run (other settings, training faces or initial "
                               "weights); use another run folder, or --no-resume to start over")
-        torch.set_num_threads(default_threads())
-        train_set, val_set = split_for(dataset, config)
+        torch.set_num_threads(runs.default_threads())
+        train_set, val_set = runs.split_for(dataset, config)
 
         # the initial weights come from the run's seed, without touching the caller's global RNG
         with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []):
@@ -183,7 +162,7 @@ def train(dataset: Dataset, config: TrainConfig, run_dir: Path, device: str = "a
         atomic_write(run_dir / "config.json", lambda tmp: tmp.write_text(json.dumps(record, indent=2)))
 
         images, labels = torch.from_numpy(train_set.images), torch.from_numpy(train_set.labels)
-        sample = train_eval_indices(len(train_set), config.seed)
+        sample = runs.train_eval_indices(len(train_set), config.seed)
         for epoch in range(start_epoch, config.epochs):
             if stop_after is not None and epoch >= stop_after:
                 return run_dir
@@ -202,7 +181,7 @@ def train(dataset: Dataset, config: TrainConfig, run_dir: Path, device: str = "a
                        lr=lr, seconds=time.perf_counter() - t0)
             history.append(row)
             # -- checkpoint, atomically: an interrupted write never corrupts the run
-            if selected_row(history, averaged=ema is not None) is row:
+            if runs.selected_row(history, averaged=ema is not None) is row:
                 atomic_write(run_dir / "best.pt", lambda tmp: torch.save(shipped.state_dict(), tmp))
             state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                      "scheduler": scheduler.state_dict(), "epoch": epoch + 1, "history": history,
@@ -210,7 +189,7 @@ def train(dataset: Dataset, config: TrainConfig, run_dir: Path, device: str = "a
                      **({"ema": ema.state_dict()} if ema is not None else {})}
             atomic_write(run_dir / "checkpoint.pt", lambda tmp: torch.save(state, tmp))
             atomic_write(run_dir / "history.csv",
-                         lambda tmp: pd.DataFrame(history, columns=HISTORY_COLUMNS).to_csv(tmp, index=False))
+                         lambda tmp: pd.DataFrame(history, columns=runs.HISTORY_COLUMNS).to_csv(tmp, index=False))
             if progress:
                 print(f"epoch {epoch + 1}/{config.epochs}: train loss {row['train_loss']:.3f} "
                       f"(CE {row['train_ce']:.3f}) acc {row['train_acc']:.3f} | val loss {row['val_loss']:.3f} "
