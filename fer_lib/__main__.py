@@ -2,74 +2,43 @@
 from __future__ import annotations
 
 import argparse
+import ast
+import contextlib
 import sys
 import warnings
+from dataclasses import fields
 from pathlib import Path
 
+from fer_lib import ConfigError
+from fer_lib.data.layouts import DataError, load_dataset, load_test_faces
+from fer_lib.data.synthetic import write_synthetic_dataset
+from fer_lib.report.context import default_profile, load_context
+from fer_lib.training.bench import run_bench
+from fer_lib.training.finish import score_predictions, write_predictions
+from fer_lib.training.runs import PROFILES, TrainConfig, config_for, run_key
+from fer_lib.training.train import train
 
-def _add_train_options(p: argparse.ArgumentParser) -> None:
-    """--profile, --device, and one flag per TrainConfig setting (its help and choices from the field)."""
-    from dataclasses import fields
-
-    from fer_lib.training.runs import PROFILES, TrainConfig
-
-    p.add_argument("--profile", choices=sorted(PROFILES), default=None,
-                   help="a named recipe: quick (minutes, a subset), full (the real-data recipe: 60 epochs at 72 px "
-                        "with an average of the weights, about 100 min on 2 CPU cores with native bf16), "
-                        "long (300 epochs at 96 px, for a GPU), synthetic (the demo data), smoke (seconds, tests) "
-                        "(default: full for real data, synthetic for the embedded dataset); the flags below "
-                        "override its settings")
-    for f in fields(TrainConfig):
-        if "help" not in f.metadata:
-            continue  # the augmentation settings: the profiles' own
-        kind = type(f.default)
-        options = {"action": argparse.BooleanOptionalAction} if kind is bool else {"type": kind}
-        p.add_argument(f"--{f.name.replace('_', '-')}", default=None, choices=f.metadata["choices"] or None,
-                       help=f"{f.metadata['help']} (default {f.default!r} unless the profile sets it)", **options)
-    p.add_argument("--device", default="auto", help="cpu, cuda or auto (cuda when available; default)")
-
-
-def config_from_args(args, dataset):
-    from dataclasses import fields
-
-    from fer_lib.report.context import default_profile
-    from fer_lib.training.runs import TrainConfig, config_for
-
-    overrides = {f.name: getattr(args, f.name) for f in fields(TrainConfig) if getattr(args, f.name, None) is not None}
-    return config_for(args.profile or default_profile(dataset), **overrides)
+DEVICE_HELP = "cpu, cuda or auto (cuda when available; default)"
+NO_WAIT_HELP = "when another process holds the run (or the report), stop with an error instead of waiting for it"
 
 
 def cmd_synth(args) -> None:
-    from fer_lib.data.synthetic import write_synthetic_dataset
-
     paths = write_synthetic_dataset(Path(args.out), args.n_train, args.n_test, args.seed)
     print("wrote " + ", ".join(str(p) for p in paths))
 
 
 def cmd_train(args) -> None:
-    from fer_lib.data.layouts import load_dataset
-    from fer_lib.training.runs import find_run, run_key
-    from fer_lib.training.train import train
-
     dataset = load_dataset(args.data)
-    config = config_from_args(args, dataset)
-    if args.out:
-        run_dir = train(dataset, config, Path(args.out), device=args.device, resume=not args.no_resume,
-                        wait=not args.no_wait)
-    else:  # the run cache: reused when finished, resumed from its checkpoint when stopped
-        run_dir = find_run(dataset, config, Path(args.runs)) or train(
-            dataset, config, Path(args.runs) / f"{dataset.name}-{run_key(dataset, config)}", device=args.device,
-            wait=not args.no_wait)
-    print(f"run: {run_dir}")
+    overrides = {f.name: getattr(args, f.name) for f in fields(TrainConfig) if getattr(args, f.name, None) is not None}
+    config = config_for(args.profile or default_profile(dataset), **overrides)
+    # without --out the run cache's folder of these settings and faces: train finds it finished, or resumes it
+    out = Path(args.out or Path(args.runs) / f"{dataset.name}-{run_key(dataset, config)}")
+    print(f"run: {train(dataset, config, out, device=args.device, resume=not args.no_resume, wait=not args.no_wait)}")
 
 
 def cmd_predict(args) -> None:
-    from fer_lib.data.layouts import load_test_faces
-    from fer_lib.training.finish import write_predictions
-
     faces = load_test_faces(args.data)
-    counts = write_predictions(Path(args.run), faces, Path(args.out), tta="none" if args.no_tta else "",
-                               device=args.device)
+    counts = write_predictions(Path(args.run), faces, Path(args.out), device=args.device)
     print(f"wrote {args.out}: {len(faces)} rows; predicted class counts {counts}")
 
 
@@ -81,15 +50,12 @@ def cmd_classify(args) -> None:
 
 
 def cmd_score(args) -> None:
-    from fer_lib.training.finish import score_predictions
-
     acc, n = score_predictions(Path(args.pred), Path(args.labels))
     print(f"accuracy {acc:.4f} on {n} faces")
 
 
 def cmd_report(args) -> None:
     from fer_lib.report.build import NotebookFailed, build_report, notebook_paths
-    from fer_lib.report.context import load_context
 
     notebook_paths(args.notebooks)  # an unknown notebook name stops here, before any training
     ctx = load_context(args.data or "", args.profile or "", args.runs, args.device, wait=not args.no_wait,
@@ -104,83 +70,70 @@ def cmd_report(args) -> None:
 
 def notebook_parameter(text: str) -> tuple[str, object]:
     """--param NAME=VALUE: a number or a string, as papermill's -p reads it."""
-    import ast
-
     name, sep, value = text.partition("=")
     if not sep or not name.isidentifier():
         raise argparse.ArgumentTypeError(f"expected NAME=VALUE (such as ascent_steps=32), got {text!r}")
-    try:
-        return name, ast.literal_eval(value)
-    except (ValueError, SyntaxError):
-        return name, value
+    with contextlib.suppress(ValueError, SyntaxError):
+        value = ast.literal_eval(value)
+    return name, value
 
 
 def cmd_bench(args) -> None:
-    from fer_lib.training.bench import run_bench
-
-    run_bench(data=args.data, batch_size=args.batch_size, steps=args.steps)
+    run_bench(args.data)
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m fer_lib", description=(
-        "Facial-expression recognition on FER2013 (48x48 gray faces, 7 classes) with the seed report's "
-        "ResNet18: make data, train, predict, and build the report."))
+    parser = argparse.ArgumentParser(prog="python -m fer_lib", description="Facial-expression recognition on "
+                                     "FER2013 with the seed report's ResNet18: data, training, predictions, report.")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("synth", help="write the embedded synthetic dataset as homework CSV files",
-                       description="Draw synthetic faces of the 7 expressions; write DIR/train.csv (label,feature), "
-                                   "DIR/test.csv (id,feature) and DIR/test_labels.csv (id,label, for scoring).")
-    p.add_argument("--out", required=True, help="output directory")
-    p.add_argument("--n-train", type=int, default=3500, help="training faces (default 3500)")
-    p.add_argument("--n-test", type=int, default=700, help="test faces (default 700)")
+    p = sub.add_parser("synth", help="draw synthetic faces into DIR/train.csv (label,feature), DIR/test.csv "
+                                      "(id,feature) and DIR/test_labels.csv (id,label, for scoring)")
+    p.add_argument("--out", required=True, metavar="DIR")
+    p.add_argument("--n-train", type=int, default=3500)
+    p.add_argument("--n-test", type=int, default=700)
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_synth)
 
-    p = sub.add_parser("train", help="train the model (resumable; cached by config and data)",
-                       description="Train the seed ResNet18. Without --out the run goes to RUNS/<dataset>-<hash of "
-                                   "config and data> and is reused when it already exists; an interrupted run "
-                                   "resumes from its last checkpoint.")
+    p = sub.add_parser("train", help="train the seed ResNet18; an interrupted run resumes from its last checkpoint")
     p.add_argument("--data", required=True, help="dataset directory or file (any supported layout)")
-    p.add_argument("--out", help="run directory (default: the cache under --runs)")
-    p.add_argument("--runs", default="runs", help="root of the run cache (default ./runs)")
-    p.add_argument("--no-resume", action="store_true",
-                   help="start over even if --out holds a checkpoint or a finished run (its files are removed first)")
-    p.add_argument("--no-wait", action="store_true",
-                   help="when another process is training into the same run folder, stop with an error instead of "
-                        "waiting for it")
-    _add_train_options(p)
+    p.add_argument("--out", help="run directory (default RUNS/<dataset>-<hash of settings and data>, reused when "
+                                 "finished)")
+    p.add_argument("--runs", default="runs", help="the run cache")
+    p.add_argument("--no-resume", action="store_true", help="start over, removing a checkpoint or finished run first")
+    p.add_argument("--no-wait", action="store_true", help=NO_WAIT_HELP)
+    p.add_argument("--device", default="auto", help=DEVICE_HELP)
+    p.add_argument("--profile", choices=sorted(PROFILES), default=None,
+                   help="a named recipe (default: full for real data, synthetic for the demo data): quick (minutes, "
+                        "a subset), full (60 epochs at 72 px with an average of the weights, about 100 min on 2 CPU "
+                        "cores with native bf16), long (300 epochs at 96 px, for a GPU), smoke (seconds, tests); "
+                        "the flags below override its settings")
+    for f in fields(TrainConfig):  # one flag per setting, its help and choices from the field
+        if "help" in f.metadata:  # (the augmentation settings are the profiles' own)
+            kind = type(f.default)
+            options = {"action": argparse.BooleanOptionalAction} if kind is bool else {"type": kind}
+            p.add_argument(f"--{f.name.replace('_', '-')}", default=None, choices=f.metadata["choices"] or None,
+                           help=f"{f.metadata['help']} (default {f.default!r} unless the profile sets it)", **options)
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("predict", help="write id,label predictions for a test file",
-                       description="Predict the test faces with a trained run's best-validation weights and write "
-                                   "the leaderboard format (id,label), one row per face.")
-    p.add_argument("--run", required=True, help="run directory made by `train`, or a report's shipped model "
-                                                 "(e.g. report/fer2013/model)")
+    p = sub.add_parser("predict", help="write id,label predictions (one row per test face) with a run's weights")
+    p.add_argument("--run", required=True, help="a run folder, or a report's shipped model (report/fer2013/model)")
     p.add_argument("--data", required=True, help="test CSV (id,feature) or a dataset directory with a test split")
-    p.add_argument("--out", default="predictions.csv", help="predictions CSV to write (default ./predictions.csv)")
-    p.add_argument("--no-tta", action="store_true",
-                   help="predict each face once (default: the test-time views the run chose on validation, "
-                        "in its run.json)")
-    p.add_argument("--device", default="auto")
+    p.add_argument("--out", default="predictions.csv")
+    p.add_argument("--device", default="auto", help=DEVICE_HELP)
     p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser("classify", help="find and classify the faces in your own photos and videos",
-                       description="Find the faces (dlib's HOG detector; boxes whose 68 landmarks form a plausible "
-                                   "face), crop them as FER2013 frames its faces, and classify them with the run's "
-                                   "test-time views and calibration (below its threshold a face is uncertain, '?'). "
-                                   "Writes OUT/<name>.faces.png|jpg per photo, OUT/<name>.tracks.png per video or "
-                                   "folder of frames and OUT/faces.csv (one row per face and frame). Exit status 0 "
-                                   "when every file was read, 1 when one could not be, 2 when there is no model.")
-    p.add_argument("paths", nargs="+", metavar="PATH", help="image files (PNG, JPEG, ...), videos (MP4, AVI, MOV, "
-                                                            "MKV, ...) or folders (searched recursively)")
-    p.add_argument("--run", default="report/fer2013/model",
-                   help="trained model: a report's shipped model or a run folder (default report/fer2013/model, "
-                        "made by `make report DATA=path/to/fer2013`)")
-    p.add_argument("--out", default="classified", help="output folder (default ./classified)")
+                       description="Writes OUT/<name>.faces.png|jpg per photo, OUT/<name>.tracks.png per video or "
+                                   "folder of frames, and OUT/faces.csv; exit status 1 when a file could not be "
+                                   "read, 2 when there is no model.")
+    p.add_argument("paths", nargs="+", metavar="PATH", help="images, videos or folders (searched recursively)")
+    p.add_argument("--run", default="report/fer2013/model", help="a report's shipped model or a run folder")
+    p.add_argument("--out", default="classified")
     p.add_argument("--fps", type=float, default=5.0, help="frames per second classified from a video (default 5)")
     p.add_argument("--frames", action="store_true",
                    help="each folder PATH is one clip: its images are frames, in name order, every one classified")
-    p.add_argument("--device", default="auto", help="cpu, cuda or auto (cuda when available; default)")
+    p.add_argument("--device", default="auto", help=DEVICE_HELP)
     p.set_defaults(func=cmd_classify)
 
     p = sub.add_parser("score", help="accuracy of a predictions file against id,label truth")
@@ -188,41 +141,27 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--labels", required=True)
     p.set_defaults(func=cmd_score)
 
-    p = sub.add_parser("report", help="execute the notebooks and render report/<dataset>/",
-                       description="Train (or reuse) the run, execute every notebook with papermill and render "
-                                   "self-contained HTML pages, index.html and metrics.json into OUT/<dataset>/. "
-                                   "Without --data, uses ./data if it holds a dataset, else the synthetic demo.")
-    p.add_argument("--data", default=None, help="dataset path (default: ./data, else synthetic demo data)")
-    p.add_argument("--profile", default=None, help="quick, full or long (default: full for real data, synthetic for "
-                                                   "the demo data)")
-    p.add_argument("--out", default="report", help="report root (default ./report)")
-    p.add_argument("--runs", default="runs", help="run cache root (default ./runs)")
-    p.add_argument("--device", default="auto")
+    p = sub.add_parser("report", help="train (or reuse) the run, execute the notebooks and render OUT/<dataset>/")
+    p.add_argument("--data", default=None, help="dataset path (default: ./data, else the synthetic demo data)")
+    p.add_argument("--profile", default=None, help="quick, full or long (default: full, or synthetic for the demo)")
+    p.add_argument("--out", default="report")
+    p.add_argument("--runs", default="runs", help="the run cache")
+    p.add_argument("--device", default="auto", help=DEVICE_HELP)
     p.add_argument("--notebooks", nargs="*", default=None,
-                   help="rebuild only these notebooks (numbers like 02, or names); the report's other pages are kept "
-                        "when they come from the same run")
-    p.add_argument("--no-wait", action="store_true",
-                   help="when another build or training holds the run or the report, stop with an error instead of "
-                        "waiting for it")
+                   help="rebuild only these notebooks (02, or names), keeping the other pages of the same run")
+    p.add_argument("--no-wait", action="store_true", help=NO_WAIT_HELP)
     p.add_argument("--retrain", action="store_true",
-                   help="train this data's own model (cached in --runs) even where a shipped model (report/*/model) "
-                        "would serve it; the console says how long it will take first")
+                   help="train this data's own model even where a shipped model (report/*/model) would serve it")
     p.add_argument("--param", action="append", default=[], type=notebook_parameter, metavar="NAME=VALUE",
-                   help="set a notebook parameter for this build, e.g. --param ascent_steps=32 (fewer gradient-ascent "
-                        "steps in 05); repeatable; `papermill --help-notebook notebooks/05_filters.ipynb` lists them")
+                   help="a notebook parameter for this build, e.g. ascent_steps=32 (repeatable)")
     p.set_defaults(func=cmd_report)
 
-    p = sub.add_parser("bench", help="images/s of training pipelines, and CSV load time")
-    p.add_argument("--data", default=None, help="FER2013 directory for the load-time comparison")
-    p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--steps", type=int, default=8, help="timed steps per pipeline")
+    p = sub.add_parser("bench", help="images/s of the training recipe, and CSV load time")
+    p.add_argument("--data", default=None, help="a dataset to time the loading of")
     p.set_defaults(func=cmd_bench)
 
     args = parser.parse_args(argv)
     warnings.simplefilter("default")
-    from fer_lib import ConfigError
-    from fer_lib.data.layouts import DataError
-
     try:
         args.func(args)
     except (DataError, ConfigError) as err:  # the user's input or settings: a message, not a traceback

@@ -1,22 +1,23 @@
-"""Core I/O: atomic writes and folder replacement, file hashes, locks, the cache folder and the CPU's description.
-Imports nothing of fer_lib's beyond the package constants, so every other module can use it."""
+"""Core I/O: atomic writes and folder replacement, hashes, locks, the cache folder and the CPU's description."""
 from __future__ import annotations
 
 import fcntl
 import hashlib
 import os
 import platform
+import shutil
 import sys
 import tempfile
 import time
 from contextlib import contextmanager
 from pathlib import Path
 
+import numpy as np
+
 from fer_lib import ConfigError
 
 # image files read from folders: FER2013 layouts of one image per face, and photos to classify (Pillow reads all)
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".pgm", ".gif", ".webp", ".tif", ".tiff")
-FILE_MODE = 0o644  # what atomic_write gives its files: mkstemp makes 0600 ones, unreadable to other users
 
 
 def atomic_write(path: Path, write) -> None:
@@ -27,7 +28,7 @@ def atomic_write(path: Path, write) -> None:
     os.close(fd)
     try:
         write(Path(tmp))
-        os.chmod(tmp, FILE_MODE)
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600 files, unreadable to other users
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -35,10 +36,7 @@ def atomic_write(path: Path, write) -> None:
 
 
 def atomic_savez(path: Path, **arrays) -> None:
-    """``np.savez`` through atomic_write (a file object: np.savez would append ".npz" to a bare name): the
-    caches of parsed arrays, duplicate groups and splits."""
-    import numpy as np
-
+    """``np.savez`` through atomic_write (into a file object: np.savez would append ".npz" to a bare name)."""
     def write(tmp: Path) -> None:
         with open(tmp, "wb") as f:
             np.savez(f, **arrays)
@@ -54,8 +52,6 @@ def file_sha256(path: Path) -> str:
 
 def array_sha256(*arrays) -> str:
     """Hex sha256 of arrays' bytes, one after the other (C order): the fingerprint of faces held in memory."""
-    import numpy as np
-
     h = hashlib.sha256()
     for a in arrays:
         h.update(np.ascontiguousarray(a).tobytes())
@@ -67,41 +63,29 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("FER_CACHE", Path.home() / ".cache" / "fer-report"))
 
 
-def _cpuinfo() -> str:
-    try:
-        return Path("/proc/cpuinfo").read_text()
-    except OSError:  # not Linux
-        return ""
-
-
 def cpu_has_fast_bf16() -> bool:
     """True on CPUs with native bfloat16 instructions (AMX or AVX-512 BF16); elsewhere bf16 is emulated
     and about 13x slower than float32 (measured on an AVX2-only machine)."""
-    return any(flag in _cpuinfo().split() for flag in ("amx_bf16", "avx512_bf16"))
+    return bool({"amx_bf16", "avx512_bf16"} & set(_cpuinfo().split()))
 
 
 def cpu_model() -> str:
     """The CPU's model name and whether it has native bf16: the context every timing needs."""
-    name = platform.processor() or platform.machine()
-    for line in _cpuinfo().splitlines():
-        if line.startswith("model name"):
-            name = line.split(":", 1)[1].strip()
-            break
+    names = [line.split(":", 1)[1].strip() for line in _cpuinfo().splitlines() if line.startswith("model name")]
+    name = names[0] if names else platform.processor() or platform.machine()
     return f"{name} ({'native bf16' if cpu_has_fast_bf16() else 'no native bf16'})"
 
 
-class LockBusy(ConfigError):
-    """Another process holds the lock and the caller asked not to wait."""
+def _cpuinfo() -> str:
+    path = Path("/proc/cpuinfo")  # Linux only
+    return path.read_text() if path.exists() else ""
 
 
 @contextmanager
 def exclusive_lock(lock_path: Path, what: str, wait: bool = True):
-    """Hold an exclusive ``fcntl.flock`` on ``lock_path`` while the block runs.
-
-    When another process holds it, say whom we wait for (its pid, command and start time, which the holder
-    writes into the lock file) and block until it is done, or raise LockBusy when ``wait`` is False. The
-    kernel drops the lock when its holder exits, however it exits, so a crash never leaves a stale lock.
-    """
+    """Hold an exclusive ``fcntl.flock`` on ``lock_path`` while the block runs; where another process holds it, say
+    whom we wait for (the holder writes its pid, command and start time into the file), or raise ConfigError when
+    ``wait`` is False. The kernel drops the lock when its holder exits, however it exits: no stale lock."""
     lock_path = Path(lock_path)
     lock_path.parent.mkdir(parents=True, exist_ok=True)
     with open(lock_path, "a+") as f:
@@ -111,8 +95,8 @@ def exclusive_lock(lock_path: Path, what: str, wait: bool = True):
             f.seek(0)
             holder = f.read().strip() or "another process (it did not say what it is doing)"
             if not wait:
-                raise LockBusy(f"{lock_path}: held by {holder}; try again when it is done "
-                               "(or leave out --no-wait to wait for it)") from None
+                raise ConfigError(f"{lock_path}: held by {holder}; try again when it is done "
+                                  "(or leave out --no-wait to wait for it)") from None
             print(f"waiting for {holder} ({lock_path})", file=sys.stderr, flush=True)
             fcntl.flock(f, fcntl.LOCK_EX)
         f.seek(0)
@@ -131,11 +115,8 @@ def replace_directory(new: Path, final: Path) -> None:
     """Put the folder ``new`` in place of ``final`` by two renames through ``.<final>.previous`` beside it. Killed
     between them, ``final`` is missing but the previous folder is whole under that name, and the next call (or
     :func:`restore_directory`, which this one calls first) puts it back before anything else happens."""
-    import shutil
-
-    new, final = Path(new), Path(final)
-    previous = restore_directory(final)
-    if final.exists():
+    previous = restore_directory(Path(final))
+    if os.path.exists(final):
         shutil.rmtree(previous, ignore_errors=True)
         os.rename(final, previous)
     os.rename(new, final)
@@ -143,8 +124,7 @@ def replace_directory(new: Path, final: Path) -> None:
 
 
 def restore_directory(final: Path) -> Path:
-    """After a :func:`replace_directory` killed between its renames: the previous folder back at ``final``.
-    Returns where the previous folder waits during a replacement."""
+    """The previous folder back at ``final`` after a replacement killed between its renames; returns its place."""
     final = Path(final)
     previous = final.with_name(f".{final.name}.previous")
     if not final.exists() and previous.is_dir():

@@ -1,13 +1,6 @@
-"""The seed's model (torchvision ResNet18, fc = Dropout(0.5) + Linear(512, 7)), its weights and preprocessing.
-
-Preprocessing, applied to a uint8 batch (B, 48, 48) by :func:`preprocess`:
-  1. scale to [0, 1];
-  2. resize to ``input_size`` x ``input_size`` (bilinear) when it is not 48; ResNet18 downsamples 32x,
-     so 48x48 input leaves layer4 with a 2x2 map, and a larger input buys spatial resolution at a
-     quadratic cost in compute;
-  3. repeat the gray channel 3 times (the stem expects RGB);
-  4. normalise with the ImageNet mean and standard deviation, which the pretrained weights expect.
-"""
+"""The seed's model (torchvision ResNet18, fc = Dropout(0.5) + Linear(512, 7)), its initial weights, and its
+preprocessing: faces scaled to [0, 1], resized (ResNet18 downsamples 32x: 48 px leaves layer4 a 2x2 map, a larger
+input buys resolution at a quadratic cost), the gray channel repeated for the RGB stem, normalised as ImageNet's."""
 from __future__ import annotations
 
 import warnings
@@ -31,11 +24,9 @@ class WeightsWarning(UserWarning):
 
 
 def resolve_weights(weights: str | Path | None, warn: bool = True) -> tuple[Path | None, str]:
-    """(file to load or None, what the run will start from: the file's sha256 or "random").
-
-    "imagenet" falls back to random initialisation with a warning when torchvision's cache lacks the file
-    (no download is ever attempted); a path that is not a file is an error, since it is most likely a typo.
-    """
+    """(file to load or None, what the run will start from: the file's sha256 or "random") for "imagenet"
+    (torchvision's cache, never a download: random with a warning where it lacks the file), "random" or None, or a
+    ResNet18 state dict's path (one that is not a file is an error: most likely a typo)."""
     if weights in (None, "random"):
         return None, "random"
     if weights == "imagenet":
@@ -55,29 +46,22 @@ def resolve_weights(weights: str | Path | None, warn: bool = True) -> tuple[Path
 
 
 def build_model(weights: str | Path | None = "imagenet", dropout: float = 0.5) -> tuple[nn.Module, str]:
-    """The seed's ResNet18 and where its initial weights came from (the run records this note).
-
-    ``weights``: "imagenet" (torchvision's cache, never a download), a path to a ResNet18 state dict,
-    or None / "random".
-    """
+    """The seed's ResNet18 and where its initial weights (as resolve_weights takes them) came from, in words."""
     from torchvision.models import resnet18
 
     model = resnet18(weights=None)
     model.fc = nn.Sequential(nn.Dropout(p=dropout), nn.Linear(512, NUM_CLASSES))
-    if weights in (None, "random"):
-        return model, "random initialisation (asked for)"
     path, _ = resolve_weights(weights)
     if path is None:
-        return model, f"random initialisation (ImageNet weights not found at {imagenet_weights_path()})"
-    state = torch.load(path, map_location="cpu", weights_only=True)
+        missing = f"ImageNet weights not found at {imagenet_weights_path()}"
+        return model, f"random initialisation ({'asked for' if weights in (None, 'random') else missing})"
     # the new head replaces ImageNet's 1000-way fc; every other tensor must match exactly
+    state = torch.load(path, map_location="cpu", weights_only=True)
     backbone = {k: v for k, v in state.items() if not k.startswith("fc.")}
     try:
-        missing, unexpected = model.load_state_dict(backbone, strict=False)
-    except RuntimeError as err:  # shape mismatches
+        model.load_state_dict({**backbone, "fc.1.weight": model.fc[1].weight, "fc.1.bias": model.fc[1].bias})
+    except RuntimeError as err:  # missing or unexpected names, other shapes
         raise ConfigError(f"{path}: not a ResNet18 state dict ({str(err).splitlines()[-1].strip()})") from None
-    if unexpected or [k for k in missing if not k.startswith("fc.")]:
-        raise ConfigError(f"{path}: not a ResNet18 state dict (missing {missing[:3]}, unexpected {unexpected[:3]})")
     return model, f"ImageNet weights from {path}"
 
 
@@ -87,10 +71,7 @@ def imagenet_weights_path() -> Path:
 
 def preprocess(images: torch.Tensor, input_size: int = 48) -> torch.Tensor:
     """uint8 or float (B, 48, 48) faces -> normalised float (B, 3, input_size, input_size)."""
-    x = images.float()
-    if images.dtype == torch.uint8:
-        x = x / 255.0
-    x = x.unsqueeze(1)  # (B, 1, H, W)
+    x = (images.float() / 255.0 if images.dtype == torch.uint8 else images.float()).unsqueeze(1)  # (B, 1, H, W)
     if x.shape[-1] != input_size:
         x = F.interpolate(x, size=(input_size, input_size), mode="bilinear", align_corners=False)
     mean = torch.tensor(IMAGENET_MEAN, device=x.device).view(1, 3, 1, 1)

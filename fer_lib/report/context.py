@@ -1,10 +1,7 @@
 """What every notebook and the report need, resolved one way: dataset, profile, run, model, split, and what the
-finished run computed for this data. A notebook opened alone in JupyterLab and the same notebook executed by the
-build call :func:`load_context` with the same parameters and so read the same run; relative paths are taken from
-the current directory, and empty ones mean the project's own folders (``./data``, the demo data, ``runs/``)."""
+finished run computed for this data; a notebook opened alone in JupyterLab and the build read the same run."""
 from __future__ import annotations
 
-import html
 import json
 import os
 import sys
@@ -15,47 +12,24 @@ from pathlib import Path
 from fer_lib import ConfigError
 from fer_lib.core.io import cpu_has_fast_bf16, cpu_model, default_cache_dir
 from fer_lib.data.layouts import Dataset, FaceSet, detect_layout, load_dataset
-from fer_lib.model.calibration import read_calibration
+from fer_lib.training import runs
 from fer_lib.training.finish import ensure_outputs, read_test_outputs, read_val_logits
-from fer_lib.training.runs import (
-    TrainConfig,
-    config_for,
-    default_threads,
-    find_run,
-    load_trained,
-    recorded_key,
-    resolve_device,
-    split_for,
-)
-from fer_lib.training.runs import run_key as run_key_of
+from fer_lib.training.runs import TrainConfig, config_for
 from fer_lib.training.shipped import SERVE_MIN_SHARE, ServedCopy, serve_copy, shipped_models
 from fer_lib.training.train import train
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_RUNS = PROJECT_ROOT / "runs"
+SYNTHETIC_FOLDER = PROJECT_ROOT / "data" / "synthetic"  # ignored by git, drawn on first use
+SYNTHETIC_NOTICE = ("SYNTHETIC DEMO DATA: these pages were computed on procedurally drawn faces, not on FER2013. "
+                    "Point the report at the real data with `make report DATA=path/to/fer2013` "
+                    "(a folder holding train.csv[.gz] and test.csv[.gz]).")
 
 
 def shipped_root() -> Path:
     """Where the shipped models are, each in its committed report's model/ folder: the project's report/, or
     $FER_MODELS where it is set (a kernel inherits it, so a notebook finds the models its build found)."""
     return Path(os.environ.get("FER_MODELS") or PROJECT_ROOT / "report")
-
-SYNTHETIC_FOLDER = PROJECT_ROOT / "data" / "synthetic"  # ignored by git, drawn on first use
-SYNTHETIC_SIZES = {"n_train": 3500, "n_test": 700, "seed": 0}
-SYNTHETIC_NOTICE = ("SYNTHETIC DEMO DATA: these pages were computed on procedurally drawn faces, not on FER2013. "
-                    "Point the report at the real data with `make report DATA=path/to/fer2013` "
-                    "(a folder holding train.csv[.gz] and test.csv[.gz]).")
-
-
-def default_data_path() -> Path | None:
-    """./data when it holds a dataset, or its one dataset subfolder (the synthetic demo folder excluded)."""
-    root = PROJECT_ROOT / "data"
-    if not root.is_dir():
-        return None
-    if detect_layout(root):
-        return root
-    found = [p for p in sorted(root.iterdir()) if p.is_dir() and p != SYNTHETIC_FOLDER and detect_layout(p)]
-    return found[0] if found else None
 
 
 class NoRun(ConfigError):
@@ -83,21 +57,19 @@ class Context:
 
     @property
     def report_name(self) -> str:
-        """report/<name>/: the dataset's name, suffixed with the profile unless it is the default one, so a
-        quick run never replaces the full report of the same data."""
+        """report/<name>/: the dataset's name, suffixed with a non-default profile (never replacing the full report)."""
         name = self.dataset.name
         return name if self.profile == default_profile(self.dataset) else f"{name}-{self.profile}"
 
     @property
     def shipped_models(self) -> list[Path]:
-        """report/*/model/: the shipped models that may serve this data (none with ``retrain``)."""
         return [] if self.retrain else shipped_models(shipped_root())
 
     @cached_property
     def served(self) -> ServedCopy | None:
         """The shipped model that serves this copy of its data face by face (reordered, re-encoded, a few faces
         more or less), when no run was made from exactly these faces and this recipe."""
-        if find_run(self.dataset, self.config, self.runs_root, self.shipped_models) is not None:
+        if runs.find_run(self.dataset, self.config, self.runs_root, self.shipped_models) is not None:
             return None
         return serve_copy(self.dataset, self.config, self.shipped_models, cache_dir=default_cache_dir())
 
@@ -105,27 +77,24 @@ class Context:
     def run_dir(self) -> Path:
         """The finished run of this data and recipe (cached, shipped, or a shipped model that serves this copy of
         its data); never trains: NoRun says how to train it (:meth:`prepare` does)."""
-        found = find_run(self.dataset, self.config, self.runs_root, self.shipped_models)
-        if found is None and self.served is not None:
-            found = self.served.model_dir
+        found = self.served.model_dir if self.served else runs.find_run(self.dataset, self.config, self.runs_root,
+                                                                         self.shipped_models)
         if found is None:
             raise NoRun(self.no_run_message())
         return found
 
     @property
     def own_run_dir(self) -> Path:
-        """Where this data's own run is trained: ``runs_root/<dataset>-<run key>``."""
-        return self.runs_root / f"{self.dataset.name}-{run_key_of(self.dataset, self.config)}"
+        return self.runs_root / f"{self.dataset.name}-{runs.run_key(self.dataset, self.config)}"
 
     def prepare(self) -> Path:
-        """The run, trained (or resumed from its checkpoint) first when there is none, with its outputs for this
-        data (validation logits, test predictions) computed once: what the CLI does before the pages render.
-        Before a training it says on the console what it is about to do and how long that will take here."""
+        """The run, trained (or resumed) first where there is none, saying on the console how long that will take
+        here, and its outputs for this data computed once: what the CLI does before the pages render."""
         try:
             self.run_dir
         except NoRun:
             seconds, basis = training_estimate(self)
-            faces = len(split_for(self.dataset, self.config)[0])
+            faces = len(runs.split_for(self.dataset, self.config)[0])
             resumes = (self.own_run_dir / "checkpoint.pt").exists()
             print(f"{'resuming' if resumes else 'training'} the {self.profile} recipe on {faces:,} faces of "
                   f"{self.dataset.name}: {self.config.epochs} epochs, about {duration(seconds)} on this machine "
@@ -137,51 +106,37 @@ class Context:
         return self.run_dir
 
     def ensure_outputs(self) -> None:
-        """The finished run's validation logits and test outputs for this data, computed once where missing."""
-        ensure_outputs(self.run_dir, self.outputs_cache, self.dataset.train, self.val, self.dataset.test,
-                       self.device, wait=self.wait)
-
-    @property
-    def run_key(self) -> str:
-        return recorded_key(self.run_dir)
+        ensure_outputs(self.run_dir, self.outputs_cache, self.dataset.train, self.val, self.dataset.test, self.device)
 
     @property
     def outputs_cache(self) -> Path:
         """Where the outputs the run's folder lacks for this data are computed (a shipped model's validation logits,
         a copy's test predictions): the run cache, never the committed report."""
-        return self.runs_root / f"{self.dataset.name}-{self.run_key}-outputs"
+        return self.runs_root / f"{self.dataset.name}-{runs.recorded_key(self.run_dir)}-outputs"
 
     @property
     def outputs_dir(self) -> Path:
-        """The folder holding this data's test predictions: the run's own, or the run cache's for a test set the
-        run did not finish on."""
+        """The folder holding this data's test predictions."""
         test = self.dataset.test
         return self.run_dir if test is not None and read_test_outputs(self.run_dir, test) else self.outputs_cache
 
     def test_outputs(self) -> dict | None:
-        """The run's test outputs for this data (predictions, copies, the score where the labels are known), or
-        None without a test set."""
+        """This data's test outputs (predictions, copies, the score where the labels are known), if it has a test."""
         if self.dataset.test is None:
             return None
         self.ensure_outputs()
         return read_test_outputs(self.outputs_dir, self.dataset.test)
 
-    @property
-    def calibration(self) -> dict:
-        """The run's calibration (temperature and "uncertain" threshold, fitted on its validation faces)."""
-        return read_calibration(self.run_dir)
-
     def no_run_message(self) -> str:
         seconds, basis = training_estimate(self)
-        where = self.own_run_dir
-        started = " (a run was started there and stopped: training resumes it)" if where.exists() else ""
+        started = " (a run was started there and stopped: training resumes it)" if self.own_run_dir.exists() else ""
         data = str(self.data_path)
         profile = "" if self.profile == default_profile(self.dataset) else f" PROFILE={self.profile}"
-        return (f"No finished training run for {self.dataset.name} with the {self.profile} recipe: not in {where}"
-                f"{started}, nor shipped in {shipped_root()}/*/model (no shipped model was trained with this recipe "
-                f"on at least {SERVE_MIN_SHARE:.0%} of these faces). Train it first, about {duration(seconds)} on "
-                f"this machine ({self.config.epochs} epochs; {basis}), then run this notebook again: "
-                f"`make report DATA={data}{profile}` (trains, then renders every page) or "
+        return (f"No finished training run for {self.dataset.name} with the {self.profile} recipe: not in "
+                f"{self.own_run_dir}{started}, nor shipped in {shipped_root()}/*/model (no shipped model was trained "
+                f"with this recipe on at least {SERVE_MIN_SHARE:.0%} of these faces). Train it first, about "
+                f"{duration(seconds)} on this machine ({self.config.epochs} epochs; {basis}), then run this notebook "
+                f"again: `make report DATA={data}{profile}` (trains, then renders every page) or "
                 f"`python -m fer_lib train --data {data} --profile {self.profile}` (trains only).")
 
     @cached_property
@@ -190,7 +145,7 @@ class Context:
         faces that match the model's training and validation faces."""
         if self.served is not None:
             return self.served.split(self.dataset.train)
-        return split_for(self.dataset, self.config)
+        return runs.split_for(self.dataset, self.config)
 
     @property
     def val(self) -> FaceSet:
@@ -198,70 +153,71 @@ class Context:
 
     @property
     def device_obj(self):
-        return resolve_device(self.device)
+        return runs.resolve_device(self.device)
 
     def model(self):
         """The run's shipped model, in eval mode on the context's device (a fresh copy per call)."""
-        return load_trained(self.run_dir, device=resolve_device(self.device))[0]
+        return runs.load_trained(self.run_dir, device=self.device_obj)[0]
 
     @cached_property
     def _val_logits(self):
-        """(plain, with the run's views) validation logits, as the finished run stored them (computed once into
-        the run cache for a shipped model or a copy it serves)."""
+        """(plain, with the run's test-time views) validation logits (N, 7), as the run or the run cache holds them."""
         self.ensure_outputs()
         return read_val_logits(self.run_dir, self.val) or read_val_logits(self.outputs_cache, self.val)
 
     @property
     def val_logits(self):
-        """Logits (N, 7) of the run's model on the validation faces, one view each."""
         return self._val_logits[0]
 
     @property
     def val_logits_views(self):
-        """Logits (N, 7) on the validation faces with the run's test-time views (its predictions' own)."""
         return self._val_logits[1]
 
     def banner(self):
-        """The data notice at the top of a page (a loud warning on the synthetic demo)."""
-        from IPython.display import HTML
+        """How the faces match where a shipped model serves this copy of its data, else empty (the page template
+        shows the synthetic-data warning)."""
+        from IPython.display import Markdown
 
-        return HTML(data_notice_html(self))
+        if self.served is None:
+            return Markdown("")
+        c = self.served.summary()
+        return Markdown(f"Served by the shipped model `report/{c['model']}/model`: of these training faces "
+                        f"{c['exact']:,} are its own, {c['near']:,} nearly (re-encoded) and {c['new']:,} new; "
+                        f"validation is the {c['by_side']['val']:,} that are its validation faces.")
 
 
 def load_context(data: str = "", profile: str = "", runs: str = "", device: str = "auto", wait: bool = True,
                  retrain: bool = False, **overrides) -> Context:
-    """Resolve the dataset (given, ./data, or the synthetic demo), the profile's TrainConfig and the run cache.
-
-    ``data`` and ``runs`` are paths relative to the current directory; empty means the project's defaults.
-    """
+    """The dataset (given, ./data, or the synthetic demo), the profile's TrainConfig and the run cache, from paths
+    relative to the current directory (empty: the project's defaults)."""
     from fer_lib.data.synthetic import ensure_synthetic_dataset
 
-    data_path = Path(data).resolve() if data else default_data_path()
+    if data:
+        data_path = Path(data).resolve()
+    else:  # ./data when it holds a dataset, or its first dataset subfolder (the synthetic demo's aside)
+        local = PROJECT_ROOT / "data"
+        found = [p for p in [local, *sorted(local.glob("*/"))] if p != SYNTHETIC_FOLDER and detect_layout(p)]
+        data_path = found[0] if found else None
     if data_path is None:
         print(f"WARNING: {SYNTHETIC_NOTICE}", file=sys.stderr)
-        data_path = ensure_synthetic_dataset(SYNTHETIC_FOLDER, **SYNTHETIC_SIZES)
+        data_path = ensure_synthetic_dataset(SYNTHETIC_FOLDER, n_train=3500, n_test=700, seed=0)
     dataset = load_dataset(data_path)
     profile = profile or default_profile(dataset)
-    config = config_for(profile, **overrides)
     runs_root = Path(runs).resolve() if runs else DEFAULT_RUNS
-    return Context(dataset, config, profile, runs_root, device, data_path, wait, retrain)
+    return Context(dataset, config_for(profile, **overrides), profile, runs_root, device, data_path, wait, retrain)
 
 
-# Seconds per training face per epoch at 48 px, with validation, on 2 CPU cores, by CPU kind: measured with the
-# full recipe (60 epochs at 72 px: 8,858 s for 25,699 faces on an AMD EPYC with native bf16); the float32 figure for
-# CPUs without native bf16 is a rough guess (about 3 times slower); a GPU takes far less.
-SECONDS_PER_FACE = {"bf16": 8858 / (60 * 25699 * (72 / 48) ** 2), "fp32": 3 * 8858 / (60 * 25699 * (72 / 48) ** 2),
-                    "cuda": 1e-4}
+# Seconds per training face per epoch at 48 px with validation on 2 CPU cores with native bf16, measured with the
+# full recipe (60 epochs at 72 px: 8,858 s for 25,699 faces on an AMD EPYC); float32 elsewhere: about 3 times that.
+BF16_SECONDS_PER_FACE = 8858 / (60 * 25699 * (72 / 48) ** 2)
 
 
-def training_estimate(ctx: "Context") -> tuple[float, str]:
-    """(seconds the context's training would take here, what the estimate rests on): scaled from a finished run
-    recorded on this CPU (in the run cache or a shipped report) by faces, epochs and input size, else from
-    SECONDS_PER_FACE by the kind of processor."""
+def training_estimate(ctx: Context) -> tuple[float, str]:
+    """(seconds the context's training would take here, what the estimate rests on): scaled by faces, epochs and
+    input size from a finished run recorded on this CPU (in the run cache or a shipped report), else by processor."""
     faces = round(len(ctx.dataset.train) * (1 - ctx.config.val_fraction))
-    faces = min(faces, ctx.config.max_train) if ctx.config.max_train else faces
-    work = ctx.config.epochs * faces * (ctx.config.input_size / 48) ** 2
-    device = resolve_device(ctx.device).type
+    work = ctx.config.epochs * min(faces, ctx.config.max_train or faces) * (ctx.config.input_size / 48) ** 2
+    device = runs.resolve_device(ctx.device).type
     for run_json in sorted([*ctx.runs_root.glob("*/run.json"), *shipped_root().glob("*/model/run.json")]):
         try:
             run = json.loads(run_json.read_text())
@@ -271,11 +227,12 @@ def training_estimate(ctx: "Context") -> tuple[float, str]:
             continue
         if run.get("cpu") == cpu_model() and str(run.get("device", "")).startswith(device):
             return work * per_face, f"scaled from the run recorded in {run_json.parent}"
-    kind = "cuda" if device == "cuda" else "bf16" if cpu_has_fast_bf16() else "fp32"
-    threads = 1 if kind == "cuda" else 2 / max(1, min(default_threads(), 2 * 8))
-    words = {"cuda": "a rough estimate for a GPU", "bf16": "estimated for a CPU with native bf16",
-             "fp32": "a rough estimate for a CPU without native bf16"}[kind]
-    return work * SECONDS_PER_FACE[kind] * threads, words
+    if device == "cuda":
+        return work * 1e-4, "a rough estimate for a GPU"
+    work *= 2 / max(1, min(runs.default_threads(), 16))  # the measurement's 2 cores, scaled
+    if cpu_has_fast_bf16():
+        return work * BF16_SECONDS_PER_FACE, "estimated for a CPU with native bf16"
+    return work * 3 * BF16_SECONDS_PER_FACE, "a rough estimate for a CPU without native bf16"
 
 
 def duration(seconds: float) -> str:
@@ -284,9 +241,7 @@ def duration(seconds: float) -> str:
         return "a minute or two"
     if seconds < 90 * 60:
         return f"{seconds / 60:.0f} minutes"
-    if seconds < 48 * 3600:
-        return f"{seconds / 3600:.1f} hours"
-    return f"{seconds / 86400:.0f} days"
+    return f"{seconds / 3600:.1f} hours" if seconds < 48 * 3600 else f"{seconds / 86400:.0f} days"
 
 
 def ablation_table():
@@ -295,28 +250,3 @@ def ablation_table():
 
     path = PROJECT_ROOT / "docs" / "ablation.csv"
     return pd.read_csv(path) if path.exists() else None
-
-
-# the data notice names a dataset's layout (data.detect_layout) in words
-LAYOUT_WORDS = {"homework-csv": "the homework's CSV files", "fer2013.csv": "the original Kaggle CSV file",
-                "image-ids": "image files listed by id", "class-folders": "one image folder per class"}
-
-
-def data_notice_html(ctx: "Context") -> str:
-    """The line under each page's title saying what data it was computed on (a loud box for the demo)."""
-    if not ctx.is_synthetic:
-        files = LAYOUT_WORDS.get(ctx.dataset.layout, ctx.dataset.layout)
-        served = ""
-        if ctx.served is not None:  # a copy of the shipped model's data, matched face by face: folded, one line
-            c = ctx.served.summary()
-            model = f"report/{html.escape(c['model'])}/model"
-            served = (f'<details class="fer-evidence"><summary>Served by the shipped model <code>{model}</code>'
-                      f"</summary>Of these training faces {c['exact']:,} are its faces exactly, {c['near']:,} "
-                      f"nearly (re-encoded), and {c['new']:,} it never saw; validation is the "
-                      f"{c['by_side']['val']:,} that are its validation faces.</details>")
-        return (f"<p><b>Data:</b> {html.escape(ctx.dataset.name)} ({html.escape(files)}), "
-                f"{len(ctx.dataset.train):,} faces in the training file ({len(ctx.split[0]):,} to train, "
-                f"{len(ctx.val):,} to validate); training recipe: {html.escape(ctx.profile)} "
-                f"(see the appendix).</p>{served}")
-    return ('<div style="background:#fff3cd;border:2px solid #d39e00;padding:10px 14px;'
-            f'font-size:1.05em;margin:8px 0"><b>&#9888; {html.escape(SYNTHETIC_NOTICE)}</b></div>')

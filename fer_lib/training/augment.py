@@ -1,8 +1,6 @@
 """Batched augmentation on tensors: one affine grid (flip, shift, rotation, scale), random erasing, and CutMix.
-
-Running on the whole (B, 1, H, W) batch at once keeps both cores on vectorised kernels; the
-conventional per-image PIL pipeline spends its time in Python and worker processes instead.
-"""
+The whole batch at once keeps the cores on vectorised kernels, where a per-image PIL pipeline spends its time in
+Python and worker processes."""
 from __future__ import annotations
 
 import math
@@ -37,23 +35,18 @@ def augment(x: torch.Tensor, cfg: AugmentConfig, generator: torch.Generator | No
     theta = torch.stack([torch.stack([cos * flip, -sin, tx], 1), torch.stack([sin * flip, cos, ty], 1)], 1)  # (B, 2, 3)
     grid = F.affine_grid(theta.to(x.dtype).to(x.device), list(x.shape), align_corners=False)
     x = F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
-    if cfg.erase_p > 0:
-        x = random_erase(x, cfg.erase_p, cfg.erase_max_area, generator)
-    return x
-
-
-def random_erase(x: torch.Tensor, p: float, max_area: float, generator: torch.Generator | None = None) -> torch.Tensor:
-    """Replace one random rectangle per chosen image with zeros (the dataset mean after normalisation)."""
-    b, _, h, w = x.shape
-    area = torch.rand(b, generator=generator) * (max_area - 0.02) + 0.02
+    if cfg.erase_p == 0:
+        return x
+    # random erasing: one rectangle per chosen image set to zero (the dataset mean after normalisation)
+    h, w = x.shape[2:]
+    area = torch.rand(b, generator=generator) * (cfg.erase_max_area - 0.02) + 0.02
     aspect = torch.exp(torch.rand(b, generator=generator) * 2.2 - 1.1)  # log-uniform in [1/3, 3]
     eh = (torch.sqrt(area * aspect) * h).clamp(1, h).long()
     ew = (torch.sqrt(area / aspect) * w).clamp(1, w).long()
     top = (torch.rand(b, generator=generator) * (h - eh + 1)).long()
     left = (torch.rand(b, generator=generator) * (w - ew + 1)).long()
-    chosen = torch.rand(b, generator=generator) < p
-    rows = torch.arange(h).view(1, h, 1)
-    cols = torch.arange(w).view(1, 1, w)
+    chosen = torch.rand(b, generator=generator) < cfg.erase_p
+    rows, cols = torch.arange(h).view(1, h, 1), torch.arange(w).view(1, 1, w)
     mask = ((rows >= top.view(b, 1, 1)) & (rows < (top + eh).view(b, 1, 1))
             & (cols >= left.view(b, 1, 1)) & (cols < (left + ew).view(b, 1, 1)) & chosen.view(b, 1, 1))
     return x.masked_fill(mask.unsqueeze(1).to(x.device), 0.0)
@@ -61,10 +54,9 @@ def random_erase(x: torch.Tensor, p: float, max_area: float, generator: torch.Ge
 
 def cutmix(x: torch.Tensor, labels: torch.Tensor, p: float, generator: torch.Generator | None = None
            ) -> tuple[torch.Tensor, torch.Tensor, float]:
-    """CutMix (Yun et al., 2019) on a batch, with probability ``p``: one rectangle of each face is replaced by
-    the same rectangle of another face of the batch, and the label is mixed by area. Returns (images, the
-    pasted faces' labels, lam): the loss is lam * CE(labels) + (1 - lam) * CE(pasted labels). Without a cut
-    (probability 1 - p) lam is 1. No random number is drawn when ``p`` is 0, so runs without it are unchanged."""
+    """CutMix (Yun et al., 2019) with probability ``p``: one rectangle of each face replaced by another face's, giving
+    (images, the pasted faces' labels, lam) for the loss lam * CE(labels) + (1 - lam) * CE(pasted labels); lam is 1
+    without a cut. ``p`` = 0 draws no random number, so runs without it are unchanged."""
     if p <= 0 or torch.rand(1, generator=generator).item() >= p:
         return x, labels, 1.0
     b, _, h, w = x.shape

@@ -1,19 +1,11 @@
-"""Runs: the training settings and their profiles, the run folder and its key, and loading a finished run.
-
-A run folder holds
-  config.json      the TrainConfig, the data fingerprint, the initial weights and the run key (their hash)
-  history.csv      one row per epoch (HISTORY_COLUMNS)
-  checkpoint.pt    the latest state (model, EMA, optimizer, scheduler, epoch, history): what resuming reads
-  best.pt          the weights of the selected epoch (selected_row)
-  and, written by the finish step (finish.py), run.json last:
-  weights.pt       the shipped float16 copy of best.pt
-  faces.npz        the keys of the faces it trained and validated on (data.face_keys)
-  calibration.json, val_logits.npz, predictions.csv, test_duplicates.csv, test_outputs.json
-  run.json         provenance, the chosen test-time views, and the kept weights' score on training faces
-"""
+"""Runs: the training settings and their profiles, the run folder and its key, and loading a finished run. A run
+folder holds config.json (the TrainConfig, the data fingerprint, the initial weights and the run key, their hash),
+history.csv (one row per epoch), checkpoint.pt (what resuming reads) and best.pt (the selected epoch's weights);
+the finish step (finish.py) then writes weights.pt (the shipped float16 copy), faces.npz (the keys of its faces),
+calibration.json, val_logits.npz, the test outputs, and run.json last (provenance, the test-time views, the kept
+weights' score on training faces)."""
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import os
@@ -21,6 +13,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import torch
 
 from fer_lib import ConfigError
@@ -53,40 +46,23 @@ class TrainConfig:
     weight_decay: float = setting(0.05, "decoupled weight decay (not on batch-norm weights and biases)")
     optimizer: str = setting("adamw", "adamw, or sgd (Nesterov, momentum 0.9)", ("adamw", "sgd"))
     label_smoothing: float = setting(0.1, "label smoothing of the training loss")
-    class_weighting: str = setting("none", "none, or sqrt: loss weight 1/sqrt(class count), lifts Disgust",
-                                   ("none", "sqrt"))
+    class_weighting: str = setting("none", "none, or sqrt: loss weights 1/sqrt(class count)", ("none", "sqrt"))
     input_size: int = setting(48, "faces are resized to this side before the network (full profile: 72)")
     val_fraction: float = setting(0.1, "share of the training faces held out for validation")
-    split: str = setting("grouped", "grouped: copies of a face (exact or near) stay on one side; random: a plain "
-                                    "stratified split", ("grouped", "random"))
-    ema_decay: float = setting(0.0, "exponential moving average of the weights per step (0 = off); it is "
-                                    "evaluated and shipped")
+    split: str = setting("grouped", "grouped: copies of a face stay on one side; random: stratified only",
+                         ("grouped", "random"))
+    ema_decay: float = setting(0.0, "moving average of the weights per step, evaluated and shipped (0 = off)")
     cutmix: float = setting(0.0, "CutMix a batch with this probability (0 = off)")
     seed: int = setting(0, "seeds the validation split, the initial weights and the shuffling")
-    weights: str = setting("imagenet", "initial weights: imagenet (torch's cache, never downloaded), random, or a "
-                                       "ResNet18 .pth path")
+    weights: str = setting("imagenet", "initial weights: imagenet (torch's cache), random, or a ResNet18 .pth path")
     max_train: int = setting(0, "train on at most this many faces (0 = all)")
     channels_last: bool = setting(True, "NHWC memory format (faster convolutions on CPUs)")
-    precision: str = setting("auto", "auto: bf16 autocast on CUDA and on CPUs with AMX or AVX-512 BF16, float32 "
-                                     "elsewhere (emulated bf16 is ~13x slower)", ("auto", "fp32", "bf16"))
+    precision: str = setting("auto", "auto: bf16 autocast where it is native (CUDA, AMX, AVX-512 BF16), else fp32",
+                             ("auto", "fp32", "bf16"))
     augment: AugmentConfig = field(default_factory=AugmentConfig)
-
-    def __post_init__(self):
-        for f in dataclasses.fields(self):
-            if f.metadata.get("choices") and getattr(self, f.name) not in f.metadata["choices"]:
-                raise ConfigError(f"{f.name} must be one of {', '.join(f.metadata['choices'])}, "
-                                  f"got {getattr(self, f.name)!r}")
-        if not 0 <= self.cutmix <= 1:
-            raise ConfigError(f"cutmix is a probability (0 = off), got {self.cutmix}")
-        if not 0 <= self.ema_decay < 1:
-            raise ConfigError(f"ema_decay must be 0 (off) or in (0, 1), got {self.ema_decay}")
 
     @classmethod
     def from_dict(cls, d: dict) -> "TrainConfig":
-        d = dict(d)
-        unknown = set(d) - {f.name for f in dataclasses.fields(cls)}
-        if unknown:
-            raise ConfigError(f"unknown training settings: {sorted(unknown)}")
         return cls(**{**d, "augment": AugmentConfig(**d.get("augment", {}))})
 
 
@@ -110,17 +86,13 @@ def config_for(profile: str, **overrides) -> TrainConfig:
     return TrainConfig.from_dict({**PROFILES[profile], **overrides})
 
 
-def data_fingerprint(faces: FaceSet) -> str:
-    """sha256 of the training images and labels: the same faces give the same run, whatever the layout."""
-    return array_sha256(faces.images, faces.labels.astype(np.int64))
-
-
 def run_record(dataset: Dataset, config: TrainConfig) -> dict:
-    """config.json: the settings, the training faces, the initial weights actually used (a file's sha256, or
-    "random" where the ImageNet file is missing) and ``run_key``, the hash of the settings (with the weights actually
-    used: a fallback to random is the run that asks for random) and the faces, which names the run."""
-    record = {"config": asdict(config), "data_fingerprint": data_fingerprint(dataset.train), "dataset": dataset.name,
-              "weights_used": resolve_weights(config.weights, warn=False)[1]}
+    """config.json: the settings, the training faces' sha256 (whatever the layout), the initial weights actually
+    used (a file's sha256, or "random" where the ImageNet file is missing) and ``run_key``, the hash of these that
+    names the run (a fallback to random is the run that asks for random)."""
+    faces = dataset.train
+    record = {"config": asdict(config), "data_fingerprint": array_sha256(faces.images, faces.labels.astype(np.int64)),
+              "dataset": dataset.name, "weights_used": resolve_weights(config.weights, warn=False)[1]}
     blob = json.dumps({"config": {**record["config"], "weights": record["weights_used"]},
                        "data_fingerprint": record["data_fingerprint"]}, sort_keys=True)
     return {**record, "run_key": hashlib.sha256(blob.encode()).hexdigest()[:12]}
@@ -143,8 +115,7 @@ def is_complete(run_dir: Path) -> bool:
 
 
 def find_run(dataset: Dataset, config: TrainConfig, runs_root: Path, shipped: list[Path] = ()) -> Path | None:
-    """The finished run of (config, data) without training: the cache's ``runs_root/<dataset>-<key>``, else a
-    shipped model folder with the same key; None when there is none."""
+    """The finished run of (config, data): the cache's ``runs_root/<dataset>-<key>``, else a shipped one, or None."""
     key = run_key(dataset, config)
     for run_dir in (Path(runs_root) / f"{dataset.name}-{key}", *shipped):
         if is_complete(run_dir) and recorded_key(run_dir) == key:
@@ -156,9 +127,8 @@ def resolve_precision(precision: str, device: torch.device) -> str:
     """"fp32" or "bf16": what ``precision`` means on ``device`` ("auto" picks bf16 only where it is fast)."""
     if precision != "auto":
         return precision
-    if device.type == "cuda":
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
-    return "bf16" if cpu_has_fast_bf16() else "fp32"
+    fast = torch.cuda.is_bf16_supported() if device.type == "cuda" else cpu_has_fast_bf16()
+    return "bf16" if fast else "fp32"
 
 
 def default_threads() -> int:
@@ -167,37 +137,23 @@ def default_threads() -> int:
 
 
 def resolve_device(device: str = "auto") -> torch.device:
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    return torch.device(device)
+    return torch.device(("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device)
 
 
-def read_history(run_dir: Path):
-    import pandas as pd
-
+def read_history(run_dir: Path) -> pd.DataFrame:
     return pd.read_csv(Path(run_dir) / "history.csv")
 
 
 def selected_row(history: list[dict], averaged: bool) -> dict:
-    """The epoch whose weights are shipped. With an average of the weights (``averaged``): the last, because the
-    one-cycle schedule anneals to zero and the average smooths the end (a maximum over noisy epochs would only add
-    selection bias). Without: the first epoch with the highest validation accuracy with flip views."""
+    """The epoch whose weights are shipped: with an average of the weights the last (the schedule anneals to zero;
+    a maximum over noisy epochs would add selection bias), else the first best validation accuracy with flip views."""
     return history[-1] if averaged else max(history, key=lambda r: r["val_acc_tta"])
 
 
-def selection_rule(averaged: bool) -> str:
-    """The words run.json records for selected_row's choice."""
-    if averaged:
-        return "the final epoch's averaged weights (the schedule anneals to zero; no selection over epochs)"
-    return "the epoch with the highest validation accuracy with flip views"
-
-
 def split_for(dataset: Dataset, config: TrainConfig) -> tuple[FaceSet, FaceSet]:
-    """The run's train/validation faces: the seeded stratified split (copies of a face kept on one side unless
-    ``config.split`` is "random"), then ``max_train`` if set."""
-    groups = None
-    if config.split == "grouped":
-        groups = cached_duplicates(dataset.train.images, cache_dir=default_cache_dir()).group
+    """The run's train/validation faces: the seeded stratified split (grouped or not), then ``max_train`` if set."""
+    grouped = config.split == "grouped"
+    groups = cached_duplicates(dataset.train.images, cache_dir=default_cache_dir()).group if grouped else None
     train_set, val_set = train_val_split(dataset.train, config.val_fraction, config.seed, groups=groups,
                                          cache_dir=default_cache_dir())
     if config.max_train and config.max_train < len(train_set):
@@ -206,27 +162,20 @@ def split_for(dataset: Dataset, config: TrainConfig) -> tuple[FaceSet, FaceSet]:
 
 
 def train_eval_indices(n_train: int, seed: int) -> np.ndarray:
-    """The training faces scored like validation faces (``train_eval_acc``, ``train_eval_loss``, run.json's
-    ``train_eval``)."""
+    """The training faces scored like validation faces (history's train_eval_*, run.json's ``train_eval``)."""
     return np.random.default_rng(seed).permutation(n_train)[:TRAIN_EVAL_SAMPLE]
 
 
 def run_lock(run_dir: Path) -> Path:
     """The lock file of a run folder, beside it (so that starting over may empty the folder itself)."""
-    run_dir = Path(run_dir)
-    return run_dir.parent / f".{run_dir.name}.lock"
-
-
-def blank_model():
-    """The network that a state dict is then loaded into, built without touching the caller's global random
-    state (initialising a ResNet18 draws from it)."""
-    with torch.random.fork_rng(devices=[]):
-        return build_model("random")[0]
+    return Path(run_dir).parent / f".{Path(run_dir).name}.lock"
 
 
 def load_trained_weights(path: Path, device: str | torch.device = "cpu"):
-    """The model in eval mode, in float32, from a state dict (the shipped float16 one, or best.pt)."""
-    model = blank_model()
+    """The model in eval mode, in float32, from a state dict (the shipped float16 one, or best.pt); built without
+    touching the caller's global random state (initialising a ResNet18 draws from it)."""
+    with torch.random.fork_rng(devices=[]):
+        model = build_model("random")[0]
     state = torch.load(path, map_location="cpu", weights_only=True)
     model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()})
     return model.to(device).eval()
@@ -234,14 +183,10 @@ def load_trained_weights(path: Path, device: str | torch.device = "cpu"):
 
 def load_trained(run_dir: Path, device: str | torch.device = "cpu"):
     """(model in eval mode, TrainConfig) of a finished run: its shipped weights."""
-    run_dir = Path(run_dir)
-    config = TrainConfig.from_dict(json.loads((run_dir / "config.json").read_text())["config"])
-    return load_trained_weights(run_dir / WEIGHTS_FILE, device), config
+    config = TrainConfig.from_dict(json.loads((Path(run_dir) / "config.json").read_text())["config"])
+    return load_trained_weights(Path(run_dir) / WEIGHTS_FILE, device), config
 
 
 def prediction_tta(run_dir: Path) -> str:
     """The test-time views a finished run's predictions use (chosen on validation, in run.json)."""
     return json.loads((Path(run_dir) / "run.json").read_text())["tta"]
-
-
-cache_key = run_key  # the name notebook 03 looks a sibling run up by

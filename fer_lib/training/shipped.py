@@ -1,12 +1,8 @@
 """Shipped models (``report/<name>/model/``, committed with their report) serve any copy of their data: a user's
-FER2013, in whatever layout, order or encoding, is matched face by face to the faces the model was trained and
-validated on (data.face_keys).
-
-The rule: a shipped model trained with the same recipe serves a dataset when at least ``SERVE_MIN_SHARE`` of the
-dataset's training faces are among the model's faces (exactly or nearly). Its validation faces are then the
-user's faces that match the model's validation faces; faces the model never saw in any form are counted, and
-stay out of validation (the model's own split is what makes validation honest).
-"""
+FER2013, in any layout, order or encoding, is matched face by face to the model's faces (data.face_keys). A model
+trained with the same recipe serves a dataset when at least ``SERVE_MIN_SHARE`` of its training faces are among the
+model's (exactly or nearly); validation is then the user's faces that are the model's validation faces (faces it
+never saw are counted and stay out: the model's own split is what keeps validation honest)."""
 from __future__ import annotations
 
 import json
@@ -24,19 +20,8 @@ SERVE_MIN_SHARE = 0.90  # of the user's training faces found among the model's
 
 
 def shipped_models(root: Path) -> list[Path]:
-    """The finished model folders that carry the keys of their faces, ``root/<name>/model/`` (``root``: the
-    project's report/), in name order."""
-    return [d for d in sorted(Path(root).glob("*/model")) if (d / KEYS_FILE).is_file()
-            and all((d / f).is_file() for f in RUN_FILES)]
-
-
-def same_recipe(model_dir: Path, config: TrainConfig) -> bool:
-    """Whether the model was trained with ``config``'s settings (its initial weights' origin aside: recorded apart)."""
-    try:
-        shipped = json.loads((Path(model_dir) / "config.json").read_text())["config"]
-    except (OSError, ValueError, KeyError):
-        return False
-    return {**shipped, "weights": None} == {**asdict(config), "weights": None}
+    """The finished model folders that carry the keys of their faces, ``root/<name>/model/``, in name order."""
+    return [d for d in sorted(Path(root).glob("*/model")) if all((d / f).is_file() for f in (*RUN_FILES, KEYS_FILE))]
 
 
 @dataclass(frozen=True)
@@ -52,45 +37,28 @@ class ServedCopy:
         return train.subset(np.flatnonzero(side == TRAIN)), train.subset(np.flatnonzero(side == VAL))
 
     def summary(self) -> dict:
-        """What metrics.json and the page banner say about the match."""
+        """What metrics.json and the page say about the match (the model is named after its report)."""
         sides = {name: int((self.match.side == i).sum()) for i, name in enumerate(SIDE_NAMES)}
-        return {"model": model_name(self.model_dir),
+        return {"model": self.model_dir.parent.name,
                 "rule": f"at least {SERVE_MIN_SHARE:.0%} of the training faces found among the model's faces",
-                "found_share": round(self.match.found_share, 4),
-                **self.match.counts, "by_side": sides}
+                "found_share": round(self.match.found_share, 4), **self.match.counts, "by_side": sides}
 
 
-def model_name(model_dir: Path) -> str:
-    """report/fer2013/model -> "fer2013": a shipped model is named after its report."""
-    return Path(model_dir).parent.name
-
-
-def cached_match(images: np.ndarray, model_dir: Path, cache_dir: Path | None) -> FaceMatch | None:
-    """``match_faces`` of ``images`` against the model's keys, cached by the faces' and the keys' hashes; None when
-    the model folder has no keys."""
-    keys_file = Path(model_dir) / KEYS_FILE
-    if not keys_file.is_file():
-        return None
-    entry = None
-    if cache_dir is not None:
-        name = f"facematch-{array_sha256(images)[:16]}-{file_sha256(keys_file)[:16]}.npz"
-        entry = Path(cache_dir) / name
+def serve_copy(dataset: Dataset, config: TrainConfig, models: list[Path], cache_dir: Path) -> ServedCopy | None:
+    """The first shipped model with the same recipe (initial weights aside) covering the training faces, or None."""
+    for model_dir in map(Path, models):
+        shipped = json.loads((model_dir / "config.json").read_text())["config"]
+        if {**shipped, "weights": None} != {**asdict(config), "weights": None}:
+            continue
+        # the match of these faces against the model's keys, cached by the hashes of both
+        keys = model_dir / KEYS_FILE
+        entry = Path(cache_dir) / f"facematch-{array_sha256(dataset.train.images)[:16]}-{file_sha256(keys)[:16]}.npz"
         if entry.exists():
             with np.load(entry) as z:
-                return FaceMatch(side=z["side"], exact=z["exact"], distance=z["distance"])
-    match = match_faces(images, FaceKeys.load(model_dir))
-    if entry is not None:
-        atomic_savez(entry, side=match.side, exact=match.exact, distance=match.distance)
-    return match
-
-
-def serve_copy(dataset: Dataset, config: TrainConfig, models: list[Path], cache_dir: Path | None = None
-               ) -> ServedCopy | None:
-    """The first shipped model with the same recipe whose faces cover the dataset's training faces, or None."""
-    for model_dir in models:
-        if not same_recipe(model_dir, config):
-            continue
-        match = cached_match(dataset.train.images, model_dir, cache_dir)
-        if match is not None and match.found_share >= SERVE_MIN_SHARE:
-            return ServedCopy(Path(model_dir), match)
+                match = FaceMatch(side=z["side"], exact=z["exact"], distance=z["distance"])
+        else:
+            match = match_faces(dataset.train.images, FaceKeys.load(model_dir))
+            atomic_savez(entry, side=match.side, exact=match.exact, distance=match.distance)
+        if match.found_share >= SERVE_MIN_SHARE:
+            return ServedCopy(model_dir, match)
     return None

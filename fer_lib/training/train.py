@@ -1,12 +1,8 @@
-"""Training, read top to bottom: the optimiser, one epoch, evaluation, and the loop with its checkpoint.
-
-Each epoch draws its shuffling, augmentation and dropout randomness from generators seeded with (seed, epoch),
-so a resumed run repeats exactly what an uninterrupted one would have done. When the last epoch is done the
-finish step (finish.py) writes what the finished run knows; the run folder's layout is in runs.py.
-"""
+"""Training, read top to bottom: the optimiser, one epoch, evaluation, and the loop with its checkpoint. Each epoch
+draws its shuffling, augmentation and dropout from generators seeded with (seed, epoch), so a resumed run repeats
+exactly what an uninterrupted one would have done; then the finish step (finish.py) writes what the run knows."""
 from __future__ import annotations
 
-import csv
 import json
 import sys
 import time
@@ -14,6 +10,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import torch
 import torch.nn.functional as F
 
@@ -21,24 +18,11 @@ from fer_lib import CLASS_NAMES, ConfigError
 from fer_lib.core.io import atomic_write, exclusive_lock
 from fer_lib.data.layouts import Dataset
 from fer_lib.model.inference import accuracy, predict_logits
-from fer_lib.model.network import build_model, imagenet_weights_path, preprocess, resolve_weights
+from fer_lib.model.network import build_model, preprocess
+from fer_lib.training import runs
 from fer_lib.training.augment import augment, cutmix
 from fer_lib.training.finish import finish_run
-from fer_lib.training.runs import (  # noqa: F401 - TRAIN_EVAL_SAMPLE: the sample's size, read by notebook 02
-    HISTORY_COLUMNS,
-    TRAIN_EVAL_SAMPLE,
-    TrainConfig,
-    default_threads,
-    is_complete,
-    recorded_key,
-    resolve_device,
-    resolve_precision,
-    run_lock,
-    run_record,
-    selected_row,
-    split_for,
-    train_eval_indices,
-)
+from fer_lib.training.runs import TRAIN_EVAL_SAMPLE, TrainConfig  # noqa: F401 - questions.q2_history reads it here
 
 
 def class_weights(labels: np.ndarray, mode: str) -> torch.Tensor | None:
@@ -50,26 +34,15 @@ def class_weights(labels: np.ndarray, mode: str) -> torch.Tensor | None:
 
 
 def make_optimizer(model, config: TrainConfig, steps_per_epoch: int):
-    decay = [p for p in model.parameters() if p.ndim > 1]  # no decay on batch-norm weights and biases
-    no_decay = [p for p in model.parameters() if p.ndim <= 1]
-    groups = [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    if config.optimizer == "adamw":
-        opt = torch.optim.AdamW(groups, lr=config.lr)
-    else:
-        opt = torch.optim.SGD(groups, lr=config.lr, momentum=0.9, nesterov=True)
+    # no decay on batch-norm weights and biases
+    groups = [{"params": [p for p in model.parameters() if p.ndim > 1], "weight_decay": config.weight_decay},
+              {"params": [p for p in model.parameters() if p.ndim <= 1], "weight_decay": 0.0}]
+    opt = (torch.optim.AdamW(groups, lr=config.lr) if config.optimizer == "adamw"
+           else torch.optim.SGD(groups, lr=config.lr, momentum=0.9, nesterov=True))
     # OneCycleLR needs a few steps per phase; tiny smoke runs simply stop before the schedule ends
     total_steps = max(config.epochs * steps_per_epoch, 8)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=config.lr, total_steps=total_steps, pct_start=0.25)
     return opt, sched
-
-
-def make_ema(model, decay: float):
-    """An exponential moving average of ``model``'s weights and batch-norm statistics (None when decay is 0)."""
-    if not decay:
-        return None
-    from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
-
-    return AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
 
 
 def train_step(model, optimizer, scheduler, images: torch.Tensor, labels: torch.Tensor, config: TrainConfig,
@@ -102,8 +75,7 @@ def train_step(model, optimizer, scheduler, images: torch.Tensor, labels: torch.
 def train_one_epoch(model, ema, optimizer, scheduler, images: torch.Tensor, labels: torch.Tensor,
                     config: TrainConfig, loss_weight, epoch: int, device: torch.device, precision: str,
                     progress: bool) -> dict:
-    """One pass over the training faces in an order drawn from (seed, epoch); returns the epoch's training loss,
-    plain cross-entropy and accuracy (on the augmented batches)."""
+    """One pass in an order drawn from (seed, epoch): the epoch's loss, plain cross-entropy and accuracy."""
     generator = torch.Generator().manual_seed(config.seed * 100_003 + epoch)
     order = torch.randperm(len(images), generator=generator)
     steps = max(1, len(images) // config.batch_size)  # the last partial batch is dropped
@@ -124,8 +96,7 @@ def train_one_epoch(model, ema, optimizer, scheduler, images: torch.Tensor, labe
 
 
 def evaluate(model, images: np.ndarray, labels, input_size: int, device, flip: bool = True) -> dict:
-    """Loss and accuracy in eval mode on unaugmented faces (plain, and with flip views unless ``flip`` is False),
-    in float32 like every prediction the report makes."""
+    """Loss and accuracy in eval mode on unaugmented faces in float32, plain and (``flip``) with flip views."""
     labels = torch.as_tensor(labels)
     logits = predict_logits(model, images, input_size, device=device)
     out = {"loss": F.cross_entropy(logits, labels).item(), "acc": accuracy(logits, labels), "acc_tta": None}
@@ -135,46 +106,44 @@ def evaluate(model, images: np.ndarray, labels, input_size: int, device, flip: b
     return out
 
 
-validate = evaluate  # the name questions.q2_history imports
+# a run's files, run.json first (from then on the folder is no finished run): starting over removes them
+RUN_OUTPUTS = ("run.json", "config.json", "history.csv", "checkpoint.pt", "best.pt", "weights.pt", "faces.npz",
+               "calibration.json", "val_logits.npz", "predictions.csv", "test_duplicates.csv", "test_outputs.json")
 
 
 def train(dataset: Dataset, config: TrainConfig, run_dir: Path, device: str = "auto", resume: bool = True,
           stop_after: int | None = None, progress: bool = True, wait: bool = True) -> Path:
-    """Train into ``run_dir`` under its lock, resuming its checkpoint when ``resume`` (from the epoch after the
-    last one saved), then finish the run; returns ``run_dir``. ``stop_after`` ends after that many epochs (tests).
-
-    A second process for the same folder waits (``wait=False``: is refused), then finds the run finished.
-    Everything that can be refused is checked before anything is written, so a refused run leaves the folder as
-    it was."""
+    """Train into ``run_dir`` under its lock (a second process waits, or with ``wait=False`` is refused, then finds
+    the run finished), resuming its checkpoint when ``resume``, then finish the run. ``stop_after``: epochs, for
+    tests. What can be refused is checked before anything is written: a refused run leaves the folder as it was."""
     run_dir = Path(run_dir)
-    record = run_record(dataset, config)
-    weights_path, _ = resolve_weights(config.weights)  # warns here when the ImageNet weights are missing
-    dev = resolve_device(device)
-    precision = resolve_precision(config.precision, dev)
-    with exclusive_lock(run_lock(run_dir), f"training into {run_dir}", wait=wait):
-        if resume and is_complete(run_dir) and recorded_key(run_dir) == record["run_key"]:
+    record = runs.run_record(dataset, config)
+    dev = runs.resolve_device(device)
+    precision = runs.resolve_precision(config.precision, dev)
+    with exclusive_lock(runs.run_lock(run_dir), f"training into {run_dir}", wait=wait):
+        if resume and runs.is_complete(run_dir) and runs.recorded_key(run_dir) == record["run_key"]:
             return run_dir  # finished while we waited (or earlier)
         ckpt_path = run_dir / "checkpoint.pt"
         ckpt = torch.load(ckpt_path, map_location=dev, weights_only=True) if resume and ckpt_path.exists() else None
         if ckpt is not None and ckpt["run_key"] != record["run_key"]:
             raise ConfigError(f"{ckpt_path}: checkpoint of another run (other settings, training faces or initial "
                               "weights); use another run folder, or --no-resume to start over")
-        torch.set_num_threads(default_threads())
-        train_set, val_set = split_for(dataset, config)
+        torch.set_num_threads(runs.default_threads())
+        train_set, val_set = runs.split_for(dataset, config)
 
         # the initial weights come from the run's seed, without touching the caller's global RNG
         with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []):
             torch.manual_seed(config.seed)
-            model, weights_origin = build_model(weights_path)
-        if weights_path is None and config.weights != "random":
-            weights_origin = f"random initialisation (ImageNet weights not found at {imagenet_weights_path()})"
-        model.to(dev)
-        if config.channels_last:
-            model.to(memory_format=torch.channels_last)
+            model, weights_origin = build_model(config.weights)  # warns when the ImageNet weights are missing
+        model.to(dev, memory_format=torch.channels_last if config.channels_last else torch.preserve_format)
         optimizer, scheduler = make_optimizer(model, config, max(1, len(train_set) // config.batch_size))
         loss_weight = class_weights(train_set.labels, config.class_weighting)
         loss_weight = None if loss_weight is None else loss_weight.to(dev)
-        ema = make_ema(model, config.ema_decay)
+        ema = None  # an exponential moving average of the weights and batch-norm statistics, when asked for
+        if config.ema_decay:
+            from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+            ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(config.ema_decay), use_buffers=True)
         start_epoch, history = 0, []
         if ckpt is not None:
             model.load_state_dict(ckpt["model"])
@@ -186,13 +155,14 @@ def train(dataset: Dataset, config: TrainConfig, run_dir: Path, device: str = "a
             if progress and start_epoch < config.epochs:
                 print(f"resuming {run_dir} from its checkpoint at epoch {start_epoch + 1}/{config.epochs} "
                       "(--no-resume starts over)", file=sys.stderr, flush=True)
-        else:
-            start_over(run_dir, progress)
+        else:  # a previous run's files go, run.json first: a new run never sits beside the old one's weights
+            for name in RUN_OUTPUTS:
+                (run_dir / name).unlink(missing_ok=True)
         run_dir.mkdir(parents=True, exist_ok=True)
         atomic_write(run_dir / "config.json", lambda tmp: tmp.write_text(json.dumps(record, indent=2)))
 
         images, labels = torch.from_numpy(train_set.images), torch.from_numpy(train_set.labels)
-        sample = train_eval_indices(len(train_set), config.seed)
+        sample = runs.train_eval_indices(len(train_set), config.seed)
         for epoch in range(start_epoch, config.epochs):
             if stop_after is not None and epoch >= stop_after:
                 return run_dir
@@ -211,14 +181,15 @@ def train(dataset: Dataset, config: TrainConfig, run_dir: Path, device: str = "a
                        lr=lr, seconds=time.perf_counter() - t0)
             history.append(row)
             # -- checkpoint, atomically: an interrupted write never corrupts the run
-            if selected_row(history, averaged=ema is not None) is row:
+            if runs.selected_row(history, averaged=ema is not None) is row:
                 atomic_write(run_dir / "best.pt", lambda tmp: torch.save(shipped.state_dict(), tmp))
             state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                      "scheduler": scheduler.state_dict(), "epoch": epoch + 1, "history": history,
                      "weights_origin": weights_origin, "run_key": record["run_key"], "config": asdict(config),
                      **({"ema": ema.state_dict()} if ema is not None else {})}
             atomic_write(run_dir / "checkpoint.pt", lambda tmp: torch.save(state, tmp))
-            write_history(run_dir / "history.csv", history)
+            atomic_write(run_dir / "history.csv",
+                         lambda tmp: pd.DataFrame(history, columns=runs.HISTORY_COLUMNS).to_csv(tmp, index=False))
             if progress:
                 print(f"epoch {epoch + 1}/{config.epochs}: train loss {row['train_loss']:.3f} "
                       f"(CE {row['train_ce']:.3f}) acc {row['train_acc']:.3f} | val loss {row['val_loss']:.3f} "
@@ -227,32 +198,6 @@ def train(dataset: Dataset, config: TrainConfig, run_dir: Path, device: str = "a
         finish_run(run_dir, dataset, config, train_set, val_set, history, dev,
                    {"weights_origin": weights_origin, "weights_used": record["weights_used"], "precision": precision})
     return run_dir
-
-
-def write_history(path: Path, history: list[dict]) -> None:
-    def write(tmp: Path) -> None:
-        with open(tmp, "w", newline="") as f:
-            w = csv.DictWriter(f, HISTORY_COLUMNS)
-            w.writeheader()
-            w.writerows(history)
-
-    atomic_write(path, write)
-
-
-# a finished run's files: starting over removes them, run.json first (from then on the folder is no finished run)
-RUN_OUTPUTS = ("run.json", "config.json", "history.csv", "checkpoint.pt", "best.pt", "weights.pt", "faces.npz",
-               "calibration.json", "val_logits.npz", "predictions.csv", "test_duplicates.csv", "test_outputs.json")
-
-
-def start_over(run_dir: Path, progress: bool) -> None:
-    """Remove a previous run's files, so that a new run never sits beside the old one's weights and run.json
-    (which would serve the old weights under the new settings)."""
-    old = [run_dir / name for name in RUN_OUTPUTS if (run_dir / name).exists()]
-    for path in old:
-        path.unlink()
-    if old and progress:
-        print(f"note: starting over in {run_dir}: removed the previous run's {', '.join(p.name for p in old)}",
-              file=sys.stderr)
 
 
 def progress_bar(iterable, desc: str, enabled: bool = True):
