@@ -131,7 +131,7 @@ def test_region_findings_against_the_randomised_network_per_class():
             "edges": 1 - trained}  # C is the control itself; "edges" says the opposite and is flagged
     found = np.ones(len(labels), bool)
     findings = region_findings(_explained(maps, {m: randomised for m in maps}), regions, labels, found,
-                               flagged=["edges"], n_boot=500)
+                               flagged=["edges"])
     r = findings.vs_random
     assert r.loc[("A", "outside_face"), "sign"] == -1 and r.loc[("A", "brows"), "sign"] == 1
     assert r.loc[("A", "outside_face"), "low"] < r.loc[("A", "outside_face"), "difference"] < r.loc[
@@ -139,11 +139,9 @@ def test_region_findings_against_the_randomised_network_per_class():
     assert (r.xs("C", level="method")["sign"] == 0).all()
     assert findings.voters == ["A", "B", "C"]  # "edges" fails the sanity check
     c = findings.by_class
-    assert c.loc[("Angry", "A", "brows"), "sign"] == 1 and c.loc[("Angry", "A", "brows"), "low"] > 0
+    assert c.loc[("Angry", "A", "brows"), "difference"] > 0.05
     # the teeth cue is in the faces, so the randomised network has it too: Happy's mouth gains nothing beyond it
-    happy_mouth = c.loc[("Happy", "A", "mouth")]
-    assert happy_mouth["sign"] == 0
-    assert abs(happy_mouth["difference"]) < c.loc[("Angry", "A", "brows"), "difference"] / 10
+    assert abs(c.loc[("Happy", "A", "mouth"), "difference"]) < c.loc[("Angry", "A", "brows"), "difference"] / 10
     assert set(c["faces"]) == {20}
     assert findings.area["mouth"] == pytest.approx(regions["mouth"].mean())
 
@@ -155,7 +153,7 @@ def test_faces_without_landmarks_are_left_out_and_counted():
     poisoned = trained.copy()
     poisoned[~found] = regions["outside_face"][~found]  # maps that would flip the outside-face finding
     poisoned[found & (labels == HAPPY)] = (randomised - 0.3 * regions["outside_face"])[found & (labels == HAPPY)]
-    findings = region_findings(_explained({"A": poisoned}, {"A": randomised}), regions, labels, found, n_boot=300)
+    findings = region_findings(_explained({"A": poisoned}, {"A": randomised}), regions, labels, found)
     assert findings.vs_random.loc[("A", "outside_face"), "faces"] == 40
     assert findings.vs_random.loc[("A", "outside_face"), "sign"] == -1
     assert "Angry" not in set(findings.by_class.index.get_level_values("class"))
@@ -165,9 +163,9 @@ def test_no_clear_difference_when_the_maps_are_the_control():
     labels, regions, _, randomised = _crafted()
     other = np.random.default_rng(5).random(randomised.shape).astype(np.float32)
     findings = region_findings(_explained({"A": other}, {"A": np.random.default_rng(6).random(other.shape)}),
-                               regions, labels, np.ones(len(labels), bool), n_boot=500)
+                               regions, labels, np.ones(len(labels), bool))
     assert (findings.vs_random["sign"] == 0).all()
-    assert (findings.by_class["sign"] == 0).mean() > 0.8  # at most a chance interval or two
+    assert (findings.by_class["difference"].abs() < 0.01).all()
 
 
 # ------------------------------------------------------------------ the maps and the sanity check
@@ -225,7 +223,7 @@ def test_cascade_runs_on_every_face_and_ends_at_the_randomised_copy(trained_synt
     last = saliency(randomised_copy(model, seed=3), faces, target)
     np.testing.assert_allclose(ex.random_maps["saliency"], last, atol=1e-6)
     np.testing.assert_allclose(ex.rho["saliency"][-1], rank_correlation(ex.maps["saliency"], last), atol=1e-6)
-    table = sanity_table(ex, n_boot=300)
+    table = sanity_table(ex)
     assert list(table.loc["saliency"].index) == ex.stages
     assert (table.loc["SmoothGrad", "faces"] == 3).all() and (table.loc["saliency", "faces"] == 8).all()
     assert (table["low"] <= table["rho"] + 1e-9).all() and (table["rho"] <= table["high"] + 1e-9).all()
@@ -247,7 +245,7 @@ def test_every_method_gives_grey_48px_maps_on_the_models_device(device):
         assert isinstance(maps, np.ndarray) and maps.shape == (2, 48, 48), name
         assert np.isfinite(maps).all() and maps.min() >= 0 and maps.max() == pytest.approx(1), name
     ex = explain(model, faces, t, 72, {"saliency": saliency, "Grad-CAM": METHODS["Grad-CAM"]})
-    assert sanity_table(ex, n_boot=10).shape == (12, 4)
+    assert sanity_table(ex).shape == (12, 4)
 
 
 def _snapshot(model):
@@ -300,11 +298,11 @@ def test_empty_maps_drop_a_class():
     blanked[labels == SAD] = 0  # an all-zero map on every Sad face (Grad-CAM's ReLU can give one)
     maps = {"A": blanked, "costly": trained}
     findings = region_findings(_explained(maps, {m: randomised for m in maps}), regions, labels,
-                               np.ones(len(labels), bool), n_boot=300, methods=["A"])
+                               np.ones(len(labels), bool), methods=["A"])
     assert set(findings.vs_random.index.get_level_values("method")) == {"A"}
     c = findings.by_class
     assert set(c.index.get_level_values("class")) == {"Happy", "Angry"}  # no Sad rows, no all-NaN rows
-    assert np.isfinite(c[["difference", "low", "high"]].to_numpy()).all()
+    assert np.isfinite(c["difference"]).all()
     assert findings.vs_random.loc[("A", "brows"), "faces"] == int((labels != SAD).sum())
 
 

@@ -100,7 +100,6 @@ def test_a_filter_built_for_one_class_is_tuned_beyond_the_random_network_and_vot
     assert t.one_class.tolist() == [True, False, False] and t.mixed.tolist() == [False, True, False]
     assert set(np.argsort(-t.auroc[:, 1])[:2]) == {3, 5}  # the mixed filter's two classes
     # votes: the preferred class gets the largest last-layer weight
-    assert t.weight.tolist() == [1.0, fc[t.preferred[1], 1], fc[t.preferred[2], 2]]
     assert t.votes.tolist() == [True, False, t.preferred[2] == 4]
     assert t.by_class().tolist() == [0, 0, 1, 0, 0, 0, 0]
     assert t.by_class(t.one_class & t.votes)[2] == 1

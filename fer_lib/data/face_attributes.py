@@ -1,15 +1,10 @@
-"""Per-face attributes from 68-point landmarks and pixels (Q5):
+"""Per-face attributes from 68-point landmarks and pixels (Q5); face width is jaw point 0 to jaw point 16.
 
-  mouth opening  inner-lip height (mean gap of the three upper/lower inner-lip point pairs) / face width
-                 (jaw point 0 to jaw point 16): 0 for a closed mouth, about 0.3 for a wide-open one
-  eye opening    the eye aspect ratio (the two vertical lid gaps over twice the corner-to-corner width),
-                 averaged over both eyes: about 0.3 for an open eye, under 0.15 for a closed one
-  brow height    distance from each brow's centre (its five points) to its eye's centre (six points) / face width,
-                 averaged over both sides: higher for raised brows (surprise), lower for lowered ones (anger)
-  head turn      |nose tip to the right jaw end - nose tip to the left jaw end| / their sum, in [0, 1]: 0 when the
-                 nose sits midway between the jaw ends (frontal)
-  brightness     mean gray level / 255
-  contrast       standard deviation of the gray levels / 255
+  mouth opening  inner-lip height (mean gap of the three inner-lip point pairs) / face width: 0 closed, 0.3 wide open
+  eye opening    eye aspect ratio (two lid gaps over twice the corner-to-corner width), both eyes: 0.3 open, < 0.15 shut
+  brow height    brow centre to eye centre / face width, both sides: higher raised (surprise), lower lowered (anger)
+  head turn      |nose tip to one jaw end - to the other| / their sum, in [0, 1]: 0 frontal
+  brightness, contrast   mean and standard deviation of the gray levels / 255
 """
 from __future__ import annotations
 

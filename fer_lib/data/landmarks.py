@@ -1,9 +1,7 @@
 """dlib's face detector and 68-point landmarks, for FER2013 faces (Q4, Q5) and photos (classify).
 
-The landmark model is the iBUG 300-W shape predictor that ships inside the ``face-recognition-models``
-package (installed from the package registry with the project; nothing is downloaded at run time). Its
-training data (iBUG 300-W) is licensed for non-commercial research only, and so is this model; the README
-says so. The HOG frontal-face detector is built into dlib itself.
+The landmark model is the iBUG 300-W shape predictor inside the ``face-recognition-models`` package (nothing is
+downloaded at run time); like its training data it is licensed for non-commercial research only (the README says so).
 
 Points (0-based, the iBUG 68 scheme): 0-16 jaw line, 17-21 / 22-26 the brows (subject's right / left),
 27-35 the nose, 36-41 / 42-47 the eyes, 48-67 the mouth (60-67 its inner lip).

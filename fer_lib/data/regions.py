@@ -1,10 +1,6 @@
-"""Face regions as pixel masks, and how much of a map falls in each: from each face's own landmarks (Q4).
-
-Landmarks are dlib's 68 points in the 48-px frame (:func:`fer_lib.data.landmarks.face_landmarks`). Every face gets
-six regions that partition its frame (each pixel in exactly one): the brows, the eyes, the nose, the mouth, the
-rest of the face and the area outside it. Margins around the points scale with the face (a share of the
-distance between the eye centres), so a small or turned face gets small regions where its features are.
-"""
+"""Face regions as pixel masks from each face's own 68 landmarks (Q4), and how much of a map falls in each: six
+regions partition the 48-px frame (brows, eyes, nose, mouth, rest of the face, outside it). Margins scale with the
+distance between the eye centres, so a small or turned face gets small regions where its features are."""
 from __future__ import annotations
 
 import numpy as np

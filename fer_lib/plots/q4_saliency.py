@@ -1,8 +1,5 @@
-"""Q4's figures: occlusion effects, attribution grid, sanity check, aligned class means.
-
-Sizes keep every text at 8 pt or more in figures at most 9 inches wide, so that it shows at 10 CSS px or more on a
-page 900 px wide (plots.show checks it).
-"""
+"""Q4's figures: occlusion effects, attribution grid, sanity check, aligned class means. Every text is 8 pt or more
+in figures at most 9 inches wide: 10 CSS px or more on a page 900 px wide (plots.show checks it)."""
 from __future__ import annotations
 
 import matplotlib.pyplot as plt
@@ -53,8 +50,7 @@ def plot_attribution_grid(faces: np.ndarray, maps: dict[str, np.ndarray], region
             axes[r, c].imshow(face, cmap="gray", vmin=0, vmax=255)
             axes[r, c].imshow(_map_overlay(maps[name][r]))
         for c, ax in enumerate(axes[r]):
-            ax.set_xticks([])
-            ax.set_yticks([])
+            ax.set(xticks=[], yticks=[])
             if r == 0:
                 ax.set_title((["regions"] + [n.replace(" ", "\n", 1) for n in names])[c], fontsize=SMALL + 1)
         axes[r, 0].set_ylabel(row_titles[r], fontsize=SMALL + 1, rotation=0, ha="right", va="center")
@@ -81,8 +77,7 @@ def plot_sanity_check(table, threshold: float = 0.5):
     ax.tick_params(axis="y", labelsize=SMALL + 1)
     ax.set_ylabel("rank correlation with\nthe trained model's maps", fontsize=SMALL + 1)
     ax.set_xlabel("layers re-initialised, from the top (cumulative)", fontsize=SMALL + 1)
-    low = np.nanmin(table["low"].to_numpy(float)) if len(table) else 0.0
-    ax.set_ylim(min(-0.2, low - 0.05), 1.05)
+    ax.set_ylim(min(-0.2, np.nanmin(table["low"].to_numpy(float)) - 0.05), 1.05)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=SMALL, loc="upper right")
     fig.tight_layout()
@@ -95,10 +90,9 @@ def plot_occlusion_effects(table, classes: list[str], regions: list[str], labels
     the others white with grey text; each class's costliest region (``top``: class -> region) in bold."""
     from matplotlib.colors import TwoSlopeNorm
 
-    values = np.array([[table.loc[(c, r), "effect"] * 100 for r in regions] for c in classes])
-    low = np.array([[table.loc[(c, r), "low"] * 100 for r in regions] for c in classes])
-    high = np.array([[table.loc[(c, r), "high"] * 100 for r in regions] for c in classes])
-    clear = np.array([[table.loc[(c, r), "sign"] != 0 for r in regions] for c in classes])
+    values, low, high, sign = (table[k].unstack("region").loc[classes, regions].to_numpy(float) * 100
+                               for k in ("effect", "low", "high", "sign"))
+    clear = sign != 0
     span = max(5.0, float(np.nanmax(np.abs(values))))
     fig, ax = plt.subplots(figsize=(1.25 * len(regions) + 2.2, 0.5 * len(classes) + 1.4), layout="constrained")
     im = ax.imshow(np.where(clear, values, np.nan), cmap="PuOr_r", norm=TwoSlopeNorm(0, -span, span), aspect="auto")
@@ -134,8 +128,7 @@ def plot_aligned_maps(aligned: dict, class_names: list[str]):
         image = bottom.imshow(excess[j], cmap="RdBu_r", vmin=-span, vmax=span)
         for ax in (top, bottom):
             ax.plot(*aligned["shape"].T, ".", color="white" if ax is top else "black", ms=1)
-            ax.set_xticks([])
-            ax.set_yticks([])
+            ax.set(xticks=[], yticks=[])
         top.set_title(f"{class_names[c]}\n{aligned['faces'][j]} faces", fontsize=SMALL)
     axes[0, 0].set_ylabel("mean map", fontsize=SMALL + 1)
     axes[1, 0].set_ylabel("minus\nrandomised", fontsize=SMALL + 1)

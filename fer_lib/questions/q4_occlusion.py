@@ -1,10 +1,7 @@
 """Q4, measured causally: cover one landmark region of a face at a time (Captum's ``FeatureAblation``) and measure the
-drop in the model's probability of the true class, against the same shape and area covered away from the features.
-
-A covered pixel takes the value of the face blurred heavily (``FILL_SIGMA``): the feature's detail goes, the face's
-own brightness stays, and no edge appears at the patch's border (a black or mean-grey patch draws one, and a
-network reacts to edges). Probabilities come from the model as it predicts (no test-time views), in batches.
-"""
+drop in the model's probability of the true class (no test-time views), against the same shape and area covered away
+from the features. A covered pixel takes the value of the face blurred heavily: the feature's detail goes, its
+brightness stays, and no edge appears at the patch's border (a black or mean-grey patch draws one)."""
 from __future__ import annotations
 
 import warnings
@@ -110,12 +107,9 @@ class Occlusion:
 def occlusion(model: nn.Module, faces: np.ndarray, labels: np.ndarray, regions: dict[str, np.ndarray],
               found: np.ndarray, input_size: int = 48, n_boot: int = BOOTSTRAP, seed: int = 0) -> Occlusion:
     """Cover each region of ``OCCLUDED`` (masks {region: (N, 48, 48)}, a partition of each frame), then its control,
-    on every uint8 face (N, 48, 48) whose landmarks were ``found`` (N,); faces without them are left out.
-
-    The regions go through ``FeatureAblation`` with the blurred face as baseline and the regions as each face's
-    feature mask (the area outside the face is ablated too, unused). The controls overlap each other and the regions,
-    so they are no feature mask: each is covered the same way in its own copy of the face, one forward pass each.
-    """
+    on every uint8 face (N, 48, 48) whose landmarks were ``found`` (N,). The regions are ``FeatureAblation``'s feature
+    mask, the blurred face its baseline; the controls overlap each other and the regions, so each is covered in its
+    own copy of the face."""
     from fer_lib.model.inference import predict_logits
 
     found = np.asarray(found, bool)
@@ -148,8 +142,6 @@ def occlusion(model: nn.Module, faces: np.ndarray, labels: np.ndarray, regions: 
     groups = [(CLASS_NAMES[c], y == c) for c in np.unique(y) if (y == c).sum() >= MIN_FACES] + [(ALL, y >= 0)]
     rows = {}
     for name, members in groups:
-        if members.sum() < 2:
-            continue
         values = np.concatenate([drop, control, drop - control], 1)[members]  # resampled together
         stats = np.stack([values.mean(0), *mean_interval(values, n_boot, rng)]).reshape(3, 3, k)  # (mean/low/high,
         stats = stats.transpose(1, 0, 2).reshape(9, k)  # drop/control/effect, R) -> (the 9 columns, R)

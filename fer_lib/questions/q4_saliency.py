@@ -1,11 +1,7 @@
-"""Q4: attribution maps (Captum) of the grey 48x48 face the model sees before resizing and normalisation, the
-Adebayo et al. randomisation check, and where the maps fall among each face's landmark regions against the
-randomised network on the same faces; :func:`saliency_answer` is the page's call.
-
-Maps are (B, 48, 48) in [0, 1], taken on a private copy of the model (on its device) whose ReLUs are separate,
-non-in-place modules: torchvision's BasicBlock calls one in-place ReLU twice, which breaks the module backward hooks of
-guided backpropagation. The model's parameters, mode and hooks and torch's global random state are left untouched.
-"""
+"""Q4: attribution maps (Captum) of the grey 48x48 face, the Adebayo et al. randomisation check, and where the
+maps fall among each face's landmark regions against the randomised network; :func:`saliency_answer` is the page's
+call. Maps are taken on a private copy of the model; its parameters, mode and hooks and torch's global random state
+are left untouched."""
 from __future__ import annotations
 
 import copy
@@ -22,16 +18,8 @@ from torch import nn
 
 from fer_lib import CLASS_NAMES
 from fer_lib.data.regions import LANDMARK_REGIONS, region_shares
-from fer_lib.questions.q4_occlusion import (
-    ALL,
-    BOOTSTRAP,
-    MIN_FACES,
-    attribution_agreement,
-    captum_attr,
-    interval_sign,
-    mean_interval,
-    occlusion,
-)
+from fer_lib.model.network import preprocess
+from fer_lib.questions import q4_occlusion
 
 SMOOTHGRAD_SAMPLES = 50  # noisy copies averaged per face (Smilkov et al. 2017 use 50; fewer leave speckle)
 SMOOTHGRAD_NOISE = 0.15  # noise std on the [0, 1] grey scale (Smilkov et al. suggest 10-20% of the range)
@@ -66,7 +54,8 @@ def _block_forward(self, x):
 
 
 def explainable_copy(model: nn.Module) -> nn.Module:
-    """An eval-mode copy of a torchvision ResNet whose ReLUs are separate, non-in-place modules."""
+    """An eval-mode copy of a torchvision ResNet whose ReLUs are separate, non-in-place modules (BasicBlock calls one
+    in-place ReLU twice, which breaks the module backward hooks of guided backpropagation)."""
     from torchvision.models.resnet import BasicBlock
 
     twin = copy.deepcopy(model).eval()
@@ -87,8 +76,6 @@ class GreyInput(nn.Module):
         self.net, self.input_size = net, input_size
 
     def forward(self, grey: torch.Tensor) -> torch.Tensor:
-        from fer_lib.model.network import preprocess
-
         return self.net(preprocess(grey[:, 0], self.input_size))
 
 
@@ -97,7 +84,7 @@ def attribution_maps(method: str, model: nn.Module, faces, target, input_size: i
     """``method``'s maps of uint8 ``faces`` (B, 48, 48) for classes ``target`` (Captum, on an
     :func:`explainable_copy`): |attribution| over each map's maximum, (B, 48, 48) in [0, 1]. SmoothGrad's noise
     comes from a private generator state seeded with 0: the same call gives the same maps."""
-    attr = captum_attr()
+    attr = q4_occlusion.captum_attr()
     device = model_device(model)
     net = GreyInput(explainable_copy(model), input_size).to(device)
     x = torch.as_tensor(np.asarray(faces)).float().div(255).unsqueeze(1).to(device)
@@ -212,13 +199,13 @@ def explain(model: nn.Module, faces, target, input_size: int = 48, methods: dict
                      [stage for stage, _ in RANDOMIZATION_ORDER])
 
 
-def sanity_table(explained: Explained, n_boot: int = BOOTSTRAP, seed: int = 0) -> pd.DataFrame:
+def sanity_table(explained: Explained, seed: int = 0) -> pd.DataFrame:
     """Index (method, step): the mean rank correlation with the trained maps ("rho"), its 95% bootstrap interval
     over faces ("low", "high") and the number of faces."""
     rng = np.random.default_rng(seed)
     rows = {}
     for m, rho in explained.rho.items():
-        low, high = mean_interval(rho.T, n_boot, rng)  # (steps,) each
+        low, high = q4_occlusion.mean_interval(rho.T, rng=rng)  # (steps,) each
         for s, stage in enumerate(explained.stages):
             rows[(m, stage)] = {"rho": float(_nanmean(rho[s], 0)), "low": low[s], "high": high[s],
                                 "faces": rho.shape[1]}
@@ -230,50 +217,49 @@ def sanity_table(explained: Explained, n_boot: int = BOOTSTRAP, seed: int = 0) -
 
 @dataclass
 class RegionFindings:
-    """Where each method's maps fall among each face's landmark regions, against the same method on the fully
-    randomised network on the same faces (same architecture, input and centre bias, nothing learned). Only faces
-    whose landmarks the detector found count. Shares are fractions of a map's mass; low / high bound 95% bootstrap
-    intervals over faces; sign is +1 / -1 where the interval lies above / below 0, else 0."""
+    """Where each method's maps fall among each face's landmark regions: the share of a map's mass in each region
+    minus the same method's on the fully randomised network on the same faces (same architecture, input and centre
+    bias, nothing learned). Only faces with landmarks whose maps hold mass on both networks count (Grad-CAM's ReLU can
+    leave a map all zero)."""
 
-    vs_random: pd.DataFrame  # (method, region): trained, randomised, difference, low, high, sign, faces
-    by_class: pd.DataFrame  # (class, method, region): the same per class with at least MIN_FACES faces that count
+    vs_random: pd.DataFrame  # (method, region): difference, low, high (95% bootstrap over faces), sign, faces
+    by_class: pd.DataFrame  # (class, method, region): difference, faces; classes with at least MIN_FACES faces
     area: dict[str, float]  # region -> mean share of the frame it covers
     voters: list[str]  # the methods that pass the sanity check
 
 
+def _frame(rows: dict[tuple, dict], names: list[str], columns: list[str]) -> pd.DataFrame:
+    index = pd.MultiIndex.from_tuples(list(rows), names=names)  # three empty levels when there are no rows
+    return pd.DataFrame(list(rows.values()), index=index, columns=columns).astype(float).astype({"faces": int})
+
+
 def region_findings(explained: Explained, regions: dict[str, np.ndarray], labels: np.ndarray, found: np.ndarray,
-                    flagged=(), n_boot: int = BOOTSTRAP, seed: int = 0, methods=None) -> RegionFindings:
+                    flagged=(), seed: int = 0, methods=None) -> RegionFindings:
     """Findings from :func:`explain`'s maps of ``methods`` (default: all explained), the regions of every face given
-    to it ({region: (N, H, W)}), their labels (N,) and whether each face's landmarks were found (N,). A face counts
-    for a method where its maps on both networks hold mass (Grad-CAM's ReLU can leave a map all zero)."""
+    to it ({region: (N, H, W)}), their labels (N,) and whether each face's landmarks were found (N,)."""
     labels, found = np.asarray(labels), np.asarray(found, dtype=bool)
     rng = np.random.default_rng(seed)
-    rows: dict[tuple, dict] = {}
+    pooled, by_class = {}, {}
     methods = [m for m in explained.faces if methods is None or m in set(methods)]
     for m in methods:
-        idx = explained.faces[m][found[explained.faces[m]]]
-        y = labels[idx]
-        trained, randomised = (np.stack(list(region_shares(v[found[explained.faces[m]]], {
-            r: regions[r][idx] for r in LANDMARK_REGIONS}).values()), 1) for v in (explained.maps[m],
-                                                                                   explained.random_maps[m]))
-        counted = np.isfinite(trained - randomised).all(1)  # an all-zero map has no shares
-        groups = [(ALL, counted)] + [(CLASS_NAMES[c], counted & (y == c)) for c in np.unique(y)
-                                      if (counted & (y == c)).sum() >= MIN_FACES]
-        for cls, keep in groups:
-            t, z = trained[keep], randomised[keep]
-            low, high = mean_interval(t - z, n_boot, rng)
-            for j, r in enumerate(LANDMARK_REGIONS):
-                rows[(cls, m, r)] = {"trained": _nanmean(t[:, j], 0), "randomised": _nanmean(z[:, j], 0),
-                                     "difference": _nanmean(t[:, j] - z[:, j], 0), "low": low[j], "high": high[j],
-                                     "faces": int(keep.sum())}
-    index = pd.MultiIndex.from_tuples(list(rows), names=["class", "method", "region"])
-    table = pd.DataFrame(list(rows.values()), index=index, columns=["trained", "randomised", "difference", "low",
-                                                                    "high", "faces"]).astype(float)
-    table = table.astype({"faces": int})
-    table.insert(5, "sign", interval_sign(table["low"], table["high"]))
-    pooled = table.index.get_level_values("class") == ALL
+        keep = found[explained.faces[m]]
+        idx = explained.faces[m][keep]
+        trained, randomised = (np.stack(list(region_shares(v[keep], {r: regions[r][idx] for r in LANDMARK_REGIONS})
+                                             .values()), 1) for v in (explained.maps[m], explained.random_maps[m]))
+        diff = trained - randomised
+        counted = np.isfinite(diff).all(1)  # an all-zero map has no shares
+        diff, y = diff[counted], labels[idx][counted]
+        low, high = q4_occlusion.mean_interval(diff, rng=rng)
+        for j, r in enumerate(LANDMARK_REGIONS):
+            pooled[(m, r)] = {"difference": _nanmean(diff[:, j], 0), "low": low[j], "high": high[j],
+                              "faces": len(diff)}
+        for c in [c for c in np.unique(y) if (y == c).sum() >= q4_occlusion.MIN_FACES]:
+            by_class |= {(CLASS_NAMES[c], m, r): {"difference": v, "faces": (y == c).sum()}
+                         for r, v in zip(LANDMARK_REGIONS, diff[y == c].mean(0))}
+    vs_random = _frame(pooled, ["method", "region"], ["difference", "low", "high", "faces"])
+    vs_random.insert(3, "sign", q4_occlusion.interval_sign(vs_random["low"], vs_random["high"]))
     area = {r: float(regions[r][found].mean()) if found.any() else np.nan for r in LANDMARK_REGIONS}
-    return RegionFindings(table[pooled].droplevel("class"), table[~pooled], area,
+    return RegionFindings(vs_random, _frame(by_class, ["class", "method", "region"], ["difference", "faces"]), area,
                           [m for m in methods if m not in set(flagged)])
 
 
@@ -294,7 +280,7 @@ class SaliencyAnswer:
     found: np.ndarray  # (N,) the detector found the face (else its regions are not trusted: left out)
     regions: dict[str, np.ndarray]  # {region: (N, 48, 48) bool}, a partition of each frame
     findings: RegionFindings
-    occlusion: object  # q4_occlusion.Occlusion
+    occlusion: q4_occlusion.Occlusion
     top: pd.DataFrame  # Occlusion.top()
     example: str | None  # the class whose clearest single costliest region costs the most
     agreement: pd.DataFrame  # q4_occlusion.attribution_agreement()
@@ -323,17 +309,15 @@ def saliency_answer(model: nn.Module, images: np.ndarray, labels: np.ndarray, lo
     regions = landmark_regions(points)
     one_pass = [m for m in METHODS if m not in COSTLY]  # the costly methods explain too few faces for region rows
     findings = region_findings(ex, regions, y, found, flagged, seed=seed, methods=one_pass)
-    occ = occlusion(model, faces, y, regions, found, input_size, seed=seed)
+    occ = q4_occlusion.occlusion(model, faces, y, regions, found, input_size, seed=seed)
     top = occ.top(seed=seed)
-    agreement = attribution_agreement(top, findings.by_class, findings.voters, findings.area)
-    matches = {}
-    for m in [m for m in findings.voters if m in agreement and agreement[m].notna().any()]:
-        said = agreement[m].dropna()
-        matches[m] = {"classes": len(said), "matched": int(agreement.loc[said.index, f"{m} agrees"].sum()),
-                      "chance": agreement.loc[said.index, "chance"].sum(),
-                      "always": said.iloc[0] if said.nunique() == 1 and len(said) > 2 else ""}
+    agreement = q4_occlusion.attribution_agreement(top, findings.by_class, findings.voters, findings.area)
+    matches = {m: {"classes": len(said), "matched": int(agreement.loc[said.index, f"{m} agrees"].sum()),
+                   "chance": agreement.loc[said.index, "chance"].sum(),
+                   "always": said.iloc[0] if said.nunique() == 1 and len(said) > 2 else ""}
+               for m in findings.voters if m in agreement for said in [agreement[m].dropna()] if len(said)}
 
-    clear = top.drop(index=ALL)[lambda t: t["clear"]]  # the example: a single clear part if any, else a tied one
+    clear = top.drop(index=q4_occlusion.ALL)[lambda t: t["clear"]]  # the example: a single clear part, else a tie
     pool = clear[clear["tied"].map(len) == 0] if (clear["tied"].map(len) == 0).any() else clear
     grid = np.array([costly[y[costly] == c][np.argmax(probs[idx[costly[y[costly] == c]], c])]
                      for c in np.unique(y[costly])])  # per class, the surest of the faces every method explains
@@ -352,7 +336,7 @@ def aligned_class_means(images: np.ndarray, maps: np.ndarray, random_maps: np.nd
     import cv2
 
     shape = points[found].mean(0).astype(np.float32)
-    classes = [c for c in np.unique(labels[found]) if (found & (labels == c)).sum() >= MIN_FACES]
+    classes = [c for c in np.unique(labels[found]) if (found & (labels == c)).sum() >= q4_occlusion.MIN_FACES]
     fits = {i: cv2.estimateAffine2D(points[i].astype(np.float32), shape, method=cv2.LMEDS)[0]
             for i in np.flatnonzero(found)}
     out = {"shape": shape, "classes": np.array(classes, dtype=int),

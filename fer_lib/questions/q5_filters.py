@@ -1,11 +1,7 @@
-"""Q5: what the last convolution layer's filters respond to.
-
-A filter's *response* is its channel of ``layer4.1.bn2`` (the last convolution followed by its BatchNorm) averaged
-over positions. Four views: the validation faces that excite it most (blank images and second copies of a photo
-left out); its tuning to each class (AUROC) against the same filter of a randomly initialised network, and its vote
-in the final layer; what its top faces share beyond their class (landmark attributes, against within-class
-shuffles); a face grown by gradient ascent from the mean face, and where that face changes.
-"""
+"""Q5: what the last convolution layer's filters respond to. A filter's *response* is its channel of
+``layer4.1.bn2`` (the last convolution and its BatchNorm) averaged over positions. Four views: the validation faces
+that excite it most; its tuning to each class (AUROC) against the same filter of a randomly initialised network, and
+its vote in the final layer; what its top faces share beyond their class; a face grown by gradient ascent."""
 from __future__ import annotations
 
 import copy
@@ -20,6 +16,7 @@ import torch.nn.functional as F
 from scipy.stats import false_discovery_control, norm, rankdata
 from torch import nn
 
+from fer_lib.model.network import IMAGENET_MEAN, IMAGENET_STD, preprocess
 from fer_lib.questions.q4_saliency import model_device, randomised_copy
 
 RESPONSE_LAYER = "layer4.1.bn2"
@@ -45,8 +42,7 @@ Z95 = norm.ppf(0.975)
 
 @contextmanager
 def capture(model: nn.Module, layer: str):
-    """Record ``layer``'s output in ``store["out"]`` during forward passes; the hook is always removed. The output
-    is cloned: torchvision's BasicBlock adds the skip connection to bn2's output in place."""
+    """Record ``layer``'s output in ``store["out"]``, cloned (BasicBlock adds the skip to bn2's output in place)."""
     store: dict[str, torch.Tensor] = {}
     handle = model.get_submodule(layer).register_forward_hook(lambda m, i, o: store.__setitem__("out", o.clone()))
     try:
@@ -59,8 +55,6 @@ def capture(model: nn.Module, layer: str):
 def filter_responses(model: nn.Module, images: np.ndarray, input_size: int = 48, batch_size: int = 256
                      ) -> np.ndarray:
     """Mean response (N, C) of every channel of ``RESPONSE_LAYER`` for uint8 faces (N, 48, 48)."""
-    from fer_lib.model.network import preprocess
-
     twin, out = copy.deepcopy(model).eval(), []
     with capture(twin, RESPONSE_LAYER) as store:
         for start in range(0, len(images), batch_size):
@@ -93,14 +87,10 @@ def top_faces(responses: np.ndarray, k: int = TOP_K, valid: np.ndarray | None = 
 @dataclass
 class Tuning:
     """Every filter's AUROC per class (response, class against the rest), trained and random network (the same
-    filter index), and what follows from it (all arrays (F,) unless noted).
-
-    A filter is *tuned* when its preferred class's AUROC beats the random network's same filter for that class
-    (one-sided z-test on Hanley-McNeil errors, times the number of classes for picking the best one) at a
-    false-discovery rate of ``ALPHA`` over the filters, and exceeds ``random_threshold``, the ``RANDOM_LEVEL``
-    quantile of the random filters' best-class AUROC; *mixed* when tuned but its best two classes tie (within 1.96
-    combined errors). A filter *votes* for its class when that class gets its largest final-layer weight.
-    """
+    filter index). A filter is *tuned* when its preferred class's AUROC beats the random filter's (one-sided z-test on
+    Hanley-McNeil errors, times the classes for picking the best, at a false-discovery rate of ``ALPHA``) and exceeds
+    ``random_threshold``, the ``RANDOM_LEVEL`` quantile of the random filters' best-class AUROC; *mixed* when its best
+    two classes tie (within 1.96 combined errors); it *votes* for its class when that gets its largest fc weight."""
 
     auroc: np.ndarray  # (n_classes, F) trained network
     random_auroc: np.ndarray  # (n_classes, F)
@@ -120,7 +110,6 @@ class Tuning:
         gap = self.best - self.auroc[second, filters]
         self.mixed = self.tuned & (gap <= Z95 * np.hypot(se, self.se[second, filters]))
         self.one_class = self.tuned & ~self.mixed
-        self.weight = self.fc[self.preferred, filters]  # the weight from the filter to its preferred class
         self.votes = self.fc.argmax(0) == self.preferred
 
     def chance_votes(self, among: np.ndarray) -> float:
@@ -165,8 +154,8 @@ def class_tuning(responses: np.ndarray, random_responses: np.ndarray, labels: np
     """:class:`Tuning` from the trained and random networks' responses (N, F) over the (``valid``) faces and the
     final layer's weight (n_classes, F)."""
     keep = np.ones(len(labels), bool) if valid is None else np.asarray(valid, bool)
-    auc, se = auroc_by_class(np.asarray(responses)[keep], np.asarray(labels)[keep], len(fc_weight))
-    rand, rand_se = auroc_by_class(np.asarray(random_responses)[keep], np.asarray(labels)[keep], len(fc_weight))
+    (auc, se), (rand, rand_se) = (auroc_by_class(np.asarray(r)[keep], np.asarray(labels)[keep], len(fc_weight))
+                                  for r in (responses, random_responses))
     return Tuning(auc, rand, se, rand_se, np.asarray(fc_weight, dtype=float))
 
 
@@ -257,17 +246,11 @@ def random_view(x: torch.Tensor, generator: torch.Generator, shift: float, scale
 def grow_faces(model: nn.Module, filters, start: np.ndarray, input_size: int = 48, steps: int = 128,
                lr: float = 0.01, max_change: float = MAX_CHANGE, views: bool = True, seed: int = 0
                ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Faces (F, 48, 48) in [0, 1] grown from ``start`` (48, 48) in [0, 1] to raise each filter's mean response,
-    and the responses of the start and of the grown faces (F,).
-
-    The change is a ``GRID`` x ``GRID`` image enlarged (bicubic) to the face, so it moves areas the size of a brow
-    or a lip, not single pixels. Adam maximises the response minus ``PENALTY`` times the mean squared change, and a
-    change whose root mean square exceeds ``max_change`` is scaled back to it after each step. With ``views`` the
-    model sees a :func:`random_view` each step, so only changes that work wherever they sit survive. Seeded
-    privately; the model and the global random state are untouched.
-    """
-    from fer_lib.model.network import IMAGENET_MEAN, IMAGENET_STD
-
+    """Faces (F, 48, 48) grown from ``start`` (48, 48), both in [0, 1], to raise each filter's mean response, and the
+    responses of the start and of the grown faces (F,). The change is a ``GRID`` x ``GRID`` image enlarged (bicubic),
+    so it moves areas the size of a brow, not single pixels; Adam maximises the response minus ``PENALTY`` times the
+    mean squared change, capped at a root mean square of ``max_change``. With ``views`` each step sees a
+    :func:`random_view`, so only changes that work wherever they sit survive. Seeded privately."""
     device = model_device(model)
     twin = copy.deepcopy(model).eval().requires_grad_(False)
     filters = torch.as_tensor(np.asarray(filters), dtype=torch.long, device=device)
