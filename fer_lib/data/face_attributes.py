@@ -20,7 +20,7 @@ from fer_lib.data.landmarks import INNER_LIP, JAW, LEFT_BROW, LEFT_EYE, RIGHT_BR
 ATTRIBUTES = {"mouth_open": "mouth opening", "eye_open": "eye opening", "brow_height": "brow height",
               "head_turn": "head turn", "brightness": "brightness", "contrast": "contrast"}
 FROM_LANDMARKS = ("mouth_open", "eye_open", "brow_height", "head_turn")  # missing where no face was found
-_FORMAT = 3  # bump when the cached attributes change meaning
+_FORMAT = 2  # bump when the cached attributes change meaning (a cache with an extra yaw column still serves)
 
 
 def attributes_from_landmarks(points: np.ndarray, images: np.ndarray) -> pd.DataFrame:
