@@ -28,7 +28,6 @@ class MouthReader(nn.Module):
         self.scale = nn.Parameter(torch.tensor(20.0))
 
     def forward(self, x):  # (B, 3, 48, 48) normalised
-        self.seen = getattr(self, "seen", 0) + len(x)
         detail = x[:, 0, MOUTH_BOX[0], MOUTH_BOX[1]].flatten(1).std(1) * 0.229  # back to the [0, 1] grey scale
         logits = torch.zeros(len(x), len(CLASS_NAMES))
         logits[:, HAPPY] = self.scale * detail - 2
@@ -47,12 +46,11 @@ def test_moved_off_keeps_shape_and_area_and_leaves_what_to_avoid():
     _, regions = _faces(4)
     features = np.any([regions[r] for r in FEATURES], axis=0)
     for r in ("brows", "eyes", "mouth"):
-        moved, shifts = moved_off(regions[r], features | regions[r])
-        assert (moved.sum((1, 2)) == regions[r].sum((1, 2))).all()
+        moved = moved_off(regions[r], features | regions[r])
         assert not (moved & features).any()  # a feature-sized patch fits off the features
-        assert (np.abs(shifts) > 0).any(1).all()
-        back = np.stack([np.roll(m, tuple(-s), axis=(0, 1)) for m, s in zip(moved, shifts)])
-        assert (back == regions[r]).all()  # the same shape, only moved
+        for m, before in zip(moved, regions[r]):  # the same shape, only moved
+            assert any(np.array_equal(np.roll(before, (dy, dx), axis=(0, 1)), m) for dy in range(48) for dx in range(48)
+                       if dy or dx)
 
 
 def test_only_the_region_that_carries_the_signal_costs_beyond_its_control():
@@ -69,7 +67,6 @@ def test_only_the_region_that_carries_the_signal_costs_beyond_its_control():
     top = occ.top()
     assert top.loc[CLASS_NAMES[HAPPY], "region"] == "mouth" and top.loc[CLASS_NAMES[HAPPY], "clear"]
     assert "mouth" not in top.loc[CLASS_NAMES[HAPPY], "tied"]
-    assert occ.forward_passes == model.seen
 
 
 def test_each_drop_is_the_probability_lost_when_the_region_or_its_control_takes_the_blurred_face():
@@ -95,7 +92,7 @@ def test_faces_without_landmarks_are_left_out_and_counted_and_intervals_bracket_
     found[[0, 9, 10]] = False
     model = MouthReader()
     occ = occlusion(model, faces, labels, regions, found, input_size=48, n_boot=300)
-    assert occ.left_out == 3 and list(occ.index) == [i for i in range(16) if found[i]]
+    assert list(occ.index) == [i for i in range(16) if found[i]]
     assert occ.table.loc[(ALL, "mouth"), "faces"] == 13
     assert occ.table.loc[(CLASS_NAMES[HAPPY], "mouth"), "faces"] == 7
     assert occ.table.loc[(CLASS_NAMES[SAD], "mouth"), "faces"] == 6
@@ -149,8 +146,7 @@ def _occlusion_with(effects: dict[str, np.ndarray]) -> Occlusion:
         rows[(CLASS_NAMES[HAPPY], r)] = {"drop": drop[:, j].mean(), "control": 0.0, "effect": drop[:, j].mean(),
                                          "low": low, "high": high, "faces": n}
     table = pd.DataFrame(rows).T.rename_axis(["class", "region"])
-    return Occlusion(np.arange(n), np.full(n, HAPPY), np.ones(n), drop, np.zeros_like(drop), np.zeros_like(drop), 0,
-                     n, table)
+    return Occlusion(np.arange(n), np.full(n, HAPPY), np.ones(n), drop, np.zeros_like(drop), np.zeros_like(drop), table)
 
 
 def test_ties_are_called_on_the_paired_difference_of_the_same_faces():

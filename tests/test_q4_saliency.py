@@ -10,7 +10,7 @@ import torch
 
 from fer_lib import CLASS_NAMES
 from fer_lib.data.landmarks import JAW, LEFT_BROW, LEFT_EYE, MOUTH, NOSE, RIGHT_BROW, RIGHT_EYE
-from fer_lib.data.regions import LANDMARK_REGIONS, landmark_regions, region_area, region_shares
+from fer_lib.data.regions import LANDMARK_REGIONS, landmark_regions, region_shares
 from fer_lib.data.synthetic import make_faces
 from fer_lib.model.network import build_model, preprocess
 from fer_lib.questions.q4_saliency import (
@@ -21,16 +21,14 @@ from fer_lib.questions.q4_saliency import (
     explain,
     explainable_copy,
     explained_faces,
-    faithfulness,
-    insensitive_methods,
-    pixel_ranks,
     randomised_copy,
     rank_correlation,
     region_findings,
-    saliency,
     sanity_table,
-    smoothgrad,
 )
+
+saliency = METHODS["saliency"]
+smoothgrad = METHODS["SmoothGrad"]
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 HAPPY, ANGRY, SAD = (CLASS_NAMES.index(c) for c in ("Happy", "Angry", "Sad"))
@@ -54,25 +52,25 @@ def frontal_points(cx: float = 23.5, cy: float = 24.0, scale: float = 1.0, angle
     return (p * scale) @ rotation.T + [cx, cy]
 
 
-def _pixel(points: np.ndarray, size: int = 48) -> tuple[np.ndarray, np.ndarray]:
+def _pixel(points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Row and column of the pixel under each point (frame pixel i has its centre at coordinate i)."""
-    ij = np.clip(np.round((points + 0.5) * size / 48 - 0.5).astype(int), 0, size - 1)
+    ij = np.clip(np.round(points).astype(int), 0, 47)
     return ij[:, 1], ij[:, 0]
 
 
 # ------------------------------------------------------------------ landmark regions
 
 
-@pytest.mark.parametrize("size", [48, 72])
-def test_landmark_regions_partition_the_frame_and_cover_their_points(size):
+def test_landmark_regions_partition_the_frame_and_cover_their_points():
+    size = 48
     points = np.stack([frontal_points(), frontal_points(angle_deg=25, scale=0.8, cx=26)])
-    regions = landmark_regions(points, size)
+    regions = landmark_regions(points)
     assert set(regions) == set(LANDMARK_REGIONS)
     assert (sum(m.astype(int) for m in regions.values()) == 1).all()  # every pixel of every face in exactly one
     for i, p in enumerate(points):
         for name, part in (("eyes", np.r_[p[RIGHT_EYE], p[LEFT_EYE]]), ("brows", np.r_[p[RIGHT_BROW], p[LEFT_BROW]]),
                            ("mouth", p[MOUTH]), ("nose", p[NOSE][3:])):
-            rows, cols = _pixel(part, size)
+            rows, cols = _pixel(part)
             assert regions[name][i, rows, cols].all(), (i, name)
         # the face's middle is face, the frame's corners are not
         assert not regions["outside_face"][i, size // 2, size // 2]
@@ -88,20 +86,18 @@ def test_regions_follow_a_tilted_and_a_smaller_face():
     rows, cols = _pixel(upright[LEFT_EYE])
     assert not regions["eyes"][1, rows, cols].all()
     # a face 0.6 times the size has features of about 0.36 times the area (margins scale with the face)
-    area = region_area(regions)
+    area = {r: m.mean((1, 2)) for r, m in regions.items()}
     for name in ("eyes", "mouth", "nose"):
         assert 0.2 < area[name][2] / area[name][0] < 0.55, name
     assert area["outside_face"][2] > area["outside_face"][0]
 
 
-def test_region_shares_and_area_on_a_map_that_is_all_mouth():
+def test_region_shares_on_a_map_that_is_all_mouth():
     regions = landmark_regions(frontal_points()[None])
     maps = np.stack([regions["mouth"][0].astype(np.float32), np.zeros((48, 48), np.float32)])
     shares = region_shares(maps, {r: np.repeat(m, 2, 0) for r, m in regions.items()})
     assert shares["mouth"][0] == pytest.approx(1.0) and shares["outside_face"][0] == 0
     assert all(np.isnan(v[1]) for v in shares.values())  # an empty map has no distribution
-    area = {r: float(a[0]) for r, a in region_area(regions).items()}
-    assert sum(area.values()) == pytest.approx(1.0) and area["mouth"] == pytest.approx(regions["mouth"][0].mean())
 
 
 # ------------------------------------------------------------------ region findings on crafted maps, known answers
@@ -135,27 +131,19 @@ def test_region_findings_against_the_randomised_network_per_class():
             "edges": 1 - trained}  # C is the control itself; "edges" says the opposite and is flagged
     found = np.ones(len(labels), bool)
     findings = region_findings(_explained(maps, {m: randomised for m in maps}), regions, labels, found,
-                               flagged=["edges"], n_boot=500)
+                               flagged=["edges"])
     r = findings.vs_random
     assert r.loc[("A", "outside_face"), "sign"] == -1 and r.loc[("A", "brows"), "sign"] == 1
     assert r.loc[("A", "outside_face"), "low"] < r.loc[("A", "outside_face"), "difference"] < r.loc[
         ("A", "outside_face"), "high"] < 0
     assert (r.xs("C", level="method")["sign"] == 0).all()
-    assert findings.voters == ["A", "B", "C"]
-    assert findings.consensus()["outside_face"] == -1  # A and B agree, C does not object, "edges" does not vote
+    assert findings.voters == ["A", "B", "C"]  # "edges" fails the sanity check
     c = findings.by_class
-    assert c.loc[("Angry", "A", "brows"), "sign"] == 1 and c.loc[("Angry", "A", "brows"), "excess_low"] > 0
+    assert c.loc[("Angry", "A", "brows"), "difference"] > 0.05
     # the teeth cue is in the faces, so the randomised network has it too: Happy's mouth gains nothing beyond it
-    happy_mouth = c.loc[("Happy", "A", "mouth")]
-    assert happy_mouth["sign"] == 0
-    assert abs(happy_mouth["difference"]) < c.loc[("Angry", "A", "brows"), "difference"] / 10
+    assert abs(c.loc[("Happy", "A", "mouth"), "difference"]) < c.loc[("Angry", "A", "brows"), "difference"] / 10
     assert set(c["faces"]) == {20}
-    effects = findings.class_effects()
-    assert (effects.loc[0, "class"], effects.loc[0, "region"]) == ("Angry", "brows")
-    assert effects.loc[0, "agree"] == 2 and effects.loc[0, "voting"] == 3
-    assert effects.loc[0, "method"] in ("A", "B") and effects.loc[0, "low"] > 0
-    assert not ((effects["class"] == "Happy") & (effects["region"] == "mouth")).any()
-    assert set(effects["region"]) <= {"brows", "eyes", "nose", "mouth"}
+    assert findings.area["mouth"] == pytest.approx(regions["mouth"].mean())
 
 
 def test_faces_without_landmarks_are_left_out_and_counted():
@@ -165,8 +153,7 @@ def test_faces_without_landmarks_are_left_out_and_counted():
     poisoned = trained.copy()
     poisoned[~found] = regions["outside_face"][~found]  # maps that would flip the outside-face finding
     poisoned[found & (labels == HAPPY)] = (randomised - 0.3 * regions["outside_face"])[found & (labels == HAPPY)]
-    findings = region_findings(_explained({"A": poisoned}, {"A": randomised}), regions, labels, found, n_boot=300)
-    assert findings.faces == {"Happy": 20, "Sad": 20}
+    findings = region_findings(_explained({"A": poisoned}, {"A": randomised}), regions, labels, found)
     assert findings.vs_random.loc[("A", "outside_face"), "faces"] == 40
     assert findings.vs_random.loc[("A", "outside_face"), "sign"] == -1
     assert "Angry" not in set(findings.by_class.index.get_level_values("class"))
@@ -176,50 +163,9 @@ def test_no_clear_difference_when_the_maps_are_the_control():
     labels, regions, _, randomised = _crafted()
     other = np.random.default_rng(5).random(randomised.shape).astype(np.float32)
     findings = region_findings(_explained({"A": other}, {"A": np.random.default_rng(6).random(other.shape)}),
-                               regions, labels, np.ones(len(labels), bool), n_boot=500)
+                               regions, labels, np.ones(len(labels), bool))
     assert (findings.vs_random["sign"] == 0).all()
-    assert (findings.by_class["sign"] == 0).mean() > 0.8
-    assert (findings.class_effects()["difference"].abs() < 0.01).all()  # at most a chance interval or two
-
-
-# ------------------------------------------------------------------ faithfulness
-
-
-def test_pixel_ranks_follow_the_map_and_break_ties_at_random():
-    maps = np.zeros((2, 4, 4))
-    maps[0, 1, 2], maps[0, 3, 3] = 1.0, 0.5
-    first = pixel_ranks(maps, np.random.default_rng(0))
-    assert first[0, 1 * 4 + 2] == 0 and first[0, 3 * 4 + 3] == 1
-    assert sorted(first[1]) == list(range(16))
-    assert not np.array_equal(first[1], pixel_ranks(maps, np.random.default_rng(1))[1])  # all ties: random
-
-
-def test_deletion_in_cue_order_lowers_the_probability_faster_than_a_random_order(trained_synthetic):
-    """On synthetic faces the cues are known: removing the drawn features first must hurt more than random removal,
-    and an order that leaves them for last must hurt less; saliency of the trained model must beat random too, also
-    on a subset of the faces."""
-    model, _, _ = trained_synthetic
-    images, labels, masks = make_faces(48, seed=77, with_masks=True)
-    cues = (masks["eyes_brows"] | masks["mouth"] | masks["nose"]).astype(np.float32)
-    few = np.arange(0, 48, 2)
-    maps = {"cues": cues, "anti-cues": 1 - cues, "saliency": saliency(model, images[few], labels[few])}
-    result = faithfulness(model, images, labels, maps, subsets={"saliency": few}, n_boot=500)
-    t = result.table
-    assert t.loc["cues", "deletion gain low"] > 0 and t.loc["anti-cues", "deletion gain high"] < 0
-    assert t.loc["cues", "insertion gain low"] > 0 and t.loc["anti-cues", "insertion gain high"] < 0
-    assert t.loc["saliency", "deletion gain low"] > 0 and t.loc["saliency", "faces"] == len(few)
-    assert t.loc["cues", "deletion better"] and t.loc["cues", "insertion better"]
-    assert not t.loc["anti-cues", "deletion better"] and not t.loc["anti-cues", "insertion better"]
-    np.testing.assert_array_equal(result.faces["saliency"], few)
-    assert result.curves["deletion"]["saliency"].shape == (len(few), len(result.fractions))
-    # the saliency gain is over the random order on its own faces
-    random_auc = np.trapezoid(result.curves["deletion"]["random"][few], result.fractions, axis=1).mean()
-    assert t.loc["saliency", "random deletion AUC"] == pytest.approx(random_auc)
-    # the curves share their ends: nothing removed is the face, everything removed is the blurred face
-    for kind in ("deletion", "insertion"):
-        ends = np.stack([result.curves[kind][m][:, [0, -1]] for m in ("cues", "anti-cues", "random")])
-        np.testing.assert_allclose(ends, ends[:1].repeat(len(ends), 0), atol=1e-5)
-    assert result.curves["deletion"]["cues"][:, 0] == pytest.approx(result.curves["insertion"]["cues"][:, -1], abs=1e-5)
+    assert (findings.by_class["difference"].abs() < 0.01).all()
 
 
 # ------------------------------------------------------------------ the maps and the sanity check
@@ -277,23 +223,11 @@ def test_cascade_runs_on_every_face_and_ends_at_the_randomised_copy(trained_synt
     last = saliency(randomised_copy(model, seed=3), faces, target)
     np.testing.assert_allclose(ex.random_maps["saliency"], last, atol=1e-6)
     np.testing.assert_allclose(ex.rho["saliency"][-1], rank_correlation(ex.maps["saliency"], last), atol=1e-6)
-    table = sanity_table(ex, n_boot=300)
+    table = sanity_table(ex)
     assert list(table.loc["saliency"].index) == ex.stages
     assert (table.loc["SmoothGrad", "faces"] == 3).all() and (table.loc["saliency", "faces"] == 8).all()
     assert (table["low"] <= table["rho"] + 1e-9).all() and (table["rho"] <= table["high"] + 1e-9).all()
     assert table.loc[("saliency", "stem"), "rho"] < 0.5
-
-
-def test_insensitive_methods_read_the_flag_stage():
-    import pandas as pd
-
-    stages = ["fc", "layer4", "layer3", "layer2", "layer1", "stem"]
-    rows = {("edges", s): {"rho": r} for s, r in zip(stages, [0.99, 0.9, 0.8, 0.6, 0.4, 0.2])}
-    rows |= {("model", s): {"rho": r} for s, r in zip(stages, [0.6, 0.3, 0.1, 0.1, 0.0, 0.0])}
-    table = pd.DataFrame(rows).T
-    assert insensitive_methods(table) == ["edges"]
-    assert insensitive_methods(table, stage="fc") == ["edges", "model"]
-    assert insensitive_methods(table, stage="stem") == []
 
 
 # ------------------------------------------------------------------ devices and side effects
@@ -311,7 +245,7 @@ def test_every_method_gives_grey_48px_maps_on_the_models_device(device):
         assert isinstance(maps, np.ndarray) and maps.shape == (2, 48, 48), name
         assert np.isfinite(maps).all() and maps.min() >= 0 and maps.max() == pytest.approx(1), name
     ex = explain(model, faces, t, 72, {"saliency": saliency, "Grad-CAM": METHODS["Grad-CAM"]})
-    assert sanity_table(ex, n_boot=10).shape == (12, 4)
+    assert sanity_table(ex).shape == (12, 4)
 
 
 def _snapshot(model):
@@ -334,7 +268,6 @@ def test_explaining_leaves_the_model_exactly_as_it_was(trained_synthetic, train_
             fn(model, faces, t)
         explain(model, faces, t, methods={"saliency": saliency})
         randomised_copy(model)
-        faithfulness(model, faces, t, {"saliency": saliency(model, faces, t)}, n_boot=10)
         after = _snapshot(model)
         for key in before[0]:
             assert torch.equal(before[0][key], after[0][key]), key
@@ -359,17 +292,17 @@ def test_explaining_leaves_the_global_rng_alone_and_is_repeatable():
     np.testing.assert_array_equal(ex.random_maps["SmoothGrad"], again.random_maps["SmoothGrad"])
 
 
-def test_empty_maps_drop_a_class_and_beyond_all_classes_uses_the_classes_with_rows():
+def test_empty_maps_drop_a_class():
     labels, regions, trained, randomised = _crafted()
     blanked = trained.copy()
     blanked[labels == SAD] = 0  # an all-zero map on every Sad face (Grad-CAM's ReLU can give one)
     maps = {"A": blanked, "costly": trained}
     findings = region_findings(_explained(maps, {m: randomised for m in maps}), regions, labels,
-                               np.ones(len(labels), bool), n_boot=300, methods=["A"])
-    assert findings.methods == ["A"] and set(findings.vs_random.index.get_level_values("method")) == {"A"}
+                               np.ones(len(labels), bool), methods=["A"])
+    assert set(findings.vs_random.index.get_level_values("method")) == {"A"}
     c = findings.by_class
     assert set(c.index.get_level_values("class")) == {"Happy", "Angry"}  # no Sad rows, no all-NaN rows
-    assert np.isfinite(c[["excess", "excess_low", "excess_high"]].to_numpy()).all()
+    assert np.isfinite(c["difference"]).all()
     assert findings.vs_random.loc[("A", "brows"), "faces"] == int((labels != SAD).sum())
 
 

@@ -1,17 +1,10 @@
-"""Per-face attributes from 68-point landmarks and pixels: mouth and eye opening, brow height, head yaw, brightness,
-contrast.
+"""Per-face attributes from 68-point landmarks and pixels (Q5); face width is jaw point 0 to jaw point 16.
 
-  mouth opening  inner-lip height (mean gap of the three upper/lower inner-lip point pairs) / face width
-                 (jaw point 0 to jaw point 16): 0 for a closed mouth, about 0.3 for a wide-open one
-  eye opening    the eye aspect ratio (the two vertical lid gaps over twice the corner-to-corner width),
-                 averaged over both eyes: about 0.3 for an open eye, under 0.15 for a closed one
-  brow height    distance from each brow's centre (its five points) to its eye's centre (six points) / face width,
-                 averaged over both sides: higher for raised brows (surprise), lower for lowered ones (anger)
-  head yaw       (nose tip to the right jaw end - nose tip to the left jaw end) / their sum, in [-1, 1]: 0 when
-                 the nose sits midway between the jaw ends (frontal), its sign tells which way the head turns
-  head turn      |head yaw|: how far the head turns, either way
-  brightness     mean gray level / 255
-  contrast       standard deviation of the gray levels / 255
+  mouth opening  inner-lip height (mean gap of the three inner-lip point pairs) / face width: 0 closed, 0.3 wide open
+  eye opening    eye aspect ratio (two lid gaps over twice the corner-to-corner width), both eyes: 0.3 open, < 0.15 shut
+  brow height    brow centre to eye centre / face width, both sides: higher raised (surprise), lower lowered (anger)
+  head turn      |nose tip to one jaw end - to the other| / their sum, in [0, 1]: 0 frontal
+  brightness, contrast   mean and standard deviation of the gray levels / 255
 """
 from __future__ import annotations
 
@@ -19,65 +12,52 @@ import hashlib
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
 from fer_lib.core.io import atomic_write
 from fer_lib.data.landmarks import INNER_LIP, JAW, LEFT_BROW, LEFT_EYE, RIGHT_BROW, RIGHT_EYE
 
 ATTRIBUTES = {"mouth_open": "mouth opening", "eye_open": "eye opening", "brow_height": "brow height",
-              "yaw": "head yaw", "head_turn": "head turn", "brightness": "brightness", "contrast": "contrast"}
-FROM_LANDMARKS = ("mouth_open", "eye_open", "brow_height", "yaw", "head_turn")  # missing where no face was found
-_FORMAT = 2  # bump when the cached attributes change meaning
+              "head_turn": "head turn", "brightness": "brightness", "contrast": "contrast"}
+FROM_LANDMARKS = ("mouth_open", "eye_open", "brow_height", "head_turn")  # missing where no face was found
+_FORMAT = 2  # bump when the cached attributes change meaning (a cache with an extra yaw column still serves)
 
 
-def _dist(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    return np.linalg.norm(a - b, axis=-1)
-
-
-def eye_aspect_ratio(eye: np.ndarray) -> np.ndarray:
-    """(N,) for eye points (N, 6, 2) in iBUG order (corner, two upper lid points, corner, two lower lid points)."""
-    return (_dist(eye[:, 1], eye[:, 5]) + _dist(eye[:, 2], eye[:, 4])) / (2 * _dist(eye[:, 0], eye[:, 3]) + 1e-6)
-
-
-def attributes_from_landmarks(points: np.ndarray, images: np.ndarray):
+def attributes_from_landmarks(points: np.ndarray, images: np.ndarray) -> pd.DataFrame:
     """DataFrame (N rows, the columns of ``ATTRIBUTES``) from landmarks (N, 68, 2) and uint8 faces (N, H, W)."""
-    import pandas as pd
-
     points = np.asarray(points, dtype=np.float64)
-    jaw = points[:, JAW]
-    face_width = _dist(jaw[:, 0], jaw[:, -1]) + 1e-6
-    lip = points[:, INNER_LIP]  # 60-67: 60 and 64 the corners, 61-63 upper, 67-65 lower
-    mouth = np.mean([_dist(lip[:, 1], lip[:, 7]), _dist(lip[:, 2], lip[:, 6]), _dist(lip[:, 3], lip[:, 5])], axis=0)
-    eyes = (eye_aspect_ratio(points[:, RIGHT_EYE]) + eye_aspect_ratio(points[:, LEFT_EYE])) / 2
-    brows = np.mean([_dist(points[:, side_brow].mean(1), points[:, side_eye].mean(1))
-                     for side_brow, side_eye in ((RIGHT_BROW, RIGHT_EYE), (LEFT_BROW, LEFT_EYE))], axis=0)
-    nose_tip = points[:, 30]
-    to_right, to_left = _dist(nose_tip, jaw[:, 0]), _dist(nose_tip, jaw[:, -1])  # jaw point 0: subject's right
-    yaw = (to_right - to_left) / (to_right + to_left + 1e-6)
+
+    def gap(a, b):  # (N,) distances between points a and b
+        return np.linalg.norm(points[:, a] - points[:, b], axis=-1)
+
+    def eye_aspect_ratio(s):  # iBUG order from s: corner, two upper lid points, corner, two lower lid points
+        return (gap(s + 1, s + 5) + gap(s + 2, s + 4)) / (2 * gap(s, s + 3) + 1e-6)
+
+    face_width = gap(JAW.start, JAW.stop - 1) + 1e-6
+    lip = INNER_LIP.start  # 60-67: 60 and 64 the corners, 61-63 upper, 67-65 lower
+    mouth = np.mean([gap(lip + 1, lip + 7), gap(lip + 2, lip + 6), gap(lip + 3, lip + 5)], axis=0)
+    eyes = (eye_aspect_ratio(RIGHT_EYE.start) + eye_aspect_ratio(LEFT_EYE.start)) / 2
+    brows = np.mean([np.linalg.norm(points[:, b].mean(1) - points[:, e].mean(1), axis=-1)
+                     for b, e in ((RIGHT_BROW, RIGHT_EYE), (LEFT_BROW, LEFT_EYE))], axis=0)
+    to_right, to_left = gap(30, JAW.start), gap(30, JAW.stop - 1)  # nose tip (30) to the jaw's ends
     pixels = np.asarray(images, dtype=np.float64).reshape(len(images), -1) / 255
-    return pd.DataFrame({"mouth_open": mouth / face_width, "eye_open": eyes,
-                         "brow_height": brows / face_width, "yaw": yaw, "head_turn": np.abs(yaw),
+    return pd.DataFrame({"mouth_open": mouth / face_width, "eye_open": eyes, "brow_height": brows / face_width,
+                         "head_turn": np.abs(to_right - to_left) / (to_right + to_left + 1e-6),
                          "brightness": pixels.mean(1), "contrast": pixels.std(1)})
 
 
-def face_attributes(images: np.ndarray, cache_dir: Path | None = None):
-    """:func:`attributes_from_landmarks` of dlib's landmarks for uint8 faces (N, 48, 48), plus a ``detected``
-    column (the face detector found the face). Where it did not, the landmark columns (``FROM_LANDMARKS``) are
-    missing (NaN): landmarks fitted to the whole frame measure the frame, not the face.
-
-    About 10 ms a face; with ``cache_dir`` the result is stored there by the hash of the pixels.
-    """
-    import pandas as pd
-
+def face_attributes(images: np.ndarray, cache_dir: Path | None = None) -> pd.DataFrame:
+    """:func:`attributes_from_landmarks` of dlib's landmarks for uint8 faces (N, 48, 48), plus ``detected`` (the face
+    detector found the face; where it did not, the ``FROM_LANDMARKS`` columns are NaN: landmarks fitted to the whole
+    frame measure the frame, not the face). About 10 ms a face: with ``cache_dir`` stored by the pixels' hash."""
     from fer_lib.data.landmarks import UPSAMPLE, face_landmarks
 
     images = np.ascontiguousarray(images, dtype=np.uint8)
-    entry = None
-    if cache_dir is not None:
-        h = hashlib.sha256(images.tobytes())
-        h.update(f"{UPSAMPLE}-{_FORMAT}".encode())
-        entry = Path(cache_dir) / f"face-attributes-{h.hexdigest()[:16]}.csv"
-        if entry.exists():
-            return pd.read_csv(entry)
+    h = hashlib.sha256(images.tobytes())
+    h.update(f"{UPSAMPLE}-{_FORMAT}".encode())
+    entry = Path(cache_dir) / f"face-attributes-{h.hexdigest()[:16]}.csv" if cache_dir is not None else None
+    if entry is not None and entry.exists():
+        return pd.read_csv(entry)
     points, detected = face_landmarks(images)
     table = attributes_from_landmarks(points, images)
     table.loc[~np.asarray(detected, bool), list(FROM_LANDMARKS)] = np.nan

@@ -1,9 +1,7 @@
 """dlib's face detector and 68-point landmarks, for FER2013 faces (Q4, Q5) and photos (classify).
 
-The landmark model is the iBUG 300-W shape predictor that ships inside the ``face-recognition-models``
-package (installed from the package registry with the project; nothing is downloaded at run time). Its
-training data (iBUG 300-W) is licensed for non-commercial research only, and so is this model; the README
-says so. The HOG frontal-face detector is built into dlib itself.
+The landmark model is the iBUG 300-W shape predictor inside the ``face-recognition-models`` package (nothing is
+downloaded at run time); like its training data it is licensed for non-commercial research only (the README says so).
 
 Points (0-based, the iBUG 68 scheme): 0-16 jaw line, 17-21 / 22-26 the brows (subject's right / left),
 27-35 the nose, 36-41 / 42-47 the eyes, 48-67 the mouth (60-67 its inner lip).
@@ -23,18 +21,18 @@ JAW, RIGHT_BROW, LEFT_BROW = slice(0, 17), slice(17, 22), slice(22, 27)
 NOSE, RIGHT_EYE, LEFT_EYE, MOUTH, INNER_LIP = slice(27, 36), slice(36, 42), slice(42, 48), slice(48, 68), slice(60, 68)
 
 
-def shape_predictor_path() -> Path:
-    """The 68-point model file inside the installed ``face_recognition_models`` package.
+@lru_cache(maxsize=1)
+def shape_predictor():
+    """The 68-point model inside the installed ``face_recognition_models`` package, found without importing it (its
+    ``__init__`` needs ``pkg_resources``, which current setuptools no longer provides)."""
+    import dlib
 
-    Found without importing the package: its ``__init__`` needs ``pkg_resources``, which current setuptools
-    no longer provides."""
     spec = importlib.util.find_spec("face_recognition_models")
-    if spec is None or not spec.submodule_search_locations:
-        raise ConfigError("the face-recognition-models package is not installed (pip install -r requirements.txt)")
-    path = Path(list(spec.submodule_search_locations)[0]) / "models" / "shape_predictor_68_face_landmarks.dat"
+    path = Path(list(spec.submodule_search_locations or [""])[0] if spec else "") / "models" / \
+        "shape_predictor_68_face_landmarks.dat"
     if not path.is_file():
-        raise ConfigError(f"{path}: landmark model missing from the face-recognition-models package")
-    return path
+        raise ConfigError(f"{path}: no landmark model (pip install -r requirements.txt for face-recognition-models)")
+    return dlib.shape_predictor(str(path))
 
 
 @lru_cache(maxsize=1)
@@ -43,13 +41,6 @@ def face_detector():
     import dlib
 
     return dlib.get_frontal_face_detector()
-
-
-@lru_cache(maxsize=1)
-def shape_predictor():
-    import dlib
-
-    return dlib.shape_predictor(str(shape_predictor_path()))
 
 
 def landmarks_in_box(gray: np.ndarray, box: tuple[int, int, int, int]) -> np.ndarray:
@@ -68,11 +59,8 @@ def detect_faces(gray: np.ndarray, upsample: int = 0) -> list[tuple[tuple[int, i
 
 def face_landmarks(images: np.ndarray, upsample: int = UPSAMPLE) -> tuple[np.ndarray, np.ndarray]:
     """Landmarks of FER2013 faces: ((N, 68, 2) float in the 48-px frame, (N,) bool "the detector found the face").
-
-    Each face is upsampled ``upsample`` times (bicubic); the box is the detector's best one when it finds a
-    face, else the whole frame (FER2013 crops are face-centred, and the predictor still lands on the eyes,
-    nose and mouth with the frame as its box).
-    """
+    Each face is upsampled ``upsample`` times (bicubic); the box is the detector's best one, else the whole frame
+    (FER2013 crops are face-centred: the predictor still lands on the eyes, nose and mouth)."""
     from PIL import Image
 
     out = np.zeros((len(images), 68, 2), dtype=np.float32)
@@ -81,11 +69,8 @@ def face_landmarks(images: np.ndarray, upsample: int = UPSAMPLE) -> tuple[np.nda
         side = face.shape[0] * upsample
         big = np.asarray(Image.fromarray(face).resize((side, side), Image.BICUBIC))
         boxes = detect_faces(big)
-        if boxes:
-            box = max(boxes, key=lambda b: b[1])[0]
-            found[i] = True
-        else:
-            box = (0, 0, side - 1, side - 1)
+        found[i] = bool(boxes)
+        box = max(boxes, key=lambda b: b[1])[0] if boxes else (0, 0, side - 1, side - 1)
         # pixel centres: a point at x in the big image is at (x + 0.5) / upsample - 0.5 in the 48-px one
         out[i] = (landmarks_in_box(big, box) + 0.5) / upsample - 0.5
     return out, found

@@ -1,17 +1,13 @@
-"""Face regions as pixel masks, and how much of a map falls in each: from each face's own landmarks (Q4).
-
-Landmarks are dlib's 68 points in the 48-px frame (:func:`fer_lib.data.landmarks.face_landmarks`). Every face gets
-six regions that partition its frame (each pixel in exactly one): the brows, the eyes, the nose, the mouth, the
-rest of the face and the area outside it. Margins around the points scale with the face (a share of the
-distance between the eye centres), so a small or turned face gets small regions where its features are.
-"""
+"""Face regions as pixel masks from each face's own 68 landmarks (Q4), and how much of a map falls in each: six
+regions partition the 48-px frame (brows, eyes, nose, mouth, rest of the face, outside it). Margins scale with the
+distance between the eye centres, so a small or turned face gets small regions where its features are."""
 from __future__ import annotations
 
 import numpy as np
 
 from fer_lib.data.landmarks import JAW, LEFT_BROW, LEFT_EYE, MOUTH, NOSE, RIGHT_BROW, RIGHT_EYE
 
-FRAME = 48  # landmarks are in the 48-px frame of a FER2013 face; masks may be at another size (the input size)
+FRAME = 48  # landmarks and masks are in the 48-px frame of a FER2013 face
 # margins, as shares of the distance between the eye centres (about 17 px on a frontal FER2013 face)
 EYE_MARGIN = 0.15  # around the hull of each eye's six points: the lids and the lash line
 BROW_HALF_WIDTH = 0.12  # each side of the brow's five points (a brow is a line of points, not an outline)
@@ -28,18 +24,10 @@ REGION_LABELS = {"brows": "brows", "eyes": "eyes", "nose": "nose", "mouth": "mou
 REGION_SHORT = {**REGION_LABELS, "rest_of_face": "rest of face", "outside_face": "outside face"}  # small tiles
 
 
-def pixel_centres(size: int, frame: int = FRAME) -> np.ndarray:
-    """(size * size, 2) (x, y) centres of a size x size grid in the frame's coordinates (pixel i at x = i)."""
-    c = (np.arange(size) + 0.5) * frame / size - 0.5
-    y, x = np.meshgrid(c, c, indexing="ij")
-    return np.stack([x.ravel(), y.ravel()], 1)
-
-
 def _hull(points: np.ndarray) -> np.ndarray:
     """The convex hull's vertices in order; a degenerate set (all on one line) comes back as given."""
     from scipy.spatial import ConvexHull, QhullError
 
-    points = np.asarray(points, dtype=np.float64)
     try:
         return points[ConvexHull(points).vertices]
     except QhullError:
@@ -50,8 +38,7 @@ def _distance_to_segments(xy: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.nd
     """(P,) distance of each point to the nearest of the segments a[k] -> b[k]."""
     d = b - a  # (K, 2)
     t = ((xy[:, None, :] - a[None]) * d[None]).sum(-1) / np.maximum((d * d).sum(-1), 1e-12)[None]
-    nearest = a[None] + np.clip(t, 0, 1)[..., None] * d[None]  # (P, K, 2)
-    return np.sqrt(((xy[:, None, :] - nearest) ** 2).sum(-1)).min(1)
+    return np.linalg.norm(xy[:, None, :] - (a[None] + np.clip(t, 0, 1)[..., None] * d[None]), axis=-1).min(1)
 
 
 def _inside(xy: np.ndarray, polygon: np.ndarray) -> np.ndarray:
@@ -65,24 +52,12 @@ def _inside(xy: np.ndarray, polygon: np.ndarray) -> np.ndarray:
 
 def _near_hull(xy: np.ndarray, points: np.ndarray, margin: float) -> np.ndarray:
     hull = _hull(points)
-    edges = np.roll(hull, -1, 0)
-    return _inside(xy, hull) | (_distance_to_segments(xy, hull, edges) <= margin)
-
-
-def _near_line(xy: np.ndarray, points: np.ndarray, margin: float) -> np.ndarray:
-    return _distance_to_segments(xy, points[:-1], points[1:]) <= margin
-
-
-def eye_distance(points: np.ndarray) -> np.ndarray:
-    """(N,) distance between the two eye centres, in frame pixels, of landmarks (N, 68, 2)."""
-    points = np.asarray(points, dtype=np.float64)
-    return np.linalg.norm(points[:, LEFT_EYE].mean(1) - points[:, RIGHT_EYE].mean(1), axis=-1)
+    return _inside(xy, hull) | (_distance_to_segments(xy, hull, np.roll(hull, -1, 0)) <= margin)
 
 
 def face_outline(points: np.ndarray) -> np.ndarray:
     """(K, 2) the face's outline for one face's landmarks (68, 2): the hull of the jaw line and of the brows
     raised along the face's own vertical (perpendicular to the line through the eyes) by ``FOREHEAD``."""
-    points = np.asarray(points, dtype=np.float64)
     across = points[LEFT_EYE].mean(0) - points[RIGHT_EYE].mean(0)  # towards the image's right on a frontal face
     d = max(float(np.linalg.norm(across)), 1e-6)
     up = np.array([across[1], -across[0]]) / d  # rotated a quarter turn: towards the top of the head
@@ -90,17 +65,19 @@ def face_outline(points: np.ndarray) -> np.ndarray:
     return _hull(np.concatenate([points[JAW], brows]))
 
 
-def landmark_regions(points: np.ndarray, size: int = FRAME, frame: int = FRAME) -> dict[str, np.ndarray]:
-    """{region: (N, size, size) bool} for landmarks (N, 68, 2) in the ``frame``-px frame; the six regions of
-    ``LANDMARK_REGIONS`` partition every face's grid (each pixel in exactly one)."""
+def landmark_regions(points: np.ndarray) -> dict[str, np.ndarray]:
+    """{region: (N, 48, 48) bool} for landmarks (N, 68, 2) in the 48-px frame; the six regions of
+    ``LANDMARK_REGIONS`` partition every face's frame (each pixel in exactly one)."""
     points = np.asarray(points, dtype=np.float64)
-    xy = pixel_centres(size, frame)
-    out = {r: np.zeros((len(points), size, size), bool) for r in LANDMARK_REGIONS}
-    for i, (p, d) in enumerate(zip(points, eye_distance(points))):
+    y, x = np.meshgrid(np.arange(FRAME, dtype=float), np.arange(FRAME, dtype=float), indexing="ij")
+    xy = np.stack([x.ravel(), y.ravel()], 1)  # pixel centres (pixel i at x = i)
+    out = {r: np.zeros((len(points), FRAME, FRAME), bool) for r in LANDMARK_REGIONS}
+    eye_distance = np.linalg.norm(points[:, LEFT_EYE].mean(1) - points[:, RIGHT_EYE].mean(1), axis=-1)
+    for i, (p, d) in enumerate(zip(points, eye_distance)):
         masks = {
             "eyes": _near_hull(xy, p[RIGHT_EYE], EYE_MARGIN * d) | _near_hull(xy, p[LEFT_EYE], EYE_MARGIN * d),
-            "brows": (_near_line(xy, p[RIGHT_BROW], BROW_HALF_WIDTH * d)
-                      | _near_line(xy, p[LEFT_BROW], BROW_HALF_WIDTH * d)),
+            "brows": np.any([_distance_to_segments(xy, b[:-1], b[1:]) <= BROW_HALF_WIDTH * d  # a brow is a line
+                             for b in (p[RIGHT_BROW], p[LEFT_BROW])], 0),
             "mouth": _near_hull(xy, p[MOUTH][:12], MOUTH_MARGIN * d),  # 48-59: the outer lip
             "nose": _near_hull(xy, p[NOSE], NOSE_MARGIN * d),
         }
@@ -109,17 +86,10 @@ def landmark_regions(points: np.ndarray, size: int = FRAME, frame: int = FRAME) 
             masks[name] &= ~taken
             taken |= masks[name]
         face = _inside(xy, face_outline(p)) | taken
-        masks["rest_of_face"] = face & ~taken
-        masks["outside_face"] = ~face
+        masks["rest_of_face"], masks["outside_face"] = face & ~taken, ~face
         for name, mask in masks.items():
-            out[name][i] = mask.reshape(size, size)
+            out[name][i] = mask.reshape(FRAME, FRAME)
     return out
-
-
-def region_area(regions: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """{region: share of the frame it covers}: a float for one (H, W) mask, (N,) for per-face masks."""
-    return {r: m.reshape(-1, m.shape[-2] * m.shape[-1]).mean(1) if m.ndim == 3 else float(m.mean())
-            for r, m in regions.items()}
 
 
 def region_shares(maps: np.ndarray, regions: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -132,12 +102,10 @@ def region_shares(maps: np.ndarray, regions: dict[str, np.ndarray]) -> dict[str,
     return {name: (maps * mask).reshape(len(maps), -1).sum(1) / total for name, mask in regions.items()}
 
 
-def moved_off(masks: np.ndarray, avoid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def moved_off(masks: np.ndarray, avoid: np.ndarray) -> np.ndarray:
     """The same shapes moved off what to avoid: for masks and ``avoid`` (N, H, W) bool, each mask rolled (shifted,
     wrapping round the frame's edges, so shape and area are kept exactly) to the shift that overlaps ``avoid`` least,
-    the smallest such shift first. Returns the moved masks (N, H, W) and their (N, 2) (rows, columns) shifts.
-
-    The control of an occlusion (Q4): the same pixels' worth of face covered away from the features."""
+    the smallest such shift first. The control of an occlusion (Q4): the same area covered away from the features."""
     masks, avoid = np.asarray(masks, bool), np.asarray(avoid, bool)
     n, h, w = masks.shape
     # overlap[s] = sum_p mask[p] * avoid[p + s], for every cyclic shift s at once (FFT cross-correlation)
@@ -147,5 +115,4 @@ def moved_off(masks: np.ndarray, avoid: np.ndarray) -> tuple[np.ndarray, np.ndar
     distance = (dy ** 2 + dx ** 2) / (h * h + w * w)  # < 1: breaks ties between equal overlaps only
     best = (overlap + distance).reshape(n, -1).argmin(1)
     shifts = np.stack(np.unravel_index(best, (h, w)), 1)
-    moved = np.stack([np.roll(m, tuple(s), axis=(0, 1)) for m, s in zip(masks, shifts)])
-    return moved, np.where(shifts > np.array([h, w]) // 2, shifts - np.array([h, w]), shifts)
+    return np.stack([np.roll(m, tuple(s), axis=(0, 1)) for m, s in zip(masks, shifts)])

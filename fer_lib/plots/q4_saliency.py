@@ -1,8 +1,5 @@
-"""Q4's figures: attribution grid, landmark regions, sanity check, region differences, deletion / insertion curves.
-
-Sizes keep every text at 8 pt or more in figures at most 9 inches wide, so that it shows at 10 CSS px or more on a
-page 900 px wide (plots.show checks it).
-"""
+"""Q4's figures: occlusion effects, attribution grid, sanity check, aligned class means. Every text is 8 pt or more
+in figures at most 9 inches wide: 10 CSS px or more on a page 900 px wide (plots.show checks it)."""
 from __future__ import annotations
 
 import matplotlib.pyplot as plt
@@ -53,8 +50,7 @@ def plot_attribution_grid(faces: np.ndarray, maps: dict[str, np.ndarray], region
             axes[r, c].imshow(face, cmap="gray", vmin=0, vmax=255)
             axes[r, c].imshow(_map_overlay(maps[name][r]))
         for c, ax in enumerate(axes[r]):
-            ax.set_xticks([])
-            ax.set_yticks([])
+            ax.set(xticks=[], yticks=[])
             if r == 0:
                 ax.set_title((["regions"] + [n.replace(" ", "\n", 1) for n in names])[c], fontsize=SMALL + 1)
         axes[r, 0].set_ylabel(row_titles[r], fontsize=SMALL + 1, rotation=0, ha="right", va="center")
@@ -62,30 +58,6 @@ def plot_attribution_grid(faces: np.ndarray, maps: dict[str, np.ndarray], region
                        aspect=30)
     bar.set_label("attribution, share of the map's maximum (more opaque where higher)", fontsize=SMALL + 1)
     bar.ax.tick_params(labelsize=SMALL)
-    return fig
-
-
-def plot_landmark_regions(faces: np.ndarray, regions: dict[str, np.ndarray], points: np.ndarray,
-                          titles: list[str], labels: dict[str, str], ncols: int = 7):
-    """Faces with their landmarks (red dots) and the regions drawn from them, coloured, with a legend."""
-    from matplotlib.patches import Patch
-
-    n = len(faces)
-    rows = int(np.ceil(n / ncols))
-    fig, axes = plt.subplots(rows, ncols, figsize=(ncols * 1.25, rows * 1.6 + 0.6), squeeze=False)
-    for k, ax in enumerate(axes.flat):
-        ax.axis("off")
-        if k >= n:
-            continue
-        ax.imshow(faces[k], cmap="gray", vmin=0, vmax=255)
-        ax.imshow(_region_overlay(regions, k))
-        ax.plot(points[k, :, 0], points[k, :, 1], ".", color="red", ms=1.5)
-        ax.set_xlim(-0.5, faces.shape[-1] - 0.5)
-        ax.set_ylim(faces.shape[-2] - 0.5, -0.5)
-        ax.set_title(titles[k], fontsize=SMALL)
-    fig.legend(handles=[Patch(color=REGION_COLOURS[r], label=labels.get(r, r)) for r in regions if r != "outside_face"],
-               loc="lower center", ncol=5, fontsize=SMALL + 1, frameon=False)
-    fig.tight_layout(rect=(0, 0.08, 1, 1))
     return fig
 
 
@@ -105,85 +77,10 @@ def plot_sanity_check(table, threshold: float = 0.5):
     ax.tick_params(axis="y", labelsize=SMALL + 1)
     ax.set_ylabel("rank correlation with\nthe trained model's maps", fontsize=SMALL + 1)
     ax.set_xlabel("layers re-initialised, from the top (cumulative)", fontsize=SMALL + 1)
-    low = np.nanmin(table["low"].to_numpy(float)) if len(table) else 0.0
-    ax.set_ylim(min(-0.2, low - 0.05), 1.05)
+    ax.set_ylim(min(-0.2, np.nanmin(table["low"].to_numpy(float)) - 0.05), 1.05)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=SMALL, loc="upper right")
     fig.tight_layout()
-    return fig
-
-
-def plot_region_controls(table, methods: list[str], regions: list[str], labels: dict[str, str], flagged=()):
-    """One panel per method: the difference in share of the map's mass per region (percentage points), trained
-    minus randomised network, with its 95% interval; filled where the interval excludes 0."""
-    fig, axes = plt.subplots(1, len(methods), figsize=(1.45 * len(methods) + 1.6, 3.2), sharey=True, squeeze=False,
-                             layout="constrained")
-    y = np.arange(len(regions))[::-1]
-    for ax, m in zip(axes[0], methods):
-        rows = table.loc[m].loc[regions]
-        mid, low, high = (rows[c].to_numpy(float) * 100 for c in ("difference", "low", "high"))
-        clear = rows["sign"].to_numpy() != 0
-        ax.axvline(0, color="grey", lw=0.8)
-        ax.errorbar(mid, y, xerr=[mid - low, high - mid], fmt="none", ecolor="black", elinewidth=1, capsize=2)
-        ax.scatter(mid[clear], y[clear], color="tab:red", zorder=3, s=18)
-        ax.scatter(mid[~clear], y[~clear], facecolor="white", edgecolor="black", zorder=3, s=18)
-        title = m.replace(" ", "\n", 1) + (" (fails\nsanity check)" if m in flagged else "")
-        ax.set_title(title + f"\n{int(rows['faces'].iloc[0])} faces", fontsize=SMALL)
-        ax.tick_params(labelsize=SMALL)
-        ax.grid(axis="x", alpha=0.3)
-    axes[0, 0].set_yticks(y, [labels.get(r, r) for r in regions], fontsize=SMALL + 1)
-    fig.supxlabel("trained minus randomised network: share of the map's mass (percentage points)", fontsize=SMALL + 1)
-    return fig
-
-
-def plot_class_vs_random(table, methods: list[str], regions: list[str], labels: dict[str, str]):
-    """One heat map per method, classes x regions: on each class's faces, the trained network's share of the map's
-    mass minus the randomised network's (percentage points); cells whose 95% interval excludes 0 are coloured,
-    the others left white with a grey number."""
-    from matplotlib.colors import TwoSlopeNorm
-
-    classes = list(dict.fromkeys(table.index.get_level_values(0)))
-    span = max(1.0, float(np.nanmax(np.abs(table["difference"].to_numpy(float)))) * 100)
-    norm = TwoSlopeNorm(0, -span, span)
-    fig, axes = plt.subplots(1, len(methods), figsize=(1.9 * len(methods) + 1.9, 0.32 * len(classes) + 2.2),
-                             sharey=True, squeeze=False, layout="constrained")
-    im = None
-    for ax, m in zip(axes[0], methods):
-        # a class without the method's rows (its maps all zero) shows "—"
-        values = np.array([[table["difference"].get((c, m, r), np.nan) * 100 for r in regions] for c in classes])
-        clear = np.array([[table["sign"].get((c, m, r), 0) != 0 for r in regions] for c in classes])
-        im = ax.imshow(np.where(clear, values, np.nan), cmap="RdBu_r", norm=norm, aspect="auto")
-        for (i, j), v in np.ndenumerate(values):
-            ax.text(j, i, f"{v:+.0f}" if np.isfinite(v) else "—", ha="center", va="center", fontsize=SMALL,
-                    color="black" if clear[i, j] else "#888888")  # "—": the method's maps are empty there
-        ax.set_xticks(range(len(regions)), [labels.get(r, r) for r in regions], rotation=90, fontsize=SMALL)
-        ax.set_yticks(range(len(classes)), classes, fontsize=SMALL + 1)
-        ax.set_title(m, fontsize=SMALL + 1)
-    bar = fig.colorbar(im, ax=axes[0, :], shrink=0.8)
-    bar.set_label("trained minus randomised (pp)", fontsize=SMALL + 1)
-    bar.ax.tick_params(labelsize=SMALL)
-    return fig
-
-
-def plot_perturbation_curves(fractions: np.ndarray, curves: dict[str, dict[str, np.ndarray]],
-                             faces: dict[str, np.ndarray]):
-    """Two rows (deletion, insertion), one column per method: the mean class probability against the share of
-    pixels removed or revealed, in the method's order and in a random order on the same faces."""
-    methods = list(faces)
-    fig, axes = plt.subplots(2, len(methods), figsize=(1.6 * len(methods) + 1.2, 4.4), sharex=True, sharey=True,
-                             squeeze=False, layout="constrained")
-    for row, kind in enumerate(("deletion", "insertion")):
-        for ax, m in zip(axes[row], methods):
-            ax.plot(fractions * 100, curves[kind]["random"][faces[m]].mean(0), color="grey", ls="--",
-                    label="random order")
-            ax.plot(fractions * 100, curves[kind][m].mean(0), color="tab:blue", label="map's order")
-            ax.tick_params(labelsize=SMALL)
-            ax.grid(alpha=0.3)
-            if row == 0:
-                ax.set_title(m.replace(" ", "\n", 1), fontsize=SMALL + 1)
-        axes[row, 0].set_ylabel(f"{kind}:\nclass probability", fontsize=SMALL + 1)
-    axes[0, 0].legend(fontsize=SMALL, loc="upper right")
-    fig.supxlabel("pixels removed (deletion) or revealed (insertion), % of the face", fontsize=SMALL + 1)
     return fig
 
 
@@ -193,10 +90,9 @@ def plot_occlusion_effects(table, classes: list[str], regions: list[str], labels
     the others white with grey text; each class's costliest region (``top``: class -> region) in bold."""
     from matplotlib.colors import TwoSlopeNorm
 
-    values = np.array([[table.loc[(c, r), "effect"] * 100 for r in regions] for c in classes])
-    low = np.array([[table.loc[(c, r), "low"] * 100 for r in regions] for c in classes])
-    high = np.array([[table.loc[(c, r), "high"] * 100 for r in regions] for c in classes])
-    clear = np.array([[table.loc[(c, r), "sign"] != 0 for r in regions] for c in classes])
+    values, low, high, sign = (table[k].unstack("region").loc[classes, regions].to_numpy(float) * 100
+                               for k in ("effect", "low", "high", "sign"))
+    clear = sign != 0
     span = max(5.0, float(np.nanmax(np.abs(values))))
     fig, ax = plt.subplots(figsize=(1.25 * len(regions) + 2.2, 0.5 * len(classes) + 1.4), layout="constrained")
     im = ax.imshow(np.where(clear, values, np.nan), cmap="PuOr_r", norm=TwoSlopeNorm(0, -span, span), aspect="auto")
@@ -217,29 +113,6 @@ def plot_occlusion_effects(table, classes: list[str], regions: list[str], labels
     return fig
 
 
-def plot_occlusion_strip(images: np.ndarray, titles: list[str], row_titles: list[str]):
-    """Rows of grey faces (rows, columns, 48, 48) in [0, 1] with a title each (row-major): one face covered region by
-    region, and the control patches below; an empty title leaves its tile blank."""
-    rows, cols = images.shape[:2]
-    fig, axes = plt.subplots(rows, cols, figsize=(1.15 * cols + 1.0, 1.45 * rows), squeeze=False,
-                             layout="constrained")
-    for k, ax in enumerate(axes.flat):
-        ax.set_xticks([])
-        ax.set_yticks([])
-        if not titles[k]:
-            ax.axis("off")
-            continue
-        ax.imshow(images.reshape(-1, *images.shape[2:])[k], cmap="gray", vmin=0, vmax=1)
-        ax.set_title(titles[k], fontsize=SMALL)
-    for r, ax in enumerate(axes[:, 0]):
-        ax.axis("on")
-        ax.set_xticks([])
-        ax.set_yticks([])
-        ax.set_frame_on(bool(titles[r * cols]))
-        ax.set_ylabel(row_titles[r], fontsize=SMALL + 1)
-    return fig
-
-
 def plot_aligned_maps(aligned: dict, class_names: list[str]):
     """Two rows, one column per class: the mean landmark-aligned face with the mean saliency map over it (top), and
     the mean map of the trained network minus the randomised network's on the same faces (bottom, red more)."""
@@ -255,8 +128,7 @@ def plot_aligned_maps(aligned: dict, class_names: list[str]):
         image = bottom.imshow(excess[j], cmap="RdBu_r", vmin=-span, vmax=span)
         for ax in (top, bottom):
             ax.plot(*aligned["shape"].T, ".", color="white" if ax is top else "black", ms=1)
-            ax.set_xticks([])
-            ax.set_yticks([])
+            ax.set(xticks=[], yticks=[])
         top.set_title(f"{class_names[c]}\n{aligned['faces'][j]} faces", fontsize=SMALL)
     axes[0, 0].set_ylabel("mean map", fontsize=SMALL + 1)
     axes[1, 0].set_ylabel("minus\nrandomised", fontsize=SMALL + 1)

@@ -1,5 +1,4 @@
-"""Q5's figures: grown faces beside their start and top faces, the filters' AUROC against a random network,
-attribute shifts. Fonts are at least 9 pt: with figures at most 9 inches wide that is 12 CSS px on the page."""
+"""Q5's figures: grown faces, the filters' AUROC against a random network, attribute shifts (fonts 9 pt or more)."""
 from __future__ import annotations
 
 import matplotlib.pyplot as plt
@@ -24,7 +23,6 @@ def plot_grown_rows(start: np.ndarray, grown: np.ndarray, faces: np.ndarray, cap
     grid = fig.add_gridspec(n, cols + 1, width_ratios=[1, 1, 1, gap / tile] + [1] * k, left=0.005, right=0.995,
                             bottom=bottom, top=1 - caption / (n * (tile + caption) + 0.75), wspace=0.04,
                             hspace=caption / tile)
-    image = None
     for r in range(n):
         axes = [fig.add_subplot(grid[r, j]) for j in (0, 1, 2, *range(4, cols + 1))]
         axes[0].imshow(start, cmap="gray", vmin=0, vmax=1)
@@ -33,10 +31,7 @@ def plot_grown_rows(start: np.ndarray, grown: np.ndarray, faces: np.ndarray, cap
         for j in range(k):
             axes[3 + j].imshow(faces[r, j], cmap="gray", vmin=0, vmax=255)
         for ax in axes:
-            ax.set_xticks([])
-            ax.set_yticks([])
-            for side in ax.spines.values():
-                side.set_visible(False)
+            ax.axis("off")
         axes[0].text(0, 1.06, captions[r], transform=axes[0].transAxes, fontsize=FONT, va="bottom")
         if r == 0:
             for ax, title in zip(axes[:4], ("start", "grown", "difference", "top faces, strongest first")):
@@ -48,7 +43,7 @@ def plot_grown_rows(start: np.ndarray, grown: np.ndarray, faces: np.ndarray, cap
     return fig
 
 
-def plot_auroc(best: np.ndarray, random_best: np.ndarray, tuned: np.ndarray, threshold: float | None = None):
+def plot_auroc(best: np.ndarray, random_best: np.ndarray, tuned: np.ndarray, threshold: float):
     """Each filter's AUROC for its preferred class (x) against the random network's same filter for that class
     (y); tuned filters in colour, the diagonal dashed, ``threshold`` (the untrained filters' 95th percentile)
     dotted."""
@@ -58,9 +53,8 @@ def plot_auroc(best: np.ndarray, random_best: np.ndarray, tuned: np.ndarray, thr
     ax.scatter(best[tuned], random_best[tuned], s=10, color="tab:blue", label="tuned (beyond both, FDR 5%)")
     lo = float(min(np.min(best), np.min(random_best), 0.5)) - 0.02
     ax.plot([lo, 1], [lo, 1], "--", color="black", linewidth=1)
-    if threshold is not None:
-        ax.axvline(threshold, linestyle=":", color="tab:red", linewidth=1.5,
-                   label=f"95% of untrained filters stay below ({threshold:.2f})")
+    ax.axvline(threshold, linestyle=":", color="tab:red", linewidth=1.5,
+               label=f"95% of untrained filters stay below ({threshold:.2f})")
     ax.set_xlim(lo, 1)
     ax.set_ylim(lo, 1)
     ax.set_xlabel("AUROC, trained filter, its preferred class", fontsize=FONT + 1)

@@ -1,35 +1,30 @@
 """Q4, measured causally: cover one landmark region of a face at a time (Captum's ``FeatureAblation``) and measure the
-drop in the model's probability of the true class, against the same shape and area covered away from the features.
-
-A covered pixel takes the value of the face blurred heavily (``FILL_SIGMA``): the feature's detail goes, the face's
-own brightness stays, and no edge appears at the patch's border (a black or mean-grey patch draws one, and a
-network reacts to edges). Probabilities come from the model as it predicts (no test-time views), in batches.
-"""
+drop in the model's probability of the true class (no test-time views), against the same shape and area covered away
+from the features. A covered pixel takes the value of the face blurred heavily: the feature's detail goes, its
+brightness stays, and no edge appears at the patch's border (a black or mean-grey patch draws one)."""
 from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import numpy as np
+import pandas as pd
 import torch
+from torch import nn
 
 from fer_lib import CLASS_NAMES
 from fer_lib.data.regions import FEATURES, LANDMARK_REGIONS, moved_off
-
-if TYPE_CHECKING:
-    import pandas as pd
-    from torch import nn
 
 OCCLUDED = LANDMARK_REGIONS[:5]  # brows, eyes, nose, mouth, rest of the face: covered one at a time
 FILL_SIGMA = 4.0  # px of the 48-px face: a brow or an eye (3-6 px high) is blurred away, the shading stays
 ALL = "all classes"  # the row label of the pooled faces
 BOOTSTRAP = 2000  # resamples of the faces behind every 95% interval
 MIN_FACES = 5  # a class with fewer faces (with landmarks) gets no per-class rows
+COLUMNS = ("drop", "drop low", "drop high", "control", "control low", "control high", "effect", "low", "high")
 
 
 def captum_attr():
-    """``captum.attr``, imported without the warning tqdm.auto gives in a notebook without ipywidgets (no bars here)."""
+    """``captum.attr``, without the warning tqdm.auto gives in a notebook without ipywidgets (no bars here)."""
     from tqdm import TqdmWarning
 
     with warnings.catch_warnings():
@@ -69,7 +64,7 @@ def controls(regions: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """{region: (N, H, W)} each occluded region's mask moved to where it overlaps least with the four features and
     with itself (:func:`fer_lib.data.regions.moved_off`): same shape and area, away from what is being tested."""
     features = np.any([regions[r] for r in FEATURES], axis=0)
-    return {r: moved_off(regions[r], features | regions[r])[0] for r in OCCLUDED}
+    return {r: moved_off(regions[r], features | regions[r]) for r in OCCLUDED}
 
 
 @dataclass
@@ -83,8 +78,6 @@ class Occlusion:
     drop: np.ndarray  # (n, R) intact minus covered, per region of OCCLUDED
     control_drop: np.ndarray  # (n, R) the same with the control patch covered
     control_on_features: np.ndarray  # (n, R) share of the control patch's pixels on a feature or on its own region
-    left_out: int  # faces given without landmarks
-    forward_passes: int
     table: pd.DataFrame  # (class, region), classes then ALL: drop, control and effect (= drop - control), each with
     # low / high (95% bootstrap over faces), sign (+1 / -1 where the effect's interval lies above / below 0), faces
 
@@ -93,8 +86,6 @@ class Occlusion:
         effect's interval lies above 0 ("clear"), and "tied": the other regions whose intervals lie above 0 and whose
         paired difference from it (the same faces resampled together, 95% bootstrap) does not exclude 0 (empty when
         it is not clear); "verdict": "one part" (clear, no tie), "several parts" (clear, tied) or "none"."""
-        import pandas as pd
-
         effect = self.drop - self.control_drop
         rng = np.random.default_rng(seed)
         rows = {}
@@ -114,17 +105,11 @@ class Occlusion:
 
 
 def occlusion(model: nn.Module, faces: np.ndarray, labels: np.ndarray, regions: dict[str, np.ndarray],
-              found: np.ndarray, input_size: int = 48, sigma: float = FILL_SIGMA, n_boot: int = BOOTSTRAP,
-              seed: int = 0, batch_size: int = 256) -> Occlusion:
+              found: np.ndarray, input_size: int = 48, n_boot: int = BOOTSTRAP, seed: int = 0) -> Occlusion:
     """Cover each region of ``OCCLUDED`` (masks {region: (N, 48, 48)}, a partition of each frame), then its control,
-    on every uint8 face (N, 48, 48) whose landmarks were ``found`` (N,); faces without them are left out, counted.
-
-    The regions go through ``FeatureAblation`` with the blurred face as baseline and the regions as each face's
-    feature mask (the area outside the face is ablated too, unused). The controls overlap each other and the regions,
-    so they are no feature mask: each is covered the same way in its own copy of the face, one forward pass each.
-    """
-    import pandas as pd
-
+    on every uint8 face (N, 48, 48) whose landmarks were ``found`` (N,). The regions are ``FeatureAblation``'s feature
+    mask, the blurred face its baseline; the controls overlap each other and the regions, so each is covered in its
+    own copy of the face."""
     from fer_lib.model.inference import predict_logits
 
     found = np.asarray(found, bool)
@@ -132,7 +117,7 @@ def occlusion(model: nn.Module, faces: np.ndarray, labels: np.ndarray, regions: 
     y = np.asarray(labels)[index]
     n, k = len(index), len(OCCLUDED)
     grey = np.asarray(faces)[index].astype(np.float32) / 255.0
-    blurred = fill(grey, sigma)
+    blurred = fill(grey)
     own = {r: np.asarray(regions[r])[index] for r in LANDMARK_REGIONS}
     moved = controls(own)
     features = np.any([own[r] for r in FEATURES], axis=0)
@@ -140,7 +125,7 @@ def occlusion(model: nn.Module, faces: np.ndarray, labels: np.ndarray, regions: 
                             for r in OCCLUDED], 1)
 
     def probs(x: torch.Tensor) -> torch.Tensor:  # (B, 1, H, W) grey faces -> (B, 7)
-        return torch.softmax(predict_logits(model, x[:, 0], input_size, batch_size), 1)
+        return torch.softmax(predict_logits(model, x[:, 0], input_size), 1)
 
     feature_mask = torch.from_numpy(np.argmax(np.stack([own[r] for r in LANDMARK_REGIONS], 1), 1)[:, None])
     ablated = captum_attr().FeatureAblation(probs).attribute(
@@ -157,18 +142,14 @@ def occlusion(model: nn.Module, faces: np.ndarray, labels: np.ndarray, regions: 
     groups = [(CLASS_NAMES[c], y == c) for c in np.unique(y) if (y == c).sum() >= MIN_FACES] + [(ALL, y >= 0)]
     rows = {}
     for name, members in groups:
-        if members.sum() < 2:
-            continue
         values = np.concatenate([drop, control, drop - control], 1)[members]  # resampled together
-        means, (low, high) = values.mean(0).reshape(3, k), (b.reshape(3, k) for b in mean_interval(values, n_boot, rng))
+        stats = np.stack([values.mean(0), *mean_interval(values, n_boot, rng)]).reshape(3, 3, k)  # (mean/low/high,
+        stats = stats.transpose(1, 0, 2).reshape(9, k)  # drop/control/effect, R) -> (the 9 columns, R)
         for j, r in enumerate(OCCLUDED):
-            rows[(name, r)] = {"drop": means[0, j], "drop low": low[0, j], "drop high": high[0, j],
-                               "control": means[1, j], "control low": low[1, j], "control high": high[1, j],
-                               "effect": means[2, j], "low": low[2, j], "high": high[2, j], "faces": int(members.sum())}
+            rows[(name, r)] = dict(zip(COLUMNS, stats[:, j])) | {"faces": int(members.sum())}
     table = pd.DataFrame.from_dict(rows, orient="index").rename_axis(["class", "region"])
     table.insert(table.columns.get_loc("high") + 1, "sign", interval_sign(table["low"], table["high"]))
-    passes = n * (1 + len(LANDMARK_REGIONS)) + n * (1 + k)  # intact and every feature ablated; intact and controls
-    return Occlusion(index, y, intact, drop, control, on_features, int((~found).sum()), passes, table)
+    return Occlusion(index, y, intact, drop, control, on_features, table)
 
 
 def attribution_agreement(top: pd.DataFrame, by_class: pd.DataFrame, methods: list[str], area: dict[str, float]
@@ -179,8 +160,6 @@ def attribution_agreement(top: pd.DataFrame, by_class: pd.DataFrame, methods: li
     a large region holds more mass by its size alone), None where its maps of the class are empty; "<method> agrees"
     whether that is the costliest region or one tied with it; "agree" how many of the "methods" naming a region do;
     "agrees" more than half; "chance" the share of the occluded regions that count as a match."""
-    import pandas as pd
-
     have = [m for m in methods if m in set(by_class.index.get_level_values("method"))]
     per_area = by_class["difference"].unstack("region").reindex(columns=list(OCCLUDED)) / pd.Series(area)[
         list(OCCLUDED)]

@@ -1,11 +1,7 @@
-"""Q5: what the last convolution layer's filters respond to.
-
-A filter's *response* is its channel of ``layer4.1.bn2`` (the last convolution followed by its BatchNorm) averaged
-over positions. Four views: the validation faces that excite it most (blank images and second copies of a photo
-left out); its tuning to each class (AUROC) against the same filter of a randomly initialised network, and its vote
-in the final layer; what its top faces share beyond their class (landmark attributes, against within-class
-shuffles); a face grown by gradient ascent from the mean face, and where that face changes.
-"""
+"""Q5: what the last convolution layer's filters respond to. A filter's *response* is its channel of
+``layer4.1.bn2`` (the last convolution and its BatchNorm) averaged over positions. Four views: the validation faces
+that excite it most; its tuning to each class (AUROC) against the same filter of a randomly initialised network, and
+its vote in the final layer; what its top faces share beyond their class; a face grown by gradient ascent."""
 from __future__ import annotations
 
 import copy
@@ -14,18 +10,19 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
+import pandas as pd
 import torch
 import torch.nn.functional as F
 from scipy.stats import false_discovery_control, norm, rankdata
 from torch import nn
 
-from fer_lib import CLASS_NAMES
+from fer_lib.model.network import IMAGENET_MEAN, IMAGENET_STD, preprocess
 from fer_lib.questions.q4_saliency import model_device, randomised_copy
 
-LAST_CONV = "layer4.1.conv2"
 RESPONSE_LAYER = "layer4.1.bn2"
 N_SHOWN = 16  # filters shown with their grown face and top faces
 TOP_K = 16  # top faces per filter (after removing second copies of a photo)
+K_SHOWN = 10  # top faces per filter in the figure and the answer (the attribute shifts use all TOP_K)
 MIN_PIXEL_STD = 4.0  # gray levels (of 255): a face below this is blank or near-uniform and never a "top face"
 N_PERMUTATIONS = 1000  # within-class attribute shuffles of the chance baseline
 ALPHA = 0.05  # false-discovery rate of tuning; per-test level of the attribute shifts
@@ -41,16 +38,11 @@ FOCUS = 1.5  # a grown face's change is "on" a face part when that part changes 
 COMPARED = ("mouth_open", "eye_open", "brow_height", "head_turn", "brightness", "contrast")  # of face_attributes
 FACE_PARTS = ("brows", "eyes", "nose", "mouth")  # landmark regions a grown face's change is measured on
 Z95 = norm.ppf(0.975)
-K_SHOWN = 10  # top faces per filter in the figure and the answer (the attribute shifts use all TOP_K)
 
 
 @contextmanager
 def capture(model: nn.Module, layer: str):
-    """Record ``layer``'s output in ``store["out"]`` during forward passes; the hook is always removed.
-
-    The output is cloned: torchvision's BasicBlock adds the skip connection to bn2's output in place
-    (``out += identity``) and applies an in-place ReLU, which would otherwise rewrite what was stored.
-    """
+    """Record ``layer``'s output in ``store["out"]``, cloned (BasicBlock adds the skip to bn2's output in place)."""
     store: dict[str, torch.Tensor] = {}
     handle = model.get_submodule(layer).register_forward_hook(lambda m, i, o: store.__setitem__("out", o.clone()))
     try:
@@ -59,63 +51,35 @@ def capture(model: nn.Module, layer: str):
         handle.remove()
 
 
-def response_map_side(model: nn.Module, input_size: int = 48) -> int:
-    """Side of the response layer's feature map for faces of ``input_size`` (2 at 48 px, 3 at 72 px)."""
-    from fer_lib.questions.q1_model import stage_map_sides
-
-    return stage_map_sides(model, input_size)[RESPONSE_LAYER.split(".")[0]]
-
-
-def informative_faces(images: np.ndarray, min_std: float = MIN_PIXEL_STD) -> np.ndarray:
-    """(N,) bool: faces whose pixel standard deviation reaches ``min_std`` (FER2013 has some blank images)."""
-    images = np.asarray(images, dtype=np.float32)
-    return images.reshape(len(images), -1).std(1) >= min_std
-
-
-def duplicate_groups(images: np.ndarray) -> np.ndarray:
-    """(N,) copy-group id per face (exact and near copies of one photo share an id), cached by the pixels."""
-    from fer_lib.core.io import default_cache_dir
-    from fer_lib.data.duplicates import cached_duplicates
-
-    return cached_duplicates(np.asarray(images), cache_dir=default_cache_dir()).group
-
-
 @torch.no_grad()
-def filter_responses(model: nn.Module, images: np.ndarray, input_size: int = 48, batch_size: int = 256,
-                     layer: str = RESPONSE_LAYER) -> np.ndarray:
-    """Mean response (N, C) of every channel of ``layer`` for uint8 faces (N, 48, 48)."""
-    from fer_lib.model.network import preprocess
-
-    twin = copy.deepcopy(model).eval()
-    device = model_device(model)
-    out = []
-    with capture(twin, layer) as store:
+def filter_responses(model: nn.Module, images: np.ndarray, input_size: int = 48, batch_size: int = 256
+                     ) -> np.ndarray:
+    """Mean response (N, C) of every channel of ``RESPONSE_LAYER`` for uint8 faces (N, 48, 48)."""
+    twin, out = copy.deepcopy(model).eval(), []
+    with capture(twin, RESPONSE_LAYER) as store:
         for start in range(0, len(images), batch_size):
-            twin(preprocess(torch.as_tensor(images[start:start + batch_size]), input_size).to(device))
+            twin(preprocess(torch.as_tensor(images[start:start + batch_size]), input_size).to(model_device(model)))
             out.append(store["out"].float().mean((2, 3)).cpu())
     return torch.cat(out).numpy()
 
 
-def inactive_filters(responses: np.ndarray) -> np.ndarray:
-    """Filters whose response is never positive on any of the faces given."""
-    return np.flatnonzero(responses.max(0) <= 0)
+def informative_faces(images: np.ndarray) -> np.ndarray:
+    """(N,) bool: faces whose pixel standard deviation reaches ``MIN_PIXEL_STD`` (FER2013 has blank images)."""
+    return np.asarray(images, dtype=np.float32).reshape(len(images), -1).std(1) >= MIN_PIXEL_STD
 
 
-def top_faces(responses: np.ndarray, filters: np.ndarray, k: int = TOP_K, valid: np.ndarray | None = None,
+def top_faces(responses: np.ndarray, k: int = TOP_K, valid: np.ndarray | None = None,
               groups: np.ndarray | None = None) -> np.ndarray:
-    """(len(filters), k) indices of the faces with the strongest response, strongest first.
-
-    Faces with ``valid`` False (blank images) are never chosen; with ``groups`` (a copy-group id per face) a
-    face is skipped when a stronger face of its group is already chosen, so no photo appears twice.
-    """
+    """(filters, k) indices of the faces with the strongest response, strongest first: never a face with ``valid``
+    False (blank), and with ``groups`` (a copy-group id per face) only each photo's strongest face."""
     allowed = np.ones(len(responses), bool) if valid is None else np.asarray(valid, bool)
     groups = np.arange(len(responses)) if groups is None else np.asarray(groups)
     k = min(k, len(np.unique(groups[allowed])))
     rows = []
-    for order in np.argsort(-responses[:, filters].astype(float), axis=0, kind="stable").T:  # strongest first
+    for order in np.argsort(-responses.astype(float), axis=0, kind="stable").T:  # strongest first
         order = order[allowed[order]]
         rows.append(order[np.sort(np.unique(groups[order], return_index=True)[1])[:k]])  # each group's strongest
-    return np.array(rows, dtype=np.int64).reshape(len(filters), k)
+    return np.array(rows, dtype=np.int64).reshape(responses.shape[1], k)
 
 
 # --- tuning to each class over all faces, against a random network, and the last layer's votes ------------
@@ -123,42 +87,34 @@ def top_faces(responses: np.ndarray, filters: np.ndarray, k: int = TOP_K, valid:
 @dataclass
 class Tuning:
     """Every filter's AUROC per class (response, class against the rest), trained and random network (the same
-    filter index), and what follows from it (all arrays (F,) unless noted).
-
-    A filter is *tuned* when its preferred class's AUROC beats the random network's same filter for that class
-    (one-sided z-test on Hanley-McNeil errors, times the number of classes for picking the best one), at a
-    false-discovery rate of ``alpha`` over the filters, and exceeds ``random_threshold``, the ``random_level``
-    quantile over the random network's filters of their best-class AUROC; *mixed* when tuned but its best two
-    classes tie (their difference within 1.96 combined errors); *one class* otherwise. A filter *votes* for its
-    class when that class gets its largest final-layer weight.
-    """
+    filter index). A filter is *tuned* when its preferred class's AUROC beats the random filter's (one-sided z-test on
+    Hanley-McNeil errors, times the classes for picking the best, at a false-discovery rate of ``ALPHA``) and exceeds
+    ``random_threshold``, the ``RANDOM_LEVEL`` quantile of the random filters' best-class AUROC; *mixed* when its best
+    two classes tie (within 1.96 combined errors); it *votes* for its class when that gets its largest fc weight."""
 
     auroc: np.ndarray  # (n_classes, F) trained network
     random_auroc: np.ndarray  # (n_classes, F)
     se: np.ndarray  # (n_classes, F) Hanley-McNeil standard errors, trained
     random_se: np.ndarray  # (n_classes, F) and random
     fc: np.ndarray  # (n_classes, F) final-layer weights
-    alpha: float = ALPHA
-    random_level: float = RANDOM_LEVEL
 
     def __post_init__(self):
         filters = np.arange(self.auroc.shape[1])
         ranked = np.argsort(-np.nan_to_num(self.auroc, nan=-1), axis=0, kind="stable")  # a class without faces last
-        self.preferred, self.second = ranked[0], ranked[1]
+        self.preferred, second = ranked[0], ranked[1]
         self.best, self.random_best = self.auroc[self.preferred, filters], self.random_auroc[self.preferred, filters]
-        self.random_threshold = float(np.percentile(np.nanmax(self.random_auroc, 0), 100 * self.random_level))
+        self.random_threshold = float(np.percentile(np.nanmax(self.random_auroc, 0), 100 * RANDOM_LEVEL))
         se, random_se = self.se[self.preferred, filters], self.random_se[self.preferred, filters]
         self.p = np.minimum(1.0, norm.sf((self.best - self.random_best) / np.hypot(se, random_se)) * len(self.auroc))
-        self.tuned = (false_discovery_control(self.p) <= self.alpha) & (self.best > self.random_threshold)
-        gap = self.best - self.auroc[self.second, filters]
-        self.mixed = self.tuned & (gap <= Z95 * np.hypot(se, self.se[self.second, filters]))
+        self.tuned = (false_discovery_control(self.p) <= ALPHA) & (self.best > self.random_threshold)
+        gap = self.best - self.auroc[second, filters]
+        self.mixed = self.tuned & (gap <= Z95 * np.hypot(se, self.se[second, filters]))
         self.one_class = self.tuned & ~self.mixed
-        self.weight = self.fc[self.preferred, filters]  # the weight from the filter to its preferred class
         self.votes = self.fc.argmax(0) == self.preferred
 
     def chance_votes(self, among: np.ndarray) -> float:
-        """Expected share of ``among`` (bool, F) that would vote for their class if votes ignored tuning: the
-        sum over classes of (share preferring c) x (share whose largest weight goes to c)."""
+        """Expected share of ``among`` (bool, F) voting for their class if votes ignored tuning: the sum over
+        classes of (share preferring c) x (share whose largest weight goes to c); nan for no filters."""
         among = np.asarray(among, bool)
         if not among.any():
             return float("nan")
@@ -167,16 +123,14 @@ class Tuning:
 
     def by_class(self, among: np.ndarray | None = None) -> np.ndarray:
         """(n_classes,) int: filters of ``among`` (default: the one-class filters) per preferred class."""
-        among = self.one_class if among is None else np.asarray(among, bool)
-        return np.bincount(self.preferred[among], minlength=len(self.auroc))
+        return np.bincount(self.preferred[self.one_class if among is None else among], minlength=len(self.auroc))
 
     def quiet_by_class(self, below: float = QUIET) -> np.ndarray:
         """(n_classes,) int: filters whose AUROC for the class is below ``below`` (they respond least to it)."""
         return (np.nan_to_num(self.auroc, nan=0.5) < below).sum(1)
 
 
-def auroc_by_class(responses: np.ndarray, labels: np.ndarray,
-                   n_classes: int = len(CLASS_NAMES)) -> tuple[np.ndarray, np.ndarray]:
+def auroc_by_class(responses: np.ndarray, labels: np.ndarray, n_classes: int = 7) -> tuple[np.ndarray, np.ndarray]:
     """AUROC (n_classes, F) of each column of ``responses`` (N, F) for class c against the rest (NaN for a class
     without faces), and Hanley and McNeil's (1982) standard error: a cheap normal approximation where a bootstrap
     of 512 x 7 AUROCs would cost too much."""
@@ -186,8 +140,7 @@ def auroc_by_class(responses: np.ndarray, labels: np.ndarray,
     auc = np.full((n_classes, responses.shape[1]), np.nan)
     for c in np.unique(labels):
         if 0 < (labels == c).sum() < len(labels):
-            positive = np.repeat((labels == c)[:, None], responses.shape[1], 1)
-            auc[c] = roc_auc_score(positive, responses, average=None)  # every column at once
+            auc[c] = roc_auc_score(np.repeat((labels == c)[:, None], responses.shape[1], 1), responses, average=None)
     n1 = np.bincount(labels, minlength=n_classes)[:, None].astype(float)
     n0 = len(labels) - n1
     q1, q2 = auc / (2 - auc), 2 * auc ** 2 / (1 + auc)
@@ -197,32 +150,26 @@ def auroc_by_class(responses: np.ndarray, labels: np.ndarray,
 
 
 def class_tuning(responses: np.ndarray, random_responses: np.ndarray, labels: np.ndarray, fc_weight: np.ndarray,
-                 valid: np.ndarray | None = None, alpha: float = ALPHA) -> Tuning:
+                 valid: np.ndarray | None = None) -> Tuning:
     """:class:`Tuning` from the trained and random networks' responses (N, F) over the (``valid``) faces and the
     final layer's weight (n_classes, F)."""
     keep = np.ones(len(labels), bool) if valid is None else np.asarray(valid, bool)
-    auc, se = auroc_by_class(np.asarray(responses)[keep], np.asarray(labels)[keep], len(fc_weight))
-    rand, rand_se = auroc_by_class(np.asarray(random_responses)[keep], np.asarray(labels)[keep], len(fc_weight))
-    return Tuning(auc, rand, se, rand_se, np.asarray(fc_weight, dtype=float), alpha)
-
-
-def fc_weight(model: nn.Module) -> np.ndarray:
-    """(n_classes, 512) the final linear layer's weight (``fc`` = Dropout + Linear)."""
-    return model.fc[1].weight.detach().float().cpu().numpy()
+    (auc, se), (rand, rand_se) = (auroc_by_class(np.asarray(r)[keep], np.asarray(labels)[keep], len(fc_weight))
+                                  for r in (responses, random_responses))
+    return Tuning(auc, rand, se, rand_se, np.asarray(fc_weight, dtype=float))
 
 
 def pick_filters(tuning: Tuning, responses: np.ndarray, n: int = N_SHOWN, seed: int = 0) -> np.ndarray:
     """The filters shown: for each class its one-class filter with the largest AUROC margin over the random
-    network (when it has one), then active filters drawn at random, so typical filters show beside the clearest."""
-    active = np.setdiff1d(np.arange(responses.shape[1]), inactive_filters(responses))
+    network (when it has one), then active filters (ever positive) drawn at random, so typical ones show too."""
+    active = np.flatnonzero(responses.max(0) > 0)
     margin = tuning.best - tuning.random_best
     chosen: list[int] = []
     for c in range(len(tuning.auroc)):
         candidates = [f for f in active if tuning.preferred[f] == c and tuning.one_class[f]]
         if candidates and len(chosen) < n:
             chosen.append(int(max(candidates, key=lambda f: (margin[f], -f))))
-    rest = np.setdiff1d(active, chosen)
-    extra = np.random.default_rng(seed).permutation(rest)[:max(0, n - len(chosen))]
+    extra = np.random.default_rng(seed).permutation(np.setdiff1d(active, chosen))[:max(0, n - len(chosen))]
     return np.array(chosen + sorted(int(f) for f in extra), dtype=np.int64)
 
 
@@ -230,8 +177,6 @@ def pick_filters(tuning: Tuning, responses: np.ndarray, n: int = N_SHOWN, seed: 
 
 def within_class_z(values: np.ndarray, labels: np.ndarray) -> np.ndarray:
     """(N, A): each attribute in standard deviations from the mean of the face's own class; missing stays missing."""
-    import pandas as pd
-
     by_class = pd.DataFrame(np.asarray(values, dtype=float)).groupby(np.asarray(labels))
     sd = by_class.transform("std", ddof=0)
     return ((by_class.obj - by_class.transform("mean")) / sd.where(sd > 0, 1)).to_numpy()
@@ -244,55 +189,15 @@ def _top_mean(z: np.ndarray, top: np.ndarray) -> np.ndarray:
     return np.where(n > 0, np.nansum(picked, 1) / np.maximum(n, 1), np.nan)
 
 
-@dataclass
-class AttributeShift:
-    """How each filter's top faces differ from faces of the same classes, per attribute.
-
-    A shift counts at the per-filter level ``alpha``; the control is the number of filters that count, set
-    against the same number under within-class shuffles (``null_up``, ``null_down``). Faces without a value
-    (landmarks not found) are left out of every mean; a filter none of whose top faces has one gets NaN.
-    """
-
-    names: tuple[str, ...]  # attribute columns
-    shift: np.ndarray  # (F, A) mean within-class z of the top faces (0: like their classes; +1: one SD above)
-    p: np.ndarray  # (F, A) two-sided, against within-class shuffles of the attributes
-    null_up: np.ndarray  # (P, A) filters "higher" by chance in each shuffle
-    null_down: np.ndarray  # (P, A) filters "lower" by chance
-    measured: np.ndarray  # (F, A) top faces with a value
-    alpha: float = ALPHA
-
-    def counts(self) -> tuple[np.ndarray, np.ndarray]:
-        hit = self.p <= self.alpha
-        return (hit & (self.shift > 0)).sum(0), (hit & (self.shift < 0)).sum(0)
-
-    def bounds(self) -> tuple[np.ndarray, np.ndarray]:
-        """(A,) each: the 95% upper bound of the "higher" and "lower" counts under shuffles."""
-        return tuple(np.ceil(np.percentile(null, 97.5, axis=0)).astype(int) for null in (self.null_up, self.null_down))
-
-    def table(self):
-        """Per attribute and direction: filters whose top faces are higher / lower than same-class faces, and
-        that count under shuffles (mean, 95% upper bound); ``beyond chance`` when the count exceeds the bound."""
-        import pandas as pd
-
-        from fer_lib.data.face_attributes import ATTRIBUTES
-
-        up, down = self.counts()
-        up_hi, down_hi = self.bounds()
-        rows = []
-        for a, name in enumerate(self.names):
-            for label, n, null, hi in (("higher", up[a], self.null_up[:, a], int(up_hi[a])),
-                                       ("lower", down[a], self.null_down[:, a], int(down_hi[a]))):
-                rows.append({"attribute": ATTRIBUTES[name], "top faces": label, "filters": int(n),
-                             "by chance (mean)": float(null.mean()), "by chance (95% up to)": hi,
-                             "beyond chance": bool(n > hi)})
-        return pd.DataFrame(rows)
-
-
 def attribute_shift(values: np.ndarray, labels: np.ndarray, top: np.ndarray, valid: np.ndarray | None = None,
-                    names: tuple[str, ...] = COMPARED, n_permutations: int = N_PERMUTATIONS, alpha: float = ALPHA,
-                    seed: int = 0) -> AttributeShift:
-    """Mean within-class z of each filter's top faces ``top`` (F, k) for attribute columns ``values`` (N, A),
-    tested against ``n_permutations`` shuffles of the attribute rows among the (``valid``) faces of each class."""
+                    names: tuple[str, ...] = COMPARED, n_permutations: int = N_PERMUTATIONS, seed: int = 0
+                    ) -> pd.DataFrame:
+    """How each filter's top faces ``top`` (F, k) differ from faces of their classes in attribute columns ``values``
+    (N, A): the mean within-class z of its top faces counts at p <= ``ALPHA`` against ``n_permutations`` shuffles of
+    the rows among the (``valid``) faces of each class. Per attribute and direction: the filters whose top faces are
+    higher / lower, the count under shuffles (mean, 95% upper bound) and "beyond chance" (above the bound)."""
+    from fer_lib.data.face_attributes import ATTRIBUTES
+
     labels = np.asarray(labels)
     pool = np.ones(len(labels), bool) if valid is None else np.asarray(valid, bool)
     z = np.full((len(labels), np.shape(values)[1]), np.nan)
@@ -307,15 +212,22 @@ def attribute_shift(values: np.ndarray, labels: np.ndarray, top: np.ndarray, val
             order[rows] = rows[rng.permutation(len(rows))]
         null[b] = _top_mean(z[order], top)
     null = np.nan_to_num(null)
-    p = (1 + (np.abs(null) >= np.abs(shift)[None] - 1e-12).sum(0)) / (1 + n_permutations)
-    p = np.where(np.isfinite(shift), p, np.nan)
+    hit = (1 + (np.abs(null) >= np.abs(shift)[None] - 1e-12).sum(0)) / (1 + n_permutations) <= ALPHA  # NaN: no hit
     # each shuffle's own p against the shuffles (itself included): the p-values a chance labelling would get
-    hit = (n_permutations + 1 - rankdata(np.abs(null), method="min", axis=0)) / n_permutations <= alpha
-    return AttributeShift(tuple(names), shift, p, (hit & (null > 0)).sum(1), (hit & (null < 0)).sum(1),
-                          np.isfinite(z[top]).sum(1), alpha)
+    null_hit = (n_permutations + 1 - rankdata(np.abs(null), method="min", axis=0)) / n_permutations <= ALPHA
+    rows = []
+    for a, name in enumerate(names):
+        for side, sign in (("higher", 1), ("lower", -1)):
+            chance = (null_hit & (sign * null > 0)).sum(1)[:, a]  # (P,) filters that count in each shuffle
+            bound = int(np.ceil(np.percentile(chance, 97.5)))
+            count = int((hit & np.isfinite(shift) & (sign * shift > 0))[:, a].sum())
+            rows.append({"attribute": ATTRIBUTES[name], "top faces": side, "filters": count,
+                         "by chance (mean)": float(chance.mean()), "by chance (95% up to)": bound,
+                         "beyond chance": count > bound})
+    return pd.DataFrame(rows)
 
 
-# --- faces grown by gradient ascent from a real face -----------------------------------------------------------
+# --- faces grown by gradient ascent from the mean face ----------------------------------------------------------
 
 def random_view(x: torch.Tensor, generator: torch.Generator, shift: float, scale: float,
                 degrees: float) -> torch.Tensor:
@@ -323,8 +235,7 @@ def random_view(x: torch.Tensor, generator: torch.Generator, shift: float, scale
     rotated by up to ``degrees`` (each draw its own); what moves in from outside is mid-gray."""
     b, size = len(x), x.shape[-1]
     u = torch.rand(b, 4, generator=generator) * 2 - 1  # (B, 4) in [-1, 1]
-    angle = u[:, 0] * math.radians(degrees)
-    zoom = 1 + u[:, 1] * scale
+    angle, zoom = u[:, 0] * math.radians(degrees), 1 + u[:, 1] * scale
     cos, sin = torch.cos(angle) / zoom, torch.sin(angle) / zoom
     theta = torch.stack([torch.stack([cos, -sin, u[:, 2] * shift * 2 / size], 1),
                          torch.stack([sin, cos, u[:, 3] * shift * 2 / size], 1)], 1).to(x.device)  # (B, 2, 3)
@@ -332,52 +243,42 @@ def random_view(x: torch.Tensor, generator: torch.Generator, shift: float, scale
     return F.grid_sample(x - 0.5, grid, mode="bilinear", padding_mode="zeros", align_corners=False) + 0.5
 
 
-def grow_faces(model: nn.Module, filters: list[int] | np.ndarray, start: np.ndarray, input_size: int = 48,
-               steps: int = 128, lr: float = 0.01, grid: int = GRID, penalty: float = PENALTY,
-               max_change: float = MAX_CHANGE,
-               shift: float = ASCENT_SHIFT, scale: float = ASCENT_ZOOM, degrees: float = ASCENT_DEGREES,
-               seed: int = 0, layer: str = RESPONSE_LAYER) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Faces (F, 48, 48) in [0, 1] grown from ``start`` (48, 48) in [0, 1] to raise each filter's mean response,
-    and the responses of the start and of the grown faces (F,).
-
-    The change from the start is a ``grid`` x ``grid`` image enlarged (bicubic) to the face's size, so it changes
-    areas of a few pixels, the scale of a brow or a lip, not a texture of single pixels. Adam maximises the
-    response minus ``penalty`` times the mean squared change, and after each step a change whose root mean square
-    exceeds ``max_change`` is scaled back to it, so every grown face stays a face near its start. Each step the
-    model sees a random view (:func:`random_view`: shift, zoom, rotation), resized to ``input_size`` as the faces
-    are. Seeded privately; the model and the global random state are untouched.
-    """
-    from fer_lib.model.network import IMAGENET_MEAN, IMAGENET_STD
-
+def grow_faces(model: nn.Module, filters, start: np.ndarray, input_size: int = 48, steps: int = 128,
+               lr: float = 0.01, max_change: float = MAX_CHANGE, views: bool = True, seed: int = 0
+               ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Faces (F, 48, 48) grown from ``start`` (48, 48), both in [0, 1], to raise each filter's mean response, and the
+    responses of the start and of the grown faces (F,). The change is a ``GRID`` x ``GRID`` image enlarged (bicubic),
+    so it moves areas the size of a brow, not single pixels; Adam maximises the response minus ``PENALTY`` times the
+    mean squared change, capped at a root mean square of ``max_change``. With ``views`` each step sees a
+    :func:`random_view`, so only changes that work wherever they sit survive. Seeded privately."""
     device = model_device(model)
     twin = copy.deepcopy(model).eval().requires_grad_(False)
     filters = torch.as_tensor(np.asarray(filters), dtype=torch.long, device=device)
     g = torch.Generator().manual_seed(seed)
     side = start.shape[-1]
     base = torch.as_tensor(np.asarray(start), dtype=torch.float32, device=device).expand(len(filters), 1, side, side)
-    coarse = torch.zeros(len(filters), 1, grid, grid, device=device, requires_grad=True)
+    coarse = torch.zeros(len(filters), 1, GRID, GRID, device=device, requires_grad=True)
     mean = torch.tensor(IMAGENET_MEAN, device=device).view(1, 3, 1, 1)
     std = torch.tensor(IMAGENET_STD, device=device).view(1, 3, 1, 1)
     optimizer = torch.optim.Adam([coarse], lr=lr)
-    index = torch.arange(len(filters), device=device)
+    motion = (ASCENT_SHIFT, ASCENT_ZOOM, ASCENT_DEGREES) if views else (0, 0, 0)
 
     def change() -> torch.Tensor:
         return F.interpolate(coarse, size=(side, side), mode="bicubic", align_corners=False)
 
     def response(img: torch.Tensor, store) -> torch.Tensor:
-        if img.shape[-1] != input_size:
-            img = F.interpolate(img, size=(input_size, input_size), mode="bilinear", align_corners=False)
+        img = F.interpolate(img, size=(input_size, input_size), mode="bilinear", align_corners=False)
         twin((img.expand(-1, 3, -1, -1) - mean) / std)
-        return store["out"][index, filters].float().mean((1, 2))  # (F,)
+        return store["out"][torch.arange(len(filters), device=device), filters].float().mean((1, 2))  # (F,)
 
-    with capture(twin, layer) as store:
+    with capture(twin, RESPONSE_LAYER) as store:
         with torch.no_grad():
             before = response(base, store).cpu().numpy()
         for _ in range(steps):
             delta = change()
-            act = response(random_view((base + delta).clamp(0, 1), g, shift, scale, degrees), store)
+            act = response(random_view((base + delta).clamp(0, 1), g, *motion), store)
             optimizer.zero_grad()
-            (-(act - penalty * delta.pow(2).mean((1, 2, 3))).sum()).backward()
+            (-(act - PENALTY * delta.pow(2).mean((1, 2, 3))).sum()).backward()
             optimizer.step()
             with torch.no_grad():  # the cap: the change is linear in the coarse image
                 rms = change().pow(2).mean((1, 2, 3)).sqrt()
@@ -390,95 +291,46 @@ def grow_faces(model: nn.Module, filters: list[int] | np.ndarray, start: np.ndar
 
 @dataclass
 class Growth:
-    """Where each grown face changed, on the start face's landmark regions (``FACE_PARTS``).
+    """Where each grown face changed, on the start face's landmark regions (``FACE_PARTS``; all NaN where the detector
+    misses the start face): ``change`` is the mean absolute change per pixel of each part over that of the whole face
+    (1: as much as the face's average), ``signed`` the mean change (negative: darker)."""
 
-    ``change`` is the mean absolute change per pixel of each part over that of the whole face (1: as much as
-    the face's average); ``signed`` the mean change (negative: darker). A filter's change is *on* its ``focus``
-    part when that part changed at least ``FOCUS`` times the average; else the change is diffuse and the filter's
-    top faces carry the answer. ``attributes``: the grown faces' landmark attributes minus the start's (NaN where
-    the detector finds no face).
-    """
-
-    parts: tuple[str, ...]
     change: np.ndarray  # (F, parts)
     signed: np.ndarray  # (F, parts)
-    attributes: "object"  # DataFrame (F rows): change of mouth opening, eye opening, brow height; detected
-    start_found: bool  # the detector found the start face (else no parts: every change counts as diffuse)
 
-    @property
-    def focus(self) -> np.ndarray:
-        """(F,) index into ``parts`` of the part that changed most."""
-        return np.nan_to_num(self.change, nan=-1).argmax(1)
+    def __post_init__(self):
+        self.focus = np.nan_to_num(self.change, nan=-1).argmax(1)  # (F,) the part that changed most
+        self.on_part = np.nan_to_num(self.change.max(1, initial=0), nan=0) >= FOCUS  # concentrated on it
 
-    @property
-    def on_part(self) -> np.ndarray:
-        """(F,) bool: the change concentrates on one face part."""
-        return np.nan_to_num(self.change.max(1, initial=0), nan=0) >= FOCUS
-
-    def named(self, control: "Growth | None" = None) -> np.ndarray:
-        """(F,) bool: on a part, and (with ``control``, the same filters grown in the untrained network) the
-        control's change on that part stays below ``FOCUS``: a part any network changes (the image centre, where
-        the nose sits) is a bias of the method, not the filter's."""
+    def named(self, control: Growth | None = None) -> np.ndarray:
+        """(F,) on a part, and (with ``control``, the same filters grown in the untrained network) one the control
+        changes less than ``FOCUS``: a part any network changes (the image centre) is the method's bias."""
         if control is None:
             return self.on_part
-        rows = np.arange(len(self.change))
-        return self.on_part & ~(np.nan_to_num(control.change[rows, self.focus], nan=0) >= FOCUS)
+        return self.on_part & ~(np.nan_to_num(control.change[np.arange(len(self.change)), self.focus]) >= FOCUS)
+
+    def changes(self, control: Growth) -> list:
+        """Per grown face: [(part, sign of its mean change)] where :meth:`named` with ``control``, else []."""
+        return [[(FACE_PARTS[j], -1 if self.signed[i, j] < 0 else 1)] if on else []
+                for i, (j, on) in enumerate(zip(self.focus, self.named(control)))]
 
 
 def growth_regions(start: np.ndarray, grown: np.ndarray) -> Growth:
     """:class:`Growth` of ``grown`` (F, 48, 48) from ``start`` (48, 48), both in [0, 1]."""
-    from fer_lib.data.face_attributes import attributes_from_landmarks
     from fer_lib.data.landmarks import face_landmarks
     from fer_lib.data.regions import landmark_regions
 
-    to_uint8 = lambda x: np.clip(np.round(np.asarray(x) * 255), 0, 255).astype(np.uint8)  # noqa: E731
-    frames = np.concatenate([to_uint8(start)[None], to_uint8(grown)])
-    points, found = face_landmarks(frames)
+    points, found = face_landmarks(np.clip(np.round(start[None] * 255), 0, 255).astype(np.uint8))
     diff = np.asarray(grown, dtype=float) - np.asarray(start, dtype=float)[None]
-    change = np.full((len(grown), len(FACE_PARTS)), np.nan)
-    signed = change.copy()
+    change, signed = np.full((2, len(grown), len(FACE_PARTS)), np.nan)
     if found[0]:
-        regions = {r: m[0] for r, m in landmark_regions(points[:1]).items()}
-        face = ~regions["outside_face"]
-        average = np.abs(diff[:, face]).mean(1)
+        regions = {r: m[0] for r, m in landmark_regions(points).items()}
+        average = np.abs(diff[:, ~regions["outside_face"]]).mean(1)
         for j, part in enumerate(FACE_PARTS):
             if regions[part].any():
                 change[:, j] = np.abs(diff[:, regions[part]]).mean(1) / np.maximum(average, 1e-9)
                 signed[:, j] = diff[:, regions[part]].mean(1)
-    attrs = attributes_from_landmarks(points, frames)[["mouth_open", "eye_open", "brow_height"]]
-    attrs = attrs.where(np.repeat((found & found[0])[:, None], attrs.shape[1], 1))
-    delta = attrs.iloc[1:].reset_index(drop=True) - attrs.iloc[0]
-    delta["detected"] = found[1:]
-    return Growth(FACE_PARTS, change, signed, delta, bool(found[0]))
-
-
-def shown_table(filters: np.ndarray, tuning: Tuning, shift: AttributeShift, growth: Growth, before: np.ndarray,
-                after: np.ndarray, best_face: np.ndarray, control: Growth | None = None):
-    """One row per filter shown, numbers and labels only: its preferred class, AUROC with its 95% interval (trained
-    and random, from Hanley-McNeil errors), tuned / mixed, its final-layer weight for the class and whether it votes
-    for it, the attribute shifts of its top faces, the part its grown face changes most (unless the untrained
-    ``control`` changes it too, :meth:`Growth.named`), and its responses."""
-    import pandas as pd
-
-    from fer_lib.data.face_attributes import ATTRIBUTES
-
-    filters = np.asarray(filters)
-    cls = tuning.preferred[filters]
-    half, random_half = (Z95 * se[cls, filters] for se in (tuning.se, tuning.random_se))
-    auc, random_auc = tuning.best[filters], tuning.random_best[filters]
-    table = pd.DataFrame({"filter": filters, "class": [CLASS_NAMES[c] for c in cls], "AUROC": auc,
-                          "AUROC low": np.clip(auc - half, 0, 1), "AUROC high": np.clip(auc + half, 0, 1),
-                          "random AUROC": random_auc, "random low": np.clip(random_auc - random_half, 0, 1),
-                          "random high": np.clip(random_auc + random_half, 0, 1), "tuned": tuning.tuned[filters],
-                          "mixed": tuning.mixed[filters], "fc weight": tuning.weight[filters],
-                          "votes": tuning.votes[filters]})
-    for a, name in enumerate(shift.names):
-        table[ATTRIBUTES[name]] = shift.shift[filters, a]
-    table["changes most"] = [growth.parts[j] if on else "" for j, on in zip(growth.focus, growth.named(control))]
-    table["start"] = np.asarray(before, dtype=float)
-    table["best face"] = np.asarray(best_face, dtype=float)
-    table["grown face"] = np.asarray(after, dtype=float)
-    return table
+    return Growth(change, signed)
 
 
 @dataclass
@@ -489,9 +341,8 @@ class FiltersAnswer:
     tuning: Tuning
     top: np.ndarray  # (filters, TOP_K) indices of each filter's strongest validation faces, one per photo
     valid: np.ndarray  # (faces,) informative (not blank) faces
-    attributes: "object"  # DataFrame (faces): face_attributes()
-    shift: AttributeShift
-    shifts: "object"  # DataFrame: shift.table()
+    detected: float  # share of the faces the landmark detector found
+    shifts: pd.DataFrame  # attribute_shift()
     chosen: np.ndarray  # (shown,) the filters shown
     start: np.ndarray  # (48, 48) in [0, 1]: the mean validation face every grown face starts from
     grown: np.ndarray  # (shown, 48, 48) in [0, 1]
@@ -500,51 +351,36 @@ class FiltersAnswer:
     best_face: np.ndarray  # (shown,) response to the filter's strongest validation face
     growth: Growth
     control: Growth  # the same filters grown in the untrained network
-    changes: list  # per shown filter: [(attribute or part, +1 / -1)], what its grown face changes (see changes())
+    changes: list  # per shown filter: [(part, +1 / -1)], what its grown face changes (Growth.changes)
     example: int  # the shown filter the answer describes: one-class, a change named, voting, largest margin
-    table: "object"  # DataFrame: shown_table()
     map_side: int  # side of the response map
-
-
-def changes(growth: Growth, control: Growth, spread: "object", min_sd: float = 0.25) -> list:
-    """Per grown face: [(attribute, sign)] for mouth opening and brow height where its landmarks moved by at least
-    ``min_sd`` of ``spread`` (attribute -> the validation faces' standard deviation); else [(part, sign of the mean
-    change)] where the change is on a part the untrained control does not change; else []."""
-    out = []
-    for i, a in growth.attributes.iterrows():
-        moved = [(c, int(np.sign(a[c]))) for c in ("mouth_open", "brow_height")
-                 if np.isfinite(a[c]) and abs(a[c]) >= min_sd * spread[c]]
-        j = growth.focus[i]
-        part = [(growth.parts[j], -1 if growth.signed[i, j] < 0 else 1)] if growth.named(control)[i] else []
-        out.append(moved or part)
-    return out
 
 
 def filters_answer(model: nn.Module, images: np.ndarray, labels: np.ndarray, input_size: int = 48,
                    n_shown: int = N_SHOWN, ascent_steps: int = 128, seed: int = 0) -> FiltersAnswer:
     """Q5 on the validation faces ``images`` (uint8 (N, 48, 48)) and their ``labels``."""
     from fer_lib.core.io import default_cache_dir
+    from fer_lib.data.duplicates import cached_duplicates
     from fer_lib.data.face_attributes import face_attributes
+    from fer_lib.questions.q1_model import stage_map_sides
 
     responses = filter_responses(model, images, input_size)  # (faces, filters)
     untrained = randomised_copy(model, seed)  # every layer re-initialised at random
-    random_responses = filter_responses(untrained, images, input_size)
     valid = informative_faces(images)
-    top = top_faces(responses, np.arange(responses.shape[1]), valid=valid, groups=duplicate_groups(images))
-    tuning = class_tuning(responses, random_responses, labels, fc_weight(model), valid)
+    top = top_faces(responses, valid=valid, groups=cached_duplicates(images, cache_dir=default_cache_dir()).group)
+    tuning = class_tuning(responses, filter_responses(untrained, images, input_size), labels,
+                          model.fc[1].weight.detach().float().cpu().numpy(), valid)  # fc = Dropout + Linear
     attributes = face_attributes(images, cache_dir=default_cache_dir())
-    shift = attribute_shift(attributes[list(COMPARED)].to_numpy(), labels, top, valid, seed=seed)
+    shifts = attribute_shift(attributes[list(COMPARED)].to_numpy(), labels, top, valid, seed=seed)
     chosen = pick_filters(tuning, responses, n_shown, seed)
     start = images[valid].mean(0) / 255  # one start for every filter: the differences compare across rows
     grown, before, after = grow_faces(model, chosen, start, input_size, steps=ascent_steps, seed=seed)
     growth = growth_regions(start, grown)
-    control = growth_regions(start, grow_faces(untrained, chosen, start, input_size, steps=ascent_steps,
-                                               seed=seed)[0])
-    said = changes(growth, control, attributes.std())
-    best_face = responses[top[chosen, 0], chosen]
+    control = growth_regions(start, grow_faces(untrained, chosen, start, input_size, ascent_steps, seed=seed)[0])
+    said = growth.changes(control)
     margin = (tuning.best - tuning.random_best)[chosen]
     order = [i for i in np.argsort(-margin, kind="stable") if tuning.one_class[chosen[i]] and said[i]]
     example = ([i for i in order if tuning.votes[chosen[i]]] or order or [int(np.argmax(margin))])[0]
-    table = shown_table(chosen, tuning, shift, growth, before, after, best_face, control)
-    return FiltersAnswer(tuning, top, valid, attributes, shift, shift.table(), chosen, start, grown, before, after,
-                         best_face, growth, control, said, int(example), table, response_map_side(model, input_size))
+    return FiltersAnswer(tuning, top, valid, float(attributes["detected"].mean()), shifts, chosen, start, grown,
+                         before, after, responses[top[chosen, 0], chosen], growth, control, said, int(example),
+                         stage_map_sides(model, input_size)[RESPONSE_LAYER.split(".")[0]])
