@@ -4,11 +4,11 @@ renders every page without training, scores the labelled test faces and predicts
 the pages are self-contained and read answer-first."""
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import nbformat
@@ -33,13 +33,6 @@ def unseen_face() -> np.ndarray:
     return np.asarray(Image.open(Path(__file__).parent / "data" / "fer2013_test_faces" / "0001.png").convert("L"))
 
 
-def user_command(*args, models: Path, cache: Path) -> subprocess.CompletedProcess:
-    """`python -m fer_lib ARGS` as a user runs it, with the shipped models in ``models``."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "FER_MODELS": str(models), "FER_CACHE": str(cache)}
-    return subprocess.run([sys.executable, "-m", "fer_lib", *map(str, args)], capture_output=True, text=True, env=env,
-                          timeout=600)
-
-
 @pytest.fixture(scope="module")
 def served_copy(shipped, tmp_path_factory):
     """The user's copy: class folders of JPEG files, one training face missing and one added."""
@@ -55,19 +48,23 @@ def served_copy(shipped, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def built(shipped, served_copy, tmp_path_factory):
-    models, _, _ = shipped
-    folder, _ = served_copy
+    """`python -m fer_lib report` on the copy, in this process (no second interpreter and torch import; the command
+    runs as its own process in test_concurrency.py): its stderr, the report folder, the runs folder."""
+    from fer_lib.__main__ import main
+
     out, runs = tmp_path_factory.mktemp("report"), tmp_path_factory.mktemp("runs")
     params = [a for k, v in CHEAP.items() for a in ("--param", f"{k}={v}")]
-    done = user_command("report", "--data", folder, "--profile", "smoke", "--out", out, "--runs", runs,
-                        "--device", "cpu", *params, models=models, cache=tmp_path_factory.mktemp("cache"))
-    return done, out / "course-smoke", runs
+    with pytest.MonkeyPatch.context() as env, contextlib.redirect_stderr(io.StringIO()) as err:
+        env.setenv("FER_MODELS", str(shipped[0]))
+        env.setenv("FER_CACHE", str(tmp_path_factory.mktemp("cache")))
+        main(["report", "--data", str(served_copy[0]), "--profile", "smoke", "--out", str(out), "--runs", str(runs),
+              "--device", "cpu", *params])  # a failure raises here: every test of the build reports it
+    return err.getvalue(), out / "course-smoke", runs
 
 
 def test_a_copy_renders_every_page_from_the_shipped_model_without_training(built):
-    done, folder, runs = built
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert "training the" not in done.stderr
+    err, folder, runs = built
+    assert "training the" not in err
     assert not [p for p in runs.iterdir() if (p / "weights.pt").exists()], "no run was trained"
     for nb in notebook_paths():
         page = (folder / f"{nb.stem}.html").read_text()
