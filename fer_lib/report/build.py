@@ -1,19 +1,15 @@
-"""The report builder: executes the notebooks (papermill), renders each page through the report's nbconvert template
-(templates/fer), and writes answers.json, metrics.json and index.html (a Jinja template) into report/<dataset>/.
-
-It runs no model and writes no sentence: the caller runs ``ctx.prepare()`` first, which leaves the run, its
-calibration and its test outputs on disk; the pages' words are the notebooks', the index's are its template's, fed by
-each page's answer (the outputs of its cell tagged ``answer`` and the first image of its cell tagged ``key-figure``)
-and by metrics.json. A build holds the report's lock from start to end and assembles the new folder beside the old
-one, so a failed notebook leaves the previous report whole (the failed notebook, with its traceback, is kept in
-report/.failed/), and a rebuild of some notebooks keeps the other pages of the same run.
-"""
+"""The report builder: executes the notebooks (papermill), renders the pages (nbconvert template templates/fer) and
+the index (a Jinja template fed by each page's answer and metrics.json); it runs no model and writes no sentence (the
+caller runs ``ctx.prepare()`` first). The new report is assembled beside the old one under the report's lock: a failed
+notebook leaves the old report whole (and is kept in report/.failed/); a partial rebuild keeps the run's other pages."""
 from __future__ import annotations
 
 import base64
+import functools
 import io
 import json
 import platform
+import re
 import shutil
 import subprocess
 import sys
@@ -22,11 +18,15 @@ import time
 from importlib import metadata
 from pathlib import Path
 
+import nbformat
+from PIL import Image
+
 from fer_lib import ConfigError
 from fer_lib.core.io import exclusive_lock, file_sha256, replace_directory, restore_directory
 from fer_lib.data.face_keys import KEYS_FILE
 from fer_lib.model.calibration import CALIBRATION_FILE
 from fer_lib.report.context import PROJECT_ROOT, SYNTHETIC_NOTICE, Context, shipped_root
+from fer_lib.report.mathrender import offline_math
 from fer_lib.training.finish import PREDICTIONS_FILE, TEST_DUPLICATES_FILE, TEST_OUTPUTS_FILE
 from fer_lib.training.runs import RUN_FILES
 
@@ -45,39 +45,29 @@ class NotebookFailed(RuntimeError):
 def notebook_paths(only: list[str] | None = None) -> list[Path]:
     """The report's notebooks in order; ``only`` picks by number ("01"), stem or file name."""
     paths = sorted(NOTEBOOK_DIR.glob("[0-9][0-9]_*.ipynb"))
-    picked = {name: [p for p in paths if p.stem.startswith(name) or p.name == name] for name in only or ()}
-    unknown = [name for name, found in picked.items() if not found]
+    unknown = [name for name in only or () if not any(p.name.startswith(name) for p in paths)]
     if unknown:
         raise ConfigError(f"no notebook matches {', '.join(unknown)}; the notebooks are "
                           + ", ".join(p.stem for p in paths))
-    return [p for p in paths if not only or any(p in found for found in picked.values())]
+    return [p for p in paths if not only or any(p.name.startswith(name) for name in only)]
 
 
 def title_of(notebook: Path) -> str:
     """The notebook's first "# " heading."""
-    import nbformat
-
-    for cell in nbformat.read(notebook, as_version=4).cells:
-        if cell.cell_type == "markdown":
-            for line in cell.source.splitlines():
-                if line.startswith("# "):
-                    return line[2:].strip()
-    return notebook.stem
+    text = "\n".join(c.source for c in nbformat.read(notebook, as_version=4).cells if c.cell_type == "markdown")
+    found = re.search(r"^# (.+)$", text, re.M)
+    return found.group(1).strip() if found else notebook.stem
 
 
 def page_answer(nb) -> dict:
     """What the index shows of an executed notebook: its ``answer`` cells' Markdown and the first PNG of its
     ``key-figure`` cell (as a data URI, with its alt text and the CSS width it has on its page)."""
-    def outputs(tag: str) -> list[dict]:
+    def outputs(tag: str, kind: str) -> list[dict]:
         return [out for cell in nb.cells if tag in cell.metadata.get("tags", []) for out in cell.get("outputs", [])
-                if "data" in out]
+                if kind in out.get("data", {})]
 
-    answer = " ".join(out["data"]["text/markdown"] for out in outputs("answer") if "text/markdown" in out["data"])
-    entry = {"answer": answer.strip(), "thumbnail": "", "thumbnail_alt": ""}
-    figure = next((out for out in outputs("key-figure") if "image/png" in out["data"]), None)
-    if figure is not None:
-        from PIL import Image
-
+    entry = {"answer": " ".join(out["data"]["text/markdown"] for out in outputs("answer", "text/markdown")).strip()}
+    if figure := next(iter(outputs("key-figure", "image/png")), None):
         from fer_lib.plots.show import FIGURE_DPI
 
         png = figure["data"]["image/png"]
@@ -88,16 +78,19 @@ def page_answer(nb) -> dict:
     return entry
 
 
-def render_page(nb, pages: list[dict], i: int, metrics: dict) -> str:
-    """An executed notebook as a self-contained page (images as data URIs, formulas as MathML), no code cells."""
+@functools.cache
+def page_exporter():
+    """One exporter for every page: building one compiles the template anew (about a second a page)."""
     from nbconvert import HTMLExporter
 
-    from fer_lib.report.mathrender import offline_math
+    return HTMLExporter(template_name="fer", extra_template_basedirs=[str(TEMPLATES)], exclude_input=True,
+                        exclude_input_prompt=True, exclude_output_prompt=True)
 
-    exporter = HTMLExporter(template_name="fer", extra_template_basedirs=[str(TEMPLATES)], exclude_input=True,
-                            exclude_input_prompt=True, exclude_output_prompt=True)
+
+def render_page(nb, pages: list[dict], i: int, metrics: dict) -> str:
+    """An executed notebook as a self-contained page (images as data URIs, formulas as MathML), no code cells."""
     nb.metadata["title"] = f"{pages[i]['title']} | FER report: {metrics['dataset']}"  # the lab template's <title>
-    body, _ = exporter.from_notebook_node(nb, resources={
+    body, _ = page_exporter().from_notebook_node(nb, resources={
         "fer": {"pages": pages, "i": i, "metrics": metrics, "notice": SYNTHETIC_NOTICE}})
     return offline_math(body)
 
@@ -107,7 +100,6 @@ def render_index(pages: list[dict], metrics: dict) -> str:
     from nbconvert.filters.markdown_mistune import markdown2html_mistune
 
     from fer_lib.core.stats import wilson_interval
-    from fer_lib.report.mathrender import offline_math
 
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATES / "fer"), autoescape=True)
     env.filters.update(markdown2html=markdown2html_mistune, pct="{:.1%}".format, count="{:,}".format)
@@ -116,25 +108,17 @@ def render_index(pages: list[dict], metrics: dict) -> str:
     return offline_math(page)
 
 
-def git_commit() -> str:
-    def git(*args: str) -> str:
-        return subprocess.run(["git", *args], cwd=PROJECT_ROOT, capture_output=True, text=True, check=True).stdout
-
-    try:  # report/ is this command's own output: a previous render there does not make the code uncommitted
-        dirty = git("status", "--porcelain", "--untracked-files=no", "--", ".", ":!report").strip()
-        return git("rev-parse", "HEAD").strip() + ("+uncommitted changes" if dirty else "")
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown (not a git checkout)"
-
-
-def library_versions() -> dict[str, str]:
-    installed = {dist.metadata["Name"].lower(): dist.version for dist in metadata.distributions()}
-    return {"python": platform.python_version(), **{name: installed.get(name, "not installed") for name in LIBRARIES}}
-
-
 def provenance(ctx: Context, run_dir: Path) -> dict:
     """metrics.json: the data, code, run, calibration, test outputs and how the data met its model."""
     config = json.loads((run_dir / "config.json").read_text())
+    installed = {dist.metadata["Name"].lower(): dist.version for dist in metadata.distributions()}
+    try:  # report/ is this command's own output: a previous render there does not make the code uncommitted
+        git = functools.partial(subprocess.run, cwd=PROJECT_ROOT, capture_output=True, text=True, check=True)
+        dirty = git(["git", "status", "--porcelain", "--untracked-files=no", "--", ".", ":!report"]).stdout.strip()
+        commit = git(["git", "rev-parse", "HEAD"]).stdout.strip() + ("+uncommitted changes" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        commit = "unknown (not a git checkout)"
+    libraries = {"python": platform.python_version(), **{k: installed.get(k, "not installed") for k in LIBRARIES}}
     if ctx.served is not None:  # a copy the shipped model serves, matched face by face
         match = {"how": "matched face by face", **ctx.served.summary()}
     elif run_dir.parent.parent == shipped_root():
@@ -143,29 +127,15 @@ def provenance(ctx: Context, run_dir: Path) -> dict:
     else:
         match = {"how": "trained on these faces", "run": run_dir.name}
     metrics = {"dataset": ctx.dataset.name, "layout": ctx.dataset.layout, "profile": ctx.profile,
-               "synthetic": ctx.is_synthetic, "git_commit": git_commit(), "run_key": config["run_key"],
-               "built": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
-               "data_files": {p.name: file_sha256(p) for p in ctx.dataset.files}, "config": config,
-               "run": json.loads((run_dir / "run.json").read_text()), "libraries": library_versions(),
-               "platform": platform.platform(),
-               "calibration": json.loads((run_dir / CALIBRATION_FILE).read_text()), "data_match": match}
+               "synthetic": ctx.is_synthetic, "git_commit": commit, "run_key": config["run_key"],
+               "built": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "config": config, "libraries": libraries,
+               "data_files": {p.name: file_sha256(p) for p in ctx.dataset.files}, "platform": platform.platform(),
+               "run": json.loads((run_dir / "run.json").read_text()), "data_match": match,
+               "calibration": json.loads((run_dir / CALIBRATION_FILE).read_text())}
     outputs = ctx.test_outputs()  # written by ctx.prepare()
-    if outputs:
-        metrics.update(duplicates=outputs["duplicates"], predictions=outputs["predictions"])
-        if "test" in outputs:  # labelled test faces (never the homework's hidden labels)
-            metrics["test"] = {k: outputs["test"][k] for k in ("faces", "accuracy", "by_usage", "without_training_copy")
-                               if k in outputs["test"]}
+    if outputs:  # "test" only where the test faces carry labels (never the homework's hidden ones)
+        metrics.update({k: outputs[k] for k in ("duplicates", "predictions", "test") if k in outputs})
     return metrics
-
-
-def report_folder(out_root: Path, ctx: Context, run_key: str) -> Path:
-    """report/<name>, or report/<name>-<run key> where report/<name> ships another run's model with its face keys (a
-    shipped model, which `make report RETRAIN=1` must not replace)."""
-    folder, model = out_root / ctx.report_name, out_root / ctx.report_name / MODEL_FOLDER
-    if (model / KEYS_FILE).is_file() and json.loads((model / "config.json").read_text())["run_key"] != run_key:
-        print(f"note: {folder} ships another model; this report goes to {folder.name}-{run_key}/", file=sys.stderr)
-        return folder.with_name(f"{folder.name}-{run_key}")
-    return folder
 
 
 def recover(final: Path) -> None:
@@ -179,21 +149,26 @@ def build_report(ctx: Context, out_root: Path = Path("report"), only: list[str] 
                  params: dict | None = None) -> Path:
     """Render report/<dataset>/ from the prepared context and return its index.html; ``only`` rebuilds some pages
     (numbers or names), ``params`` sets notebooks' own parameters (those a notebook lacks are left out for it)."""
-    import nbformat
     import papermill as pm
     from traitlets.config import Config
 
     started = time.perf_counter()
     selected = notebook_paths(only)
-    clash = sorted(set(params or {}) & {"data", "profile", "runs", "device"})  # the context sets these
+    shared = {"data": str(ctx.data_path), "profile": ctx.profile, "runs": str(ctx.runs_root), "device": ctx.device}
+    clash = sorted(set(params or {}) & set(shared))
     if clash:
         raise ConfigError(f"params cannot set {', '.join(clash)}: they come from the context")
     run_dir = ctx.run_dir
     run_key = json.loads((run_dir / "config.json").read_text())["run_key"]
     out_root = Path(out_root).resolve()
-    final = report_folder(out_root, ctx, run_key)
+    final, model = out_root / ctx.report_name, out_root / ctx.report_name / MODEL_FOLDER
+    # a report shipping another run's model with its face keys (a shipped model, which `make report RETRAIN=1` must
+    # not replace) keeps its folder: this one goes beside it
+    if (model / KEYS_FILE).is_file() and json.loads((model / "config.json").read_text())["run_key"] != run_key:
+        print(f"note: {final} ships another model; this report goes to {final.name}-{run_key}/", file=sys.stderr)
+        final = final.with_name(f"{final.name}-{run_key}")
     staging = final.with_name(f".{final.name}.staging")
-    shared = {"data": str(ctx.data_path), "profile": ctx.profile, "runs": str(ctx.runs_root), "device": ctx.device}
+    titles = {p.stem: title_of(p) for p in notebook_paths()}
     with exclusive_lock(out_root / f".{final.name}.lock", f"building {final}", wait=ctx.wait):
         recover(final)
         answers = {}
@@ -223,7 +198,7 @@ def build_report(ctx: Context, out_root: Path = Path("report"), only: list[str] 
                         raise NotebookFailed(f"{nb.name} failed ({err.__class__.__name__}): {final} was not updated; "
                                              f"the failed notebook, with its traceback: {kept}") from err
                     executed[nb.stem] = nbformat.read(path, as_version=4)
-                    answers[nb.stem] = {"title": title_of(nb), **page_answer(executed[nb.stem])}
+                    answers[nb.stem] = {"title": titles[nb.stem], **page_answer(executed[nb.stem])}
                     timings[nb.stem] = round(time.perf_counter() - t, 2)
             # the model the pages were computed from travels with them, and so do its test predictions
             shutil.rmtree(staging / MODEL_FOLDER, ignore_errors=True)
@@ -239,12 +214,11 @@ def build_report(ctx: Context, out_root: Path = Path("report"), only: list[str] 
             (staging / "metrics.json").write_text(json.dumps(metrics, indent=2))
             (staging / ANSWERS_FILE).write_text(json.dumps(answers, indent=1))
             # every page links to its neighbours in the notebooks' order; a kept page keeps its own provenance line
-            stems = [p.stem for p in notebook_paths()]
-            nav = [{"href": f"{stem}.html", "title": title_of(NOTEBOOK_DIR / f"{stem}.ipynb")} for stem in stems]
-            for i, stem in enumerate(stems):
+            nav = [{"href": f"{stem}.html", "title": title} for stem, title in titles.items()]
+            for i, stem in enumerate(titles):
                 if stem in executed:
                     (staging / f"{stem}.html").write_text(render_page(executed[stem], nav, i, metrics), "utf-8")
-            pages = [{**page, **answers[stem]} for stem, page in zip(stems, nav) if stem in answers]
+            pages = [{**page, **answers[stem]} for stem, page in zip(titles, nav) if stem in answers]
             (staging / "index.html").write_text(render_index(pages, metrics), "utf-8")
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)

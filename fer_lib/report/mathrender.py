@@ -1,30 +1,22 @@
-"""Formulas readable offline: the ``$...$`` and ``$$...$$`` LaTeX in a rendered page becomes MathML.
-
-nbconvert leaves LaTeX in the page for MathJax, a script from a CDN; a grader without a network would see raw
-LaTeX. Chromium and Firefox render MathML natively, so converting at build time (latex2mathml) needs no script,
-font or network at all (the report's template loads no MathJax).
-"""
+"""Formulas readable offline: nbconvert leaves ``$...$`` and ``$$...$$`` LaTeX for MathJax, a script from a CDN;
+as MathML (latex2mathml, at build time) Chromium and Firefox render them with no script, font or network."""
 from __future__ import annotations
 
 import html
 import re
 
-_SKIP_BLOCKS = re.compile(r"(<(script|style|pre|code|textarea)\b.*?</\2>)", re.S | re.I)
-_DISPLAY = re.compile(r"\$\$(.+?)\$\$", re.S)
-_INLINE = re.compile(r"(?<![\\$])\$(?!\$)([^$\n]+?)(?<!\\)\$")
-
-
-def latex_to_mathml(latex: str, display: bool) -> str:
-    from latex2mathml.converter import convert
-
-    return convert(html.unescape(latex).strip(), display="block" if display else "inline")
+SKIP_BLOCKS = re.compile(r"(<(script|style|pre|code|textarea)\b.*?</\2>)", re.S | re.I)
+FORMULAS = {"block": re.compile(r"\$\$(.+?)\$\$", re.S),  # display formulas first: "$$" is not two inline "$"
+            "inline": re.compile(r"(?<![\\$])\$(?!\$)([^$\n]+?)(?<!\\)\$")}
 
 
 def offline_math(page: str) -> str:
     """Every formula outside script, style, pre, code and textarea blocks, as MathML."""
+    from latex2mathml.converter import convert
+
     # split() with two groups yields [text, block, tag name, text, block, tag name, ...]: convert the texts only
-    parts = _SKIP_BLOCKS.split(page)
+    parts = SKIP_BLOCKS.split(page)
     for i in range(0, len(parts), 3):
-        parts[i] = _INLINE.sub(lambda m: latex_to_mathml(m.group(1), False),
-                               _DISPLAY.sub(lambda m: latex_to_mathml(m.group(1), True), parts[i]))
+        for display, formula in FORMULAS.items():
+            parts[i] = formula.sub(lambda m: convert(html.unescape(m.group(1)).strip(), display=display), parts[i])
     return "".join(p for i, p in enumerate(parts) if i % 3 != 2)
