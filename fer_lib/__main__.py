@@ -124,12 +124,18 @@ def main(argv: list[str] | None = None) -> None:
     p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser("classify", help="find and classify the faces in your own photos and videos",
-                       description="Writes OUT/<name>.faces.png|jpg per photo, OUT/<name>.tracks.png per video or "
-                                   "folder of frames, and OUT/faces.csv; exit status 1 when a file could not be "
-                                   "read, 2 when there is no model.")
+                       description="Finds the faces (dlib's HOG detector; a box is kept where its 68 landmarks "
+                                   "form a plausible face), crops each as FER2013 frames its faces, and classifies "
+                                   "it with the run's test-time views and calibration (a face whose top probability "
+                                   "is below the run's threshold is marked uncertain, '?'). Writes "
+                                   "OUT/<name>.faces.png|jpg per photo, OUT/<name>.tracks.png per video or folder of "
+                                   "frames, and OUT/faces.csv (one row per face and frame). Exit status 0 when every "
+                                   "file was read, 1 when one could not be (the others are still done), 2 when there "
+                                   "is no model.")
     p.add_argument("paths", nargs="+", metavar="PATH", help="images, videos or folders (searched recursively)")
-    p.add_argument("--run", default="report/fer2013/model", help="a report's shipped model or a run folder")
-    p.add_argument("--out", default="classified")
+    p.add_argument("--run", default="report/fer2013/model",
+                   help="a report's shipped model or a run folder (default report/fer2013/model)")
+    p.add_argument("--out", default="classified", help="output folder (default ./classified)")
     p.add_argument("--fps", type=float, default=5.0, help="frames per second classified from a video (default 5)")
     p.add_argument("--frames", action="store_true",
                    help="each folder PATH is one clip: its images are frames, in name order, every one classified")

@@ -134,13 +134,15 @@ def auroc_by_class(responses: np.ndarray, labels: np.ndarray, n_classes: int = 7
     """AUROC (n_classes, F) of each column of ``responses`` (N, F) for class c against the rest (NaN for a class
     without faces), and Hanley and McNeil's (1982) standard error: a cheap normal approximation where a bootstrap
     of 512 x 7 AUROCs would cost too much."""
-    from sklearn.metrics import roc_auc_score
+    from scipy.stats import mannwhitneyu
 
     labels = np.asarray(labels)
     auc = np.full((n_classes, responses.shape[1]), np.nan)
-    for c in np.unique(labels):
-        if 0 < (labels == c).sum() < len(labels):
-            auc[c] = roc_auc_score(np.repeat((labels == c)[:, None], responses.shape[1], 1), responses, average=None)
+    for c in np.unique(labels):  # AUROC = U / (n1 n0), every filter at once (one sklearn call a filter costs 40x)
+        inside = labels == c
+        if 0 < inside.sum() < len(labels):
+            u = mannwhitneyu(responses[inside], responses[~inside], axis=0, method="asymptotic").statistic
+            auc[c] = u / (inside.sum() * (~inside).sum())
     n1 = np.bincount(labels, minlength=n_classes)[:, None].astype(float)
     n0 = len(labels) - n1
     q1, q2 = auc / (2 - auc), 2 * auc ** 2 / (1 + auc)
