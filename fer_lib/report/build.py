@@ -91,8 +91,9 @@ def render_page(nb, pages: list[dict], i: int, metrics: dict) -> str:
     """An executed notebook as a self-contained page (images as data URIs, formulas as MathML), no code cells."""
     nb.metadata["title"] = f"{pages[i]['title']} | FER report: {metrics['dataset']}"  # the lab template's <title>
     for cell in (c for c in nb.cells if c.cell_type == "code"):  # an empty Markdown output (ctx.banner() where no
-        # shipped model serves a copy) would leave a blank gap under the question
+        # shipped model serves a copy) or a cell without output would leave a blank gap under the question
         cell.outputs = [o for o in cell.outputs if o.get("data", {}).get("text/markdown") != ""]
+    nb.cells = [c for c in nb.cells if c.cell_type != "code" or c.outputs]
     body, _ = page_exporter().from_notebook_node(nb, resources={
         "fer": {"pages": pages, "i": i, "metrics": metrics, "notice": SYNTHETIC_NOTICE}})
     return offline_math(body)
