@@ -220,8 +220,7 @@ class HistoryAnswer:
 def history_answer(ctx) -> HistoryAnswer:
     """Q2's one call, from a report context: the run's history, accuracies, training score and split copies."""
     from fer_lib.core.io import default_cache_dir
-    from fer_lib.training.runs import read_history
-    from fer_lib.training.train import TRAIN_EVAL_SAMPLE
+    from fer_lib.training.runs import TRAIN_EVAL_SAMPLE, read_history
 
     run = json.loads((ctx.run_dir / "run.json").read_text())
     train_eval = TrainEval(**run["train_eval"]) if "train_eval" in run else None

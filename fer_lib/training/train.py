@@ -22,7 +22,7 @@ from fer_lib.model.network import build_model, preprocess
 from fer_lib.training import runs
 from fer_lib.training.augment import augment, cutmix
 from fer_lib.training.finish import finish_run
-from fer_lib.training.runs import TRAIN_EVAL_SAMPLE, TrainConfig  # noqa: F401 - questions.q2_history reads it here
+from fer_lib.training.runs import TrainConfig
 
 
 def class_weights(labels: np.ndarray, mode: str) -> torch.Tensor | None:
