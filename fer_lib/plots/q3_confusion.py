@@ -120,17 +120,14 @@ def plot_recall_vs_frequency(findings):
 
 
 
-CLASS_COLOURS = dict(zip(CLASS_NAMES, ("#d62728", "#8c564b", "#9467bd", "#2ca02c", "#1f77b4", "#ff7f0e", "#111111")))
-
-
 def plot_feature_map(xy: np.ndarray, labels: np.ndarray, highlight=("Sad", "Neutral", "Fear"), title: str = ""):
-    """A 2-D map (t-SNE) of the faces, one dot each coloured by class: left every class, right only ``highlight``
-    (the others light grey); one legend below."""
+    """A 2-D map (t-SNE) of the faces, a dot each coloured by class: left every class, right only ``highlight``."""
     fig, axes = plt.subplots(1, 2, figsize=(9.6, 5.2), layout="constrained")
+    colours = dict(zip(CLASS_NAMES, ("#d62728", "#8c564b", "#9467bd", "#2ca02c", "#1f77b4", "#ff7f0e", "#111111")))
     for ax, shown in zip(axes, (CLASS_NAMES, highlight)):
         ax.scatter(*xy[~np.isin(labels, [CLASS_NAMES.index(c) for c in shown])].T, s=5, c="0.85", lw=0)
         for c in shown:
-            ax.scatter(*xy[labels == CLASS_NAMES.index(c)].T, s=5, lw=0, c=CLASS_COLOURS[c], label=c)
+            ax.scatter(*xy[labels == CLASS_NAMES.index(c)].T, s=5, lw=0, c=colours[c], label=c)
         ax.set(xticks=[], yticks=[], title="every class" if shown is CLASS_NAMES else ", ".join(shown) + " only")
     fig.legend(*axes[0].get_legend_handles_labels(), loc="outside lower center", ncols=len(CLASS_NAMES), fontsize=10,
                markerscale=3, handletextpad=0.1, frameon=False)

@@ -1,5 +1,4 @@
-"""Q3: the confusion matrix, per-class metrics, ranked confusions, calibration and the map of the classifier's
-input features, as numbers.
+"""Q3: the confusion matrix, per-class metrics, ranked confusions, calibration and the feature map, as numbers.
 
 One rule for ties: two shares (two recalls, two confusion rates, two cells' counts as shares of all faces) are tied
 when a two-proportion z-test at 5% finds no difference (``core.stats.proportions_tie``).
@@ -7,7 +6,6 @@ when a two-proportion z-test at 5% finds no difference (``core.stats.proportions
 from __future__ import annotations
 
 import json
-import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -197,19 +195,16 @@ def calibration_findings(logits, labels, seed: int = 0) -> CalibrationFindings:
 
 
 def pooled_features(model, images: np.ndarray, input_size: int = 48) -> np.ndarray:
-    """(N, 512) input of the classifier (Dropout + Linear: the layer4 map averaged over positions) for uint8 faces
-    (N, 48, 48), without test-time views."""
-    import torch
-
+    """(N, 512) input of the last layer (Dropout + Linear: layer4's map averaged) for uint8 faces, no views."""
     from fer_lib.model.inference import predict_logits
 
-    store = [torch.zeros(0, model.fc[-1].in_features)]
-    handle = model.fc.register_forward_pre_hook(lambda module, inputs: store.append(inputs[0].float().cpu()))
+    store = []
+    handle = model.fc.register_forward_pre_hook(lambda module, inputs: store.append(inputs[0].float().cpu().numpy()))
     try:
         predict_logits(model, images, input_size)
     finally:
         handle.remove()
-    return torch.cat(store).numpy()
+    return np.concatenate(store)
 
 
 @dataclass
@@ -219,11 +214,9 @@ class FeatureMap:
     neighbours: np.ndarray  # (7, 7): row c, the share of class c's faces' k nearest neighbours (512-D) of each class
     knn_accuracy: float  # the label is the most common among a face's k nearest neighbours (ties: the first class)
     k: int
-    seconds: float  # the t-SNE's wall time
 
 
-def feature_map(features: np.ndarray, labels: np.ndarray, k: int = 10, perplexity: float = 30.0, seed: int = 0
-                ) -> FeatureMap:
+def feature_map(features, labels, k: int = 10, perplexity: float = 30.0, seed: int = 0) -> FeatureMap:
     """Nearest neighbours in the feature space (Euclidean, a face never its own) and a 2-D t-SNE map of it."""
     from sklearn.decomposition import PCA
     from sklearn.manifold import TSNE
@@ -231,14 +224,11 @@ def feature_map(features: np.ndarray, labels: np.ndarray, k: int = 10, perplexit
 
     features, labels, c = np.asarray(features, dtype=np.float32), np.asarray(labels), len(CLASS_NAMES)
     near = labels[NearestNeighbors(n_neighbors=k).fit(features).kneighbors(return_distance=False)]  # (N, k)
-    votes = (near[:, :, None] == np.arange(c)).sum(1)
     counts = np.bincount((labels[:, None] * c + near).ravel(), minlength=c * c).reshape(c, c)
-    start = time.perf_counter()
-    reduced = PCA(min(50, *features.shape), random_state=seed).fit_transform(features)
+    knn = (near[:, :, None] == np.arange(c)).sum(1).argmax(1) == labels
     xy = TSNE(2, perplexity=min(perplexity, (len(labels) - 1) / 3), init="pca", random_state=seed).fit_transform(
-        reduced)
-    return FeatureMap(xy, labels, counts / counts.sum(1, keepdims=True).clip(1), float(np.mean(
-        votes.argmax(1) == labels)), k, time.perf_counter() - start)
+        PCA(min(50, *features.shape), random_state=seed).fit_transform(features))
+    return FeatureMap(xy, labels, counts / counts.sum(1, keepdims=True).clip(1), float(knn.mean()), k)
 
 
 @dataclass
@@ -253,8 +243,7 @@ class ConfusionAnswer:
     copies: "object"  # q2_history.SplitCopies
     test: dict | None  # the labelled test set's score, where the labels are known
     features: FeatureMap  # the validation faces' classifier inputs, mapped (plain faces, no test-time views)
-    against_crowd: ConfusionFindings | None  # the predictions against the FER+ crowd majority, on faces with one
-    # (None: no votes, or no face with a majority)
+    against_crowd: ConfusionFindings | None  # against the FER+ crowd majority, where a face has one (else None)
 
 
 def confusion_answer(ctx) -> ConfusionAnswer:

@@ -113,11 +113,10 @@ def crowd_evidence(votes: np.ndarray | None, faces: FaceSet, y_pred: np.ndarray,
     ``y_pred``; None when the dataset has no votes.
 
     ``summary`` rows: the label is (one of) the crowd's most-voted of the 7 classes; on the faces with a crowd
-    majority (more than half of all the annotators on one class), the label is it, the model's answer is it;
-    the model's answer is the label; errors on which at least ``min_votes`` annotators chose the model's answer;
-    correct faces on which at least ``min_votes`` chose one other class. A pair is ``clearly_more`` when the crowd
-    backs the prediction more often on its errors than on the true class's correct faces, beyond noise (a
-    two-proportion z-test at 5%).
+    majority (more than half of all the annotators on one class), the label is it, the model's answer is it, is the
+    label; errors on which at least ``min_votes`` annotators chose the model's answer; correct faces on which at
+    least ``min_votes`` chose one other class. A pair is ``clearly_more`` when the crowd backs the prediction more
+    often on its errors than on the true class's correct faces, beyond noise (a two-proportion z-test at 5%).
     """
     import pandas as pd
 
