@@ -8,8 +8,8 @@ from matplotlib.ticker import PercentFormatter
 from fer_lib import CLASS_NAMES
 
 
-def plot_confusion(counts: np.ndarray, rates: np.ndarray, title: str = "Confusion matrix (validation)"):
-    """Counts and row-normalised rates side by side; rows are the true class."""
+def plot_confusion(counts: np.ndarray, rates: np.ndarray, title: str = "Confusion matrix (validation)", rows="true"):
+    """Counts and row-normalised rates side by side; rows are the ``rows`` class (the true one, or the crowd's)."""
     import seaborn as sns
 
     fig, axes = plt.subplots(1, 2, figsize=(9.2, 4.6), layout="constrained")  # beside its answer on the index
@@ -17,9 +17,9 @@ def plot_confusion(counts: np.ndarray, rates: np.ndarray, title: str = "Confusio
                 xticklabels=CLASS_NAMES, yticklabels=CLASS_NAMES)
     sns.heatmap(rates * 100, annot=True, fmt=".0f", cmap="Blues", vmin=0, vmax=100, ax=axes[1],
                 annot_kws={"fontsize": 10}, xticklabels=CLASS_NAMES, yticklabels=CLASS_NAMES,
-                cbar_kws={"label": "% of the true class"})
+                cbar_kws={"label": f"% of the {rows} class"})
     for ax, sub in zip(axes, ("counts", "row-normalised, % (diagonal = recall)")):
-        ax.set(xlabel="predicted", ylabel="true", title=sub)
+        ax.set(xlabel="predicted", ylabel=rows, title=sub)
         ax.tick_params(axis="y", rotation=0)
         plt.setp(ax.get_xticklabels(), rotation=35, ha="right", rotation_mode="anchor")
     fig.suptitle(title)
