@@ -225,6 +225,17 @@ def test_the_q3_page_scores_the_stored_logits_with_the_runs_views(tmp_path, monk
     assert q.test is None
     assert q.features.xy.shape == (len(ctx.val), 2) and (q.features.labels == ctx.val.labels).all()
     assert q.against_crowd is None  # no annotator voted: no face has a crowd majority
+    from fer_lib.questions.q3_votes import FERPLUS_COLUMNS
+    from tests.test_q3_votes import VOTE_HEADER, write_votes
+
+    order = [FERPLUS_COLUMNS.index(name) for name in VOTE_HEADER.split(",")[2:]]  # the file's columns, FER+'s order
+    rows = [",".join("10" if j == y else "0" for j in order) for y in ctx.dataset.train.labels]
+    write_votes(tmp_path / "train_ferplus.csv", rows)  # a crowd that agrees with every FER2013 label, 10 votes of 10
+    agreeing = confusion_answer(ctx).against_crowd
+    assert (agreeing.counts == q.confusion.counts).all() and agreeing.accuracy == q.confusion.accuracy
+    (tmp_path / "no-votes").mkdir()
+    without = confusion_answer(fake_context(tmp_path / "no-votes", votes=False))
+    assert without.crowd is None and without.against_crowd is None and len(without.features.xy) == len(ctx.val)
 
 
 def test_pooled_features_are_the_input_of_the_last_layer():
