@@ -17,7 +17,6 @@ from fer_lib.questions.q2_history import (
     history_answer,
     history_findings,
     history_table,
-    rising_run,
     run_accuracy,
     split_copies,
 )
@@ -61,9 +60,12 @@ def test_history_levelled_off_within_one_standard_error():
     assert findings(history(acc), 10**7).trend == "improving"
 
 
-def test_rising_run_counts_the_final_consecutive_rises():
-    assert rising_run([3, 2, 1]) == 0 and rising_run([1.0]) == 0
-    assert rising_run([1, 2, 3]) == 2 and rising_run([1, 3, 2, 3, 4]) == 2 and rising_run([2, 1, 1, 1.1]) == 1
+def test_rising_loss_counts_the_final_consecutive_rises():
+    def rise(loss):
+        return findings(history([0.5] * len(loss), val_loss=loss)).rise_epochs
+
+    assert rise([3, 2, 1]) == 0 and rise([1.0]) == 0
+    assert rise([1, 2, 3]) == 2 and rise([1, 3, 2, 3, 4]) == 2 and rise([2, 1, 1, 1.1]) == 1
 
 
 def test_history_overfitting_that_costs_accuracy():

@@ -183,6 +183,7 @@ def fake_context(tmp_path, views=True, votes=True):
     from types import SimpleNamespace
 
     from fer_lib.data.layouts import Dataset, train_val_split
+    from fer_lib.model.network import build_model
     from tests.test_q2_history import faces_with_copies
     from tests.test_q3_votes import write_votes
 
@@ -198,10 +199,10 @@ def fake_context(tmp_path, views=True, votes=True):
         write_votes(tmp_path / "train_ferplus.csv", ["0,0,0,0,0,0,0,0,0,0"] * len(faces))
     dataset = Dataset("fer2013", "homework-csv", faces, None, [tmp_path / "train.csv"])
     return SimpleNamespace(run_dir=tmp_path, dataset=dataset, split=(train, val), val=val, runs_root=tmp_path,
-                           config=SimpleNamespace(seed=3, val_fraction=0.2, split="grouped"),
+                           config=SimpleNamespace(seed=3, val_fraction=0.2, split="grouped", input_size=48),
                            val_logits=torch.tensor(plain),
                            val_logits_views=torch.tensor(with_views if views else plain),
-                           test_outputs=lambda: None)
+                           test_outputs=lambda: None, model=lambda: build_model("random")[0].eval())
 
 
 def test_the_q3_page_scores_the_stored_logits_with_the_runs_views(tmp_path, monkeypatch):
@@ -222,6 +223,88 @@ def test_the_q3_page_scores_the_stored_logits_with_the_runs_views(tmp_path, monk
     assert q.calibration.faces == len(ctx.val) and q.accuracy.with_views == 0.51
     assert q.crowd.votes.shape == (len(ctx.val), 10) and q.copies.near == 0
     assert q.test is None
+    assert q.features.xy.shape == (len(ctx.val), 2) and (q.features.labels == ctx.val.labels).all()
+    assert q.against_crowd is None  # no annotator voted: no face has a crowd majority
+    from fer_lib.questions.q3_votes import FERPLUS_COLUMNS
+    from tests.test_q3_votes import VOTE_HEADER, write_votes
+
+    order = [FERPLUS_COLUMNS.index(name) for name in VOTE_HEADER.split(",")[2:]]  # the file's columns, FER+'s order
+    rows = [",".join("10" if j == y else "0" for j in order) for y in ctx.dataset.train.labels]
+    write_votes(tmp_path / "train_ferplus.csv", rows)  # a crowd that agrees with every FER2013 label, 10 votes of 10
+    agreeing = confusion_answer(ctx).against_crowd
+    assert (agreeing.counts == q.confusion.counts).all() and agreeing.accuracy == q.confusion.accuracy
+    (tmp_path / "no-votes").mkdir()
+    without = confusion_answer(fake_context(tmp_path / "no-votes", votes=False))
+    assert without.crowd is None and without.against_crowd is None and len(without.features.xy) == len(ctx.val)
+
+
+def test_pooled_features_are_the_input_of_the_last_layer():
+    from fer_lib.model.inference import predict_logits
+    from fer_lib.model.network import build_model, preprocess
+    from fer_lib.questions.q3_confusion import pooled_features
+
+    torch.manual_seed(0)
+    model = build_model("random")[0].eval()
+    images = np.random.default_rng(0).integers(0, 256, (5, 48, 48), dtype=np.uint8)
+    features = pooled_features(model, images, 64)
+    with torch.no_grad():
+        x = preprocess(torch.as_tensor(images), 64)
+        for name in ("conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3", "layer4"):
+            x = getattr(model, name)(x)
+        assert features.shape == (5, 512) and np.allclose(features, x.mean((2, 3)).numpy(), atol=1e-5)
+        logits = model.fc(torch.as_tensor(features))
+    assert torch.allclose(logits, predict_logits(model, images, 64), atol=1e-5)
+
+
+def brute_force_neighbours(features, labels, k):
+    """Each face's k nearest other faces by Euclidean distance (ties by index), by hand."""
+    d = ((features[:, None] - features[None]) ** 2).sum(-1)
+    np.fill_diagonal(d, np.inf)
+    return labels[np.argsort(d, axis=1, kind="stable")[:, :k]]
+
+
+def test_feature_map_counts_each_class_neighbours_never_the_face_itself():
+    from fer_lib.questions.q3_confusion import feature_map
+
+    rng = np.random.default_rng(0)
+    labels = np.repeat([AN, HA, SA, NE], 12)
+    centres = rng.normal(0, 1, (7, 20)) * 20
+    centres[NE] = centres[SA] + 0.5  # Sad and Neutral share a place; Angry and Happy stand apart
+    features = (centres[labels] + rng.normal(0, 1, (len(labels), 20))).astype(np.float32)
+    fm = feature_map(features, labels, k=5, perplexity=10)
+    near = brute_force_neighbours(features, labels, 5)
+    for c in (AN, HA, SA, NE):
+        expected = np.bincount(near[labels == c].ravel(), minlength=7) / near[labels == c].size
+        assert fm.neighbours[c] == pytest.approx(expected)
+    assert fm.neighbours[AN, AN] == fm.neighbours[HA, HA] == 1 and fm.neighbours[SA, NE] > 0.2
+    votes = np.array([np.bincount(row, minlength=7).argmax() for row in near])
+    assert fm.knn_accuracy == pytest.approx(np.mean(votes == labels)) and fm.neighbours[FE].sum() == 0
+    # the map keeps neighbourhoods: every Angry and Happy face's nearest dot on the map is of its class
+    d = ((fm.xy[:, None] - fm.xy[None]) ** 2).sum(-1)
+    np.fill_diagonal(d, np.inf)
+    apart = np.isin(labels, [AN, HA])
+    assert fm.xy.shape == (48, 2) and (labels[d.argmin(1)][apart] == labels[apart]).all()
+    twins = np.repeat(np.eye(6, dtype=np.float32) * 100, 2, axis=0)  # 6 pairs of identical faces, far apart
+    twins_map = feature_map(twins, np.tile([AN, HA], 6), k=1)  # each face's neighbour is its twin, never itself
+    assert twins_map.neighbours[AN, HA] == twins_map.neighbours[HA, AN] == 1
+
+
+def test_feature_map_plot_draws_every_class_and_readable_text():
+    import io
+
+    from PIL import Image
+
+    from fer_lib.plots.q3_confusion import plot_confusion, plot_feature_map
+    from fer_lib.plots.show import FIGURE_DPI, MIN_TEXT_PX, figure_png, smallest_text_px
+
+    labels = np.arange(70) % 7
+    fig = plot_feature_map(np.random.default_rng(0).normal(size=(70, 2)), labels, title="map")
+    assert [t.get_text() for t in fig.legends[0].get_texts()] == list(CLASS_NAMES)
+    width = Image.open(io.BytesIO(figure_png(fig))).size[0]
+    assert smallest_text_px(fig, width)[0] >= MIN_TEXT_PX
+    # the confusion matrix fits beside its answer on a 1400 px index (340 px of answer, 24 of gap, 2 x 16 of margin)
+    fig = plot_confusion(np.ones((7, 7), int) * 100, np.ones((7, 7)) / 7)
+    assert Image.open(io.BytesIO(figure_png(fig))).size[0] * 96 / FIGURE_DPI <= 1400 - 32 - 340 - 24
 
 
 def test_the_appendix_pairs_the_plain_and_the_viewed_predictions(tmp_path, monkeypatch):

@@ -113,8 +113,12 @@ def test_crowd_summary_on_known_votes():
     model = s.loc["model is the majority"]
     assert model["share"] == pytest.approx(1 / 3)
     assert (model["low"], model["high"]) == pytest.approx(wilson_by_hand(1, 3))
+    assert crowd.majority.tolist() == [HA, HA, NE, -1]
+    # on those 3 faces the model's answer is the FER2013 label twice (faces 0 and 2), whatever the crowd says
+    assert s.loc["model is the label", "faces"] == 3 and s.loc["model is the label", "share"] == pytest.approx(2 / 3)
     votes[1, [HA, SA]] = [5, 5]  # exactly half is not a majority
-    assert evidence(votes, y_true, y_pred).summary.loc["model is the majority", "faces"] == 2
+    crowd = evidence(votes, y_true, y_pred)
+    assert crowd.summary.loc["model is the majority", "faces"] == 2 and crowd.majority[1] == -1
 
 
 def test_vote_gallery_and_frequency_plot_draw():

@@ -8,19 +8,20 @@ from matplotlib.ticker import PercentFormatter
 from fer_lib import CLASS_NAMES
 
 
-def plot_confusion(counts: np.ndarray, rates: np.ndarray, title: str = "Confusion matrix (validation)"):
-    """Counts and row-normalised rates side by side; rows are the true class."""
+def plot_confusion(counts: np.ndarray, rates: np.ndarray, title: str = "Confusion matrix (validation)", rows="true"):
+    """Counts and row-normalised rates side by side; rows are the ``rows`` class (the true one, or the crowd's)."""
     import seaborn as sns
 
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.9), layout="constrained")
+    fig, axes = plt.subplots(1, 2, figsize=(9.2, 4.6), layout="constrained")  # beside its answer on the index
     sns.heatmap(counts, annot=True, fmt="d", cmap="Blues", cbar=False, ax=axes[0], annot_kws={"fontsize": 10},
                 xticklabels=CLASS_NAMES, yticklabels=CLASS_NAMES)
     sns.heatmap(rates * 100, annot=True, fmt=".0f", cmap="Blues", vmin=0, vmax=100, ax=axes[1],
                 annot_kws={"fontsize": 10}, xticklabels=CLASS_NAMES, yticklabels=CLASS_NAMES,
-                cbar_kws={"label": "% of the true class"})
+                cbar_kws={"label": f"% of the {rows} class"})
     for ax, sub in zip(axes, ("counts", "row-normalised, % (diagonal = recall)")):
-        ax.set(xlabel="predicted", ylabel="true", title=sub)
+        ax.set(xlabel="predicted", ylabel=rows, title=sub)
         ax.tick_params(axis="y", rotation=0)
+        plt.setp(ax.get_xticklabels(), rotation=35, ha="right", rotation_mode="anchor")
     fig.suptitle(title)
     return fig
 
@@ -115,4 +116,20 @@ def plot_recall_vs_frequency(findings):
     ax.set(xlabel="share of the training faces (%)", ylabel="validation recall (%), 95% interval", ylim=(0, 100))
     ax.grid(alpha=0.3)
     ax.set_title("Recall against training frequency (validation faces per class in brackets)", fontsize=9)
+    return fig
+
+
+
+def plot_feature_map(xy: np.ndarray, labels: np.ndarray, highlight=("Sad", "Neutral", "Fear"), title: str = ""):
+    """A 2-D map (t-SNE) of the faces, a dot each coloured by class: left every class, right only ``highlight``."""
+    fig, axes = plt.subplots(1, 2, figsize=(9.6, 5.2), layout="constrained")
+    colours = dict(zip(CLASS_NAMES, ("#d62728", "#8c564b", "#9467bd", "#2ca02c", "#1f77b4", "#ff7f0e", "#111111")))
+    for ax, shown in zip(axes, (CLASS_NAMES, highlight)):
+        ax.scatter(*xy[~np.isin(labels, [CLASS_NAMES.index(c) for c in shown])].T, s=5, c="0.85", lw=0)
+        for c in shown:
+            ax.scatter(*xy[labels == CLASS_NAMES.index(c)].T, s=5, lw=0, c=colours[c], label=c)
+        ax.set(xticks=[], yticks=[], title="every class" if shown is CLASS_NAMES else ", ".join(shown) + " only")
+    fig.legend(*axes[0].get_legend_handles_labels(), loc="outside lower center", ncols=len(CLASS_NAMES), fontsize=10,
+               markerscale=3, handletextpad=0.1, frameon=False)
+    fig.suptitle(title)
     return fig

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from types import SimpleNamespace
 
 import numpy as np
 
@@ -85,12 +86,6 @@ def recorded(history, column: str) -> bool:
     return column in history.columns and bool(history[column].notna().all())
 
 
-def rising_run(values) -> int:
-    """How many of the last steps of ``values`` each rose over the one before (0 when the last one did not)."""
-    falls = np.flatnonzero(np.diff(np.asarray(values, dtype=float)) <= 0)
-    return len(values) - 1 - (falls[-1] + 1 if len(falls) else 0)
-
-
 def history_findings(history, n_val: int, train_faces: int, kept_epoch: int, gap_overfit: float = 0.10,
                      underfit_train_acc: float = 0.6, window: int | None = None, min_rise: int = 3,
                      anneal_fraction: float = 0.25) -> HistoryFindings:
@@ -122,7 +117,8 @@ def history_findings(history, n_val: int, train_faces: int, kept_epoch: int, gap
     else:
         recent, earlier, trend, window = float(val_acc.max()), None, "too_short", 0
 
-    rise = rising_run(val_loss)
+    falls = np.flatnonzero(np.diff(val_loss) <= 0)  # rise: how many of the last epochs each rose over the one before
+    rise = epochs - 1 - (falls[-1] + 1 if len(falls) else 0)
     start = epochs - 1 - rise
     loss_rising = rise >= min_rise
     train_loss = "train_eval_loss" if recorded(history, "train_eval_loss") else "train_ce"
@@ -197,21 +193,13 @@ def split_copies(dataset, split, val_fraction: float, seed: int, cache_dir=None)
 
 
 @dataclass
-class TrainEval:
-    """The kept weights on the training faces scored like validation (run.json's ``train_eval``)."""
-
-    acc: float
-    loss: float
-    faces: int
-
-
-@dataclass
 class HistoryAnswer:
     """Everything the Q2 page shows."""
 
     findings: HistoryFindings
     accuracy: RunAccuracy  # the shipped weights' figures, the ones every page quotes
-    train_eval: TrainEval | None  # None where run.json does not record it
+    train_eval: "object"  # the kept weights on training faces scored like validation: run.json's train_eval (acc,
+    # loss, faces) as attributes; None where run.json does not record it
     copies: SplitCopies
     history: "object"  # the per-epoch DataFrame (history.csv)
     table: "object"  # history_table(history)
@@ -223,7 +211,7 @@ def history_answer(ctx) -> HistoryAnswer:
     from fer_lib.training.runs import TRAIN_EVAL_SAMPLE, read_history
 
     run = json.loads((ctx.run_dir / "run.json").read_text())
-    train_eval = TrainEval(**run["train_eval"]) if "train_eval" in run else None
+    train_eval = SimpleNamespace(**run["train_eval"]) if "train_eval" in run else None
     faces = train_eval.faces if train_eval else min(TRAIN_EVAL_SAMPLE, len(ctx.split[0]))
     history = read_history(ctx.run_dir)
     findings = history_findings(history, len(ctx.val), faces, run["selected_epoch"])

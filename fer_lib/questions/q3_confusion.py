@@ -1,4 +1,4 @@
-"""Q3: the confusion matrix, per-class metrics, ranked confusions and calibration, as numbers.
+"""Q3: the confusion matrix, per-class metrics, ranked confusions, calibration and the feature map, as numbers.
 
 One rule for ties: two shares (two recalls, two confusion rates, two cells' counts as shares of all faces) are tied
 when a two-proportion z-test at 5% finds no difference (``core.stats.proportions_tie``).
@@ -194,6 +194,43 @@ def calibration_findings(logits, labels, seed: int = 0) -> CalibrationFindings:
                                reliability_table(before, labels), reliability_table(after, labels))
 
 
+def pooled_features(model, images: np.ndarray, input_size: int = 48) -> np.ndarray:
+    """(N, 512) input of the last layer (Dropout + Linear: layer4's map averaged) for uint8 faces, no views."""
+    from fer_lib.model.inference import predict_logits
+
+    store = []
+    handle = model.fc.register_forward_pre_hook(lambda module, inputs: store.append(inputs[0].float().cpu().numpy()))
+    try:
+        predict_logits(model, images, input_size)
+    finally:
+        handle.remove()
+    return np.concatenate(store)
+
+
+@dataclass
+class FeatureMap:
+    xy: np.ndarray  # (N, 2) t-SNE of the features (PCA to 50 dimensions first)
+    labels: np.ndarray  # (N,)
+    neighbours: np.ndarray  # (7, 7): row c, the share of class c's faces' k nearest neighbours (512-D) of each class
+    knn_accuracy: float  # the label is the most common among a face's k nearest neighbours (ties: the first class)
+    k: int
+
+
+def feature_map(features, labels, k: int = 10, perplexity: float = 30.0, seed: int = 0) -> FeatureMap:
+    """Nearest neighbours in the feature space (Euclidean, a face never its own) and a 2-D t-SNE map of it."""
+    from sklearn.decomposition import PCA
+    from sklearn.manifold import TSNE
+    from sklearn.neighbors import NearestNeighbors
+
+    features, labels, c = np.asarray(features, dtype=np.float32), np.asarray(labels), len(CLASS_NAMES)
+    near = labels[NearestNeighbors(n_neighbors=k).fit(features).kneighbors(return_distance=False)]  # (N, k)
+    counts = np.bincount((labels[:, None] * c + near).ravel(), minlength=c * c).reshape(c, c)
+    knn = (near[:, :, None] == np.arange(c)).sum(1).argmax(1) == labels
+    xy = TSNE(2, perplexity=min(perplexity, (len(labels) - 1) / 3), init="pca", random_state=seed).fit_transform(
+        PCA(min(50, *features.shape), random_state=seed).fit_transform(features))
+    return FeatureMap(xy, labels, counts / counts.sum(1, keepdims=True).clip(1), float(knn.mean()), k)
+
+
 @dataclass
 class ConfusionAnswer:
     """Everything the Q3 page shows, on the validation faces with the run's own test-time views."""
@@ -205,6 +242,8 @@ class ConfusionAnswer:
     crowd: "object"  # q3_votes.CrowdEvidence, None without FER+ votes
     copies: "object"  # q2_history.SplitCopies
     test: dict | None  # the labelled test set's score, where the labels are known
+    features: FeatureMap  # the validation faces' classifier inputs, mapped (plain faces, no test-time views)
+    against_crowd: ConfusionFindings | None  # against the FER+ crowd majority, where a face has one (else None)
 
 
 def confusion_answer(ctx) -> ConfusionAnswer:
@@ -218,12 +257,15 @@ def confusion_answer(ctx) -> ConfusionAnswer:
     f = confusion_findings(val.labels, y_pred, train_labels=ctx.split[0].labels)
     shown = list(dict.fromkeys([tuple(r) for r in f.ranked("faces")[["true", "predicted"]].to_numpy()[:3]]
                                + [tuple(r) for r in f.ranked("rate")[["true", "predicted"]].to_numpy()[:1]]))
-    cfg = ctx.config
+    cfg, crowd = ctx.config, crowd_evidence(load_votes(ctx.dataset), val, y_pred, shown)
+    clear = None if crowd is None else crowd.majority >= 0
     return ConfusionAnswer(
         f, run_accuracy(json.loads((ctx.run_dir / "run.json").read_text())),
         calibration_findings(logits, val.labels, seed=cfg.seed),
         {(t, p): np.flatnonzero((val.labels == CLASS_NAMES.index(t)) & (y_pred == CLASS_NAMES.index(p)))[:8]
          for t, p in shown},
-        crowd_evidence(load_votes(ctx.dataset), val, y_pred, shown),
+        crowd,
         split_copies(ctx.dataset, ctx.split, cfg.val_fraction, cfg.seed, default_cache_dir()),
-        (ctx.test_outputs() or {}).get("test"))
+        (ctx.test_outputs() or {}).get("test"),
+        feature_map(pooled_features(ctx.model(), val.images, cfg.input_size), val.labels, seed=cfg.seed),
+        confusion_findings(crowd.majority[clear], y_pred[clear]) if crowd is not None and clear.any() else None)

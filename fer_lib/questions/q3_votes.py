@@ -100,6 +100,7 @@ class CrowdEvidence:
     summary: "object"  # DataFrame, one share per row (faces, share, low, high): see crowd_evidence
     agreement: "object"  # DataFrame per class: how often the FER2013 label is the crowd's most-voted class
     pairs: "object"  # DataFrame per confused pair asked for: the crowd's support among its errors and correct faces
+    majority: np.ndarray  # (N,) the crowd majority's class (more than half of all the annotators), -1 where none
 
     def pair(self, true: str, predicted: str):
         """The row of ``pairs`` for true -> predicted."""
@@ -112,10 +113,10 @@ def crowd_evidence(votes: np.ndarray | None, faces: FaceSet, y_pred: np.ndarray,
     ``y_pred``; None when the dataset has no votes.
 
     ``summary`` rows: the label is (one of) the crowd's most-voted of the 7 classes; on the faces with a crowd
-    majority (more than half of all the annotators on one class), the label is it, the model's answer is it;
-    errors on which at least ``min_votes`` annotators chose the model's answer; correct faces on which at least
-    ``min_votes`` chose one other class. A pair is ``clearly_more`` when the crowd backs the prediction more often
-    on its errors than on the true class's correct faces, beyond noise (a two-proportion z-test at 5%).
+    majority (more than half of all the annotators on one class), the label is it, the model's answer is it, is the
+    label; errors on which at least ``min_votes`` annotators chose the model's answer; correct faces on which at
+    least ``min_votes`` chose one other class. A pair is ``clearly_more`` when the crowd backs the prediction more
+    often on its errors than on the true class's correct faces, beyond noise (a two-proportion z-test at 5%).
     """
     import pandas as pd
 
@@ -130,10 +131,11 @@ def crowd_evidence(votes: np.ndarray | None, faces: FaceSet, y_pred: np.ndarray,
     others = seven.copy()
     others[rows, y_true] = 0
     masks = [(agrees, True), (majority & (top_class == y_true), majority), (majority & (top_class == y_pred), majority),
-             (wrong & (seven[rows, y_pred] >= min_votes), wrong), (~wrong & (others.max(1) >= min_votes), ~wrong)]
+             (majority & ~wrong, majority), (wrong & (seven[rows, y_pred] >= min_votes), wrong),
+             (~wrong & (others.max(1) >= min_votes), ~wrong)]
     summary = _shares([np.sum(k & of) for k, of in masks], [np.sum(np.broadcast_to(of, rows.shape)) for _, of in masks],
-                      ["label is the top class", "label is the majority", "model is the majority", "errors backed",
-                       "correct split"])
+                      ["label is the top class", "label is the majority", "model is the majority", "model is the label",
+                       "errors backed", "correct split"])
     agreement = _shares([np.sum(agrees & (y_true == c)) for c in range(len(CLASS_NAMES))],
                         np.bincount(y_true, minlength=len(CLASS_NAMES)), list(CLASS_NAMES))
     table = []
@@ -149,4 +151,5 @@ def crowd_evidence(votes: np.ndarray | None, faces: FaceSet, y_pred: np.ndarray,
                     f"{kind}_low": shares.at[kind, "low"], f"{kind}_high": shares.at[kind, "high"]}
         row["clearly_more"] = bool(all(n) and k[0] / n[0] > k[1] / n[1] and not proportions_tie(k[0], n[0], k[1], n[1]))
         table.append(row)
-    return CrowdEvidence(v, int(np.median(v.sum(1))) if len(v) else 0, summary, agreement, pd.DataFrame(table))
+    return CrowdEvidence(v, int(np.median(v.sum(1))) if len(v) else 0, summary, agreement, pd.DataFrame(table),
+                         np.where(majority, top_class, -1))
