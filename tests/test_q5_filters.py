@@ -19,6 +19,7 @@ from fer_lib.questions.q5_filters import (
     attribute_shift,
     auroc_by_class,
     class_tuning,
+    filter_responses,
     informative_faces,
     majority,
     part_drops,
@@ -270,7 +271,8 @@ def test_a_filter_that_sees_only_the_mouth_is_located_on_the_mouth(monkeypatch):
                                                                       np.resize(found, len(images))))
     images = np.random.default_rng(0).integers(40, 216, (7, 48, 48)).astype(np.uint8)  # textured everywhere
     faces = np.tile(np.arange(7), (3, 1))
-    drops = part_drops(model, images, faces, np.array([0, 1, 2]), np.ones(3), input_size=48)
+    responses = filter_responses(model, images, 48)
+    drops = part_drops(model, images, faces, np.array([0, 1, 2]), responses, np.ones(3), input_size=48)
     assert drops.drop.shape == drops.average.shape == (3, 7, len(FACE_PARTS))
     assert np.isnan(drops.drop[:, 6]).all() and drops.found[:, 6].tolist() == [False] * 3  # no landmarks: left out
     mouth, eyes = FACE_PARTS.index("mouth"), FACE_PARTS.index("eyes")

@@ -266,10 +266,11 @@ class PartDrops:
         return np.einsum("skp,skpij->skij", np.nan_to_num(self.drop), self.masks)
 
 
-def part_drops(model: nn.Module, images: np.ndarray, faces: np.ndarray, filters: np.ndarray, scale: np.ndarray,
-               input_size: int = 48) -> PartDrops:
-    """:class:`PartDrops` of ``filters`` (shown,) on their faces ``faces`` (shown, k) of uint8 ``images``; ``scale``
-    (all filters,) the responses' standard deviations. A part is blurred as Q4 covers it (a Gaussian of the face)."""
+def part_drops(model: nn.Module, images: np.ndarray, faces: np.ndarray, filters: np.ndarray, responses: np.ndarray,
+               scale: np.ndarray, input_size: int = 48) -> PartDrops:
+    """:class:`PartDrops` of ``filters`` (shown,) on their faces ``faces`` (shown, k) of uint8 ``images``, whose
+    responses (N, all filters) are ``responses`` and their standard deviations ``scale``. A part is blurred as Q4
+    covers it (a Gaussian of the face); only faces the detector finds go through the network again."""
     from fer_lib.data.landmarks import face_landmarks
     from fer_lib.data.regions import landmark_regions
     from fer_lib.questions.q4_occlusion import fill
@@ -278,13 +279,15 @@ def part_drops(model: nn.Module, images: np.ndarray, faces: np.ndarray, filters:
     points, found = face_landmarks(images[flat])
     regions = landmark_regions(points)
     masks = np.stack([regions[part] for part in FACE_PARTS], 1)  # (n, parts, 48, 48)
-    x = images[flat].astype(np.float32) / 255
+    x = images[flat[found]].astype(np.float32) / 255
     blurred = fill(x)
-    covered = [np.where(masks[:, j], blurred, x) for j in range(len(FACE_PARTS))]
-    batch = np.clip(np.round(np.concatenate([x, *covered]) * 255), 0, 255).astype(np.uint8)
-    response = filter_responses(model, batch, input_size).reshape(len(FACE_PARTS) + 1, len(flat), -1)
-    drop = ((response[0][None] - response[1:]) / np.maximum(scale, 1e-9)).transpose(1, 0, 2)  # (n, parts, F)
-    drop[~found] = np.nan
+    covered = np.concatenate([np.where(masks[found, j], blurred, x) for j in range(len(FACE_PARTS))])
+    n_filters = np.shape(responses)[1]
+    after = (filter_responses(model, np.clip(np.round(covered * 255), 0, 255).astype(np.uint8), input_size)
+             if found.any() else np.zeros((0, n_filters)))
+    drop = np.full((len(flat), len(FACE_PARTS), n_filters), np.nan)  # (n, parts, F)
+    drop[found] = ((responses[flat[found]][None] - after.reshape(len(FACE_PARTS), found.sum(), n_filters))
+                   / np.maximum(scale, 1e-9)).transpose(1, 0, 2)
     shape = (*np.shape(faces), len(FACE_PARTS))
     own = drop[np.arange(len(flat)), :, np.repeat(filters, np.shape(faces)[1])]
     return PartDrops(own.reshape(shape), drop.mean(2).reshape(shape), masks.reshape(*shape, *masks.shape[-2:]),
@@ -342,7 +345,7 @@ def filters_answer(model: nn.Module, images: np.ndarray, labels: np.ndarray, inp
     shifts, shift, shift_p = attribute_shift(attributes[list(COMPARED)].to_numpy(), labels, top, valid, seed=seed)
     top_class, top_count = majority(top[:, :K_SHOWN], labels, len(tuning.auroc))
     chosen, other = pick_filters(tuning, top_class, top_count)
-    parts = part_drops(model, images, top[chosen], chosen, responses[valid].std(0), input_size)
+    parts = part_drops(model, images, top[chosen], chosen, responses, responses[valid].std(0), input_size)
     rows = np.repeat(np.arange(len(chosen)), top.shape[1])
     flat = top[chosen].ravel()
     aligned = aligned_class_means(images[flat], parts.maps().reshape(-1, *images.shape[1:]),
