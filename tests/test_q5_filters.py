@@ -1,6 +1,7 @@
 """Q5 computations on crafted inputs whose answer is known: top faces (blank images and repeated photos left out),
-AUROC tuning against a random network and the last layer's votes, attribute shifts beyond the class (missing values
-left out), face attributes from hand-placed landmarks, and faces grown from a start within the distance cap."""
+AUROC tuning against a random network and the last layer's votes, the rows shown and their labels (the top faces'
+majority), attribute shifts beyond the class (missing values left out), face attributes from hand-placed landmarks,
+and the face part a filter looks at (each part blurred in turn, against the average filter)."""
 from __future__ import annotations
 
 import numpy as np
@@ -10,24 +11,23 @@ from sklearn.metrics import roc_auc_score
 
 from fer_lib.data import face_attributes as fa
 from fer_lib.data.face_attributes import attributes_from_landmarks
-from fer_lib.model.network import build_model
 from fer_lib.questions.q5_filters import (
     ALPHA,
-    MAX_CHANGE,
-    Growth,
+    FACE_PARTS,
+    RESPONSE_LAYER,
+    PartDrops,
     attribute_shift,
     auroc_by_class,
     class_tuning,
-    grow_faces,
-    growth_regions,
+    filter_responses,
     informative_faces,
+    majority,
+    part_drops,
     pick_filters,
-    random_view,
     top_faces,
     within_class_z,
 )
-
-DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+from tests.test_q4_saliency import frontal_points
 
 
 def test_blank_and_near_uniform_faces_are_never_top_faces():
@@ -121,18 +121,27 @@ def test_blank_faces_are_left_out_of_the_tuning():
     assert np.isnan(t.auroc[2]).all() and (t.preferred != 2).all()  # no Fear faces, no Fear preference
 
 
-def test_pick_filters_takes_the_clearest_per_class_then_random_active_ones():
+def test_rows_are_labelled_by_their_top_faces_and_a_disagreeing_filter_comes_last():
     rng = np.random.default_rng(0)
     labels = rng.choice(7, 1400)
-    responses = rng.normal(size=(1400, 40))
+    responses = rng.normal(size=(1400, 16))
     for f in range(14):
-        responses[labels == f % 7, f] += 2 + f // 7  # filters 7-13 fire more
-    responses[:, 39] = -1  # never fires
-    t = class_tuning(responses, rng.normal(size=(1400, 40)), labels, np.eye(7, 40))
-    chosen = pick_filters(t, responses, 12)
-    assert len(chosen) == len(set(chosen.tolist())) == 12
-    assert chosen[:7].tolist() == list(range(7, 14))  # the clearest filter of each class first
-    assert 39 not in chosen
+        responses[labels == f % 7, f] += 2 + f // 7  # filters 7-13 fire more for their class
+    responses[labels == 2, 14] += 2  # filter 14: Fear over the whole distribution...
+    responses[np.flatnonzero(labels == 5)[:12], 14] += 20  # ...but its extreme tail is 12 Surprise faces
+    fc = np.zeros((7, 16))
+    fc[np.arange(7), np.arange(7, 14)] = 1  # filters 7-13 vote for their class
+    fc[(np.arange(7) + 1) % 7, np.arange(7)] = 1  # filters 0-6 for the next class
+    fc[2, 14] = fc[0, 15] = 1  # filter 14 votes Fear
+    t = class_tuning(responses, rng.normal(size=(1400, 16)), labels, fc)
+    top_class, top_count = majority(top_faces(responses, k=10), labels)
+    assert t.preferred[14] == 2 and top_class[14] == 5 and top_count[14] == 10  # AUROC and the top faces disagree
+    assert (top_class[:14] == np.arange(14) % 7).all()
+    chosen, other = pick_filters(t, top_class, top_count)
+    assert chosen[:7].tolist() == list(range(7, 14))  # per class the filter whose class, top faces and vote agree
+    assert other == 7 and chosen[other] == 14 and len(chosen) == 8
+    top_class[7] = 3  # a filter whose top faces are mostly of another class is not its class's example
+    assert pick_filters(t, top_class, top_count)[0][:6].tolist() == list(range(8, 14))
 
 
 def test_face_attributes_are_missing_where_no_face_was_found(monkeypatch):
@@ -145,34 +154,6 @@ def test_face_attributes_are_missing_where_no_face_was_found(monkeypatch):
     assert table["detected"].tolist() == [True, False, True]
     assert table.loc[1, list(fa.FROM_LANDMARKS)].isna().all() and table.loc[0, list(fa.FROM_LANDMARKS)].notna().all()
     assert table[["brightness", "contrast"]].notna().all().all()  # pixels need no landmarks
-
-
-@pytest.mark.parametrize("device", DEVICES)
-def test_grown_faces_stay_within_the_cap_raise_the_filter_and_leave_model_and_rng_alone(device):
-    torch.manual_seed(0)
-    model = build_model("random")[0].to(device).eval()
-    weights = {k: v.clone() for k, v in model.state_dict().items()}
-    state = torch.get_rng_state()
-    start = np.clip(np.random.default_rng(0).normal(0.5, 0.15, (48, 48)), 0, 1)
-    filters = [3, 100, 400]
-    still = dict(steps=20, lr=0.05, views=False)  # no random views: every step climbs
-    grown, before, after = grow_faces(model, filters, start, **still)
-    assert grown.shape == (3, 48, 48) and grown.min() >= 0 and grown.max() <= 1
-    rms = np.sqrt(((grown - start) ** 2).mean((1, 2)))
-    assert (rms <= MAX_CHANGE + 1e-5).all() and (rms > MAX_CHANGE / 4).all()  # moved, but no further than the cap
-    assert (after > before).all(), list(zip(before, after))
-    tight, _, _ = grow_faces(model, filters, start, steps=15, lr=0.05, max_change=0.01)  # with random views
-    assert np.sqrt(((tight - start) ** 2).mean((1, 2))).max() <= 0.01 + 1e-5
-    assert torch.equal(state, torch.get_rng_state())
-    assert all(torch.equal(weights[k], v) for k, v in model.state_dict().items())
-    again, _, _ = grow_faces(model, filters, start, steps=15, lr=0.05, max_change=0.01)
-    np.testing.assert_allclose(tight, again, atol=1e-5)  # the random views are seeded
-
-
-def test_growth_of_a_start_without_a_face_has_no_parts():
-    start = np.full((48, 48), 0.5)
-    g = growth_regions(start, np.stack([start, start + 0.1]))
-    assert np.isnan(g.change).all() and not g.on_part.any() and g.changes(g) == [[], []]
 
 
 def test_within_class_z_and_attribute_shift_beyond_the_class():
@@ -190,7 +171,10 @@ def test_within_class_z_and_attribute_shift_beyond_the_class():
     top = top_faces(responses, k=16)
 
     def counted(rows):  # (attribute, direction) -> filters of ``rows`` whose top faces count
-        table = attribute_shift(values, labels, top[rows], names=("mouth_open", "eye_open"), n_permutations=300)
+        table, shift, p = attribute_shift(values, labels, top[rows], names=("mouth_open", "eye_open"),
+                                          n_permutations=300)
+        assert shift.shape == p.shape == (len(rows), 2)
+        assert (p[:, 0] <= ALPHA).tolist() == [f == 0 for f in rows]  # each filter's own test: filter 0 only
         assert table.columns.tolist() == ["attribute", "top faces", "filters", "by chance (mean)",
                                           "by chance (95% up to)", "beyond chance"]
         return table.set_index(["attribute", "top faces"])["filters"].to_dict()
@@ -209,12 +193,12 @@ def test_attribute_shift_leaves_out_faces_without_a_value():
     values[:8, 0] = np.nan  # half its top 16 faces unmeasured
     values[:16, 0] = np.where(np.isnan(values[:16, 0]), np.nan, 3.0)  # the rest far above their class
     top = top_faces(responses, k=16)[:1]
-    shift = attribute_shift(values, labels, top, names=("mouth_open",), n_permutations=200)
-    assert shift["filters"].tolist() == [1, 0]  # the 8 measured faces decide: higher; NaN does not count
+    shift, z, _ = attribute_shift(values, labels, top, names=("mouth_open",), n_permutations=200)
+    assert shift["filters"].tolist() == [1, 0] and z[0, 0] > 2  # the 8 measured faces decide; NaN does not count
     all_missing = values.copy()
     all_missing[:16] = np.nan
-    missing = attribute_shift(all_missing, labels, top, names=("mouth_open",), n_permutations=50)
-    assert missing["filters"].tolist() == [0, 0]
+    missing, z, p = attribute_shift(all_missing, labels, top, names=("mouth_open",), n_permutations=50)
+    assert missing["filters"].tolist() == [0, 0] and np.isnan(z[0, 0]) and p[0, 0] == 1
 
 
 def test_attributes_from_hand_placed_landmarks():
@@ -238,14 +222,6 @@ def test_attributes_from_hand_placed_landmarks():
     np.testing.assert_allclose(a["contrast"], [0, 0.5], atol=1e-6)
 
 
-def test_random_view_is_the_identity_without_motion_and_fills_with_gray():
-    g = torch.Generator().manual_seed(0)
-    x = torch.rand(3, 1, 16, 16)
-    torch.testing.assert_close(random_view(x, g, 0, 0, 0), x, atol=1e-5, rtol=0)
-    moved = random_view(torch.zeros(3, 1, 16, 16), g, shift=8, scale=0.3, degrees=30)
-    assert moved.max() <= 0.5 + 1e-6  # black image, gray moved in from outside
-
-
 def test_a_filter_the_untrained_network_matches_at_large_is_not_tuned():
     from scipy.stats import false_discovery_control
 
@@ -264,21 +240,61 @@ def test_a_filter_the_untrained_network_matches_at_large_is_not_tuned():
     assert lo.quiet_by_class().shape == (7,) and lo.quiet_by_class()[2] >= 1 and lo.quiet_by_class(0.0).sum() == 0
 
 
-def test_a_part_the_untrained_growth_changes_too_is_not_named():
-    change = np.array([[0.5, 0.5, 3.0, 0.5], [0.5, 2.0, 0.5, 0.5], [1.0, 1.0, 1.0, 1.0]])
-    grown = Growth(change, -change)
-    control = Growth(np.array([[1.0, 1.0, 2.0, 1.0], [1.0, 1.0, 2.0, 1.0], [3.0, 1, 1, 1]]), change)
-    assert grown.on_part.tolist() == [True, True, False]
-    assert grown.named().tolist() == [True, True, False]  # without a control: every part-focused change
-    assert grown.named(control).tolist() == [False, True, False]  # the nose changes untrained too
+class PartNet(torch.nn.Module):
+    """A stand-in network: channel j of its ``layer4.1.bn2`` is the pixel spread (texture) inside one fixed region of
+    a frontal face, so blurring that region, and only it, lowers it; channel 2 is the mean gray level."""
+
+    def __init__(self, masks: list[np.ndarray]):
+        super().__init__()
+        self.masks = [torch.as_tensor(m, dtype=torch.bool) for m in masks]
+        tail = torch.nn.Module()
+        tail.bn2 = torch.nn.Identity()
+        self.layer4 = torch.nn.Sequential(torch.nn.Identity(), tail)
+        self.fc = torch.nn.Linear(3, 7)
+
+    def forward(self, x):
+        gray = x[:, 0]
+        out = torch.stack([gray[:, m].std(1) for m in self.masks] + [gray.mean((1, 2))], 1)[:, :, None, None]
+        return self.fc(self.layer4[1].bn2(out).flatten(1))
 
 
-def test_changes_name_a_part_the_untrained_network_leaves_alone_with_the_sign_of_its_change():
-    change = np.array([[1.0, 1.0, 1.0, 1.0], [1.0, 1.0, 2.0, 1.0], [1.0, 1.0, 2.0, 1.0], [2.0, 1.0, 1.0, 1.0]])
-    signed = np.full((4, 4), -0.1)
-    signed[3, 0] = 0.2
-    grown = Growth(change, signed)
-    control = Growth(np.array([[1.0] * 4, [1.0] * 4, [1.0, 1.0, 3.0, 1.0], [1.0] * 4]), signed)
-    # face 0: diffuse; face 1: its nose darkened; face 2: the untrained network changes the nose as much;
-    # face 3: its brows lightened
-    assert grown.changes(control) == [[], [("nose", -1)], [], [("brows", 1)]]
+def test_a_filter_that_sees_only_the_mouth_is_located_on_the_mouth(monkeypatch):
+    import fer_lib.data.landmarks as landmarks
+    from fer_lib.data.regions import landmark_regions
+
+    points = frontal_points()
+    regions = {k: v[0] for k, v in landmark_regions(points[None]).items()}
+    model = PartNet([regions["mouth"], regions["eyes"]]).eval()
+    assert model.get_submodule(RESPONSE_LAYER) is model.layer4[1].bn2
+    found = np.array([True, True, True, True, True, True, False])
+    monkeypatch.setattr(landmarks, "face_landmarks", lambda images: (np.repeat(points[None], len(images), 0),
+                                                                      np.resize(found, len(images))))
+    images = np.random.default_rng(0).integers(40, 216, (7, 48, 48)).astype(np.uint8)  # textured everywhere
+    faces = np.tile(np.arange(7), (3, 1))
+    responses = filter_responses(model, images, 48)
+    drops = part_drops(model, images, faces, np.array([0, 1, 2]), responses, np.ones(3), input_size=48)
+    assert drops.drop.shape == drops.average.shape == (3, 7, len(FACE_PARTS))
+    assert np.isnan(drops.drop[:, 6]).all() and drops.found[:, 6].tolist() == [False] * 3  # no landmarks: left out
+    mouth, eyes = FACE_PARTS.index("mouth"), FACE_PARTS.index("eyes")
+    assert (drops.drop[0, :6, mouth] > 0.5).all() and (np.abs(drops.drop[0, :6, eyes]) < 0.05).all()
+    np.testing.assert_allclose(drops.average[0], drops.drop.mean(0))  # the control: all filters' mean
+    assert drops.named() == [[mouth], [eyes], []]  # the mean gray level looks at no part
+    maps = drops.maps()
+    assert maps.shape == (3, 7, 48, 48) and (maps[0, 0][regions["mouth"]] > 0.5).all()
+    assert (maps[0, 0][regions["eyes"] | regions["outside_face"]] < 0.05).all() and (maps[:, 6] == 0).all()
+
+
+def test_a_part_every_filter_loses_is_not_named_and_a_close_second_part_is():
+    rng = np.random.default_rng(1)
+    drop, average = rng.normal(0, 0.05, (2, 3, 12, 4))
+    drop[0, :, 3] += 1.0  # filter 0 loses on the mouth...
+    average[0, :, 3] += 1.0  # ...as much as the average filter does there
+    drop[1, :, 1] += 1.0  # filter 1: the eyes, and the brows nearly as much
+    drop[1, :, 0] += 0.9
+    drop[2, :, 1] += 1.0  # filter 2: the eyes; the brows far less
+    drop[2, :, 0] += 0.4
+    drop[:, 10:] = average[:, 10:] = np.nan  # two faces without landmarks
+    parts = PartDrops(drop, average, np.zeros((3, 12, 4, 48, 48), bool), np.zeros((3, 12, 68, 2)),
+                      np.arange(12) < 10)
+    assert parts.named() == [[], [1, 0], [1]]
+

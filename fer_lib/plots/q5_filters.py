@@ -1,45 +1,57 @@
-"""Q5's figures: grown faces, the filters' AUROC against a random network, attribute shifts (fonts 9 pt or more)."""
+"""Q5's figures: where filters look on their top faces, their AUROC against a random network, attribute
+shifts (fonts 9 pt or more)."""
 from __future__ import annotations
 
 import matplotlib.pyplot as plt
 import numpy as np
 
 FONT = 9  # points
-DIVERGING = "RdBu_r"  # change of a grown face: blue darker, red lighter, white unchanged
+DIVERGING = "RdBu_r"  # red: the response falls when the part is blurred; blue: it rises
 
 
-def plot_grown_rows(start: np.ndarray, grown: np.ndarray, faces: np.ndarray, captions: list[str],
-                    tile: float = 0.62):
-    """Per filter one row: the start face, the grown face (both in [0, 1]), their difference (diverging map, one
-    symmetric scale for all rows, with a colour bar), then its top faces (uint8); each row's caption above it."""
+def _overlay(ax, face, drop, limit: float, vmax: float) -> object:
+    """A gray face with ``drop`` laid over it (diverging map; opaque where it is large, clear where it is 0)."""
+    ax.imshow(face, cmap="gray", vmin=0, vmax=vmax)
+    alpha = np.clip(np.abs(drop) / limit, 0, 1) * 0.8
+    image = ax.imshow(drop, cmap=DIVERGING, vmin=-limit, vmax=limit, alpha=alpha)
+    ax.axis("off")
+    return image
+
+
+def plot_part_rows(mean_face: np.ndarray, mean_map: np.ndarray, outlines: np.ndarray, faces: np.ndarray,
+                   maps: np.ndarray, captions: list[str], tile: float = 0.8):
+    """Per filter one row under its two-line caption: the average of its top faces aligned on their landmarks, the
+    average drop laid over it on its own scale and the parts named outlined (``outlines`` (rows, 48, 48) bool; rows
+    without enough landmarks stay blank), then its top faces (uint8), each with its own drop per face part laid over
+    it (``maps`` (rows, k, 48, 48), the response lost when the part is blurred)."""
     n, k = faces.shape[:2]
-    diff = np.asarray(grown, dtype=float) - np.asarray(start, dtype=float)[None]
-    limit = max(float(np.percentile(np.abs(diff), 99.5)), 1e-3)
-    caption, gap = 0.26, 0.12  # inches: caption above each row, gap between the difference and the top faces
-    cols = 3 + k
-    width = cols * tile * 1.04 + gap
-    fig = plt.figure(figsize=(width, n * (tile + caption) + 0.75))
-    bottom = 0.75 / (n * (tile + caption) + 0.75)
-    grid = fig.add_gridspec(n, cols + 1, width_ratios=[1, 1, 1, gap / tile] + [1] * k, left=0.005, right=0.995,
-                            bottom=bottom, top=1 - caption / (n * (tile + caption) + 0.75), wspace=0.04,
+    limit = max(float(np.percentile(np.abs(maps), 99.5)), 1e-3)
+    own = max(float(np.nanmax(np.abs(mean_map), initial=0)), 1e-3)  # the averages' scale
+    caption, gap, head, foot = 0.42, 0.15, 0.25, 0.8  # inches: captions, gap after the average, titles, colour bar
+    width, height = (k + 1) * tile * 1.04 + gap, n * (tile + caption) + head + foot
+    fig = plt.figure(figsize=(width, height))
+    grid = fig.add_gridspec(n, k + 2, width_ratios=[1, gap / tile] + [1] * k, left=0.005, right=0.995,
+                            bottom=foot / height, top=1 - (caption + head) / height, wspace=0.04,
                             hspace=caption / tile)
     for r in range(n):
-        axes = [fig.add_subplot(grid[r, j]) for j in (0, 1, 2, *range(4, cols + 1))]
-        axes[0].imshow(start, cmap="gray", vmin=0, vmax=1)
-        axes[1].imshow(grown[r], cmap="gray", vmin=0, vmax=1)
-        image = axes[2].imshow(diff[r], cmap=DIVERGING, vmin=-limit, vmax=limit)
+        axes = [fig.add_subplot(grid[r, j]) for j in (0, *range(2, k + 2))]
+        if np.isfinite(mean_face[r]).all():
+            _overlay(axes[0], mean_face[r], mean_map[r], own, 1)
+            if outlines[r].any():
+                axes[0].contour(outlines[r].astype(float), levels=[0.5], colors="gold", linewidths=1.2)
+        axes[0].axis("off")
         for j in range(k):
-            axes[3 + j].imshow(faces[r, j], cmap="gray", vmin=0, vmax=255)
-        for ax in axes:
-            ax.axis("off")
-        axes[0].text(0, 1.06, captions[r], transform=axes[0].transAxes, fontsize=FONT, va="bottom")
+            image = _overlay(axes[1 + j], faces[r, j], maps[r, j], limit, 255)
+        axes[0].text(0, 1.04, captions[r], transform=axes[0].transAxes, fontsize=FONT, va="bottom")
         if r == 0:
-            for ax, title in zip(axes[:4], ("start", "grown", "difference", "top faces, strongest first")):
-                ax.set_title(title, fontsize=FONT, pad=16, loc="left")
-    bar = fig.add_axes([0.005, 0.25 * bottom, 3 * tile * 1.04 / width, 0.25 * bottom])
+            for ax, title in zip(axes[:2], ("average", "top faces, strongest first")):
+                ax.text(0, 1.04 + (caption + 0.04) / tile, title, transform=ax.transAxes, fontsize=FONT,
+                        va="bottom", weight="bold")
+    bar = fig.add_axes([0.3, 0.35 * foot / height, 0.4, 0.18 * foot / height])
     fig.colorbar(image, cax=bar, orientation="horizontal")
     bar.tick_params(labelsize=FONT)
-    bar.set_xticks([-limit, 0, limit], ["darker", "0", "lighter"])
+    bar.set_xticks([-limit, 0, limit], ["response rises", "0", f"falls by {limit:.1f} SD"])
+    bar.set_title("when the face part under the colour is blurred, the filter's response...", fontsize=FONT)
     return fig
 
 

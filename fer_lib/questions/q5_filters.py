@@ -1,42 +1,34 @@
 """Q5: what the last convolution layer's filters respond to. A filter's *response* is its channel of
 ``layer4.1.bn2`` (the last convolution and its BatchNorm) averaged over positions. Four views: the validation faces
 that excite it most; its tuning to each class (AUROC) against the same filter of a randomly initialised network, and
-its vote in the final layer; what its top faces share beyond their class; a face grown by gradient ascent."""
+its vote in the final layer; where on its top faces its response depends (each face part blurred in turn); what
+its top faces share beyond their class."""
 from __future__ import annotations
 
 import copy
-import math
 from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 import torch
-import torch.nn.functional as F
 from scipy.stats import false_discovery_control, norm, rankdata
 from torch import nn
 
-from fer_lib.model.network import IMAGENET_MEAN, IMAGENET_STD, preprocess
+from fer_lib.model.network import preprocess
 from fer_lib.questions.q4_saliency import model_device, randomised_copy
 
 RESPONSE_LAYER = "layer4.1.bn2"
-N_SHOWN = 16  # filters shown with their grown face and top faces
-TOP_K = 16  # top faces per filter (after removing second copies of a photo)
-K_SHOWN = 10  # top faces per filter in the figure and the answer (the attribute shifts use all TOP_K)
+TOP_K = 24  # top faces per filter (after removing second copies of a photo): the part drops and attribute shifts
+K_SHOWN = 10  # top faces per filter in the figure and in its label (the majority class of these)
 MIN_PIXEL_STD = 4.0  # gray levels (of 255): a face below this is blank or near-uniform and never a "top face"
 N_PERMUTATIONS = 1000  # within-class attribute shuffles of the chance baseline
-ALPHA = 0.05  # false-discovery rate of tuning; per-test level of the attribute shifts
+ALPHA = 0.05  # false-discovery rate of tuning; per-test level of the attribute shifts and part drops (Bonferroni)
 RANDOM_LEVEL = 0.95  # a tuned filter's AUROC also beats this share of the untrained filters (at their best class)
 QUIET = 0.2  # a filter is quiet for a class when its AUROC for it is below this (the class's faces respond least)
-ASCENT_SHIFT = 3.0  # pixels (of 48): the largest random shift of a grown face per step
-ASCENT_ZOOM = 0.1  # the largest random zoom (+-10%)
-ASCENT_DEGREES = 10.0  # the largest random rotation
-GRID = 6  # the change is drawn on a 6 x 6 grid (8-px cells of a 48-px face: a brow, an eye) and enlarged smoothly
-MAX_CHANGE = 0.06  # the largest root-mean-square change of a grown face from its start (of the gray range: 15 levels)
-PENALTY = 100.0  # weight of the mean squared change in the loss (response units per squared gray range)
-FOCUS = 1.5  # a grown face's change is "on" a face part when that part changes this many times the face's average
+SECOND = 0.75  # a second part is named with the first when its mean drop reaches this share of the first's
 COMPARED = ("mouth_open", "eye_open", "brow_height", "head_turn", "brightness", "contrast")  # of face_attributes
-FACE_PARTS = ("brows", "eyes", "nose", "mouth")  # landmark regions a grown face's change is measured on
+FACE_PARTS = ("brows", "eyes", "nose", "mouth")  # landmark regions blurred one at a time
 Z95 = norm.ppf(0.975)
 
 
@@ -161,18 +153,24 @@ def class_tuning(responses: np.ndarray, random_responses: np.ndarray, labels: np
     return Tuning(auc, rand, se, rand_se, np.asarray(fc_weight, dtype=float))
 
 
-def pick_filters(tuning: Tuning, responses: np.ndarray, n: int = N_SHOWN, seed: int = 0) -> np.ndarray:
-    """The filters shown: for each class its one-class filter with the largest AUROC margin over the random
-    network (when it has one), then active filters (ever positive) drawn at random, so typical ones show too."""
-    active = np.flatnonzero(responses.max(0) > 0)
+def majority(top: np.ndarray, labels: np.ndarray, n_classes: int = 7) -> tuple[np.ndarray, np.ndarray]:
+    """(F,) the most common class among each filter's top faces ``top`` (F, k) and (F,) how many of them have it."""
+    counts = np.stack([np.bincount(row, minlength=n_classes) for row in np.asarray(labels)[top]])
+    return counts.argmax(1), counts.max(1)
+
+
+def pick_filters(tuning: Tuning, top_class: np.ndarray, top_count: np.ndarray) -> tuple[np.ndarray, int | None]:
+    """The filters shown: per class its clearest one-class filter (preferred class, majority of its top faces and
+    vote all agree; most top faces of the class, then the largest AUROC margin over the random network), then the
+    clearest tuned filter whose top faces' majority is another class than its AUROC's (its row, or None)."""
     margin = tuning.best - tuning.random_best
-    chosen: list[int] = []
-    for c in range(len(tuning.auroc)):
-        candidates = [f for f in active if tuning.preferred[f] == c and tuning.one_class[f]]
-        if candidates and len(chosen) < n:
-            chosen.append(int(max(candidates, key=lambda f: (margin[f], -f))))
-    extra = np.random.default_rng(seed).permutation(np.setdiff1d(active, chosen))[:max(0, n - len(chosen))]
-    return np.array(chosen + sorted(int(f) for f in extra), dtype=np.int64)
+    agree = tuning.one_class & (top_class == tuning.preferred) & tuning.votes
+    chosen = [int(max(f, key=lambda i: (top_count[i], margin[i]))) for c in range(len(tuning.auroc))
+              if len(f := np.flatnonzero(agree & (tuning.preferred == c)))]
+    other = np.flatnonzero(tuning.one_class & (top_class != tuning.preferred))
+    if not len(other):
+        return np.array(chosen, dtype=np.int64), None
+    return np.array([*chosen, int(max(other, key=lambda i: (top_count[i], margin[i])))], dtype=np.int64), len(chosen)
 
 
 # --- what the top faces share beyond their class -------------------------------------------------------------
@@ -193,11 +191,12 @@ def _top_mean(z: np.ndarray, top: np.ndarray) -> np.ndarray:
 
 def attribute_shift(values: np.ndarray, labels: np.ndarray, top: np.ndarray, valid: np.ndarray | None = None,
                     names: tuple[str, ...] = COMPARED, n_permutations: int = N_PERMUTATIONS, seed: int = 0
-                    ) -> pd.DataFrame:
+                    ) -> tuple[pd.DataFrame, np.ndarray, np.ndarray]:
     """How each filter's top faces ``top`` (F, k) differ from faces of their classes in attribute columns ``values``
     (N, A): the mean within-class z of its top faces counts at p <= ``ALPHA`` against ``n_permutations`` shuffles of
     the rows among the (``valid``) faces of each class. Per attribute and direction: the filters whose top faces are
-    higher / lower, the count under shuffles (mean, 95% upper bound) and "beyond chance" (above the bound)."""
+    higher / lower, the count under shuffles (mean, 95% upper bound) and "beyond chance" (above the bound); and per
+    filter and attribute (F, A) the shift and its two-sided p against the shuffles (1 where unmeasured)."""
     from fer_lib.data.face_attributes import ATTRIBUTES
 
     labels = np.asarray(labels)
@@ -214,7 +213,8 @@ def attribute_shift(values: np.ndarray, labels: np.ndarray, top: np.ndarray, val
             order[rows] = rows[rng.permutation(len(rows))]
         null[b] = _top_mean(z[order], top)
     null = np.nan_to_num(null)
-    hit = (1 + (np.abs(null) >= np.abs(shift)[None] - 1e-12).sum(0)) / (1 + n_permutations) <= ALPHA  # NaN: no hit
+    p = (1 + (np.abs(null) >= np.abs(shift)[None] - 1e-12).sum(0)) / (1 + n_permutations)  # (F, A)
+    hit = p <= ALPHA  # NaN: no hit
     # each shuffle's own p against the shuffles (itself included): the p-values a chance labelling would get
     null_hit = (n_permutations + 1 - rankdata(np.abs(null), method="min", axis=0)) / n_permutations <= ALPHA
     rows = []
@@ -226,163 +226,131 @@ def attribute_shift(values: np.ndarray, labels: np.ndarray, top: np.ndarray, val
             rows.append({"attribute": ATTRIBUTES[name], "top faces": side, "filters": count,
                          "by chance (mean)": float(chance.mean()), "by chance (95% up to)": bound,
                          "beyond chance": count > bound})
-    return pd.DataFrame(rows)
+    return pd.DataFrame(rows), shift, np.where(np.isfinite(shift), p, 1.0)
 
 
-# --- faces grown by gradient ascent from the mean face ----------------------------------------------------------
-
-def random_view(x: torch.Tensor, generator: torch.Generator, shift: float, scale: float,
-                degrees: float) -> torch.Tensor:
-    """Each image of ``x`` (B, 1, S, S) in [0, 1] shifted by up to ``shift`` pixels, scaled by 1 +- ``scale`` and
-    rotated by up to ``degrees`` (each draw its own); what moves in from outside is mid-gray."""
-    b, size = len(x), x.shape[-1]
-    u = torch.rand(b, 4, generator=generator) * 2 - 1  # (B, 4) in [-1, 1]
-    angle, zoom = u[:, 0] * math.radians(degrees), 1 + u[:, 1] * scale
-    cos, sin = torch.cos(angle) / zoom, torch.sin(angle) / zoom
-    theta = torch.stack([torch.stack([cos, -sin, u[:, 2] * shift * 2 / size], 1),
-                         torch.stack([sin, cos, u[:, 3] * shift * 2 / size], 1)], 1).to(x.device)  # (B, 2, 3)
-    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
-    return F.grid_sample(x - 0.5, grid, mode="bilinear", padding_mode="zeros", align_corners=False) + 0.5
-
-
-def grow_faces(model: nn.Module, filters, start: np.ndarray, input_size: int = 48, steps: int = 128,
-               lr: float = 0.01, max_change: float = MAX_CHANGE, views: bool = True, seed: int = 0
-               ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Faces (F, 48, 48) grown from ``start`` (48, 48), both in [0, 1], to raise each filter's mean response, and the
-    responses of the start and of the grown faces (F,). The change is a ``GRID`` x ``GRID`` image enlarged (bicubic),
-    so it moves areas the size of a brow, not single pixels; Adam maximises the response minus ``PENALTY`` times the
-    mean squared change, capped at a root mean square of ``max_change``. With ``views`` each step sees a
-    :func:`random_view`, so only changes that work wherever they sit survive. Seeded privately."""
-    device = model_device(model)
-    twin = copy.deepcopy(model).eval().requires_grad_(False)
-    filters = torch.as_tensor(np.asarray(filters), dtype=torch.long, device=device)
-    g = torch.Generator().manual_seed(seed)
-    side = start.shape[-1]
-    base = torch.as_tensor(np.asarray(start), dtype=torch.float32, device=device).expand(len(filters), 1, side, side)
-    coarse = torch.zeros(len(filters), 1, GRID, GRID, device=device, requires_grad=True)
-    mean = torch.tensor(IMAGENET_MEAN, device=device).view(1, 3, 1, 1)
-    std = torch.tensor(IMAGENET_STD, device=device).view(1, 3, 1, 1)
-    optimizer = torch.optim.Adam([coarse], lr=lr)
-    motion = (ASCENT_SHIFT, ASCENT_ZOOM, ASCENT_DEGREES) if views else (0, 0, 0)
-
-    def change() -> torch.Tensor:
-        return F.interpolate(coarse, size=(side, side), mode="bicubic", align_corners=False)
-
-    def response(img: torch.Tensor, store) -> torch.Tensor:
-        img = F.interpolate(img, size=(input_size, input_size), mode="bilinear", align_corners=False)
-        twin((img.expand(-1, 3, -1, -1) - mean) / std)
-        return store["out"][torch.arange(len(filters), device=device), filters].float().mean((1, 2))  # (F,)
-
-    with capture(twin, RESPONSE_LAYER) as store:
-        with torch.no_grad():
-            before = response(base, store).cpu().numpy()
-        for _ in range(steps):
-            delta = change()
-            act = response(random_view((base + delta).clamp(0, 1), g, *motion), store)
-            optimizer.zero_grad()
-            (-(act - PENALTY * delta.pow(2).mean((1, 2, 3))).sum()).backward()
-            optimizer.step()
-            with torch.no_grad():  # the cap: the change is linear in the coarse image
-                rms = change().pow(2).mean((1, 2, 3)).sqrt()
-                coarse.mul_((max_change / rms.clamp(min=max_change)).view(-1, 1, 1, 1))
-        with torch.no_grad():
-            final = (base + change()).clamp(0, 1)
-            after = response(final, store).cpu().numpy()
-    return final[:, 0].cpu().numpy(), before, after
-
+# --- where on the face: each part of the top faces blurred in turn ---------------------------------------------
 
 @dataclass
-class Growth:
-    """Where each grown face changed, on the start face's landmark regions (``FACE_PARTS``; all NaN where the detector
-    misses the start face): ``change`` is the mean absolute change per pixel of each part over that of the whole face
-    (1: as much as the face's average), ``signed`` the mean change (negative: darker)."""
+class PartDrops:
+    """What each shown filter loses when one part (``FACE_PARTS``) of one of its top faces is blurred away, in
+    standard deviations of its response over the validation faces: ``drop`` (shown, k, parts) for the filter,
+    ``average`` the mean of that over all filters (the control: what any filter loses), NaN where the detector
+    missed the face; ``masks`` (shown, k, parts, 48, 48) the parts and ``points`` (shown, k, 68, 2) the landmarks."""
 
-    change: np.ndarray  # (F, parts)
-    signed: np.ndarray  # (F, parts)
+    drop: np.ndarray
+    average: np.ndarray
+    masks: np.ndarray
+    points: np.ndarray
+    found: np.ndarray  # (shown, k)
 
-    def __post_init__(self):
-        self.focus = np.nan_to_num(self.change, nan=-1).argmax(1)  # (F,) the part that changed most
-        self.on_part = np.nan_to_num(self.change.max(1, initial=0), nan=0) >= FOCUS  # concentrated on it
+    def named(self, alpha: float = ALPHA) -> list[list[int]]:
+        """Per filter the parts it looks at: the part with the largest mean drop where its drop is above zero and
+        above the average filter's (one-sided t-tests over the faces with landmarks, each times the parts), and the
+        next one too where it passes as well and its drop reaches ``SECOND`` of the first's; [] otherwise."""
+        from scipy.stats import ttest_1samp
 
-    def named(self, control: Growth | None = None) -> np.ndarray:
-        """(F,) on a part, and (with ``control``, the same filters grown in the untrained network) one the control
-        changes less than ``FOCUS``: a part any network changes (the image centre) is the method's bias."""
-        if control is None:
-            return self.on_part
-        return self.on_part & ~(np.nan_to_num(control.change[np.arange(len(self.change)), self.focus]) >= FOCUS)
+        out = []
+        for drop, average in zip(self.drop, self.average):
+            ok = np.isfinite(drop[:, 0])
+            tests = [ttest_1samp(x, 0, alternative="greater").pvalue for x in (drop[ok], drop[ok] - average[ok])]
+            passes = np.maximum(*tests) * len(FACE_PARTS) <= alpha if ok.sum() >= 3 else np.zeros(len(FACE_PARTS), bool)
+            mean = drop[ok].mean(0) if ok.any() else np.zeros(len(FACE_PARTS))
+            first, second = np.argsort(-mean, kind="stable")[:2]
+            both = passes[second] and mean[second] >= SECOND * mean[first]
+            out.append([int(first), int(second)][:1 + both] if passes[first] else [])
+        return out
 
-    def changes(self, control: Growth) -> list:
-        """Per grown face: [(part, sign of its mean change)] where :meth:`named` with ``control``, else []."""
-        return [[(FACE_PARTS[j], -1 if self.signed[i, j] < 0 else 1)] if on else []
-                for i, (j, on) in enumerate(zip(self.focus, self.named(control)))]
+    def maps(self) -> np.ndarray:
+        """(shown, k, 48, 48): each face's parts filled with the filter's drop for them (0 elsewhere, NaN-free)."""
+        return np.einsum("skp,skpij->skij", np.nan_to_num(self.drop), self.masks)
 
 
-def growth_regions(start: np.ndarray, grown: np.ndarray) -> Growth:
-    """:class:`Growth` of ``grown`` (F, 48, 48) from ``start`` (48, 48), both in [0, 1]."""
+def part_drops(model: nn.Module, images: np.ndarray, faces: np.ndarray, filters: np.ndarray, responses: np.ndarray,
+               scale: np.ndarray, input_size: int = 48) -> PartDrops:
+    """:class:`PartDrops` of ``filters`` (shown,) on their faces ``faces`` (shown, k) of uint8 ``images``, whose
+    responses (N, all filters) are ``responses`` and their standard deviations ``scale``. A part is blurred as Q4
+    covers it (a Gaussian of the face); only faces the detector finds go through the network again."""
     from fer_lib.data.landmarks import face_landmarks
     from fer_lib.data.regions import landmark_regions
+    from fer_lib.questions.q4_occlusion import fill
 
-    points, found = face_landmarks(np.clip(np.round(start[None] * 255), 0, 255).astype(np.uint8))
-    diff = np.asarray(grown, dtype=float) - np.asarray(start, dtype=float)[None]
-    change, signed = np.full((2, len(grown), len(FACE_PARTS)), np.nan)
-    if found[0]:
-        regions = {r: m[0] for r, m in landmark_regions(points).items()}
-        average = np.abs(diff[:, ~regions["outside_face"]]).mean(1)
-        for j, part in enumerate(FACE_PARTS):
-            if regions[part].any():
-                change[:, j] = np.abs(diff[:, regions[part]]).mean(1) / np.maximum(average, 1e-9)
-                signed[:, j] = diff[:, regions[part]].mean(1)
-    return Growth(change, signed)
+    flat = np.asarray(faces).ravel()
+    points, found = face_landmarks(images[flat])
+    regions = landmark_regions(points)
+    masks = np.stack([regions[part] for part in FACE_PARTS], 1)  # (n, parts, 48, 48)
+    x = images[flat[found]].astype(np.float32) / 255
+    blurred = fill(x)
+    covered = np.concatenate([np.where(masks[found, j], blurred, x) for j in range(len(FACE_PARTS))])
+    n_filters = np.shape(responses)[1]
+    after = (filter_responses(model, np.clip(np.round(covered * 255), 0, 255).astype(np.uint8), input_size)
+             if found.any() else np.zeros((0, n_filters)))
+    drop = np.full((len(flat), len(FACE_PARTS), n_filters), np.nan)  # (n, parts, F)
+    drop[found] = ((responses[flat[found]][None] - after.reshape(len(FACE_PARTS), found.sum(), n_filters))
+                   / np.maximum(scale, 1e-9)).transpose(1, 0, 2)
+    shape = (*np.shape(faces), len(FACE_PARTS))
+    own = drop[np.arange(len(flat)), :, np.repeat(filters, np.shape(faces)[1])]
+    return PartDrops(own.reshape(shape), drop.mean(2).reshape(shape), masks.reshape(*shape, *masks.shape[-2:]),
+                     points.reshape(*np.shape(faces), 68, 2), found.reshape(np.shape(faces)))
 
 
 @dataclass
 class FiltersAnswer:
     """What Q5's page shows: every filter's tuning against an untrained network and the last layer's votes, what
-    its top faces share beyond their class, and for the filters shown a face grown to excite it."""
+    its top faces share beyond their class, and for the filters shown where on their top faces they look."""
 
     tuning: Tuning
     top: np.ndarray  # (filters, TOP_K) indices of each filter's strongest validation faces, one per photo
     valid: np.ndarray  # (faces,) informative (not blank) faces
     detected: float  # share of the faces the landmark detector found
-    shifts: pd.DataFrame  # attribute_shift()
+    shifts: pd.DataFrame  # attribute_shift()'s table
+    shift: np.ndarray  # (filters, attributes) mean within-class z of the top faces
+    shift_p: np.ndarray  # (filters, attributes) its p against the shuffles
+    top_class: np.ndarray  # (filters,) majority class of the K_SHOWN top faces
+    top_count: np.ndarray  # (filters,) how many of them have it
     chosen: np.ndarray  # (shown,) the filters shown
-    start: np.ndarray  # (48, 48) in [0, 1]: the mean validation face every grown face starts from
-    grown: np.ndarray  # (shown, 48, 48) in [0, 1]
-    before: np.ndarray  # (shown,) response to the start
-    after: np.ndarray  # (shown,) response to the grown face
-    best_face: np.ndarray  # (shown,) response to the filter's strongest validation face
-    growth: Growth
-    control: Growth  # the same filters grown in the untrained network
-    changes: list  # per shown filter: [(part, +1 / -1)], what its grown face changes (Growth.changes)
-    example: int  # the shown filter the answer describes: one-class, a change named, voting, largest margin
+    other: int | None  # the row of ``chosen`` whose AUROC class and top faces disagree
+    parts: PartDrops  # of the shown filters on their TOP_K faces
+    named: list  # per shown filter: the FACE_PARTS indices it looks at (PartDrops.named)
+    aligned: dict  # aligned_class_means over each row's faces with landmarks: "face", "map" (drop), "shape"
     map_side: int  # side of the response map
 
+    def traits(self, f: int) -> list[tuple[int, int]]:
+        """Filter ``f``'s [(attribute index, sign)], largest shift first: its own p <= ``ALPHA`` against the shuffles,
+        in an attribute and direction where more filters shift than chance gives (the table's "beyond chance")."""
+        from fer_lib.data.face_attributes import ATTRIBUTES
 
-def filters_answer(model: nn.Module, images: np.ndarray, labels: np.ndarray, input_size: int = 48,
-                   n_shown: int = N_SHOWN, ascent_steps: int = 128, seed: int = 0) -> FiltersAnswer:
+        beyond = set(zip(*self.shifts[self.shifts["beyond chance"]][["attribute", "top faces"]].to_numpy().T))
+        z = np.nan_to_num(self.shift[f])
+        side = np.where(z > 0, "higher", "lower")
+        return [(int(a), 1 if z[a] > 0 else -1) for a in np.argsort(-np.abs(z), kind="stable")
+                if self.shift_p[f, a] <= ALPHA and (ATTRIBUTES[COMPARED[a]], side[a]) in beyond]
+
+
+def filters_answer(model: nn.Module, images: np.ndarray, labels: np.ndarray, input_size: int = 48, seed: int = 0
+                   ) -> FiltersAnswer:
     """Q5 on the validation faces ``images`` (uint8 (N, 48, 48)) and their ``labels``."""
     from fer_lib.core.io import default_cache_dir
     from fer_lib.data.duplicates import cached_duplicates
     from fer_lib.data.face_attributes import face_attributes
     from fer_lib.questions.q1_model import stage_map_sides
+    from fer_lib.questions.q4_saliency import aligned_class_means
 
     responses = filter_responses(model, images, input_size)  # (faces, filters)
-    untrained = randomised_copy(model, seed)  # every layer re-initialised at random
     valid = informative_faces(images)
     top = top_faces(responses, valid=valid, groups=cached_duplicates(images, cache_dir=default_cache_dir()).group)
-    tuning = class_tuning(responses, filter_responses(untrained, images, input_size), labels,
+    tuning = class_tuning(responses, filter_responses(randomised_copy(model, seed), images, input_size), labels,
                           model.fc[1].weight.detach().float().cpu().numpy(), valid)  # fc = Dropout + Linear
     attributes = face_attributes(images, cache_dir=default_cache_dir())
-    shifts = attribute_shift(attributes[list(COMPARED)].to_numpy(), labels, top, valid, seed=seed)
-    chosen = pick_filters(tuning, responses, n_shown, seed)
-    start = images[valid].mean(0) / 255  # one start for every filter: the differences compare across rows
-    grown, before, after = grow_faces(model, chosen, start, input_size, steps=ascent_steps, seed=seed)
-    growth = growth_regions(start, grown)
-    control = growth_regions(start, grow_faces(untrained, chosen, start, input_size, ascent_steps, seed=seed)[0])
-    said = growth.changes(control)
-    margin = (tuning.best - tuning.random_best)[chosen]
-    order = [i for i in np.argsort(-margin, kind="stable") if tuning.one_class[chosen[i]] and said[i]]
-    example = ([i for i in order if tuning.votes[chosen[i]]] or order or [int(np.argmax(margin))])[0]
-    return FiltersAnswer(tuning, top, valid, float(attributes["detected"].mean()), shifts, chosen, start, grown,
-                         before, after, responses[top[chosen, 0], chosen], growth, control, said, int(example),
+    shifts, shift, shift_p = attribute_shift(attributes[list(COMPARED)].to_numpy(), labels, top, valid, seed=seed)
+    top_class, top_count = majority(top[:, :K_SHOWN], labels, len(tuning.auroc))
+    chosen, other = pick_filters(tuning, top_class, top_count)
+    parts = part_drops(model, images, top[chosen], chosen, responses, responses[valid].std(0), input_size)
+    rows = np.repeat(np.arange(len(chosen)), top.shape[1])
+    flat = top[chosen].ravel()
+    aligned = aligned_class_means(images[flat], parts.maps().reshape(-1, *images.shape[1:]),
+                                  np.zeros((len(flat), *images.shape[1:])), parts.points.reshape(-1, 68, 2), rows,
+                                  parts.found.ravel())
+    return FiltersAnswer(tuning, top, valid, float(attributes["detected"].mean()), shifts, shift, shift_p, top_class,
+                         top_count, chosen, other, parts, parts.named(), aligned,
                          stage_map_sides(model, input_size)[RESPONSE_LAYER.split(".")[0]])
