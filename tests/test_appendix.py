@@ -38,5 +38,5 @@ def test_own_copies_count_groups_conflicts_and_score_one_face_of_each():
     labels = np.array([2, 4, 0, 2, 2, 5, 6, 3])  # face 1's copy disagrees: one conflicting group
     right = np.array([1, 1, 0, 1, 1, 0, 0, 1], bool)
     o = own_copies(faces, labels, right)
-    assert (o["groups"], o["copies"], o["conflicting"]) == (2, 3, 1)
+    assert (o["exact_groups"], o["exact_extra_copies"], o["exact_groups_with_conflicting_labels"]) == (2, 3, 1)
     assert o["accuracy"] == pytest.approx(5 / 8) and o["one_each"] == pytest.approx(3 / 5)  # faces 0, 1, 2, 6, 7

@@ -64,15 +64,14 @@ def paired_gain(right_without: np.ndarray, right_with: np.ndarray, resamples: in
 
 
 def own_copies(images: np.ndarray, labels: np.ndarray, right: np.ndarray) -> dict:
-    """A split's exact copies of its own faces: groups, extra copies, groups with conflicting labels, and the
-    accuracy (``right``: per-face correctness) on all faces and with one face kept per group."""
+    """A split's exact copies of its own faces (Duplicates.summary's "exact_..." counts) and the accuracy (``right``:
+    per-face correctness) on all faces ("accuracy") and with one face of each group kept ("one_each")."""
     from fer_lib.data.duplicates import Duplicates, _first_with_same_pixels
 
-    group = _first_with_same_pixels(np.asarray(images))
-    s, first = Duplicates(group, group).summary(np.asarray(labels)), group == np.arange(len(group))
-    return {"groups": s["exact_groups"], "copies": s["exact_extra_copies"], "conflicting":
-            s["exact_groups_with_conflicting_labels"], "accuracy": float(np.mean(right)), "one_each": float(np.mean(
-                np.asarray(right)[first]))}
+    group, right = _first_with_same_pixels(np.asarray(images)), np.asarray(right, float)
+    return Duplicates(group, group).summary(np.asarray(labels)) | {
+        "accuracy": right.mean(), "one_each": right[group == np.arange(len(group))].mean()}
+
 
 @dataclass
 class AppendixAnswer:
