@@ -66,10 +66,11 @@ def paired_gain(right_without: np.ndarray, right_with: np.ndarray, resamples: in
 def own_copies(images: np.ndarray, labels: np.ndarray, right: np.ndarray) -> dict:
     """A split's exact copies of its own faces (Duplicates.summary's "exact_..." counts) and the accuracy (``right``:
     per-face correctness) on all faces ("accuracy") and with one face of each group kept ("one_each")."""
-    from fer_lib.data.duplicates import Duplicates, _first_with_same_pixels
+    from fer_lib.data.duplicates import find_duplicates
 
-    group, right = _first_with_same_pixels(np.asarray(images)), np.asarray(right, float)
-    return Duplicates(group, group).summary(np.asarray(labels)) | {
+    copies, right = find_duplicates(np.asarray(images)), np.asarray(right, float)
+    group = copies.exact_group
+    return copies.summary(np.asarray(labels)) | {
         "accuracy": right.mean(), "one_each": right[group == np.arange(len(group))].mean()}
 
 
