@@ -28,3 +28,15 @@ def test_no_change_is_a_tie():
     assert g.gain == 0 and g.tie and g.only_with == g.only_without == 5
     with pytest.raises(ValueError):
         paired_gain(np.array([], bool), np.array([], bool))
+
+
+def test_own_copies_count_groups_conflicts_and_score_one_face_of_each():
+    from fer_lib.questions.appendix import own_copies
+
+    faces = np.random.default_rng(0).integers(0, 256, (8, 48, 48)).astype(np.uint8)
+    faces[[3, 4]], faces[5] = faces[0], faces[1]  # face 0 thrice, face 1 twice
+    labels = np.array([2, 4, 0, 2, 2, 5, 6, 3])  # face 1's copy disagrees: one conflicting group
+    right = np.array([1, 1, 0, 1, 1, 0, 0, 1], bool)
+    o = own_copies(faces, labels, right)
+    assert (o["exact_groups"], o["exact_extra_copies"], o["exact_groups_with_conflicting_labels"]) == (2, 3, 1)
+    assert o["accuracy"] == pytest.approx(5 / 8) and o["one_each"] == pytest.approx(3 / 5)  # faces 0, 1, 2, 6, 7

@@ -209,6 +209,9 @@ def test_explained_faces_are_correct_capped_per_class_seeded_and_nested():
     np.testing.assert_array_equal(idx, explained_faces(probs, labels, per_class=5))
     assert not np.array_equal(idx, explained_faces(probs, labels, per_class=5, seed=1))
     assert np.isin(explained_faces(probs, labels, per_class=2), idx).all()  # the costly methods' faces: a subset
+    among = rng.random(300) < 0.5  # only faces whose landmarks were found, nested the same way
+    some = explained_faces(probs, labels, per_class=5, among=among)
+    assert among[some].all() and np.isin(explained_faces(probs, labels, per_class=2, among=among), some).all()
 
 
 def test_cascade_runs_on_every_face_and_ends_at_the_randomised_copy(trained_synthetic):
@@ -328,3 +331,23 @@ def test_aligned_class_means_put_each_faces_mouth_on_the_mean_mouth():
     np.testing.assert_allclose(aligned["face"], 128 / 255, atol=1e-6)  # the edges replicated, not black
     fig = plot_aligned_maps(aligned, CLASS_NAMES)
     assert smallest_text_px(fig, 900)[0] >= 9
+
+
+def test_landmark_fits_are_cached_per_face(tmp_path, monkeypatch):
+    from pathlib import Path
+
+    from PIL import Image
+
+    import fer_lib.data.landmarks as lm
+
+    files = sorted((Path(__file__).parent / "data" / "fer2013_test_faces").glob("*.png"))[:6]
+    faces = np.stack([np.asarray(Image.open(f)) for f in files])
+    plain = lm.face_landmarks(faces[:4])
+    for got, want in zip(lm.face_landmarks(faces[:4], cache_dir=tmp_path), plain):
+        np.testing.assert_array_equal(got, want)
+    fitted = []
+    monkeypatch.setattr(lm, "detect_faces", lambda big: fitted.append(1) or [])  # now finds nothing
+    points, found = lm.face_landmarks(faces[[5, 1, 4, 1]], cache_dir=tmp_path)  # two new faces, one repeated
+    assert len(fitted) == 2 and not found[[0, 2]].any()
+    np.testing.assert_array_equal(points[[1, 3]], plain[0][[1, 1]])
+    np.testing.assert_array_equal(found[[1, 3]], plain[1][[1, 1]])

@@ -148,7 +148,7 @@ def test_face_attributes_are_missing_where_no_face_was_found(monkeypatch):
     import fer_lib.data.landmarks as landmarks
 
     pts = np.tile(np.linspace(0, 40, 68)[:, None], (3, 1, 2)).reshape(3, 68, 2)
-    monkeypatch.setattr(landmarks, "face_landmarks", lambda images: (pts, np.array([True, False, True])))
+    monkeypatch.setattr(landmarks, "face_landmarks", lambda images, **_: (pts, np.array([True, False, True])))
     faces = np.random.default_rng(0).integers(0, 256, (3, 48, 48)).astype(np.uint8)
     table = fa.face_attributes(faces)
     assert table["detected"].tolist() == [True, False, True]

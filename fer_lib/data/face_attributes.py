@@ -8,19 +8,16 @@
 """
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from fer_lib.core.io import atomic_write
 from fer_lib.data.landmarks import INNER_LIP, JAW, LEFT_BROW, LEFT_EYE, RIGHT_BROW, RIGHT_EYE
 
 ATTRIBUTES = {"mouth_open": "mouth opening", "eye_open": "eye opening", "brow_height": "brow height",
               "head_turn": "head turn", "brightness": "brightness", "contrast": "contrast"}
 FROM_LANDMARKS = ("mouth_open", "eye_open", "brow_height", "head_turn")  # missing where no face was found
-_FORMAT = 2  # bump when the cached attributes change meaning (a cache with an extra yaw column still serves)
 
 
 def attributes_from_landmarks(points: np.ndarray, images: np.ndarray) -> pd.DataFrame:
@@ -49,19 +46,11 @@ def attributes_from_landmarks(points: np.ndarray, images: np.ndarray) -> pd.Data
 def face_attributes(images: np.ndarray, cache_dir: Path | None = None) -> pd.DataFrame:
     """:func:`attributes_from_landmarks` of dlib's landmarks for uint8 faces (N, 48, 48), plus ``detected`` (the face
     detector found the face; where it did not, the ``FROM_LANDMARKS`` columns are NaN: landmarks fitted to the whole
-    frame measure the frame, not the face). About 10 ms a face: with ``cache_dir`` stored by the pixels' hash."""
-    from fer_lib.data.landmarks import UPSAMPLE, face_landmarks
+    frame measure the frame, not the face). The landmarks are cached in ``cache_dir`` (:func:`face_landmarks`)."""
+    from fer_lib.data.landmarks import face_landmarks
 
-    images = np.ascontiguousarray(images, dtype=np.uint8)
-    h = hashlib.sha256(images.tobytes())
-    h.update(f"{UPSAMPLE}-{_FORMAT}".encode())
-    entry = Path(cache_dir) / f"face-attributes-{h.hexdigest()[:16]}.csv" if cache_dir is not None else None
-    if entry is not None and entry.exists():
-        return pd.read_csv(entry)
-    points, detected = face_landmarks(images)
+    points, detected = face_landmarks(images, cache_dir=cache_dir)
     table = attributes_from_landmarks(points, images)
     table.loc[~np.asarray(detected, bool), list(FROM_LANDMARKS)] = np.nan
     table["detected"] = detected
-    if entry is not None:
-        atomic_write(entry, lambda tmp: table.to_csv(tmp, index=False))
     return table

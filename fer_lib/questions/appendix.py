@@ -63,6 +63,17 @@ def paired_gain(right_without: np.ndarray, right_with: np.ndarray, resamples: in
                       int((diff < 0).sum()))
 
 
+def own_copies(images: np.ndarray, labels: np.ndarray, right: np.ndarray) -> dict:
+    """A split's exact copies of its own faces (Duplicates.summary's "exact_..." counts) and the accuracy (``right``:
+    per-face correctness) on all faces ("accuracy") and with one face of each group kept ("one_each")."""
+    from fer_lib.data.duplicates import find_duplicates
+
+    copies, right = find_duplicates(np.asarray(images)), np.asarray(right, float)
+    group = copies.exact_group
+    return copies.summary(np.asarray(labels)) | {
+        "accuracy": right.mean(), "one_each": right[group == np.arange(len(group))].mean()}
+
+
 @dataclass
 class AppendixAnswer:
     """Everything the appendix page shows."""
@@ -73,6 +84,7 @@ class AppendixAnswer:
     accuracy: "object"  # q2_history.RunAccuracy
     views_gain: PairedGain | None  # the test-time views' gain on the same faces; None without views
     copies: "object"  # q2_history.SplitCopies
+    own_copies: dict  # own_copies() of the validation faces, with the shipped predictions (test-time views if any)
 
 
 def appendix_answer(ctx, ablation) -> AppendixAnswer:
@@ -86,5 +98,7 @@ def appendix_answer(ctx, ablation) -> AppendixAnswer:
     accuracy, cfg, labels = run_accuracy(json.loads((ctx.run_dir / "run.json").read_text())), ctx.config, ctx.val.labels
     gain = None if accuracy.views == "none" else paired_gain(
         ctx.val_logits.argmax(1).numpy() == labels, ctx.val_logits_views.argmax(1).numpy() == labels, seed=cfg.seed)
+    logits = ctx.val_logits if accuracy.views == "none" else ctx.val_logits_views
     return AppendixAnswer(shown, left_out, speedups(ablation) if ablation is not None else np.array([]), accuracy,
-                          gain, split_copies(ctx.dataset, ctx.split, cfg.val_fraction, cfg.seed, default_cache_dir()))
+                          gain, split_copies(ctx.dataset, ctx.split, cfg.val_fraction, cfg.seed, default_cache_dir()),
+                          own_copies(ctx.val.images, labels, logits.argmax(1).numpy() == labels))

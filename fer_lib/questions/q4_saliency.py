@@ -26,7 +26,9 @@ SMOOTHGRAD_NOISE = 0.15  # noise std on the [0, 1] grey scale (Smilkov et al. su
 IG_STEPS = 64  # steps along the path from the black face (Captum's Gauss-Legendre rule)
 GRADCAM_LAYER = "layer3"  # layer4's map is the coarsest (2x2 at 48 px input); layer3 still separates eyes from mouth
 COSTLY = ("SmoothGrad", "Integrated Gradients")  # 50 and 64 backward passes per face: they explain fewer faces
-FACES_PER_CLASS = 30  # correctly classified validation faces per class explained by the one-pass methods
+FACES_PER_CLASS = 80  # correctly classified validation faces with landmarks per class behind the region numbers
+SANITY_PER_CLASS = 10  # of those, faces per class down the whole randomisation cascade (7 networks, not 2)
+DRAW = 1.7  # faces looked at per face wanted: the detector finds about 2 in 3 (landmark fits are cached)
 SANITY_THRESHOLD = 0.5  # a method whose maps still correlate above this once layer3 is random is flagged
 FLAG_STAGE = "layer3"  # the cascade step at which the threshold is read (fc, layer4 and layer3 random)
 
@@ -115,12 +117,13 @@ METHODS = {m: partial(attribution_maps, m)
            for m in ("saliency", "SmoothGrad", "Integrated Gradients", "Grad-CAM", "guided backprop")}
 
 
-def explained_faces(probs: np.ndarray, labels: np.ndarray, per_class: int = FACES_PER_CLASS, seed: int = 0
-                    ) -> np.ndarray:
-    """Indices of up to ``per_class`` correctly classified faces per class, drawn at random (seeded), ordered by
-    class: neither the model's surest faces nor its hardest. A smaller ``per_class`` draws a subset of a larger's."""
+def explained_faces(probs: np.ndarray, labels: np.ndarray, per_class: int = FACES_PER_CLASS, seed: int = 0,
+                    among: np.ndarray | None = None) -> np.ndarray:
+    """Indices of up to ``per_class`` correctly classified faces per class (of those ``among`` marks, if given),
+    drawn at random (seeded), ordered by class: neither the model's surest faces nor its hardest. A smaller
+    ``per_class`` draws a subset of a larger's."""
     rng = np.random.default_rng(seed)
-    correct = probs.argmax(1) == labels
+    correct = (probs.argmax(1) == labels) & (True if among is None else np.asarray(among, bool))
     return np.concatenate([np.sort(rng.permutation(np.flatnonzero(correct & (labels == c)))[:per_class])
                            for c in range(probs.shape[1])]).astype(np.int64)
 
@@ -274,7 +277,7 @@ class SaliencyAnswer:
     faces: np.ndarray  # (N, 48, 48) uint8 explained faces (correctly classified validation faces), ordered by class
     labels: np.ndarray  # (N,) their classes
     probs: np.ndarray  # (N,) the model's probability of each face's class
-    explained: Explained
+    explained: Explained  # the randomisation cascade, on a subset of the faces (sanity_per_class)
     sanity: pd.DataFrame  # sanity_table()
     flagged: list[str]  # methods that fail the sanity check
     found: np.ndarray  # (N,) the detector found the face (else its regions are not trusted: left out)
@@ -288,27 +291,40 @@ class SaliencyAnswer:
     # names for every class ("always", "" if none)
     grid: np.ndarray  # one face per class that every method explains (its surest), indices into faces
     aligned: dict  # aligned_class_means() of the saliency maps
+    drawn: pd.DataFrame  # per class: correctly classified, looked at, landmarks found, explained, down the cascade
 
 
 def saliency_answer(model: nn.Module, images: np.ndarray, labels: np.ndarray, logits, input_size: int = 48,
-                    faces_per_class: int = FACES_PER_CLASS, costly_per_class: int = 1, seed: int = 0
-                    ) -> SaliencyAnswer:
-    """Q4 on the validation faces ``images`` (uint8 (N, 48, 48)), ``labels`` and the model's ``logits`` on them."""
+                    faces_per_class: int = FACES_PER_CLASS, costly_per_class: int = 1, seed: int = 0,
+                    sanity_per_class: int = SANITY_PER_CLASS) -> SaliencyAnswer:
+    """Q4 on the validation faces ``images`` (uint8 (N, 48, 48)), ``labels`` and the model's ``logits`` on them; the
+    faces are drawn among the correctly classified ones whose landmarks the detector finds."""
+    from fer_lib.core.io import default_cache_dir
     from fer_lib.data.landmarks import face_landmarks
     from fer_lib.data.regions import landmark_regions
 
-    probs = torch.softmax(torch.as_tensor(logits).float(), 1).numpy()
-    idx = explained_faces(probs, labels, faces_per_class, seed)  # ordered by class
-    faces, y = images[idx], np.asarray(labels)[idx]
-    # SmoothGrad and Integrated Gradients cost 50-64 backward passes a face on 7 networks: a subset of the same draw
-    costly = np.flatnonzero(np.isin(idx, explained_faces(probs, labels, costly_per_class, seed)))
-    ex = explain(model, faces, y, input_size, subsets={m: costly for m in COSTLY}, seed=seed)
+    probs, labels = torch.softmax(torch.as_tensor(logits).float(), 1).numpy(), np.asarray(labels)
+    looked = explained_faces(probs, labels, int(np.ceil(DRAW * faces_per_class)), seed)
+    has_landmarks = np.zeros(len(labels), bool)
+    has_landmarks[looked] = face_landmarks(images[looked], cache_dir=default_cache_dir())[1]
+    among = has_landmarks if has_landmarks.any() else None  # none found (no faces?): drawn anyway, regions left out
+    idx = explained_faces(probs, labels, faces_per_class, seed, among)  # ordered by class
+    faces, y = images[idx], labels[idx]
+    points, found = face_landmarks(faces, cache_dir=default_cache_dir())
+    costly, checked = (np.flatnonzero(np.isin(idx, explained_faces(probs, labels, n, seed, among)))
+                       for n in (costly_per_class, sanity_per_class))  # subsets of the same draw
+    # the cascade (7 networks; SmoothGrad and Integrated Gradients cost 50-64 backward passes a face) on subsets
+    ex = explain(model, faces, y, input_size, subsets={m: costly if m in COSTLY else checked for m in METHODS},
+                 seed=seed)
     sanity = sanity_table(ex, seed=seed)
     flagged = [m for m in METHODS if sanity.loc[(m, FLAG_STAGE), "rho"] > SANITY_THRESHOLD]
-    points, found = face_landmarks(faces)
     regions = landmark_regions(points)
     one_pass = [m for m in METHODS if m not in COSTLY]  # the costly methods explain too few faces for region rows
-    findings = region_findings(ex, regions, y, found, flagged, seed=seed, methods=one_pass)
+    randomised = randomised_copy(model, seed)  # the cascade's last network
+    every = Explained({m: np.arange(len(idx)) for m in one_pass},
+                      *({m: METHODS[m](net, faces, y, input_size) for m in one_pass} for net in (model, randomised)),
+                      {}, ex.stages)
+    findings = region_findings(every, regions, y, found, flagged, seed=seed, methods=one_pass)
     occ = q4_occlusion.occlusion(model, faces, y, regions, found, input_size, seed=seed)
     top = occ.top(seed=seed)
     agreement = q4_occlusion.attribution_agreement(top, findings.by_class, findings.voters, findings.area)
@@ -316,6 +332,10 @@ def saliency_answer(model: nn.Module, images: np.ndarray, labels: np.ndarray, lo
                    "chance": agreement.loc[said.index, "chance"].sum(),
                    "always": said.iloc[0] if said.nunique() == 1 and len(said) > 2 else ""}
                for m in findings.voters if m in agreement for said in [agreement[m].dropna()] if len(said)}
+    count = partial(np.bincount, minlength=probs.shape[1])
+    drawn = pd.DataFrame({"correctly classified": count(labels[probs.argmax(1) == labels]), "looked at":
+                          count(labels[looked]), "landmarks found": count(labels[has_landmarks]), "explained":
+                          count(y[found]), "down the cascade": count(y[checked])}, index=CLASS_NAMES)
 
     clear = top.drop(index=q4_occlusion.ALL)[lambda t: t["clear"]]  # the example: a single clear part, else a tie
     pool = clear[clear["tied"].map(len) == 0] if (clear["tied"].map(len) == 0).any() else clear
@@ -323,8 +343,8 @@ def saliency_answer(model: nn.Module, images: np.ndarray, labels: np.ndarray, lo
                      for c in np.unique(y[costly])])  # per class, the surest of the faces every method explains
     return SaliencyAnswer(faces, y, probs[idx, y], ex, sanity, flagged, found, regions, findings, occ, top,
                           pool["effect"].idxmax() if len(pool) else None, agreement,
-                          pd.DataFrame.from_dict(matches, orient="index"), grid,
-                          aligned_class_means(faces, ex.maps["saliency"], ex.random_maps["saliency"], points, y, found))
+                          pd.DataFrame.from_dict(matches, orient="index"), grid, aligned_class_means(
+                              faces, every.maps["saliency"], every.random_maps["saliency"], points, y, found), drawn)
 
 
 def aligned_class_means(images: np.ndarray, maps: np.ndarray, random_maps: np.ndarray, points: np.ndarray,
