@@ -16,65 +16,7 @@ from fer_lib.training.train import train
 
 from .conftest import TINY, run_cli
 
-# ------------------------------------------------------------------------- training into one folder
-
-
-def test_two_trainings_into_one_folder_train_once(tiny_dataset, tmp_path):
-    """Started together, one trains and the other waits, says whom for, and then finds the run finished."""
-    args = [sys.executable, "-m", "fer_lib", "train", "--data", str(tiny_dataset), "--out", str(tmp_path / "run"),
-            "--profile", "smoke", "--epochs", "2", "--max-train", "64", "--weights", "random"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    procs = [subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-             for _ in range(2)]
-    results = [(p.wait(timeout=600), *p.communicate()) for p in procs]
-    assert [code for code, _, _ in results] == [0, 0], [err for _, _, err in results]
-    waited = [err for _, _, err in results if "waiting for pid" in err]
-    assert len(waited) == 1 and f"training into {tmp_path / 'run'}" in waited[0], "one waited, and said for whom"
-    assert read_history(tmp_path / "run")["epoch"].tolist() == [1, 2], "trained once, not twice into one history"
-    assert is_complete(tmp_path / "run")
-
-
-def test_no_wait_refuses_while_another_process_trains(tiny_dataset, tmp_path, capsys):
-    run = tmp_path / "run"
-    with exclusive_lock(run_lock(run), "training into it (this test)"):
-        code, _, err = run_cli(capsys, "train", "--data", tiny_dataset, "--out", run, "--profile", "smoke",
-                               "--weights", "random", "--no-wait")
-    assert code == 2 and f"pid {os.getpid()}" in err and "--no-wait" in err
-    assert not run.exists(), "nothing written"
-
-
-# ------------------------------------------------------------------------- starting over and resuming
-
-
-def test_no_resume_into_a_finished_run_removes_the_old_run_first(tiny, tmp_path):
-    run = train(tiny, TrainConfig(**{**TINY, "epochs": 1}), tmp_path / "run", progress=False)
-    assert is_complete(run) and (run / "weights.pt").exists()
-    # stopped before its first epoch: the folder must not look finished, nor hold the old weights
-    train(tiny, TrainConfig(**{**TINY, "lr": 1e-4}), run, resume=False, stop_after=0, progress=False)
-    assert not is_complete(run)
-    assert not (run / "weights.pt").exists() and not (run / "best.pt").exists()
-    assert json.loads((run / "config.json").read_text())["config"]["lr"] == 1e-4
-
-
-@pytest.mark.parametrize("change", ["training faces", "initial weights"])
-def test_resume_refuses_a_checkpoint_of_another_run(tiny, tmp_path, monkeypatch, change):
-    """The settings, the training faces and the initial weights actually used make the run: a checkpoint of
-    another is refused (not mixed into this run) and the folder is left as it was."""
-    import fer_lib.training.runs as runs_mod
-    from fer_lib.data.layouts import Dataset
-
-    run = train(tiny, TrainConfig(**TINY), tmp_path / "run", stop_after=1, progress=False)  # random init
-    before = {p.name: p.read_bytes() for p in run.iterdir()}
-    data = tiny
-    if change == "training faces":
-        data = Dataset(tiny.name, tiny.layout, tiny.train.subset(list(range(len(tiny.train) - 1))), tiny.test)
-    else:  # the same settings on paper, other initial weights found (an ImageNet file that appeared since)
-        monkeypatch.setattr(runs_mod, "resolve_weights", lambda w, warn=True: (None, "sha256:" + "0" * 64))
-    with pytest.raises(ConfigError, match="checkpoint of another run"):
-        train(data, TrainConfig(**TINY), run, progress=False)
-    assert {p.name: p.read_bytes() for p in run.iterdir()} == before
-
-
+# (the two-build test early: `make test` hands this worker its next file while the last two tests of this one run)
 # ------------------------------------------------------------------------- swapping a report in
 
 
@@ -150,3 +92,62 @@ def test_two_builds_started_together_end_with_one_complete_report(tiny_dataset, 
     assert {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file()} == before
     recover(folder)  # what the next build does first
     assert not [p for p in (tmp_path / "report").iterdir() if "staging" in p.name]
+
+
+# ------------------------------------------------------------------------- training into one folder
+
+
+def test_two_trainings_into_one_folder_train_once(tiny_dataset, tmp_path):
+    """Started together, one trains and the other waits, says whom for, and then finds the run finished."""
+    args = [sys.executable, "-m", "fer_lib", "train", "--data", str(tiny_dataset), "--out", str(tmp_path / "run"),
+            "--profile", "smoke", "--epochs", "2", "--max-train", "64", "--weights", "random"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    procs = [subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+             for _ in range(2)]
+    results = [(p.wait(timeout=600), *p.communicate()) for p in procs]
+    assert [code for code, _, _ in results] == [0, 0], [err for _, _, err in results]
+    waited = [err for _, _, err in results if "waiting for pid" in err]
+    assert len(waited) == 1 and f"training into {tmp_path / 'run'}" in waited[0], "one waited, and said for whom"
+    assert read_history(tmp_path / "run")["epoch"].tolist() == [1, 2], "trained once, not twice into one history"
+    assert is_complete(tmp_path / "run")
+
+
+def test_no_wait_refuses_while_another_process_trains(tiny_dataset, tmp_path, capsys):
+    run = tmp_path / "run"
+    with exclusive_lock(run_lock(run), "training into it (this test)"):
+        code, _, err = run_cli(capsys, "train", "--data", tiny_dataset, "--out", run, "--profile", "smoke",
+                               "--weights", "random", "--no-wait")
+    assert code == 2 and f"pid {os.getpid()}" in err and "--no-wait" in err
+    assert not run.exists(), "nothing written"
+
+
+# ------------------------------------------------------------------------- starting over and resuming
+
+
+def test_no_resume_into_a_finished_run_removes_the_old_run_first(tiny, tmp_path):
+    run = train(tiny, TrainConfig(**{**TINY, "epochs": 1}), tmp_path / "run", progress=False)
+    assert is_complete(run) and (run / "weights.pt").exists()
+    # stopped before its first epoch: the folder must not look finished, nor hold the old weights
+    train(tiny, TrainConfig(**{**TINY, "lr": 1e-4}), run, resume=False, stop_after=0, progress=False)
+    assert not is_complete(run)
+    assert not (run / "weights.pt").exists() and not (run / "best.pt").exists()
+    assert json.loads((run / "config.json").read_text())["config"]["lr"] == 1e-4
+
+
+@pytest.mark.parametrize("change", ["training faces", "initial weights"])
+def test_resume_refuses_a_checkpoint_of_another_run(tiny, tmp_path, monkeypatch, change):
+    """The settings, the training faces and the initial weights actually used make the run: a checkpoint of
+    another is refused (not mixed into this run) and the folder is left as it was."""
+    import fer_lib.training.runs as runs_mod
+    from fer_lib.data.layouts import Dataset
+
+    run = train(tiny, TrainConfig(**TINY), tmp_path / "run", stop_after=1, progress=False)  # random init
+    before = {p.name: p.read_bytes() for p in run.iterdir()}
+    data = tiny
+    if change == "training faces":
+        data = Dataset(tiny.name, tiny.layout, tiny.train.subset(list(range(len(tiny.train) - 1))), tiny.test)
+    else:  # the same settings on paper, other initial weights found (an ImageNet file that appeared since)
+        monkeypatch.setattr(runs_mod, "resolve_weights", lambda w, warn=True: (None, "sha256:" + "0" * 64))
+    with pytest.raises(ConfigError, match="checkpoint of another run"):
+        train(data, TrainConfig(**TINY), run, progress=False)
+    assert {p.name: p.read_bytes() for p in run.iterdir()} == before

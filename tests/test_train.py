@@ -20,9 +20,10 @@ from .conftest import TINY, run_cli
 
 
 def test_overfits_a_small_batch(tiny):
-    """With augmentation, dropout and label smoothing off, 32 faces are memorised in a few dozen steps."""
+    """With augmentation, dropout and label smoothing off, 32 faces are memorised in fifteen steps (all 32 right
+    from the eighth on)."""
     torch.manual_seed(0)
-    cfg = TrainConfig(epochs=30, max_train=32, batch_size=32, lr=2e-3, weight_decay=0, label_smoothing=0,
+    cfg = TrainConfig(epochs=15, max_train=32, batch_size=32, lr=2e-3, weight_decay=0, label_smoothing=0,
                       weights="random", augment=AugmentConfig(flip=False, shift=0, rotate_deg=0, scale=0, erase_p=0))
     from fer_lib.model.network import build_model
     from fer_lib.training.runs import split_for
@@ -105,7 +106,7 @@ def test_an_averaged_run_ships_its_final_average(tiny, tmp_path):
 
 
 def test_resume_after_interruption_matches_an_uninterrupted_run(tiny, tmp_path):
-    cfg = TrainConfig(**{**TINY, "epochs": 3})
+    cfg = TrainConfig(**TINY)  # two epochs: stopped after the first, resumed for the second
     straight = train(tiny, cfg, tmp_path / "straight", progress=False)
     interrupted = train(tiny, cfg, tmp_path / "resumed", stop_after=1, progress=False)
     assert not (interrupted / "run.json").exists() and read_history(interrupted)["epoch"].tolist() == [1]
@@ -116,12 +117,6 @@ def test_resume_after_interruption_matches_an_uninterrupted_run(tiny, tmp_path):
     wb = torch.load(resumed / "checkpoint.pt", weights_only=True)["model"]
     for key in wa:
         torch.testing.assert_close(wa[key], wb[key], rtol=0, atol=0, msg=key)
-
-
-def test_resume_refuses_a_checkpoint_of_another_config(tiny, tmp_path):
-    train(tiny, TrainConfig(**TINY), tmp_path / "run", stop_after=1, progress=False)
-    with pytest.raises(ValueError, match="checkpoint of another run"):
-        train(tiny, TrainConfig(**{**TINY, "lr": 1e-4}), tmp_path / "run", progress=False)
 
 
 def test_run_cache_trains_once(tiny_dataset, tmp_path, capsys, monkeypatch):
