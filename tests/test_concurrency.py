@@ -11,10 +11,19 @@ import pytest
 
 from fer_lib import ConfigError
 from fer_lib.core.io import exclusive_lock, replace_directory, restore_directory
+from fer_lib.data.synthetic import write_synthetic_dataset
 from fer_lib.training.runs import TrainConfig, is_complete, read_history, run_lock
 from fer_lib.training.train import train
 
 from .conftest import TINY, run_cli
+
+
+@pytest.fixture(scope="module")
+def few_faces(tmp_path_factory):
+    """120 training and 12 test faces: what two processes contend for, at a third of the tiny dataset's cost."""
+    out = tmp_path_factory.mktemp("few")
+    write_synthetic_dataset(out, n_train=120, n_test=12, seed=2)
+    return out
 
 # (the two-build test early: `make test` hands this worker its next file while the last two tests of this one run)
 # ------------------------------------------------------------------------- swapping a report in
@@ -55,11 +64,11 @@ def test_a_swap_killed_at_any_step_leaves_a_whole_report(tmp_path, monkeypatch, 
     assert {p.read_text() for p in final.iterdir()} == {"newer"} and not previous.exists()
 
 
-def test_two_builds_started_together_end_with_one_complete_report(tiny_dataset, tmp_path):
+def test_two_builds_started_together_end_with_one_complete_report(few_faces, tmp_path):
     """Two `report` processes for the same data: the run is trained once, both finish, one report remains."""
     from fer_lib.report.build import notebook_paths, recover
 
-    args = [sys.executable, "-m", "fer_lib", "report", "--data", str(tiny_dataset), "--profile", "smoke",
+    args = [sys.executable, "-m", "fer_lib", "report", "--data", str(few_faces), "--profile", "smoke",
             "--out", str(tmp_path / "report"), "--runs", str(tmp_path / "runs"), "--notebooks", "08",
             "--device", "cpu"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -97,9 +106,9 @@ def test_two_builds_started_together_end_with_one_complete_report(tiny_dataset, 
 # ------------------------------------------------------------------------- training into one folder
 
 
-def test_two_trainings_into_one_folder_train_once(tiny_dataset, tmp_path):
+def test_two_trainings_into_one_folder_train_once(few_faces, tmp_path):
     """Started together, one trains and the other waits, says whom for, and then finds the run finished."""
-    args = [sys.executable, "-m", "fer_lib", "train", "--data", str(tiny_dataset), "--out", str(tmp_path / "run"),
+    args = [sys.executable, "-m", "fer_lib", "train", "--data", str(few_faces), "--out", str(tmp_path / "run"),
             "--profile", "smoke", "--epochs", "2", "--max-train", "64", "--weights", "random"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     procs = [subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
