@@ -4,8 +4,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
-import subprocess
-import sys
 
 import numpy as np
 import pandas as pd
@@ -40,8 +38,16 @@ def test_overfits_a_small_batch(tiny):
     assert correct == 32 and loss / 32 < 0.1
 
 
-def test_history_checkpoint_and_provenance(tiny, tmp_path):
-    run = train(tiny, TrainConfig(**TINY), tmp_path / "run", progress=False)
+@pytest.fixture(scope="module")
+def finished(tiny, tmp_path_factory):
+    """One finished TINY run for the tests that only read it (its own parsed-array cache, as every test has)."""
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("FER_CACHE", str(tmp_path_factory.mktemp("cache")))
+        return train(tiny, TrainConfig(**TINY), tmp_path_factory.mktemp("finished") / "run", progress=False)
+
+
+def test_history_checkpoint_and_provenance(tiny, finished):
+    run = finished
     history = read_history(run)
     assert list(history.columns) == HISTORY_COLUMNS and history["epoch"].tolist() == [1, 2]
     assert history[["train_acc", "val_acc", "train_eval_acc"]].stack().between(0, 1).all()
@@ -205,9 +211,8 @@ def test_every_command_and_profile_is_documented(capsys):
 
     from fer_lib.training.runs import PROFILES
 
-    # the real entry point once, as a user types it
-    top = subprocess.run([sys.executable, "-m", "fer_lib", "--help"], capture_output=True, text=True)
-    commands = re.search(r"\{([a-z,]+)\}", top.stdout).group(1).split(",")
+    # in this process (`python -m fer_lib` itself runs as a user types it in test_concurrency.py)
+    commands = re.search(r"\{([a-z,]+)\}", run_cli(capsys, "--help")[1]).group(1).split(",")
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
     for command in commands:
         assert f"python -m fer_lib {command}" in readme, f"README does not show `{command}`"
@@ -271,7 +276,7 @@ def test_bf16_run_records_its_precision_and_ships_float16_weights(tiny, tmp_path
     assert {"train_ce", "val_acc_tta"} <= set(history.columns)
 
 
-def test_outputs_for_other_faces_are_computed_once_outside_the_run(tiny, tmp_path, monkeypatch):
+def test_outputs_for_other_faces_are_computed_once_outside_the_run(tiny, finished, tmp_path, monkeypatch):
     """Faces a finished run did not finish on (a copy a shipped model serves, another test set) get their
     validation logits and predictions once, in another folder; the run's own folder is left as it was."""
     import fer_lib.training.finish as finish_mod
@@ -279,8 +284,7 @@ def test_outputs_for_other_faces_are_computed_once_outside_the_run(tiny, tmp_pat
     from fer_lib.training.finish import ensure_outputs, read_test_outputs, read_val_logits
     from fer_lib.training.runs import split_for
 
-    cfg = TrainConfig(**{**TINY, "epochs": 1})
-    run = train(tiny, cfg, tmp_path / "run", progress=False)
+    cfg, run = TrainConfig(**TINY), finished
     before = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()}
     val = split_for(tiny, cfg)[1]
     ensure_outputs(run, tmp_path / "elsewhere", tiny.train, val, tiny.test, device="cpu")
