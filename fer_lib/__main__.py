@@ -72,7 +72,7 @@ def notebook_parameter(text: str) -> tuple[str, object]:
     """--param NAME=VALUE: a number or a string, as papermill's -p reads it."""
     name, sep, value = text.partition("=")
     if not sep or not name.isidentifier():
-        raise argparse.ArgumentTypeError(f"expected NAME=VALUE (such as ascent_steps=32), got {text!r}")
+        raise argparse.ArgumentTypeError(f"expected NAME=VALUE (such as faces_per_class=40), got {text!r}")
     with contextlib.suppress(ValueError, SyntaxError):
         value = ast.literal_eval(value)
     return name, value
@@ -159,7 +159,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--retrain", action="store_true",
                    help="train this data's own model even where a shipped model (report/*/model) would serve it")
     p.add_argument("--param", action="append", default=[], type=notebook_parameter, metavar="NAME=VALUE",
-                   help="a notebook parameter for this build, e.g. ascent_steps=32 (repeatable)")
+                   help="a notebook parameter for this build, e.g. faces_per_class=40 (Q4; repeatable)")
     p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("bench", help="images/s of the training recipe, and CSV load time")

@@ -24,7 +24,7 @@ from fer_lib.report.context import load_context
 from .conftest import run_cli, write_layout
 
 # every code path of 04 and 05 at a fraction of their default sizes (a test build, not a report to read)
-CHEAP = {"ascent_steps": 4, "n_shown": 3, "faces_per_class": 3}
+CHEAP = {"faces_per_class": 3, "sanity_per_class": 1}  # Q4 on few faces: the build is checked, not its findings
 MISSING = 5  # the training face the user's copy lacks
 
 
@@ -203,7 +203,7 @@ def test_an_unknown_notebook_or_a_clashing_parameter_is_refused_before_anything_
     with pytest.raises(ConfigError, match="no notebook matches 99"):
         build_report(ctx, tmp_path / "report", only=["99"])
     with pytest.raises(ConfigError, match="cannot set profile"):
-        build_report(ctx, tmp_path / "report", params={"profile": "full", "ascent_steps": 4})
+        build_report(ctx, tmp_path / "report", params={"profile": "full", "faces_per_class": 4})
     assert not (tmp_path / "runs").exists() and not (tmp_path / "report").exists(), "nothing trained or written"
 
 
