@@ -168,9 +168,8 @@ def pick_filters(tuning: Tuning, top_class: np.ndarray, top_count: np.ndarray, m
     chosen = [int(max(f, key=key)) for c in range(len(tuning.auroc))
               if len(f := np.flatnonzero(agree & (tuning.preferred == c)))]
     other = np.flatnonzero(tuning.one_class & (top_class != tuning.preferred))
-    if not len(other):
-        return np.array(chosen, dtype=np.int64), None
-    return np.array([*chosen, int(max(other, key=key))], dtype=np.int64), len(chosen)
+    extra = [int(max(other, key=key))] if len(other) else []
+    return np.array([*chosen, *extra], dtype=np.int64), len(chosen) if extra else None
 
 
 # --- what the top faces share beyond their class -------------------------------------------------------------
@@ -291,7 +290,7 @@ def part_drops(model: nn.Module, images: np.ndarray, faces: np.ndarray, filters:
 
 # --- gradient ascent: a face grown from the mean face to excite each filter -------------------------------------
 
-def grow_faces(model: nn.Module, filters, start: np.ndarray, input_size: int = 48, steps: int = 96, lr: float = 0.01,
+def grow_faces(model: nn.Module, filters, start: np.ndarray, input_size: int = 48, steps: int = 48, lr: float = 0.01,
                seed: int = 0) -> np.ndarray:
     """Faces (F, 48, 48) in [0, 1] grown from ``start`` (48, 48) by gradient ascent on each filter's mean response:
     Adam on a ``GRID`` x ``GRID`` change enlarged smoothly (areas the size of a brow, not pixels), each step seeing the
@@ -327,8 +326,8 @@ def growth_parts(start: np.ndarray, grown: np.ndarray, control: np.ndarray) -> l
     if not found[0]:
         return [None] * len(grown)
     regions = {r: m[0] for r, m in landmark_regions(points).items()}
-    focus = [(lambda d: np.stack([d[:, regions[p]].mean(1) for p in FACE_PARTS], 1)
-              / d[:, ~regions["outside_face"]].mean(1, keepdims=True))(np.abs(x - start)) for x in (grown, control)]
+    focus = [(lambda d: np.stack([d[:, regions[p]].mean(1) for p in FACE_PARTS], 1) / np.maximum(  # unchanged: 0
+        d[:, ~regions["outside_face"]].mean(1, keepdims=True), 1e-9))(np.abs(x - start)) for x in (grown, control)]
     return [(FACE_PARTS[j], int(np.sign((grown[i] - start)[regions[FACE_PARTS[j]]].mean())))
             if focus[0][i, j] >= FOCUS > focus[1][i, j] else None for i, j in enumerate(focus[0].argmax(1))]
 
@@ -354,7 +353,7 @@ class FiltersAnswer:
     map_side: int  # side of the response map
     start: np.ndarray  # (48, 48) in [0, 1]: the mean validation face every grown face starts from
     grown: np.ndarray  # (shown, 48, 48) in [0, 1]: grown from it by gradient ascent on each shown filter
-    growth: list  # per shown filter: (part, +1 lighter / -1 darker) its grown face changes (growth_parts), or None
+    growth: list  # per shown filter: (part, +1 lighter / -1 darker) its grown faces (two seeds) change, or None
 
     def traits(self, f: int) -> list[tuple[int, int]]:
         """Filter ``f``'s [(attribute index, sign)], largest shift first: its own p <= ``ALPHA`` against the shuffles,
@@ -389,15 +388,15 @@ def filters_answer(model: nn.Module, images: np.ndarray, labels: np.ndarray, inp
     detected = attributes["detected"].to_numpy(bool)
     chosen, other = pick_filters(tuning, top_class, top_count, detected[top].sum(1))
     parts = part_drops(model, images, top[chosen], chosen, responses, responses[valid].std(0), input_size)
-    rows = np.repeat(np.arange(len(chosen)), top.shape[1])
-    flat = top[chosen].ravel()
+    rows, flat = np.repeat(np.arange(len(chosen)), top.shape[1]), top[chosen].ravel()
     aligned = aligned_class_means(images[flat], parts.maps().reshape(-1, *images.shape[1:]),
                                   np.zeros((len(flat), *images.shape[1:])), parts.points.reshape(-1, 68, 2), rows,
                                   parts.found.ravel())
     start = images[valid].mean(0) / 255  # one start for every filter: the changes compare across rows
     grown = grow_faces(model, chosen, start, input_size, seed=seed)
+    again = grow_faces(model, chosen, start, input_size, seed=seed + 1)  # other shifts: a part is named if both agree
     control = grow_faces(untrained, chosen, start, input_size, seed=seed)
+    growth = [a if a == b else None for a, b in zip(*(growth_parts(start, x, control) for x in (grown, again)))]
     return FiltersAnswer(tuning, top, valid, detected, shifts, shift, shift_p, top_class,
                          top_count, chosen, other, parts, parts.named(), aligned,
-                         stage_map_sides(model, input_size)[RESPONSE_LAYER.split(".")[0]], start, grown,
-                         growth_parts(start, grown, control))
+                         stage_map_sides(model, input_size)[RESPONSE_LAYER.split(".")[0]], start, grown, growth)
