@@ -1,7 +1,8 @@
 """Q5 computations on crafted inputs whose answer is known: top faces (blank images and repeated photos left out),
 AUROC tuning against a random network and the last layer's votes, the rows shown and their labels (the top faces'
 majority), attribute shifts beyond the class (missing values left out), face attributes from hand-placed landmarks,
-and the face part a filter looks at (each part blurred in turn, against the average filter)."""
+the face part a filter looks at (each part blurred in turn, against the average filter) and a face grown by gradient
+ascent (the part it changes, against an untrained network)."""
 from __future__ import annotations
 
 import numpy as np
