@@ -1,7 +1,8 @@
 """Q5 computations on crafted inputs whose answer is known: top faces (blank images and repeated photos left out),
 AUROC tuning against a random network and the last layer's votes, the rows shown and their labels (the top faces'
 majority), attribute shifts beyond the class (missing values left out), face attributes from hand-placed landmarks,
-and the face part a filter looks at (each part blurred in turn, against the average filter)."""
+the face part a filter looks at (each part blurred in turn, against the average filter) and a face grown by gradient
+ascent (the part it changes, against an untrained network)."""
 from __future__ import annotations
 
 import numpy as np
@@ -15,11 +16,14 @@ from fer_lib.questions.q5_filters import (
     ALPHA,
     FACE_PARTS,
     RESPONSE_LAYER,
+    TOP_K,
     PartDrops,
     attribute_shift,
     auroc_by_class,
     class_tuning,
     filter_responses,
+    grow_faces,
+    growth_parts,
     informative_faces,
     majority,
     part_drops,
@@ -137,11 +141,19 @@ def test_rows_are_labelled_by_their_top_faces_and_a_disagreeing_filter_comes_las
     top_class, top_count = majority(top_faces(responses, k=10), labels)
     assert t.preferred[14] == 2 and top_class[14] == 5 and top_count[14] == 10  # AUROC and the top faces disagree
     assert (top_class[:14] == np.arange(14) % 7).all()
-    chosen, other = pick_filters(t, top_class, top_count)
+    measured = np.full(16, TOP_K)  # top faces with landmarks
+    chosen, other = pick_filters(t, top_class, top_count, measured)
     assert chosen[:7].tolist() == list(range(7, 14))  # per class the filter whose class, top faces and vote agree
     assert other == 7 and chosen[other] == 14 and len(chosen) == 8
+    measured[7] = 0  # the only Angry filter that agrees stays, however few of its faces have landmarks...
+    assert pick_filters(t, top_class, top_count, measured)[0][0] == 7
+    fc[:, 0], fc[0, 0] = 0, 1  # ...but where filter 0 agrees too, with its faces measured, it is shown instead
+    t = class_tuning(responses, rng.normal(size=(1400, 16)), labels, fc)
+    assert t.votes[0] and pick_filters(t, top_class, top_count, measured)[0][0] == 0
+    measured[7] = TOP_K  # (with both measured, the clearer filter 7 again)
+    assert pick_filters(t, top_class, top_count, measured)[0][0] == 7
     top_class[7] = 3  # a filter whose top faces are mostly of another class is not its class's example
-    assert pick_filters(t, top_class, top_count)[0][:6].tolist() == list(range(8, 14))
+    assert pick_filters(t, top_class, top_count, measured)[0][1:6].tolist() == list(range(8, 13))
 
 
 def test_face_attributes_are_missing_where_no_face_was_found(monkeypatch):
@@ -297,4 +309,42 @@ def test_a_part_every_filter_loses_is_not_named_and_a_close_second_part_is():
     parts = PartDrops(drop, average, np.zeros((3, 12, 4, 48, 48), bool), np.zeros((3, 12, 68, 2)),
                       np.arange(12) < 10)
     assert parts.named() == [[], [1, 0], [1]]
+    average[2, :10, 1] += 0.8  # filter 2: the eyes exceed the control by only 0.2 (under 3/4 of the brows' 0.4)
+    assert parts.named()[2] == [0]  # the brows, which exceed the control by 0.4, come first, though raw fall is less
+
+
+class MeanNet(torch.nn.Module):
+    """A stand-in network: channel j of its ``layer4.1.bn2`` is ``signs[j]`` times the mean gray level inside
+    region ``masks[j]``, so raising it means lightening (or darkening) that region only."""
+
+    def __init__(self, masks: list[np.ndarray], signs: list[float]):
+        super().__init__()
+        self.masks = torch.as_tensor(np.stack(masks), dtype=torch.float32)
+        self.signs = torch.as_tensor(signs, dtype=torch.float32)
+        tail = torch.nn.Module()
+        tail.bn2 = torch.nn.Identity()
+        self.layer4 = torch.nn.Sequential(torch.nn.Identity(), tail)
+        self.fc = torch.nn.Linear(len(masks), 7)
+
+    def forward(self, x):
+        means = torch.einsum("bij,cij->bc", x[:, 0], self.masks) / self.masks.sum((1, 2))
+        return self.fc(self.layer4[1].bn2((self.signs * means)[:, :, None, None]).flatten(1))
+
+
+def test_a_face_grown_for_a_filter_changes_its_part_unless_an_untrained_network_changes_it_too(monkeypatch):
+    import fer_lib.data.landmarks as landmarks
+    from fer_lib.data.regions import landmark_regions
+
+    points = frontal_points()
+    regions = {k: v[0] for k, v in landmark_regions(points[None]).items()}
+    monkeypatch.setattr(landmarks, "face_landmarks", lambda images: (points[None], np.array([True])))
+    model = MeanNet([regions["mouth"], regions["eyes"], np.ones((48, 48), bool)], [1.0, -1.0, 1.0]).eval()
+    start = np.full((48, 48), 0.5)
+    grown = grow_faces(model, [0, 1, 2], start, steps=40, seed=0)
+    assert grown.shape == (3, 48, 48) and np.sqrt(((grown - start) ** 2).mean((1, 2))).max() <= 0.06 + 1e-6
+    assert (grown[0] - start)[regions["mouth"]].mean() > 0 > (grown[1] - start)[regions["eyes"]].mean()
+    np.testing.assert_array_equal(grown, grow_faces(model, [0, 1, 2], start, steps=40, seed=0))  # seeded
+    untouched = np.broadcast_to(start, grown.shape)  # a control network that changes nothing
+    assert growth_parts(start, grown, untouched) == [("mouth", 1), ("eyes", -1), None]  # the whole face: no part
+    assert growth_parts(start, grown, grown) == [None, None, None]  # a part the control changes too is not named
 

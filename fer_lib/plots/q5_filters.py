@@ -9,42 +9,45 @@ FONT = 9  # points
 DIVERGING = "RdBu_r"  # red: the response falls when the part is blurred; blue: it rises
 
 
-def _overlay(ax, face, drop, limit: float, vmax: float) -> object:
+def _overlay(ax, face, drop, limit: float, vmax: float, cmap: str = DIVERGING) -> object:
     """A gray face with ``drop`` laid over it (diverging map; opaque where it is large, clear where it is 0)."""
     ax.imshow(face, cmap="gray", vmin=0, vmax=vmax)
     alpha = np.clip(np.abs(drop) / limit, 0, 1) * 0.8
-    image = ax.imshow(drop, cmap=DIVERGING, vmin=-limit, vmax=limit, alpha=alpha)
+    image = ax.imshow(drop, cmap=cmap, vmin=-limit, vmax=limit, alpha=alpha)
     ax.axis("off")
     return image
 
 
-def plot_part_rows(mean_face: np.ndarray, mean_map: np.ndarray, outlines: np.ndarray, faces: np.ndarray,
-                   maps: np.ndarray, captions: list[str], tile: float = 0.8):
+def plot_part_rows(mean_face: np.ndarray, mean_map: np.ndarray, outlines: np.ndarray, start: np.ndarray,
+                   grown: np.ndarray, faces: np.ndarray, maps: np.ndarray, captions: list[str], tile: float = 0.8):
     """Per filter one row under its two-line caption: the average of its top faces aligned on their landmarks, the
     average drop laid over it on its own scale and the parts named outlined (``outlines`` (rows, 48, 48) bool; rows
-    without enough landmarks stay blank), then its top faces (uint8), each with its own drop per face part laid over
-    it (``maps`` (rows, k, 48, 48), the response lost when the part is blurred)."""
+    without enough landmarks stay blank), its face ``grown`` from ``start`` (change laid over the start: orange
+    lighter, purple darker), then its top faces (uint8), each with its own drop per face part laid over it (``maps``
+    (rows, k, 48, 48), the response lost when the part is blurred)."""
+    reach = max(float(np.percentile(np.abs(change := np.asarray(grown) - np.asarray(start)[None]), 99.5)), 1e-3)
     n, k = faces.shape[:2]
     limit = max(float(np.percentile(np.abs(maps), 99.5)), 1e-3)
     own = max(float(np.nanmax(np.abs(mean_map), initial=0)), 1e-3)  # the averages' scale
     caption, gap, head, foot = 0.42, 0.15, 0.25, 0.8  # inches: captions, gap after the average, titles, colour bar
-    width, height = (k + 1) * tile * 1.04 + gap, n * (tile + caption) + head + foot
+    width, height = (k + 2) * tile * 1.04 + gap, n * (tile + caption) + head + foot
     fig = plt.figure(figsize=(width, height))
-    grid = fig.add_gridspec(n, k + 2, width_ratios=[1, gap / tile] + [1] * k, left=0.005, right=0.995,
+    grid = fig.add_gridspec(n, k + 3, width_ratios=[1, 1, gap / tile] + [1] * k, left=0.005, right=0.995,
                             bottom=foot / height, top=1 - (caption + head) / height, wspace=0.04,
                             hspace=caption / tile)
     for r in range(n):
-        axes = [fig.add_subplot(grid[r, j]) for j in (0, *range(2, k + 2))]
+        axes = [fig.add_subplot(grid[r, j]) for j in (0, 1, *range(3, k + 3))]
+        _overlay(axes[1], start, change[r], reach, 1, "PuOr_r")
         if np.isfinite(mean_face[r]).all():
             _overlay(axes[0], mean_face[r], mean_map[r], own, 1)
             if outlines[r].any():
                 axes[0].contour(outlines[r].astype(float), levels=[0.5], colors="gold", linewidths=1.2)
         axes[0].axis("off")
         for j in range(k):
-            image = _overlay(axes[1 + j], faces[r, j], maps[r, j], limit, 255)
+            image = _overlay(axes[2 + j], faces[r, j], maps[r, j], limit, 255)
         axes[0].text(0, 1.04, captions[r], transform=axes[0].transAxes, fontsize=FONT, va="bottom")
         if r == 0:
-            for ax, title in zip(axes[:2], ("average", "top faces, strongest first")):
+            for ax, title in zip(axes[:3], ("average", "grown", "top faces, strongest first")):
                 ax.text(0, 1.04 + (caption + 0.04) / tile, title, transform=ax.transAxes, fontsize=FONT,
                         va="bottom", weight="bold")
     bar = fig.add_axes([0.3, 0.35 * foot / height, 0.4, 0.18 * foot / height])

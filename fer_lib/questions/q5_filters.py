@@ -1,8 +1,6 @@
-"""Q5: what the last convolution layer's filters respond to. A filter's *response* is its channel of
-``layer4.1.bn2`` (the last convolution and its BatchNorm) averaged over positions. Four views: the validation faces
-that excite it most; its tuning to each class (AUROC) against the same filter of a randomly initialised network, and
-its vote in the final layer; where on its top faces its response depends (each face part blurred in turn); what
-its top faces share beyond their class."""
+"""Q5: what the last convolution layer's filters respond to (a *response*: a channel of ``layer4.1.bn2`` averaged
+over positions): top faces, tuning (AUROC) against an untrained network and fc votes, the parts whose blurring costs
+the response, a face grown by gradient ascent, and what the top faces share beyond their class."""
 from __future__ import annotations
 
 import copy
@@ -26,7 +24,10 @@ N_PERMUTATIONS = 1000  # within-class attribute shuffles of the chance baseline
 ALPHA = 0.05  # false-discovery rate of tuning; per-test level of the attribute shifts and part drops (Bonferroni)
 RANDOM_LEVEL = 0.95  # a tuned filter's AUROC also beats this share of the untrained filters (at their best class)
 QUIET = 0.2  # a filter is quiet for a class when its AUROC for it is below this (the class's faces respond least)
-SECOND = 0.75  # a second part is named with the first when its mean drop reaches this share of the first's
+SECOND = 0.75  # a second part is named too when its excess over the control reaches this share of the first's
+MIN_MEASURED = TOP_K // 2  # a shown filter has at least this many top faces with landmarks, where its class has one
+GRID, ASCENT_SHIFT, MAX_CHANGE = 6, 3, 0.06  # ascent: 6x6 change (8-px cells), shifts up to 3 px, RMS cap (of 1)
+FOCUS = 1.5  # a grown face's change is "on" a part when that part changes this many times the face's average
 COMPARED = ("mouth_open", "eye_open", "brow_height", "head_turn", "brightness", "contrast")  # of face_attributes
 FACE_PARTS = ("brows", "eyes", "nose", "mouth")  # landmark regions blurred one at a time
 Z95 = norm.ppf(0.975)
@@ -78,11 +79,10 @@ def top_faces(responses: np.ndarray, k: int = TOP_K, valid: np.ndarray | None = 
 
 @dataclass
 class Tuning:
-    """Every filter's AUROC per class (response, class against the rest), trained and random network (the same
-    filter index). A filter is *tuned* when its preferred class's AUROC beats the random filter's (one-sided z-test on
-    Hanley-McNeil errors, times the classes for picking the best, at a false-discovery rate of ``ALPHA``) and exceeds
-    ``random_threshold``, the ``RANDOM_LEVEL`` quantile of the random filters' best-class AUROC; *mixed* when its best
-    two classes tie (within 1.96 combined errors); it *votes* for its class when that gets its largest fc weight."""
+    """Every filter's AUROC per class, trained and random network (same index). *Tuned*: its preferred class's AUROC
+    beats the random filter's (one-sided z-test on Hanley-McNeil errors, times the classes, FDR ``ALPHA``) and the
+    ``RANDOM_LEVEL`` quantile of random best-class AUROCs; *mixed*: its best two classes tie (1.96 combined errors);
+    it *votes* for its class when that gets its largest fc weight."""
 
     auroc: np.ndarray  # (n_classes, F) trained network
     random_auroc: np.ndarray  # (n_classes, F)
@@ -107,8 +107,7 @@ class Tuning:
     def chance_votes(self, among: np.ndarray) -> float:
         """Expected share of ``among`` (bool, F) voting for their class if votes ignored tuning: the sum over
         classes of (share preferring c) x (share whose largest weight goes to c); nan for no filters."""
-        among = np.asarray(among, bool)
-        if not among.any():
+        if not (among := np.asarray(among, bool)).any():
             return float("nan")
         prefer = np.bincount(self.preferred[among], minlength=len(self.auroc)) / among.sum()
         return float(prefer @ (np.bincount(self.fc[:, among].argmax(0), minlength=len(self.auroc)) / among.sum()))
@@ -124,8 +123,7 @@ class Tuning:
 
 def auroc_by_class(responses: np.ndarray, labels: np.ndarray, n_classes: int = 7) -> tuple[np.ndarray, np.ndarray]:
     """AUROC (n_classes, F) of each column of ``responses`` (N, F) for class c against the rest (NaN for a class
-    without faces), and Hanley and McNeil's (1982) standard error: a cheap normal approximation where a bootstrap
-    of 512 x 7 AUROCs would cost too much."""
+    without faces), and Hanley and McNeil's (1982) standard error (a bootstrap of 512 x 7 AUROCs costs too much)."""
     from scipy.stats import mannwhitneyu
 
     labels = np.asarray(labels)
@@ -145,8 +143,7 @@ def auroc_by_class(responses: np.ndarray, labels: np.ndarray, n_classes: int = 7
 
 def class_tuning(responses: np.ndarray, random_responses: np.ndarray, labels: np.ndarray, fc_weight: np.ndarray,
                  valid: np.ndarray | None = None) -> Tuning:
-    """:class:`Tuning` from the trained and random networks' responses (N, F) over the (``valid``) faces and the
-    final layer's weight (n_classes, F)."""
+    """:class:`Tuning` from both networks' responses (N, F) on the ``valid`` faces and the fc weight (n_classes, F)."""
     keep = np.ones(len(labels), bool) if valid is None else np.asarray(valid, bool)
     (auc, se), (rand, rand_se) = (auroc_by_class(np.asarray(r)[keep], np.asarray(labels)[keep], len(fc_weight))
                                   for r in (responses, random_responses))
@@ -159,18 +156,20 @@ def majority(top: np.ndarray, labels: np.ndarray, n_classes: int = 7) -> tuple[n
     return counts.argmax(1), counts.max(1)
 
 
-def pick_filters(tuning: Tuning, top_class: np.ndarray, top_count: np.ndarray) -> tuple[np.ndarray, int | None]:
+def pick_filters(tuning: Tuning, top_class: np.ndarray, top_count: np.ndarray, measured: np.ndarray
+                 ) -> tuple[np.ndarray, int | None]:
     """The filters shown: per class its clearest one-class filter (preferred class, majority of its top faces and
-    vote all agree; most top faces of the class, then the largest AUROC margin over the random network), then the
-    clearest tuned filter whose top faces' majority is another class than its AUROC's (its row, or None)."""
+    vote all agree; ``MIN_MEASURED`` of its top faces with landmarks (``measured`` (F,)) where one has, then most top
+    faces of the class, then the largest AUROC margin over the random network), then the clearest tuned filter whose
+    top faces' majority is another class than its AUROC's (its row, or None)."""
     margin = tuning.best - tuning.random_best
     agree = tuning.one_class & (top_class == tuning.preferred) & tuning.votes
-    chosen = [int(max(f, key=lambda i: (top_count[i], margin[i]))) for c in range(len(tuning.auroc))
+    key = lambda i: (measured[i] >= MIN_MEASURED, top_count[i], margin[i])  # noqa: E731
+    chosen = [int(max(f, key=key)) for c in range(len(tuning.auroc))
               if len(f := np.flatnonzero(agree & (tuning.preferred == c)))]
     other = np.flatnonzero(tuning.one_class & (top_class != tuning.preferred))
-    if not len(other):
-        return np.array(chosen, dtype=np.int64), None
-    return np.array([*chosen, int(max(other, key=lambda i: (top_count[i], margin[i])))], dtype=np.int64), len(chosen)
+    extra = [int(max(other, key=key))] if len(other) else []
+    return np.array([*chosen, *extra], dtype=np.int64), len(chosen) if extra else None
 
 
 # --- what the top faces share beyond their class -------------------------------------------------------------
@@ -184,19 +183,17 @@ def within_class_z(values: np.ndarray, labels: np.ndarray) -> np.ndarray:
 
 def _top_mean(z: np.ndarray, top: np.ndarray) -> np.ndarray:
     """(F, A) mean over each filter's top faces of the measured values (missing left out; NaN if none)."""
-    picked = z[top]  # (F, k, A)
-    n = np.isfinite(picked).sum(1)
+    n = np.isfinite(picked := z[top]).sum(1)  # picked: (F, k, A)
     return np.where(n > 0, np.nansum(picked, 1) / np.maximum(n, 1), np.nan)
 
 
 def attribute_shift(values: np.ndarray, labels: np.ndarray, top: np.ndarray, valid: np.ndarray | None = None,
                     names: tuple[str, ...] = COMPARED, n_permutations: int = N_PERMUTATIONS, seed: int = 0
                     ) -> tuple[pd.DataFrame, np.ndarray, np.ndarray]:
-    """How each filter's top faces ``top`` (F, k) differ from faces of their classes in attribute columns ``values``
-    (N, A): the mean within-class z of its top faces counts at p <= ``ALPHA`` against ``n_permutations`` shuffles of
-    the rows among the (``valid``) faces of each class. Per attribute and direction: the filters whose top faces are
-    higher / lower, the count under shuffles (mean, 95% upper bound) and "beyond chance" (above the bound); and per
-    filter and attribute (F, A) the shift and its two-sided p against the shuffles (1 where unmeasured)."""
+    """How each filter's top faces ``top`` (F, k) differ from faces of their classes in ``values`` (N, A): the mean
+    within-class z of its top faces, at p <= ``ALPHA`` against shuffles within each class of the ``valid`` faces. Per
+    attribute and direction: filters higher / lower, the count under shuffles (mean, 95% upper bound), "beyond
+    chance"; per filter and attribute (F, A) the shift and its two-sided p (1 where unmeasured)."""
     from fer_lib.data.face_attributes import ATTRIBUTES
 
     labels = np.asarray(labels)
@@ -211,8 +208,7 @@ def attribute_shift(values: np.ndarray, labels: np.ndarray, top: np.ndarray, val
         order = np.arange(len(labels))
         for rows in classes:
             order[rows] = rows[rng.permutation(len(rows))]
-        null[b] = _top_mean(z[order], top)
-    null = np.nan_to_num(null)
+        null[b] = np.nan_to_num(_top_mean(z[order], top))
     p = (1 + (np.abs(null) >= np.abs(shift)[None] - 1e-12).sum(0)) / (1 + n_permutations)  # (F, A)
     hit = p <= ALPHA  # NaN: no hit
     # each shuffle's own p against the shuffles (itself included): the p-values a chance labelling would get
@@ -233,10 +229,9 @@ def attribute_shift(values: np.ndarray, labels: np.ndarray, top: np.ndarray, val
 
 @dataclass
 class PartDrops:
-    """What each shown filter loses when one part (``FACE_PARTS``) of one of its top faces is blurred away, in
-    standard deviations of its response over the validation faces: ``drop`` (shown, k, parts) for the filter,
-    ``average`` the mean of that over all filters (the control: what any filter loses), NaN where the detector
-    missed the face; ``masks`` (shown, k, parts, 48, 48) the parts and ``points`` (shown, k, 68, 2) the landmarks."""
+    """What each shown filter loses when one part (``FACE_PARTS``) of a top face is blurred, in SDs of its response:
+    ``drop`` (shown, k, parts), ``average`` its mean over all filters (the control), NaN where the detector missed
+    the face; ``masks`` (shown, k, parts, 48, 48) the parts and ``points`` (shown, k, 68, 2) the landmarks."""
 
     drop: np.ndarray
     average: np.ndarray
@@ -245,9 +240,9 @@ class PartDrops:
     found: np.ndarray  # (shown, k)
 
     def named(self, alpha: float = ALPHA) -> list[list[int]]:
-        """Per filter the parts it looks at: the part with the largest mean drop where its drop is above zero and
-        above the average filter's (one-sided t-tests over the faces with landmarks, each times the parts), and the
-        next one too where it passes as well and its drop reaches ``SECOND`` of the first's; [] otherwise."""
+        """Per filter the parts it looks at: the one of largest mean excess over the control where its drop is above
+        zero and above the control's (one-sided t-tests over faces with landmarks, times the parts), and the next too
+        where it passes and its excess reaches ``SECOND`` of the first's; [] otherwise."""
         from scipy.stats import ttest_1samp
 
         out = []
@@ -255,7 +250,7 @@ class PartDrops:
             ok = np.isfinite(drop[:, 0])
             tests = [ttest_1samp(x, 0, alternative="greater").pvalue for x in (drop[ok], drop[ok] - average[ok])]
             passes = np.maximum(*tests) * len(FACE_PARTS) <= alpha if ok.sum() >= 3 else np.zeros(len(FACE_PARTS), bool)
-            mean = drop[ok].mean(0) if ok.any() else np.zeros(len(FACE_PARTS))
+            mean = (drop[ok] - average[ok]).mean(0) if ok.any() else np.zeros(len(FACE_PARTS))
             first, second = np.argsort(-mean, kind="stable")[:2]
             both = passes[second] and mean[second] >= SECOND * mean[first]
             out.append([int(first), int(second)][:1 + both] if passes[first] else [])
@@ -268,9 +263,8 @@ class PartDrops:
 
 def part_drops(model: nn.Module, images: np.ndarray, faces: np.ndarray, filters: np.ndarray, responses: np.ndarray,
                scale: np.ndarray, input_size: int = 48) -> PartDrops:
-    """:class:`PartDrops` of ``filters`` (shown,) on their faces ``faces`` (shown, k) of uint8 ``images``, whose
-    responses (N, all filters) are ``responses`` and their standard deviations ``scale``. A part is blurred as Q4
-    covers it (a Gaussian of the face); only faces the detector finds go through the network again."""
+    """:class:`PartDrops` of ``filters`` (shown,) on ``faces`` (shown, k) of uint8 ``images`` with ``responses`` (N, F)
+    of SDs ``scale``; a part is blurred as Q4 covers it; only faces the detector finds are run again."""
     from fer_lib.data.landmarks import face_landmarks
     from fer_lib.data.regions import landmark_regions
     from fer_lib.questions.q4_occlusion import fill
@@ -294,15 +288,58 @@ def part_drops(model: nn.Module, images: np.ndarray, faces: np.ndarray, filters:
                      points.reshape(*np.shape(faces), 68, 2), found.reshape(np.shape(faces)))
 
 
+# --- gradient ascent: a face grown from the mean face to excite each filter -------------------------------------
+
+def grow_faces(model: nn.Module, filters, start: np.ndarray, input_size: int = 48, steps: int = 48, lr: float = 0.01,
+               seed: int = 0) -> np.ndarray:
+    """Faces (F, 48, 48) in [0, 1] grown from ``start`` (48, 48) by gradient ascent on each filter's mean response:
+    Adam on a ``GRID`` x ``GRID`` change enlarged smoothly (areas the size of a brow, not pixels), each step seeing the
+    face shifted by up to ``ASCENT_SHIFT`` px (only changes that work wherever they sit survive), the change's root
+    mean square capped at ``MAX_CHANGE``. Seeded privately."""
+    twin, device, side = copy.deepcopy(model).eval().requires_grad_(False), model_device(model), start.shape[-1]
+    g, index = torch.Generator().manual_seed(seed), torch.as_tensor(np.asarray(filters), device=device)
+    base = torch.as_tensor(start, dtype=torch.float32, device=device).expand(len(index), side, side)
+    coarse = torch.zeros(len(index), 1, GRID, GRID, device=device, requires_grad=True)
+    optimizer = torch.optim.Adam([coarse], lr=lr)
+    change = lambda: nn.functional.interpolate(coarse, size=(side, side), mode="bicubic")[:, 0]  # noqa: E731
+    with capture(twin, RESPONSE_LAYER) as store:
+        for _ in range(steps):
+            shift = torch.randint(-ASCENT_SHIFT, ASCENT_SHIFT + 1, (2,), generator=g).tolist()
+            twin(preprocess(torch.roll((base + change()).clamp(0, 1), shift, (1, 2)), input_size))
+            optimizer.zero_grad()
+            (-store["out"][torch.arange(len(index)), index].mean()).backward()
+            optimizer.step()
+            with torch.no_grad():
+                coarse.mul_((MAX_CHANGE / change().pow(2).mean((1, 2)).sqrt().clamp(min=MAX_CHANGE)).view(-1, 1, 1, 1))
+    with torch.no_grad():
+        return (base + change()).clamp(0, 1).cpu().numpy()
+
+
+def growth_parts(start: np.ndarray, grown: np.ndarray, control: np.ndarray) -> list:
+    """Per grown face (F, 48, 48) the part (``FACE_PARTS``, on ``start``'s landmarks) it changes most and the sign of
+    its mean change there, where that part changes ``FOCUS`` times the face's average and the same filter grown in the
+    untrained network (``control``) changes it less (a part any network changes is the method's bias); else None."""
+    from fer_lib.data.landmarks import face_landmarks
+    from fer_lib.data.regions import landmark_regions
+
+    points, found = face_landmarks(np.clip(np.round(start[None] * 255), 0, 255).astype(np.uint8))
+    if not found[0]:
+        return [None] * len(grown)
+    regions = {r: m[0] for r, m in landmark_regions(points).items()}
+    focus = [(lambda d: np.stack([d[:, regions[p]].mean(1) for p in FACE_PARTS], 1) / np.maximum(  # unchanged: 0
+        d[:, ~regions["outside_face"]].mean(1, keepdims=True), 1e-9))(np.abs(x - start)) for x in (grown, control)]
+    return [(FACE_PARTS[j], int(np.sign((grown[i] - start)[regions[FACE_PARTS[j]]].mean())))
+            if focus[0][i, j] >= FOCUS > focus[1][i, j] else None for i, j in enumerate(focus[0].argmax(1))]
+
+
 @dataclass
 class FiltersAnswer:
-    """What Q5's page shows: every filter's tuning against an untrained network and the last layer's votes, what
-    its top faces share beyond their class, and for the filters shown where on their top faces they look."""
+    """What Q5's page shows (see the module's docstring)."""
 
     tuning: Tuning
     top: np.ndarray  # (filters, TOP_K) indices of each filter's strongest validation faces, one per photo
     valid: np.ndarray  # (faces,) informative (not blank) faces
-    detected: float  # share of the faces the landmark detector found
+    detected: np.ndarray  # (faces,) bool: the landmark detector found the face
     shifts: pd.DataFrame  # attribute_shift()'s table
     shift: np.ndarray  # (filters, attributes) mean within-class z of the top faces
     shift_p: np.ndarray  # (filters, attributes) its p against the shuffles
@@ -314,6 +351,9 @@ class FiltersAnswer:
     named: list  # per shown filter: the FACE_PARTS indices it looks at (PartDrops.named)
     aligned: dict  # aligned_class_means over each row's faces with landmarks: "face", "map" (drop), "shape"
     map_side: int  # side of the response map
+    start: np.ndarray  # (48, 48) in [0, 1]: the mean validation face every grown face starts from
+    grown: np.ndarray  # (shown, 48, 48) in [0, 1]: grown from it by gradient ascent on each shown filter
+    growth: list  # per shown filter: (part, +1 lighter / -1 darker) its grown faces (two seeds) change, or None
 
     def traits(self, f: int) -> list[tuple[int, int]]:
         """Filter ``f``'s [(attribute index, sign)], largest shift first: its own p <= ``ALPHA`` against the shuffles,
@@ -339,18 +379,24 @@ def filters_answer(model: nn.Module, images: np.ndarray, labels: np.ndarray, inp
     responses = filter_responses(model, images, input_size)  # (faces, filters)
     valid = informative_faces(images)
     top = top_faces(responses, valid=valid, groups=cached_duplicates(images, cache_dir=default_cache_dir()).group)
-    tuning = class_tuning(responses, filter_responses(randomised_copy(model, seed), images, input_size), labels,
+    untrained = randomised_copy(model, seed)  # every layer re-initialised at random: the controls
+    tuning = class_tuning(responses, filter_responses(untrained, images, input_size), labels,
                           model.fc[1].weight.detach().float().cpu().numpy(), valid)  # fc = Dropout + Linear
     attributes = face_attributes(images, cache_dir=default_cache_dir())
     shifts, shift, shift_p = attribute_shift(attributes[list(COMPARED)].to_numpy(), labels, top, valid, seed=seed)
     top_class, top_count = majority(top[:, :K_SHOWN], labels, len(tuning.auroc))
-    chosen, other = pick_filters(tuning, top_class, top_count)
+    detected = attributes["detected"].to_numpy(bool)
+    chosen, other = pick_filters(tuning, top_class, top_count, detected[top].sum(1))
     parts = part_drops(model, images, top[chosen], chosen, responses, responses[valid].std(0), input_size)
-    rows = np.repeat(np.arange(len(chosen)), top.shape[1])
-    flat = top[chosen].ravel()
+    rows, flat = np.repeat(np.arange(len(chosen)), top.shape[1]), top[chosen].ravel()
     aligned = aligned_class_means(images[flat], parts.maps().reshape(-1, *images.shape[1:]),
                                   np.zeros((len(flat), *images.shape[1:])), parts.points.reshape(-1, 68, 2), rows,
                                   parts.found.ravel())
-    return FiltersAnswer(tuning, top, valid, float(attributes["detected"].mean()), shifts, shift, shift_p, top_class,
+    start = images[valid].mean(0) / 255  # one start for every filter: the changes compare across rows
+    grown = grow_faces(model, chosen, start, input_size, seed=seed)
+    again = grow_faces(model, chosen, start, input_size, seed=seed + 1)  # other shifts: a part is named if both agree
+    control = grow_faces(untrained, chosen, start, input_size, seed=seed)
+    growth = [a if a == b else None for a, b in zip(*(growth_parts(start, x, control) for x in (grown, again)))]
+    return FiltersAnswer(tuning, top, valid, detected, shifts, shift, shift_p, top_class,
                          top_count, chosen, other, parts, parts.named(), aligned,
-                         stage_map_sides(model, input_size)[RESPONSE_LAYER.split(".")[0]])
+                         stage_map_sides(model, input_size)[RESPONSE_LAYER.split(".")[0]], start, grown, growth)
