@@ -307,6 +307,13 @@ def test_empty_maps_drop_a_class():
     assert set(c.index.get_level_values("class")) == {"Happy", "Angry"}  # no Sad rows, no all-NaN rows
     assert np.isfinite(c["difference"]).all()
     assert findings.vs_random.loc[("A", "brows"), "faces"] == int((labels != SAD).sum())
+    sad = CLASS_NAMES[SAD]
+    assert findings.empty["trained"].loc[sad, "A"] == (labels == SAD).sum() == findings.empty["trained"]["A"].sum()
+    assert findings.empty["randomised"]["A"].sum() == 0  # which network's maps were empty is kept
+    flipped = region_findings(_explained({"A": trained}, {"A": blanked}), regions, labels, np.ones(len(labels), bool))
+    assert flipped.empty["randomised"].loc[sad, "A"] == (labels == SAD).sum()
+    assert flipped.empty["trained"].to_numpy().sum() == 0
+    assert sad not in set(flipped.by_class.index.get_level_values("class"))  # no control map: no Sad rows
 
 
 def test_aligned_class_means_put_each_faces_mouth_on_the_mean_mouth():

@@ -50,8 +50,8 @@ def annotate(image, faces: list, landmarks: bool = True, uncertain_below: float 
         draw.rectangle([x, y, x + w - 1, y + h - 1], outline=colour, width=width // 2 if face.uncertain else width)
         text = (f"{f'{i} ' if len(faces) > 1 else ''}{face.label}{'?' if face.uncertain else ''} "
                 f"{prob_text(face.prob, uncertain_below)}")
-        # at least 1/70 of the long side: about 13 px on the page when the copy is shown 900 px wide
-        font = ImageFont.load_default(size=int(np.clip(max(w / 6, long_side / 70), 11, 120)))
+        # one size for every label, 1/50 of the long side: about 18 px on the page when shown 900 px wide
+        font = ImageFont.load_default(size=int(np.clip(long_side / 50, 12, 120)))
         m = max(2, int(font.size) // 6)
         at, anchor = ((x + m, y - m), "ld") if draw.textbbox((x, y - m), text, font, "ld")[1] >= m else \
             ((x + m, y + m), "la")  # above the box, else inside it

@@ -229,6 +229,7 @@ class RegionFindings:
     by_class: pd.DataFrame  # (class, method, region): difference, faces; classes with at least MIN_FACES faces
     area: dict[str, float]  # region -> mean share of the frame it covers
     voters: list[str]  # the methods that pass the sanity check
+    empty: dict[str, pd.DataFrame]  # "trained"/"randomised" -> faces with an all-zero map (class x method)
 
 
 def _frame(rows: dict[tuple, dict], names: list[str], columns: list[str]) -> pd.DataFrame:
@@ -242,7 +243,7 @@ def region_findings(explained: Explained, regions: dict[str, np.ndarray], labels
     to it ({region: (N, H, W)}), their labels (N,) and whether each face's landmarks were found (N,)."""
     labels, found = np.asarray(labels), np.asarray(found, dtype=bool)
     rng = np.random.default_rng(seed)
-    pooled, by_class = {}, {}
+    pooled, by_class, empty = {}, {}, {"trained": {}, "randomised": {}}
     methods = [m for m in explained.faces if methods is None or m in set(methods)]
     for m in methods:
         keep = found[explained.faces[m]]
@@ -250,6 +251,8 @@ def region_findings(explained: Explained, regions: dict[str, np.ndarray], labels
         trained, randomised = (np.stack(list(region_shares(v[keep], {r: regions[r][idx] for r in LANDMARK_REGIONS})
                                              .values()), 1) for v in (explained.maps[m], explained.random_maps[m]))
         diff = trained - randomised
+        for net, shares in (("trained", trained), ("randomised", randomised)):
+            empty[net][m] = np.bincount(labels[idx][~np.isfinite(shares).all(1)], minlength=len(CLASS_NAMES))
         counted = np.isfinite(diff).all(1)  # an all-zero map has no shares
         diff, y = diff[counted], labels[idx][counted]
         low, high = q4_occlusion.mean_interval(diff, rng=rng)
@@ -263,7 +266,8 @@ def region_findings(explained: Explained, regions: dict[str, np.ndarray], labels
     vs_random.insert(3, "sign", q4_occlusion.interval_sign(vs_random["low"], vs_random["high"]))
     area = {r: float(regions[r][found].mean()) if found.any() else np.nan for r in LANDMARK_REGIONS}
     return RegionFindings(vs_random, _frame(by_class, ["class", "method", "region"], ["difference", "faces"]), area,
-                          [m for m in methods if m not in set(flagged)])
+                          [m for m in methods if m not in set(flagged)],
+                          {net: pd.DataFrame(e, index=CLASS_NAMES, columns=methods) for net, e in empty.items()})
 
 
 # ------------------------------------------------------------------------------------------ the page's one call
