@@ -23,8 +23,8 @@ from fer_lib.report.context import load_context
 
 from .conftest import run_cli, write_layout
 
-# every code path of 04 and 05 at a fraction of their default sizes (a test build, not a report to read)
-CHEAP = {"faces_per_class": 3, "sanity_per_class": 1}  # Q4 on few faces: the build is checked, not its findings
+# every code path of 04 at a fraction of its default sizes (a test build, not a report to read)
+CHEAP = {"faces_per_class": 3, "sanity_per_class": 1, "smoothgrad_samples": 4, "ig_steps": 4}
 MISSING = 5  # the training face the user's copy lacks
 
 

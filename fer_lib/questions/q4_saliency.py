@@ -82,7 +82,7 @@ class GreyInput(nn.Module):
 
 
 def attribution_maps(method: str, model: nn.Module, faces, target, input_size: int = 48,
-                     samples: int = SMOOTHGRAD_SAMPLES) -> np.ndarray:
+                     samples: int = SMOOTHGRAD_SAMPLES, steps: int = IG_STEPS) -> np.ndarray:
     """``method``'s maps of uint8 ``faces`` (B, 48, 48) for classes ``target`` (Captum, on an
     :func:`explainable_copy`): |attribution| over each map's maximum, (B, 48, 48) in [0, 1]. SmoothGrad's noise
     comes from a private generator state seeded with 0: the same call gives the same maps."""
@@ -97,7 +97,7 @@ def attribution_maps(method: str, model: nn.Module, faces, target, input_size: i
         "SmoothGrad": (max(1, 128 // samples), lambda xb, tb: attr.NoiseTunnel(attr.Saliency(net)).attribute(
             xb, nt_type="smoothgrad", nt_samples=samples, stdevs=SMOOTHGRAD_NOISE, target=tb, abs=True)),
         "Integrated Gradients": (2, lambda xb, tb: attr.IntegratedGradients(net).attribute(  # from a black face
-            xb, baselines=torch.zeros_like(xb), target=tb, n_steps=IG_STEPS, internal_batch_size=128)),
+            xb, baselines=torch.zeros_like(xb), target=tb, n_steps=steps, internal_batch_size=128)),
         "Grad-CAM": (64, lambda xb, tb: attr.LayerAttribution.interpolate(
             cam.attribute(xb, target=tb, relu_attributions=True), tuple(xb.shape[-2:]), interpolate_mode="bilinear")),
         "guided backprop": (64, lambda xb, tb: attr.GuidedBackprop(net).attribute(xb, target=tb)),
@@ -300,9 +300,11 @@ class SaliencyAnswer:
 
 def saliency_answer(model: nn.Module, images: np.ndarray, labels: np.ndarray, logits, input_size: int = 48,
                     faces_per_class: int = FACES_PER_CLASS, costly_per_class: int = 1, seed: int = 0,
-                    sanity_per_class: int = SANITY_PER_CLASS) -> SaliencyAnswer:
+                    sanity_per_class: int = SANITY_PER_CLASS, smoothgrad_samples: int = SMOOTHGRAD_SAMPLES,
+                    ig_steps: int = IG_STEPS) -> SaliencyAnswer:
     """Q4 on the validation faces ``images`` (uint8 (N, 48, 48)), ``labels`` and the model's ``logits`` on them; the
     faces are drawn among the correctly classified ones whose landmarks the detector finds."""
+    methods = {m: partial(attribution_maps, m, samples=smoothgrad_samples, steps=ig_steps) for m in METHODS}
     from fer_lib.core.io import default_cache_dir
     from fer_lib.data.landmarks import face_landmarks
     from fer_lib.data.regions import landmark_regions
@@ -318,8 +320,7 @@ def saliency_answer(model: nn.Module, images: np.ndarray, labels: np.ndarray, lo
     costly, checked = (np.flatnonzero(np.isin(idx, explained_faces(probs, labels, n, seed, among)))
                        for n in (costly_per_class, sanity_per_class))  # subsets of the same draw
     # the cascade (7 networks; SmoothGrad and Integrated Gradients cost 50-64 backward passes a face) on subsets
-    ex = explain(model, faces, y, input_size, subsets={m: costly if m in COSTLY else checked for m in METHODS},
-                 seed=seed)
+    ex = explain(model, faces, y, input_size, methods, {m: costly if m in COSTLY else checked for m in METHODS}, seed)
     sanity = sanity_table(ex, seed=seed)
     flagged = [m for m in METHODS if sanity.loc[(m, FLAG_STAGE), "rho"] > SANITY_THRESHOLD]
     regions = landmark_regions(points)
