@@ -15,6 +15,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from contextlib import contextmanager
 from importlib import metadata
 from pathlib import Path
 
@@ -149,12 +150,44 @@ def recover(final: Path) -> None:
     restore_directory(final)
 
 
+@contextmanager
+def shared_kernel(folder: Path):
+    """One kernel for all the notebooks of a build, started in notebooks/: each notebook's imports (torch and
+    torchvision take four seconds) and cached landmark model are paid once a build, not once a page. ``reset()``
+    empties the namespace between notebooks, so each starts as it does alone (a name a notebook never defines
+    fails here as it would in JupyterLab); the modules stay imported, and the notebooks seed every draw they make."""
+    from jupyter_client.manager import AsyncKernelManager
+    from jupyter_core.utils import run_sync
+
+    class Kernel(AsyncKernelManager):
+        clients: list = []
+
+        def client(self, **kwargs):  # nbclient opens a client per notebook and leaves it open on a kernel it does
+            self.clients.append(super().client(**kwargs))  # not own: reset() closes it
+            return self.clients[-1]
+
+        def reset(self) -> None:
+            for client in self.clients:
+                run_sync(client.execute_interactive)("%reset -f", silent=True, store_history=False, timeout=60)
+                client.stop_channels()
+            self.clients.clear()
+
+    # the kernel talks over Unix sockets there: no network port, and no warning that TCP is unencrypted
+    kernel = Kernel(kernel_name="python3", transport="ipc", ip=str(Path(folder) / "kernel"))
+    run_sync(kernel.start_kernel)(cwd=str(NOTEBOOK_DIR))
+    try:
+        yield kernel
+    finally:
+        for client in kernel.clients:
+            client.stop_channels()
+        run_sync(kernel.shutdown_kernel)(now=True)
+
+
 def build_report(ctx: Context, out_root: Path = Path("report"), only: list[str] | None = None,
                  params: dict | None = None) -> Path:
     """Render report/<dataset>/ from the prepared context and return its index.html; ``only`` rebuilds some pages
     (numbers or names), ``params`` sets notebooks' own parameters (those a notebook lacks are left out for it)."""
     import papermill as pm
-    from traitlets.config import Config
 
     started = time.perf_counter()
     selected = notebook_paths(only)
@@ -182,9 +215,8 @@ def build_report(ctx: Context, out_root: Path = Path("report"), only: list[str] 
         else:
             staging.mkdir(parents=True)
         try:
-            with tempfile.TemporaryDirectory(prefix="fer-executed-") as executed_dir:
-                # the kernel talks over Unix sockets there: no network port, and no warning that TCP is unencrypted
-                kernel_config = Config(KernelManager={"transport": "ipc", "ip": str(Path(executed_dir) / "kernel")})
+            with tempfile.TemporaryDirectory(prefix="fer-executed-") as executed_dir, \
+                    shared_kernel(Path(executed_dir)) as kernel:
                 executed, timings = {}, {}
                 for nb in selected:
                     t = time.perf_counter()
@@ -192,8 +224,8 @@ def build_report(ctx: Context, out_root: Path = Path("report"), only: list[str] 
                     own = {k: v for k, v in (params or {}).items() if k in pm.inspect_notebook(str(nb))}
                     path = Path(executed_dir) / nb.name
                     try:
-                        pm.execute_notebook(str(nb), str(path), parameters={**shared, **own}, cwd=str(NOTEBOOK_DIR),
-                                            kernel_name="python3", progress_bar=False, config=kernel_config)
+                        pm.execute_notebook(str(nb), str(path), parameters={**shared, **own}, kernel_name="python3",
+                                            progress_bar=False, km=kernel)
                     except Exception as err:
                         kept = out_root / ".failed" / final.name / nb.name
                         kept.parent.mkdir(parents=True, exist_ok=True)
@@ -201,6 +233,7 @@ def build_report(ctx: Context, out_root: Path = Path("report"), only: list[str] 
                             shutil.copy2(path, kept)
                         raise NotebookFailed(f"{nb.name} failed ({err.__class__.__name__}): {final} was not updated; "
                                              f"the failed notebook, with its traceback: {kept}") from err
+                    kernel.reset()
                     executed[nb.stem] = nbformat.read(path, as_version=4)
                     answers[nb.stem] = {"title": titles[nb.stem], **page_answer(executed[nb.stem])}
                     timings[nb.stem] = round(time.perf_counter() - t, 2)
