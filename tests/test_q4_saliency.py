@@ -189,7 +189,7 @@ def test_explainable_copy_computes_the_same_function():
 
 
 def test_saliency_falls_on_the_drawn_features(trained_synthetic):
-    model, _, _ = trained_synthetic
+    model, _ = trained_synthetic
     images, labels, masks = make_faces(40, seed=99, with_masks=True)
     maps = saliency(model, images, labels)
     features = masks["eyes_brows"] | masks["mouth"] | masks["nose"]
@@ -215,7 +215,7 @@ def test_explained_faces_are_correct_capped_per_class_seeded_and_nested():
 
 
 def test_cascade_runs_on_every_face_and_ends_at_the_randomised_copy(trained_synthetic):
-    model, val, _ = trained_synthetic
+    model, val = trained_synthetic
     faces, target = val.images[:8], val.labels[:8]
     two = {"saliency": saliency, "SmoothGrad": lambda m, x, t, s: smoothgrad(m, x, t, s, samples=2)}
     ex = explain(model, faces, target, methods=two, subsets={"SmoothGrad": np.array([1, 4, 6])}, seed=3)
@@ -262,7 +262,7 @@ def _snapshot(model):
 
 @pytest.mark.parametrize("train_mode", [False, True])
 def test_explaining_leaves_the_model_exactly_as_it_was(trained_synthetic, train_mode):
-    model, val, _ = trained_synthetic
+    model, val = trained_synthetic
     model.train(train_mode)
     try:
         before = _snapshot(model)
