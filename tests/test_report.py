@@ -119,22 +119,27 @@ def served_context(served_copy, runs):
 
 
 def test_a_failing_notebook_leaves_the_previous_report_untouched(built, served_copy, shipped, tmp_path, monkeypatch):
+    """The notebooks of a build share a kernel, but each starts from an empty namespace: the second one, using a
+    name only the first one defined, fails as it would alone, and the report is left as it was."""
     _, folder, runs = built
     monkeypatch.setenv("FER_MODELS", str(shipped[0]))
     before = {p.relative_to(folder): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
     broken = tmp_path / "notebooks"
     broken.mkdir()
-    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("raise RuntimeError('boom')")])
-    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
-    nbformat.write(nb, broken / "01_broken.ipynb")
+    for name, source in (("01_defines", "leftover = 'boom'"), ("02_broken", "raise RuntimeError(leftover)")):
+        nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(source)])
+        nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+        nbformat.write(nb, broken / f"{name}.ipynb")
     monkeypatch.setattr(report_mod, "NOTEBOOK_DIR", broken)
-    with pytest.raises(NotebookFailed, match="01_broken.ipynb failed"):
+    with pytest.raises(NotebookFailed, match="02_broken.ipynb failed"):
         build_report(served_context(served_copy, runs), folder.parent)
     assert {p.relative_to(folder): p.read_bytes() for p in folder.rglob("*") if p.is_file()} == before
     assert not list(folder.parent.glob(".*staging*")), "the staging folder is cleaned up"
-    kept = folder.parent / ".failed" / folder.name / "01_broken.ipynb"
+    kept = folder.parent / ".failed" / folder.name / "02_broken.ipynb"
     assert kept.exists(), "the failed notebook is kept for debugging"
-    assert "boom" in kept.read_text(), "with its traceback"
+    assert "name 'leftover' is not defined" in kept.read_text(), "with its traceback"
+    code = [c for c in nbformat.read(kept, as_version=4).cells if c.cell_type == "code"]
+    assert code[0].execution_count == 1, "numbered as if it ran alone"
 
 
 def test_pages_have_titles_navigation_and_provenance(built):

@@ -168,7 +168,9 @@ def shared_kernel(folder: Path):
 
         def reset(self) -> None:
             for client in self.clients:
-                run_sync(client.execute_interactive)("%reset -f", silent=True, store_history=False, timeout=60)
+                # %reset -f, and the cell numbers from 1 again (the notebook kept in .failed/ reads as if run alone)
+                run_sync(client.execute_interactive)("get_ipython().reset(new_session=True)", silent=True,
+                                                     store_history=False, timeout=60)
                 client.stop_channels()
             self.clients.clear()
 
