@@ -373,8 +373,6 @@ def train_val_split(faces: FaceSet, val_fraction: float = 0.1, seed: int = 0, gr
     """Deterministic split stratified by class: every class keeps its share in both parts. ``groups`` (one id per
     face, e.g. copies of one photo) keeps every group on one side, so no validation face has a copy in training.
     The split depends only on the labels, groups, fraction and seed; ``cache_dir`` stores it under their hash."""
-    from sklearn.model_selection import StratifiedGroupKFold, train_test_split
-
     if not 0 < val_fraction < 1:
         raise DataError(f"val_fraction must be in (0, 1), got {val_fraction}")
     settings = np.frombuffer(json.dumps([val_fraction, seed, _SPLIT_FORMAT]).encode(), dtype=np.uint8)
@@ -382,6 +380,8 @@ def train_val_split(faces: FaceSet, val_fraction: float = 0.1, seed: int = 0, gr
     entry = cache_dir and Path(cache_dir) / f"split-{array_sha256(*parts)[:16]}.npz"
 
     def split() -> dict[str, np.ndarray]:
+        from sklearn.model_selection import StratifiedGroupKFold, train_test_split  # a second, only when computed
+
         index, counts = np.arange(len(faces)), np.bincount(faces.labels)
         if groups is not None:  # the first of StratifiedGroupKFold's folds is the validation part
             folds = StratifiedGroupKFold(max(2, round(1 / val_fraction)), shuffle=True, random_state=seed)
