@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import ast
 import contextlib
+import logging
 import sys
 import warnings
 from dataclasses import fields
@@ -173,6 +174,11 @@ def main(argv: list[str] | None = None) -> None:
     except (DataError, ConfigError) as err:  # the user's input or settings: a message, not a traceback
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
+    except KeyboardInterrupt:  # Ctrl-C: every write is atomic and a report is swapped in whole, so say so
+        logging.getLogger("asyncio").setLevel(logging.CRITICAL)  # not the stopped notebook's task, never awaited
+        print("\ninterrupted: nothing half-written was kept (a report is as it was; a training resumes from its last "
+              "epoch's checkpoint)", file=sys.stderr)
+        sys.exit(130)
 
 
 if __name__ == "__main__":

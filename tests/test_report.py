@@ -142,6 +142,25 @@ def test_a_failing_notebook_leaves_the_previous_report_untouched(built, served_c
     assert code[0].execution_count == 1, "numbered as if it ran alone"
 
 
+def test_ctrl_c_during_a_build_stops_it_and_keeps_the_report(built, served_copy, shipped, capsys, monkeypatch):
+    """Ctrl-C while a notebook runs: exit status 130 with a line instead of a traceback, the report as it was."""
+    import papermill
+
+    _, folder, runs = built
+    monkeypatch.setenv("FER_MODELS", str(shipped[0]))
+    before = {p.relative_to(folder): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(papermill, "execute_notebook", interrupted)
+    code, _, err = run_cli(capsys, "report", "--data", served_copy[0], "--profile", "smoke", "--out", folder.parent,
+                           "--runs", runs, "--device", "cpu", "--notebooks", "08")
+    assert code == 130 and "interrupted" in err and "Traceback" not in err
+    assert {p.relative_to(folder): p.read_bytes() for p in folder.rglob("*") if p.is_file()} == before
+    assert not list(folder.parent.glob(".*staging*"))
+
+
 def test_pages_have_titles_navigation_and_provenance(built):
     _, folder, _ = built
     stems = [nb.stem for nb in notebook_paths()]
