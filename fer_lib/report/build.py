@@ -235,7 +235,8 @@ def build_report(ctx: Context, out_root: Path = Path("report"), only: list[str] 
                             shutil.copy2(path, kept)
                         raise NotebookFailed(f"{nb.name} failed ({err.__class__.__name__}): {final} was not updated; "
                                              f"the failed notebook, with its traceback: {kept}") from err
-                    kernel.reset()
+                    if nb != selected[-1]:  # (the last one's kernel is shut down instead)
+                        kernel.reset()
                     executed[nb.stem] = nbformat.read(path, as_version=4)
                     answers[nb.stem] = {"title": titles[nb.stem], **page_answer(executed[nb.stem])}
                     timings[nb.stem] = round(time.perf_counter() - t, 2)
