@@ -35,7 +35,7 @@ report: $(VENV)/.installed ## render report/<dataset>/ (from the shipped model, 
 
 # one worker per core, each with one thread (two-thread torch ops in two workers contend for the cores and run
 # slower than one worker); whole files per worker, in the order conftest.py gives (slowest first)
-test: $(VENV)/.installed ## run the test suite (pytest with the user journeys, about 3 minutes on 2 cores)
+test: $(VENV)/.installed ## run the test suite (pytest with the user journeys, about 2.5 minutes on 2 cores)
 	OMP_NUM_THREADS=1 $(PY) -m pytest -q -n auto --dist loadfile --no-loadscope-reorder tests
 
 lint: $(VENV)/.installed ## check the code and notebooks with ruff (settings in pyproject.toml)
