@@ -160,7 +160,9 @@ def shared_kernel(folder: Path):
     from jupyter_core.utils import run_sync
 
     class Kernel(AsyncKernelManager):
-        clients: list = []
+        def __init__(self, **kwargs):
+            super().__init__(**kwargs)
+            self.clients = []
 
         def client(self, **kwargs):  # nbclient opens a client per notebook and leaves it open on a kernel it does
             self.clients.append(super().client(**kwargs))  # not own: reset() closes it
