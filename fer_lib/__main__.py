@@ -79,10 +79,6 @@ def notebook_parameter(text: str) -> tuple[str, object]:
     return name, value
 
 
-def cmd_bench(args) -> None:
-    run_bench(args.data)
-
-
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m fer_lib", description="Facial-expression recognition on "
                                      "FER2013 with the seed report's ResNet18: data, training, predictions, report.")
@@ -165,7 +161,7 @@ def main(argv: list[str] | None = None) -> None:
 
     p = sub.add_parser("bench", help="images/s of the training recipe, and CSV load time")
     p.add_argument("--data", default=None, help="a dataset to time the loading of")
-    p.set_defaults(func=cmd_bench)
+    p.set_defaults(func=lambda args: run_bench(args.data))
 
     args = parser.parse_args(argv)
     warnings.simplefilter("default")

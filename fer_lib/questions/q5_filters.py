@@ -13,6 +13,7 @@ import torch
 from scipy.stats import false_discovery_control, norm, rankdata
 from torch import nn
 
+from fer_lib.core.stats import Z95
 from fer_lib.model.network import preprocess
 from fer_lib.questions.q4_saliency import model_device, randomised_copy
 
@@ -30,7 +31,6 @@ GRID, ASCENT_SHIFT, MAX_CHANGE = 6, 3, 0.06  # ascent: 6x6 change (8-px cells), 
 FOCUS = 1.5  # a grown face's change is "on" a part when that part changes this many times the face's average
 COMPARED = ("mouth_open", "eye_open", "brow_height", "head_turn", "brightness", "contrast")  # of face_attributes
 FACE_PARTS = ("brows", "eyes", "nose", "mouth")  # landmark regions blurred one at a time
-Z95 = norm.ppf(0.975)
 
 
 @contextmanager

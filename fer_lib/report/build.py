@@ -152,29 +152,23 @@ def recover(final: Path) -> None:
 
 @contextmanager
 def shared_kernel(folder: Path):
-    """One kernel for all the notebooks of a build, started in notebooks/: each notebook's imports (torch and
-    torchvision take four seconds) and cached landmark model are paid once a build, not once a page. ``reset()``
-    empties the namespace between notebooks, so each starts as it does alone (a name a notebook never defines
-    fails here as it would in JupyterLab); the modules stay imported, and the notebooks seed every draw they make."""
+    """One kernel for a build's notebooks, started in notebooks/: imports are paid once a build, not once a page;
+    ``reset()`` empties its namespace and numbers cells from 1 between notebooks, so each runs as it does alone."""
     from jupyter_client.manager import AsyncKernelManager
     from jupyter_core.utils import run_sync
 
     class Kernel(AsyncKernelManager):
-        def __init__(self, **kwargs):
-            super().__init__(**kwargs)
-            self.clients = []
-
-        def client(self, **kwargs):  # nbclient opens a client per notebook and leaves it open on a kernel it does
-            self.clients.append(super().client(**kwargs))  # not own: reset() closes it
+        def client(self, **kwargs):  # nbclient opens one per notebook and leaves it open on a kernel it does not own
+            self.clients = [*getattr(self, "clients", []), super().client(**kwargs)]
             return self.clients[-1]
 
-        def reset(self) -> None:
-            for client in self.clients:
-                # %reset -f, and the cell numbers from 1 again (the notebook kept in .failed/ reads as if run alone)
-                run_sync(client.execute_interactive)("get_ipython().reset(new_session=True)", silent=True,
-                                                     store_history=False, timeout=60)
+        def reset(self, empty: bool = True) -> None:
+            for client in getattr(self, "clients", []):
+                if empty:
+                    run_sync(client.execute_interactive)("get_ipython().reset(new_session=True)", silent=True,
+                                                         store_history=False, timeout=60)
                 client.stop_channels()
-            self.clients.clear()
+            self.clients = []
 
     # the kernel talks over Unix sockets there: no network port, and no warning that TCP is unencrypted
     kernel = Kernel(kernel_name="python3", transport="ipc", ip=str(Path(folder) / "kernel"))
@@ -182,8 +176,7 @@ def shared_kernel(folder: Path):
     try:
         yield kernel
     finally:
-        for client in kernel.clients:
-            client.stop_channels()
+        kernel.reset(empty=False)
         run_sync(kernel.shutdown_kernel)(now=True)
 
 
