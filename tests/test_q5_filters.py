@@ -279,7 +279,7 @@ def test_a_filter_that_sees_only_the_mouth_is_located_on_the_mouth(monkeypatch):
     model = PartNet([regions["mouth"], regions["eyes"]]).eval()
     assert model.get_submodule(RESPONSE_LAYER) is model.layer4[1].bn2
     found = np.array([True, True, True, True, True, True, False])
-    monkeypatch.setattr(landmarks, "face_landmarks", lambda images: (np.repeat(points[None], len(images), 0),
+    monkeypatch.setattr(landmarks, "face_landmarks", lambda images, **_: (np.repeat(points[None], len(images), 0),
                                                                       np.resize(found, len(images))))
     images = np.random.default_rng(0).integers(40, 216, (7, 48, 48)).astype(np.uint8)  # textured everywhere
     faces = np.tile(np.arange(7), (3, 1))

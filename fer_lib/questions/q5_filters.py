@@ -265,12 +265,13 @@ def part_drops(model: nn.Module, images: np.ndarray, faces: np.ndarray, filters:
                scale: np.ndarray, input_size: int = 48) -> PartDrops:
     """:class:`PartDrops` of ``filters`` (shown,) on ``faces`` (shown, k) of uint8 ``images`` with ``responses`` (N, F)
     of SDs ``scale``; a part is blurred as Q4 covers it; only faces the detector finds are run again."""
+    from fer_lib.core.io import default_cache_dir
     from fer_lib.data.landmarks import face_landmarks
     from fer_lib.data.regions import landmark_regions
     from fer_lib.questions.q4_occlusion import fill
 
     flat = np.asarray(faces).ravel()
-    points, found = face_landmarks(images[flat])
+    points, found = face_landmarks(images[flat], cache_dir=default_cache_dir())  # fitted once: face_attributes
     regions = landmark_regions(points)
     masks = np.stack([regions[part] for part in FACE_PARTS], 1)  # (n, parts, 48, 48)
     x = images[flat[found]].astype(np.float32) / 255
